@@ -1,0 +1,123 @@
+//! The `distill` command line: argument parsing (clap) and dispatch to the library.
+//! Every subcommand returns `anyhow::Result`; errors are printed as one paragraph, never a panic.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod data;
+mod models;
+mod train;
+
+/// Knowledge distillation of image classifiers.
+#[derive(Debug, Parser)]
+#[command(name = "distill", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Inspect datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// List the model zoo: parameters, forward FLOPs per image, weight size.
+    Models {
+        /// Input shape CxHxW (default: CIFAR-10's 3x32x32).
+        #[arg(long, default_value = "3x32x32", value_parser = parse_shape)]
+        input: [usize; 3],
+        /// Print one JSON array of {"name", "params", "flops", "bytes"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train a model on labels (a teacher, or a student from scratch).
+    Train {
+        /// A zoo name (teacher-v1/v2/v3, student) or a spec .toml file.
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        args: train::TrainArgs,
+    },
+    /// Train a student from a trained teacher (knowledge distillation).
+    Distill(train::DistillArgs),
+    /// Test accuracy and cross-entropy of a trained model.
+    Eval {
+        /// Model directory (the --out of a train or distill run).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Dataset to evaluate on (its test split).
+        #[arg(long, default_value = "embedded")]
+        data: String,
+        /// Print one JSON object {"accuracy", "loss", "samples"}.
+        #[arg(long)]
+        json: bool,
+        /// Compute backend.
+        #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
+        backend: crate::backend::Backend,
+    },
+    /// Per-layer summary of a model (like Keras' `model.summary()`).
+    Summary {
+        /// A zoo name, a spec .toml file or a checkpoint directory.
+        model: String,
+        /// Input shape CxHxW.
+        #[arg(long, default_value = "3x32x32", value_parser = parse_shape)]
+        input: [usize; 3],
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Print the number of images per split, the classes and the image shape.
+    Info {
+        /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`.
+        spec: String,
+        /// Print exactly one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses the process arguments, runs the command and turns any error into a message and exit code 1.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", error_paragraph(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
+        Command::Models { input, json } => models::list(input, json),
+        Command::Summary { model, input } => models::summary(&model, input),
+        Command::Train { model, args } => train::train(&model, &args),
+        Command::Distill(args) => train::distill(&args),
+        Command::Eval { model, data, json, backend } => train::eval(&model, &data, json, backend),
+    }
+}
+
+/// The error and its causes as one paragraph: "outer: cause: root cause".
+fn error_paragraph(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(|cause| cause.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+/// Parses an input shape written `CxHxW` (e.g. `3x32x32`).
+pub fn parse_shape(text: &str) -> Result<[usize; 3], String> {
+    let dims: Vec<usize> = text
+        .split(['x', 'X', ','])
+        .map(|d| d.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("`{text}` is not a shape like 3x32x32"))?;
+    match dims.as_slice() {
+        [c, h, w] if *c > 0 && *h > 0 && *w > 0 => Ok([*c, *h, *w]),
+        _ => Err(format!("`{text}` is not a shape like 3x32x32 (three positive numbers)")),
+    }
+}

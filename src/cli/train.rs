@@ -1,0 +1,271 @@
+//! `distill train`, `distill distill` and `distill eval`.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+
+use crate::backend::Backend;
+use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
+use crate::distill::{cached_logits, Teacher, TeacherLogits};
+use crate::losses::DistillLoss;
+use crate::models::{checkpoint, resolve_spec};
+use crate::train::{evaluate, fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
+
+/// Options shared by every training command.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`.
+    #[arg(long, default_value = "embedded")]
+    pub data: String,
+    /// Passes over the training split.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Run directory (checkpoints, history, log).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its newest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Seeds initialisation, shuffling, dropout and augmentation.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Decoupled weight decay (switches Adam to AdamW when > 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    /// Cosine learning-rate decay to 0 over the run.
+    #[arg(long)]
+    pub cosine: bool,
+    /// Label smoothing of the cross-entropy, in [0, 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f64,
+    /// Augment training images: random crop with 4-pixel padding + horizontal flip.
+    #[arg(long)]
+    pub augment: bool,
+    /// Evaluate on this fraction of the training split (held out) instead of the test split.
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = Backend::default_compiled())]
+    pub backend: Backend,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    fn config(&self) -> TrainConfig {
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            seed: self.seed,
+            optimizer: OptimizerConfig {
+                learning_rate: self.lr,
+                weight_decay: self.weight_decay,
+                cosine_schedule: self.cosine,
+                ..OptimizerConfig::default()
+            },
+            label_smoothing: self.label_smoothing,
+            augmentation: self.augment.then_some(Augmentation { crop_padding: 4, horizontal_flip: true }),
+        }
+    }
+
+    /// Loads the dataset and returns (dataset, training split, evaluation split).
+    fn load_data(&self) -> anyhow::Result<(Dataset, Split, Split)> {
+        let spec: DataSpec = self.data.parse()?;
+        let dataset = data::load(&spec)?;
+        let mut train = dataset.train.clone();
+        let eval = match self.val_split {
+            Some(fraction) => train.split_off_validation(fraction, self.seed)?,
+            None => dataset.test.clone(),
+        };
+        Ok((dataset, train, eval))
+    }
+}
+
+/// `distill train`.
+pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let spec = resolve_spec(model)?;
+    let device = args.backend.device()?;
+    let (dataset, train, eval) = args.load_data()?;
+    let outcome = fit(
+        TrainJob {
+            spec: &spec,
+            classes: &dataset.classes,
+            train: &train,
+            eval: &eval,
+            config: &config,
+            objective: Objective::Labels,
+            out: &args.out,
+            resume: args.resume,
+            progress: !args.quiet,
+            verbose: true,
+        },
+        &device,
+    )?;
+    report_final(&args.out, outcome.history.last());
+    Ok(())
+}
+
+/// Which distillation loss to use.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LossKind {
+    /// alpha * CE + (1 - alpha) * s * KL(softmax(t/T) || softmax(s/T)).
+    Kd,
+    /// alpha * CE + (1 - alpha) * MSE(student logits, teacher logits).
+    Mse,
+}
+
+/// Options of `distill distill`.
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// Teacher checkpoint directory (the --out of a `distill train` run).
+    #[arg(long)]
+    pub teacher: PathBuf,
+    /// Student: a zoo name or a spec .toml file.
+    #[arg(long, default_value = "student")]
+    pub student: String,
+    /// Weight of the label cross-entropy, in [0, 1].
+    #[arg(long, default_value_t = 0.1)]
+    pub alpha: f64,
+    /// Softening temperature (> 0).
+    #[arg(long, default_value_t = 10.0)]
+    pub temperature: f64,
+    /// Do not multiply the KL term by T² (the reference notebook's choice).
+    #[arg(long)]
+    pub no_t2_scaling: bool,
+    /// Distillation loss.
+    #[arg(long, value_enum, default_value_t = LossKind::Kd)]
+    pub loss: LossKind,
+    /// Run the teacher at every step instead of caching its logits (always live with --augment).
+    #[arg(long)]
+    pub no_logit_cache: bool,
+    /// Where teacher logits are cached on disk (default: $DISTILL_DATA/teacher-logits or
+    /// ~/.cache/distill/teacher-logits).
+    #[arg(long)]
+    pub logit_cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// Default directory of the on-disk teacher-logit cache.
+pub fn default_logit_cache() -> anyhow::Result<PathBuf> {
+    Ok(crate::data::download::cache_dir()?.join("teacher-logits"))
+}
+
+/// `distill distill`.
+pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
+    let loss = match args.loss {
+        LossKind::Kd => DistillLoss::Kd {
+            alpha: args.alpha,
+            temperature: args.temperature,
+            t2_scaling: !args.no_t2_scaling,
+        },
+        LossKind::Mse => DistillLoss::Mse { alpha: args.alpha },
+    };
+    loss.validate().map_err(anyhow::Error::msg)?;
+    let config = args.train.config();
+    let spec = resolve_spec(&args.student)?;
+    let device = args.train.backend.device()?;
+    let teacher = Teacher::load(&args.teacher, &device)?;
+    let (dataset, train, eval) = args.train.load_data()?;
+    if teacher.input != dataset.shape {
+        anyhow::bail!(
+            "the teacher in {} takes {:?} images but {} has {:?}",
+            args.teacher.display(),
+            teacher.input,
+            args.train.data,
+            dataset.shape
+        );
+    }
+    if teacher.classes != dataset.classes.len() {
+        anyhow::bail!(
+            "the teacher in {} predicts {} classes but {} has {}",
+            args.teacher.display(),
+            teacher.classes,
+            args.train.data,
+            dataset.classes.len()
+        );
+    }
+    let logits = if args.no_logit_cache || config.augmentation.is_some() {
+        TeacherLogits::Live(teacher)
+    } else {
+        let cache_dir = match &args.logit_cache {
+            Some(dir) => dir.clone(),
+            None => default_logit_cache()?,
+        };
+        cached_logits(&teacher, &train, Some(&cache_dir), &device, !args.train.quiet)?
+    };
+    let outcome = fit(
+        TrainJob {
+            spec: &spec,
+            classes: &dataset.classes,
+            train: &train,
+            eval: &eval,
+            config: &config,
+            objective: Objective::Distill { loss, teacher: &logits },
+            out: &args.train.out,
+            resume: args.train.resume,
+            progress: !args.train.quiet,
+            verbose: true,
+        },
+        &device,
+    )?;
+    report_final(&args.train.out, outcome.history.last());
+    Ok(())
+}
+
+fn report_final(out: &Path, last: Option<&crate::train::EpochRecord>) {
+    if let Some(last) = last {
+        println!(
+            "Final val_accuracy {:.4} (val_loss {:.4}); model saved in {}",
+            last.val_accuracy,
+            last.val_loss,
+            out.display()
+        );
+    }
+}
+
+/// `distill eval`: test accuracy and cross-entropy of a checkpoint.
+pub fn eval(model: &Path, data_spec: &str, json: bool, backend: Backend) -> anyhow::Result<()> {
+    let device = backend.device()?;
+    let loaded = checkpoint::load(model, &device)?;
+    let spec: DataSpec = data_spec.parse()?;
+    let dataset = data::load(&spec)?;
+    if loaded.meta.input != dataset.shape {
+        anyhow::bail!(
+            "the model in {} takes {:?} images but {data_spec} has {:?}",
+            model.display(),
+            loaded.meta.input,
+            dataset.shape
+        );
+    }
+    if loaded.meta.classes.len() != dataset.classes.len() {
+        anyhow::bail!(
+            "the model in {} predicts {} classes but {data_spec} has {}",
+            model.display(),
+            loaded.meta.classes.len(),
+            dataset.classes.len()
+        );
+    }
+    let (loss, accuracy) = evaluate(&loaded.network, &dataset.test, &device, 256);
+    if json {
+        let out = serde_json::json!({"accuracy": accuracy, "loss": loss, "samples": dataset.test.len()});
+        println!("{out}");
+    } else {
+        println!(
+            "{}: test accuracy {:.4}, loss {:.4} on {} images of {data_spec}",
+            model.display(),
+            accuracy,
+            loss,
+            dataset.test.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Training-time augmentation: random crop after zero padding, and random horizontal flip.
+//!
+//! Both act on the `C×H×W` bytes of one image and keep its shape. Augmentation is off by default;
+//! the randomness comes from a caller-supplied RNG so that runs are reproducible.
+
+use rand::{Rng, RngExt};
+
+/// Which augmentations to apply to training images (the default applies none).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Augmentation {
+    /// Pad each side with this many zero pixels, then crop back to the original size at a
+    /// random offset (the classic CIFAR recipe uses 4); 0 turns cropping off.
+    pub crop_padding: usize,
+    /// Mirror the image left–right with probability 1/2.
+    pub horizontal_flip: bool,
+}
+
+impl Augmentation {
+    /// True when this augmentation leaves every image unchanged.
+    pub fn is_identity(&self) -> bool {
+        self.crop_padding == 0 && !self.horizontal_flip
+    }
+
+    /// Returns an augmented copy of `image` (`C×H×W` bytes of `shape`). The crop offset is drawn
+    /// first, then the flip, so a given RNG state always gives the same result.
+    pub fn apply<R: Rng + ?Sized>(&self, image: &[u8], shape: [usize; 3], rng: &mut R) -> Vec<u8> {
+        let mut out = if self.crop_padding > 0 {
+            let p = self.crop_padding;
+            let dy = rng.random_range(0..=2 * p);
+            let dx = rng.random_range(0..=2 * p);
+            crop_with_padding(image, shape, p, dy, dx)
+        } else {
+            image.to_vec()
+        };
+        if self.horizontal_flip && rng.random_bool(0.5) {
+            out = flip_horizontal(&out, shape);
+        }
+        out
+    }
+}
+
+/// The `H×W` window at offset `(dy, dx)` of `image` padded with `padding` zeros on every side.
+/// `dy` and `dx` range over `0..=2 * padding`; `(padding, padding)` returns the image unchanged.
+pub fn crop_with_padding(
+    image: &[u8],
+    [c, h, w]: [usize; 3],
+    padding: usize,
+    dy: usize,
+    dx: usize,
+) -> Vec<u8> {
+    assert!(dy <= 2 * padding && dx <= 2 * padding, "crop offset outside the padded image");
+    let mut out = vec![0u8; c * h * w];
+    // Source row/column of output (y, x) is (y + dy - padding, x + dx - padding); work in
+    // signed offsets so rows and columns in the padding are simply skipped.
+    let (oy, ox) = (dy as isize - padding as isize, dx as isize - padding as isize);
+    let x0 = (-ox).clamp(0, w as isize) as usize; // first output column with a source pixel
+    let x1 = (w as isize - ox).clamp(0, w as isize) as usize; // one past the last
+    for ch in 0..c {
+        for y in 0..h {
+            let sy = y as isize + oy;
+            if sy < 0 || sy >= h as isize || x0 >= x1 {
+                continue;
+            }
+            let src_row = ch * h * w + sy as usize * w;
+            let dst_row = ch * h * w + y * w;
+            let sx0 = (x0 as isize + ox) as usize;
+            out[dst_row + x0..dst_row + x1].copy_from_slice(&image[src_row + sx0..src_row + sx0 + (x1 - x0)]);
+        }
+    }
+    out
+}
+
+/// `image` mirrored left–right.
+pub fn flip_horizontal(image: &[u8], [c, h, w]: [usize; 3]) -> Vec<u8> {
+    let mut out = image[..c * h * w].to_vec();
+    for row in out.chunks_exact_mut(w) {
+        row.reverse();
+    }
+    out
+}

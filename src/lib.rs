@@ -1,0 +1,32 @@
+//! # distill — knowledge distillation of image classifiers, in Rust
+//!
+//! A small *student* network is trained to match a large, already trained *teacher* (its
+//! temperature-softened logits) as well as the true labels:
+//!
+//! ```text
+//! loss = alpha * CE(labels, student) + (1 - alpha) * s * KL(softmax(teacher / T) || softmax(student / T))
+//! ```
+//!
+//! The crate is organised one module per concept:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`data`] | datasets (CIFAR-10 binary, MNIST/Fashion-MNIST IDX, image folders, an embedded default), batching, augmentation |
+//! | [`models`] | a Keras-like layer spec, the reference model zoo, shape/parameter/FLOP summaries, checkpoints |
+//! | [`losses`] | cross-entropy and the distillation losses (`kd`, `mse` on logits) |
+//! | [`train`] | the training loop for a teacher or a student from scratch |
+//! | [`distill`] | training a student from a frozen teacher, with the teacher-logit cache |
+//! | [`progress`] | progress bars (indicatif, on stderr, hidden when it is not a terminal) |
+//! | [`backend`] | device selection (Flex by default; LibTorch, CUDA, WGPU behind cargo features) |
+//! | [`cli`] | the `distill` command line, a thin layer over the above |
+//!
+//! Everything runs on [burn](https://burn.dev) 0.22; models and training code are backend-generic.
+
+pub mod backend;
+pub mod cli;
+pub mod data;
+pub mod distill;
+pub mod losses;
+pub mod models;
+pub mod progress;
+pub mod train;

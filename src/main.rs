@@ -1,0 +1,5 @@
+//! The `distill` command line; all the work lives in the library (see `distill::cli`).
+
+fn main() -> std::process::ExitCode {
+    distill::cli::main()
+}

@@ -1,0 +1,121 @@
+//! Model checkpoints: a directory holding the spec (`spec.toml`), the weights (`model.bpk`, burn's
+//! burnpack format) and metadata (`meta.json`), so a saved model reloads without knowing its
+//! architecture in advance.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{ModelSpec, Network};
+
+/// File holding the model spec inside a checkpoint directory.
+pub const SPEC_FILE: &str = "spec.toml";
+/// File holding the weights inside a checkpoint directory.
+pub const WEIGHTS_FILE: &str = "model.bpk";
+/// File holding [`ModelMeta`] inside a checkpoint directory.
+pub const META_FILE: &str = "meta.json";
+
+/// What a checkpoint records besides the spec and the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    /// Checkpoint layout version.
+    pub format: u32,
+    /// Input shape (C, H, W) the network was built for.
+    pub input: [usize; 3],
+    /// Class names of the dataset it was trained on (index = logit).
+    pub classes: Vec<String>,
+    /// Parameter count, for a quick consistency check.
+    pub params: usize,
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
+/// half-written file under the final name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// Saves a model checkpoint into `dir` (created if needed).
+pub fn save(dir: &Path, spec: &ModelSpec, meta: &ModelMeta, network: &Network) -> anyhow::Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
+    let weights = network
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot serialise weights for {}: {e}", dir.display()))?;
+    write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
+    write_atomic(&dir.join(SPEC_FILE), spec.to_toml_string().as_bytes())?;
+    write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(meta)?.as_bytes())?;
+    Ok(())
+}
+
+fn require(dir: &Path, file: &str) -> anyhow::Result<PathBuf> {
+    if !dir.is_dir() {
+        anyhow::bail!("checkpoint directory {} does not exist", dir.display());
+    }
+    let path = dir.join(file);
+    if !path.is_file() {
+        anyhow::bail!("{} is not a model checkpoint: {} is missing", dir.display(), path.display());
+    }
+    Ok(path)
+}
+
+/// Reads the spec of the checkpoint in `dir`.
+pub fn read_spec(dir: &Path) -> anyhow::Result<ModelSpec> {
+    ModelSpec::from_file(&require(dir, SPEC_FILE)?)
+}
+
+/// Reads the metadata of the checkpoint in `dir`.
+pub fn read_meta(dir: &Path) -> anyhow::Result<ModelMeta> {
+    let path = require(dir, META_FILE)?;
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid checkpoint metadata", path.display()))
+}
+
+/// SHA-256 (hex) of the checkpoint's weights file: identifies a trained model.
+pub fn weights_hash(dir: &Path) -> anyhow::Result<String> {
+    let path = require(dir, WEIGHTS_FILE)?;
+    let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// Loads weights from a burnpack file into a network built from `spec`. Shape disagreements name
+/// the tensor and both shapes.
+pub fn load_weights(path: &Path, network: Network) -> anyhow::Result<Network> {
+    let record = ModuleRecord::load(path).map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
+    network
+        .try_load_record(record)
+        .map_err(|e| anyhow::anyhow!("weights {} do not fit the model spec: {e}", path.display()))
+}
+
+/// A model loaded from a checkpoint directory.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Its architecture.
+    pub spec: ModelSpec,
+    /// Its metadata.
+    pub meta: ModelMeta,
+    /// The network with the saved weights, on the requested device.
+    pub network: Network,
+}
+
+/// Loads the checkpoint in `dir` onto `device`.
+pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
+    let spec = read_spec(dir)?;
+    let meta = read_meta(dir)?;
+    let network = Network::init(&spec, meta.input, 0, device)
+        .with_context(|| format!("model spec in {}", dir.display()))?;
+    let network = load_weights(&require(dir, WEIGHTS_FILE)?, network)?;
+    Ok(LoadedModel { spec, meta, network })
+}

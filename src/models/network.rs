@@ -1,0 +1,231 @@
+//! A [`ModelSpec`] made real: a burn [`Module`] whose layers follow the spec one for one.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, LeakyRelu, LeakyReluConfig,
+    Linear, LinearConfig, PaddingConfig2d, Relu,
+};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+use super::spec::{Activation, LayerSpec, ModelSpec, Padding, Shape, SpecError};
+
+/// Collapses channels x height x width into one feature vector (channel-major, as burn lays out
+/// NCHW; Keras flattens NHWC, which only permutes the next dense layer's rows).
+#[derive(Module, Debug, Default)]
+pub struct Flatten;
+
+/// Averages each channel over height and width.
+#[derive(Module, Debug, Default)]
+pub struct GlobalAvgPool;
+
+/// A fully connected layer with an optional ReLU.
+#[derive(Module, Debug)]
+pub struct Dense {
+    /// The affine map (`weight` is `[inputs, units]`).
+    pub linear: Linear,
+    /// Whether ReLU follows.
+    pub relu: bool,
+}
+
+/// One built layer; the variants mirror [`LayerSpec`].
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Layer {
+    /// See [`LayerSpec::Conv2d`].
+    Conv2d(Conv2d),
+    /// See [`LayerSpec::LeakyRelu`].
+    LeakyRelu(LeakyRelu),
+    /// See [`LayerSpec::Relu`].
+    Relu(Relu),
+    /// See [`LayerSpec::MaxPool2d`].
+    MaxPool2d(MaxPool2d),
+    /// See [`LayerSpec::Dropout`].
+    Dropout(Dropout),
+    /// See [`LayerSpec::Flatten`].
+    Flatten(Flatten),
+    /// See [`LayerSpec::Dense`].
+    Dense(Dense),
+    /// See [`LayerSpec::BatchNorm`].
+    BatchNorm(BatchNorm),
+    /// See [`LayerSpec::GlobalAvgPool`].
+    GlobalAvgPool(GlobalAvgPool),
+}
+
+/// A sequential CNN built from a [`ModelSpec`]. Input `[batch, C, H, W]`, output logits `[batch, classes]`.
+#[derive(Module, Debug)]
+pub struct Network {
+    /// The layers, in order.
+    pub layers: Vec<Layer>,
+}
+
+/// Activations between layers: feature maps before a flatten, vectors after.
+enum Activations {
+    Image(Tensor<4>),
+    Flat(Tensor<2>),
+}
+
+impl Activations {
+    fn image(self) -> Tensor<4> {
+        match self {
+            Activations::Image(x) => x,
+            // `ModelSpec::infer` rejects every spec that would get here.
+            Activations::Flat(_) => unreachable!("spatial layer after flatten passed validation"),
+        }
+    }
+
+    fn map(self, f2: impl FnOnce(Tensor<2>) -> Tensor<2>, f4: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Self {
+        match self {
+            Activations::Image(x) => Activations::Image(f4(x)),
+            Activations::Flat(x) => Activations::Flat(f2(x)),
+        }
+    }
+}
+
+fn padding_config(padding: Padding) -> PaddingConfig2d {
+    match padding {
+        Padding::Same => PaddingConfig2d::Same,
+        Padding::Valid => PaddingConfig2d::Valid,
+    }
+}
+
+/// Keras' `glorot_uniform`: U(-l, l) with l = sqrt(6 / (fan_in + fan_out)), drawn from our own
+/// seeded generator so initial weights are identical on every backend.
+fn glorot_uniform(
+    rng: &mut ChaCha8Rng,
+    shape: Vec<usize>,
+    fan_in: usize,
+    fan_out: usize,
+    device: &Device,
+) -> Tensor<1> {
+    let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+    let n: usize = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| rng.random_range(-limit..limit)).collect();
+    Tensor::<1>::from_data(TensorData::new(values, [n]), device)
+}
+
+impl Network {
+    /// Builds the network for `input` (C, H, W) with Keras' initialisation (Glorot-uniform
+    /// kernels, zero biases), seeded by `seed`. The spec is validated first.
+    pub fn init(spec: &ModelSpec, input: [usize; 3], seed: u64, device: &Device) -> Result<Self, SpecError> {
+        let infos = spec.infer(input)?;
+        let inputs = std::iter::once(Shape::Image(input)).chain(infos.iter().map(|info| info.output));
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (layer, shape) in spec.layers.iter().zip(inputs) {
+            let built = match *layer {
+                LayerSpec::Conv2d { filters, kernel, stride, padding } => {
+                    let Shape::Image([c, _, _]) = shape else { unreachable!() };
+                    let mut conv = Conv2dConfig::new([c, filters], [kernel, kernel])
+                        .with_stride([stride, stride])
+                        .with_padding(padding_config(padding))
+                        .with_initializer(Initializer::Zeros)
+                        .init(device);
+                    let weight = glorot_uniform(
+                        &mut rng,
+                        vec![filters, c, kernel, kernel],
+                        kernel * kernel * c,
+                        kernel * kernel * filters,
+                        device,
+                    );
+                    conv.weight = Param::from_tensor(weight.reshape([filters, c, kernel, kernel]));
+                    Layer::Conv2d(conv)
+                }
+                LayerSpec::LeakyRelu { slope } => {
+                    Layer::LeakyRelu(LeakyReluConfig::new().with_negative_slope(slope).init())
+                }
+                LayerSpec::Relu => Layer::Relu(Relu::new()),
+                LayerSpec::MaxPool2d { size, stride, padding } => {
+                    let stride = stride.unwrap_or(size);
+                    Layer::MaxPool2d(
+                        MaxPool2dConfig::new([size, size])
+                            .with_strides([stride, stride])
+                            .with_padding(padding_config(padding))
+                            .init(),
+                    )
+                }
+                LayerSpec::Dropout { rate } => Layer::Dropout(DropoutConfig::new(rate).init()),
+                LayerSpec::Flatten => Layer::Flatten(Flatten),
+                LayerSpec::GlobalAvgPool => Layer::GlobalAvgPool(GlobalAvgPool),
+                LayerSpec::BatchNorm => {
+                    let features = match shape {
+                        Shape::Image([c, _, _]) => c,
+                        Shape::Flat(n) => n,
+                    };
+                    // Keras' defaults: epsilon 1e-3, moving-average momentum 0.99 (burn's 0.01).
+                    Layer::BatchNorm(
+                        BatchNormConfig::new(features)
+                            .with_epsilon(1e-3)
+                            .with_momentum(0.01)
+                            .init(device),
+                    )
+                }
+                LayerSpec::Dense { units, activation } => {
+                    let Shape::Flat(n) = shape else { unreachable!() };
+                    let mut linear = LinearConfig::new(n, units)
+                        .with_initializer(Initializer::Zeros)
+                        .init(device);
+                    let weight = glorot_uniform(&mut rng, vec![n, units], n, units, device);
+                    linear.weight = Param::from_tensor(weight.reshape([n, units]));
+                    Layer::Dense(Dense { linear, relu: activation == Some(Activation::Relu) })
+                }
+            };
+            layers.push(built);
+        }
+        Ok(Network { layers })
+    }
+
+    /// Logits for a batch of images `[batch, C, H, W]`.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        self.forward_observed(input, |_, _| {})
+    }
+
+    /// The output dimensions (batch included) of every layer for `input`; checks a spec's shape
+    /// arithmetic against what the tensors really do.
+    pub fn layer_output_dims(&self, input: Tensor<4>) -> Vec<Vec<usize>> {
+        let mut dims = Vec::with_capacity(self.layers.len());
+        self.forward_observed(input, |_, d| dims.push(d));
+        dims
+    }
+
+    fn forward_observed(&self, input: Tensor<4>, mut observe: impl FnMut(usize, Vec<usize>)) -> Tensor<2> {
+        let mut x = Activations::Image(input);
+        for (index, layer) in self.layers.iter().enumerate() {
+            x = match layer {
+                Layer::Conv2d(conv) => Activations::Image(conv.forward(x.image())),
+                Layer::MaxPool2d(pool) => Activations::Image(pool.forward(x.image())),
+                Layer::LeakyRelu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
+                Layer::Relu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
+                Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
+                Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
+                Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
+                Layer::GlobalAvgPool(_) => {
+                    let t = x.image();
+                    let [b, c, _, _] = t.dims();
+                    Activations::Flat(t.mean_dim(3).mean_dim(2).reshape([b, c]))
+                }
+                Layer::Dense(dense) => match x {
+                    Activations::Flat(t) => {
+                        let y = dense.linear.forward(t);
+                        Activations::Flat(if dense.relu { burn::tensor::activation::relu(y) } else { y })
+                    }
+                    Activations::Image(_) => unreachable!("dense on a feature map passed validation"),
+                },
+            };
+            observe(
+                index,
+                match &x {
+                    Activations::Image(t) => t.dims().to_vec(),
+                    Activations::Flat(t) => t.dims().to_vec(),
+                },
+            );
+        }
+        match x {
+            Activations::Flat(logits) => logits,
+            Activations::Image(_) => unreachable!("a model ending in a feature map passed validation"),
+        }
+    }
+}

@@ -1,0 +1,425 @@
+//! A declarative, Keras-`Sequential`-like description of a CNN, written in Rust or TOML.
+//!
+//! ```toml
+//! name = "student"
+//! [[layers]]
+//! type = "conv2d"
+//! filters = 32
+//! kernel = 3
+//! stride = 2
+//! padding = "same"
+//! [[layers]]
+//! type = "leaky_relu"
+//! slope = 0.2
+//! ```
+//!
+//! The input shape is not part of the spec: it comes from the dataset, so one spec serves
+//! 3x32x32 and 1x28x28. [`ModelSpec::infer`] walks the layers for a given input, checking every
+//! layer and computing output shapes, parameter counts and FLOPs before any weight exists.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// How a convolution or pooling window treats the border, with Keras/TensorFlow semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Output size `ceil(in / stride)`; the total padding is split with the extra pixel at the
+    /// bottom/right, exactly as TensorFlow does.
+    #[default]
+    Same,
+    /// No padding: output size `floor((in - kernel) / stride) + 1`.
+    Valid,
+}
+
+/// Activation applied by a dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// One layer of a [`ModelSpec`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// 2-D convolution with bias.
+    Conv2d {
+        /// Output channels.
+        filters: usize,
+        /// Square kernel side.
+        kernel: usize,
+        /// Stride in both directions.
+        #[serde(default = "one")]
+        stride: usize,
+        /// Border handling.
+        #[serde(default)]
+        padding: Padding,
+    },
+    /// `x` if positive, else `slope * x`.
+    LeakyRelu {
+        /// Negative slope (Keras' `negative_slope`; the reference uses 0.2).
+        slope: f64,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// 2-D max pooling.
+    MaxPool2d {
+        /// Square window side.
+        size: usize,
+        /// Stride; Keras defaults it to the window size.
+        #[serde(default)]
+        stride: Option<usize>,
+        /// Border handling.
+        #[serde(default)]
+        padding: Padding,
+    },
+    /// Randomly zeroes inputs with probability `rate` while training (inverted dropout).
+    Dropout {
+        /// Drop probability in `[0, 1)`.
+        rate: f64,
+    },
+    /// Channels x height x width → one feature vector.
+    Flatten,
+    /// Fully connected layer with bias.
+    Dense {
+        /// Output features.
+        units: usize,
+        /// Optional activation after the affine map.
+        #[serde(default)]
+        activation: Option<Activation>,
+    },
+    /// Batch normalisation over channels (4-D) or features (2-D).
+    BatchNorm,
+    /// Mean over height and width: channels x height x width → channels.
+    GlobalAvgPool,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl LayerSpec {
+    /// The layer's `type` name as written in TOML.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LayerSpec::Conv2d { .. } => "conv2d",
+            LayerSpec::LeakyRelu { .. } => "leaky_relu",
+            LayerSpec::Relu => "relu",
+            LayerSpec::MaxPool2d { .. } => "max_pool2d",
+            LayerSpec::Dropout { .. } => "dropout",
+            LayerSpec::Flatten => "flatten",
+            LayerSpec::Dense { .. } => "dense",
+            LayerSpec::BatchNorm => "batch_norm",
+            LayerSpec::GlobalAvgPool => "global_avg_pool",
+        }
+    }
+
+    /// Convenience constructor: `conv2d` with 'same' padding.
+    pub fn conv(filters: usize, kernel: usize, stride: usize) -> Self {
+        LayerSpec::Conv2d { filters, kernel, stride, padding: Padding::Same }
+    }
+
+    /// Convenience constructor: `max_pool2d` with 'same' padding.
+    pub fn max_pool(size: usize, stride: usize) -> Self {
+        LayerSpec::MaxPool2d { size, stride: Some(stride), padding: Padding::Same }
+    }
+
+    /// Convenience constructor: `dense`, optionally followed by ReLU.
+    pub fn dense(units: usize, relu: bool) -> Self {
+        LayerSpec::Dense { units, activation: relu.then_some(Activation::Relu) }
+    }
+}
+
+/// A whole model: a name and its layers, applied in order. The last layer must produce 2-D logits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Human-readable name (a zoo name, or the file stem).
+    pub name: String,
+    /// Layers in order.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// A spec that cannot work, located by layer index (0-based) and field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// A layer is inconsistent with its input or has an impossible value.
+    #[error("layer {index} ({kind}), field `{field}`: {message}")]
+    Layer {
+        /// 0-based layer index.
+        index: usize,
+        /// The layer's `type`.
+        kind: String,
+        /// The offending field (or `input` when the incoming shape is the problem).
+        field: &'static str,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// The TOML itself could not be parsed.
+    #[error("{0}")]
+    Parse(String),
+    /// A problem with the model as a whole (empty, does not end in logits, ...).
+    #[error("{0}")]
+    Model(String),
+}
+
+/// The shape flowing between layers (batch dimension omitted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Shape {
+    /// Channels, height, width.
+    Image([usize; 3]),
+    /// Features.
+    Flat(usize),
+}
+
+impl Shape {
+    /// Number of values per example.
+    pub fn numel(self) -> usize {
+        match self {
+            Shape::Image([c, h, w]) => c * h * w,
+            Shape::Flat(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shape::Image([c, h, w]) => write!(f, "({c}, {h}, {w})"),
+            Shape::Flat(n) => write!(f, "({n})"),
+        }
+    }
+}
+
+/// What [`ModelSpec::infer`] learns about one layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerInfo {
+    /// The layer's `type`.
+    pub kind: &'static str,
+    /// Shape of one example after this layer.
+    pub output: Shape,
+    /// Trainable parameters (batch norm also counts its running mean/variance, as Keras does).
+    pub params: usize,
+    /// Forward floating-point operations per example (a multiply-add counts 2; only conv and dense).
+    pub flops: u64,
+}
+
+/// Output size of a window op along one axis, with Keras semantics.
+pub fn output_size(input: usize, kernel: usize, stride: usize, padding: Padding) -> Option<usize> {
+    match padding {
+        Padding::Same => Some(input.div_ceil(stride)),
+        Padding::Valid => (input >= kernel).then(|| (input - kernel) / stride + 1),
+    }
+}
+
+/// TensorFlow's 'same' padding along one axis as (before, after): the total is split with the odd
+/// pixel after, so stride 2 on an even size pads only the bottom/right.
+pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = input.div_ceil(stride);
+    let total = ((out - 1) * stride + kernel).saturating_sub(input);
+    (total / 2, total - total / 2)
+}
+
+impl ModelSpec {
+    /// Parses a spec from TOML text. Errors name the layer index for per-layer problems.
+    pub fn from_toml_str(text: &str) -> Result<Self, SpecError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            name: Option<String>,
+            layers: Vec<toml::Value>,
+        }
+        let raw: Raw = toml::from_str(text).map_err(|e| SpecError::Parse(e.to_string()))?;
+        let layers = raw
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(index, value)| {
+                let kind = value
+                    .get("type")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("?")
+                    .to_string();
+                value.try_into::<LayerSpec>().map_err(|e| SpecError::Layer {
+                    index,
+                    kind,
+                    field: "type",
+                    message: e.to_string().trim().to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ModelSpec { name: raw.name.unwrap_or_else(|| "model".into()), layers })
+    }
+
+    /// Reads a spec file; the name defaults to the file stem.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read model spec {}: {e}", path.display()))?;
+        let mut spec = Self::from_toml_str(&text)
+            .map_err(|e| anyhow::anyhow!("model spec {}: {e}", path.display()))?;
+        if spec.name == "model" {
+            if let Some(stem) = path.file_stem() {
+                spec.name = stem.to_string_lossy().into_owned();
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The spec as TOML text (round-trips through [`ModelSpec::from_toml_str`]).
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).expect("a model spec always serialises to TOML")
+    }
+
+    /// Checks every layer against the shape flowing into it and returns, per layer, the output
+    /// shape, parameter count and FLOPs. The model must end with 2-D logits.
+    pub fn infer(&self, input: [usize; 3]) -> Result<Vec<LayerInfo>, SpecError> {
+        if self.layers.is_empty() {
+            return Err(SpecError::Model(format!("model `{}` has no layers", self.name)));
+        }
+        if input.contains(&0) {
+            return Err(SpecError::Model(format!("input shape {input:?} has a zero dimension")));
+        }
+        let mut shape = Shape::Image(input);
+        let mut infos = Vec::with_capacity(self.layers.len());
+        for (index, layer) in self.layers.iter().enumerate() {
+            let err = |field: &'static str, message: String| SpecError::Layer {
+                index,
+                kind: layer.kind().to_string(),
+                field,
+                message,
+            };
+            let need_image = |shape: Shape| match shape {
+                Shape::Image(chw) => Ok(chw),
+                Shape::Flat(n) => Err(err(
+                    "input",
+                    format!("needs a 3-D (channels, height, width) input but gets ({n}) after a flatten"),
+                )),
+            };
+            let (output, params, flops) = match *layer {
+                LayerSpec::Conv2d { filters, kernel, stride, padding } => {
+                    let [c, h, w] = need_image(shape)?;
+                    if filters == 0 {
+                        return Err(err("filters", "must be at least 1".into()));
+                    }
+                    if kernel == 0 {
+                        return Err(err("kernel", "must be at least 1".into()));
+                    }
+                    if stride == 0 {
+                        return Err(err("stride", "must be at least 1".into()));
+                    }
+                    let (Some(oh), Some(ow)) = (
+                        output_size(h, kernel, stride, padding),
+                        output_size(w, kernel, stride, padding),
+                    ) else {
+                        return Err(err(
+                            "kernel",
+                            format!("{kernel}x{kernel} is larger than its {h}x{w} input with 'valid' padding"),
+                        ));
+                    };
+                    let params = kernel * kernel * c * filters + filters;
+                    let flops = 2 * (kernel * kernel * c * filters * oh * ow) as u64;
+                    (Shape::Image([filters, oh, ow]), params, flops)
+                }
+                LayerSpec::MaxPool2d { size, stride, padding } => {
+                    let [c, h, w] = need_image(shape)?;
+                    if size == 0 {
+                        return Err(err("size", "must be at least 1".into()));
+                    }
+                    let stride = stride.unwrap_or(size);
+                    if stride == 0 {
+                        return Err(err("stride", "must be at least 1".into()));
+                    }
+                    let (Some(oh), Some(ow)) =
+                        (output_size(h, size, stride, padding), output_size(w, size, stride, padding))
+                    else {
+                        return Err(err(
+                            "size",
+                            format!("{size}x{size} window is larger than its {h}x{w} input with 'valid' padding"),
+                        ));
+                    };
+                    (Shape::Image([c, oh, ow]), 0, 0)
+                }
+                LayerSpec::LeakyRelu { slope } => {
+                    if !slope.is_finite() {
+                        return Err(err("slope", format!("must be finite, got {slope}")));
+                    }
+                    (shape, 0, 0)
+                }
+                LayerSpec::Relu => (shape, 0, 0),
+                LayerSpec::Dropout { rate } => {
+                    if !(0.0..1.0).contains(&rate) {
+                        return Err(err("rate", format!("must be in [0, 1), got {rate}")));
+                    }
+                    (shape, 0, 0)
+                }
+                LayerSpec::Flatten => {
+                    need_image(shape)?;
+                    (Shape::Flat(shape.numel()), 0, 0)
+                }
+                LayerSpec::GlobalAvgPool => {
+                    let [c, _, _] = need_image(shape)?;
+                    (Shape::Flat(c), 0, 0)
+                }
+                LayerSpec::BatchNorm => {
+                    let channels = match shape {
+                        Shape::Image([c, _, _]) => c,
+                        Shape::Flat(n) => n,
+                    };
+                    (shape, 4 * channels, 0)
+                }
+                LayerSpec::Dense { units, .. } => {
+                    let Shape::Flat(n) = shape else {
+                        return Err(err(
+                            "input",
+                            format!("needs a flat input but gets {shape}; add a `flatten` or `global_avg_pool` before it"),
+                        ));
+                    };
+                    if units == 0 {
+                        return Err(err("units", "must be at least 1".into()));
+                    }
+                    (Shape::Flat(units), n * units + units, 2 * (n * units) as u64)
+                }
+            };
+            infos.push(LayerInfo { kind: layer.kind(), output, params, flops });
+            shape = output;
+        }
+        if let Shape::Image(chw) = shape {
+            return Err(SpecError::Model(format!(
+                "model `{}` ends with a {chw:?} feature map; it must end with flat logits (add `flatten` and a `dense` layer)",
+                self.name
+            )));
+        }
+        Ok(infos)
+    }
+
+    /// Number of output logits (classes) for an input shape.
+    pub fn num_outputs(&self, input: [usize; 3]) -> Result<usize, SpecError> {
+        let infos = self.infer(input)?;
+        Ok(infos.last().map(|i| i.output.numel()).unwrap_or(0))
+    }
+}
+
+/// Totals over a model for one input shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ModelStats {
+    /// Parameters (all weights, including batch-norm statistics).
+    pub params: usize,
+    /// Forward FLOPs per example.
+    pub flops: u64,
+    /// Bytes of the weights as f32.
+    pub bytes: usize,
+}
+
+impl ModelSpec {
+    /// Parameter, FLOP and weight-size totals for an input shape.
+    pub fn stats(&self, input: [usize; 3]) -> Result<ModelStats, SpecError> {
+        let infos = self.infer(input)?;
+        let params: usize = infos.iter().map(|i| i.params).sum();
+        Ok(ModelStats { params, flops: infos.iter().map(|i| i.flops).sum(), bytes: params * 4 })
+    }
+}

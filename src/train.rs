@@ -1,0 +1,495 @@
+//! The training loop, shared by a teacher, a student from scratch and a distilled student.
+//!
+//! It is a custom loop rather than burn's `Learner`: resuming must reproduce an uninterrupted run
+//! bit for bit (batch order, dropout and augmentation are keyed by seed and epoch), a distilled
+//! student reads its teacher's logits from a cache by dataset index, and the per-epoch output
+//! follows Keras' `fit()`. It also keeps `burn-train` (and its TUI stack) out of the build.
+//!
+//! A run directory holds the latest model checkpoint at its top level (`spec.toml`, `model.bpk`,
+//! `meta.json`; loadable with [`crate::models::checkpoint::load`]), the history (`history.csv`,
+//! `history.json`), a log (`train.log`) and, under `checkpoints/epoch-NNNN/`, the last two full
+//! training states (model, optimizer, epoch, history) that `--resume` continues from.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use burn::module::Module;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{batch_order, Augmentation, Split};
+use crate::distill::TeacherLogits;
+use crate::losses::{cross_entropy, DistillLoss};
+use crate::models::checkpoint::{self, write_atomic, ModelMeta};
+use crate::models::{ModelSpec, Network};
+
+/// Adam(W) settings; the defaults are Keras' Adam.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimizerConfig {
+    /// Learning rate (peak learning rate with the cosine schedule).
+    pub learning_rate: f64,
+    /// Adam's beta1.
+    pub beta1: f32,
+    /// Adam's beta2.
+    pub beta2: f32,
+    /// Adam's epsilon (Keras: 1e-7).
+    pub epsilon: f32,
+    /// Decoupled weight decay; > 0 switches to AdamW.
+    pub weight_decay: f32,
+    /// Cosine decay of the learning rate from `learning_rate` to 0 over the run.
+    pub cosine_schedule: bool,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        OptimizerConfig {
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-7,
+            weight_decay: 0.0,
+            cosine_schedule: false,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    fn build(&self) -> ModuleOptimizer {
+        if self.weight_decay > 0.0 {
+            AdamWConfig::new()
+                .with_beta_1(self.beta1)
+                .with_beta_2(self.beta2)
+                .with_epsilon(self.epsilon)
+                .with_weight_decay(self.weight_decay)
+                .init()
+        } else {
+            AdamConfig::new()
+                .with_beta_1(self.beta1)
+                .with_beta_2(self.beta2)
+                .with_epsilon(self.epsilon)
+                .init()
+        }
+    }
+
+    /// Learning rate at global step `step` of `total` steps.
+    pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
+        if !self.cosine_schedule || total == 0 {
+            return self.learning_rate;
+        }
+        let progress = step as f64 / total as f64;
+        self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// Everything that decides how a model is trained (saved with each checkpoint; a resumed run must
+/// use the same values).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Number of passes over the training split.
+    pub epochs: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Seeds initialisation, shuffling, dropout and augmentation.
+    pub seed: u64,
+    /// Optimizer settings.
+    pub optimizer: OptimizerConfig,
+    /// Label smoothing of the cross-entropy, in [0, 1).
+    pub label_smoothing: f64,
+    /// Data augmentation, off when `None`.
+    pub augmentation: Option<Augmentation>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 20,
+            batch_size: 64,
+            seed: 42,
+            optimizer: OptimizerConfig::default(),
+            label_smoothing: 0.0,
+            augmentation: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects impossible values before any work starts, naming the field.
+    pub fn validate(&self, train_len: usize) -> anyhow::Result<()> {
+        if self.epochs == 0 {
+            bail!("epochs must be at least 1");
+        }
+        if self.batch_size == 0 {
+            bail!("batch size must be at least 1");
+        }
+        if self.batch_size > train_len {
+            bail!("batch size {} is larger than the training split ({train_len} images)", self.batch_size);
+        }
+        let lr = self.optimizer.learning_rate;
+        if !(lr.is_finite() && lr > 0.0) {
+            bail!("learning rate must be a finite number > 0, got {lr}");
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            bail!("label smoothing must be in [0, 1), got {}", self.label_smoothing);
+        }
+        Ok(())
+    }
+}
+
+/// One line of the history: what Keras' `fit()` prints after an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss (the objective: CE, or the distillation total).
+    pub loss: f64,
+    /// Training accuracy.
+    pub accuracy: f64,
+    /// Cross-entropy on the evaluation split.
+    pub val_loss: f64,
+    /// Accuracy on the evaluation split.
+    pub val_accuracy: f64,
+    /// Learning rate at the end of the epoch.
+    pub learning_rate: f64,
+    /// Wall time of the epoch (training + evaluation).
+    pub seconds: f64,
+}
+
+/// What a student is trained against.
+pub enum Objective<'a> {
+    /// Labels only (a teacher, or a student from scratch).
+    Labels,
+    /// Labels and a teacher's logits.
+    Distill {
+        /// How the two are combined.
+        loss: DistillLoss,
+        /// Where the teacher's logits come from.
+        teacher: &'a TeacherLogits,
+    },
+}
+
+/// A training job.
+pub struct TrainJob<'a> {
+    /// Architecture of the model to train.
+    pub spec: &'a ModelSpec,
+    /// Class names (their count must equal the model's outputs).
+    pub classes: &'a [String],
+    /// Training split.
+    pub train: &'a Split,
+    /// Evaluation split (test, or a validation split carved from train).
+    pub eval: &'a Split,
+    /// Hyper-parameters.
+    pub config: &'a TrainConfig,
+    /// Labels only, or distillation.
+    pub objective: Objective<'a>,
+    /// Run directory.
+    pub out: &'a Path,
+    /// Continue from the newest checkpoint in `out` if there is one.
+    pub resume: bool,
+    /// Show progress bars (they are hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// Print one line per epoch on stdout.
+    pub verbose: bool,
+}
+
+/// The result of a finished run.
+#[derive(Debug)]
+pub struct TrainOutcome {
+    /// The trained network (on the training device, autodiff enabled).
+    pub network: Network,
+    /// Per-epoch history, including epochs from before a resume.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Saved at each checkpoint; a resumed run refuses to continue under a different configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    format: u32,
+    epochs_done: usize,
+    config: TrainConfig,
+    objective: String,
+    model: String,
+    history: Vec<EpochRecord>,
+}
+
+const CHECKPOINTS_DIR: &str = "checkpoints";
+const STATE_FILE: &str = "state.json";
+const OPTIMIZER_FILE: &str = "optimizer.bpk";
+
+fn objective_label(objective: &Objective) -> String {
+    match objective {
+        Objective::Labels => "labels".to_string(),
+        Objective::Distill { loss, teacher } => format!("{loss:?} teacher={}", teacher.teacher_id()),
+    }
+}
+
+/// Seed for one purpose (dropout, augmentation, ...) of one epoch, so every epoch can be replayed
+/// on its own after a resume.
+pub fn derive_seed(seed: u64, purpose: u64, epoch: usize) -> u64 {
+    // SplitMix64 finaliser over the combined inputs: cheap and well mixed.
+    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+const PURPOSE_SHUFFLE: u64 = 1;
+const PURPOSE_DROPOUT: u64 = 2;
+const PURPOSE_AUGMENT: u64 = 3;
+
+/// Mean cross-entropy and accuracy of `network` on `split`, in inference mode.
+pub fn evaluate(network: &Network, split: &Split, device: &Device, batch_size: usize) -> (f64, f64) {
+    let model = network.valid();
+    let plain = device.clone().without_autodiff();
+    let mut loss_sum = 0.0;
+    let mut correct = 0i64;
+    for indices in batch_order(split.len(), batch_size, false, 0, 0) {
+        let (images, labels) = split.batch(&indices, &plain, None);
+        let logits = model.forward(images);
+        let loss: f32 = cross_entropy(logits.clone(), labels.clone(), 0.0).into_scalar();
+        loss_sum += loss as f64 * indices.len() as f64;
+        correct += count_correct(logits, labels);
+    }
+    let n = split.len().max(1) as f64;
+    (loss_sum / n, correct as f64 / n)
+}
+
+/// Number of rows whose arg-max logit is the label.
+pub fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> i64 {
+    let [batch, _] = logits.dims();
+    logits.argmax(1).reshape([batch]).equal(labels).int().sum().into_scalar()
+}
+
+fn checkpoint_dirs(out: &Path) -> Vec<(usize, PathBuf)> {
+    let mut dirs: Vec<(usize, PathBuf)> = fs::read_dir(out.join(CHECKPOINTS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let epoch = name.strip_prefix("epoch-")?.parse().ok()?;
+            entry.path().join(STATE_FILE).is_file().then(|| (epoch, entry.path()))
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn write_history(out: &Path, history: &[EpochRecord]) -> anyhow::Result<()> {
+    let mut csv = String::from("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,seconds\n");
+    for r in history {
+        let _ = writeln!(
+            csv,
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6e},{:.3}",
+            r.epoch, r.loss, r.accuracy, r.val_loss, r.val_accuracy, r.learning_rate, r.seconds
+        );
+    }
+    write_atomic(&out.join("history.csv"), csv.as_bytes())?;
+    write_atomic(&out.join("history.json"), serde_json::to_string_pretty(history)?.as_bytes())
+}
+
+/// Writes a complete training state as `checkpoints/epoch-NNNN/` (built under a temporary name and
+/// renamed, so a partial one is never picked up), refreshes the model at the top of `out`, and
+/// keeps the two newest states.
+fn save_checkpoint(
+    out: &Path,
+    spec: &ModelSpec,
+    meta: &ModelMeta,
+    network: &Network,
+    optimizer: &ModuleOptimizer,
+    state: &TrainState,
+) -> anyhow::Result<()> {
+    let root = out.join(CHECKPOINTS_DIR);
+    let final_dir = root.join(format!("epoch-{:04}", state.epochs_done));
+    let tmp_dir = root.join(format!(".epoch-{:04}.partial", state.epochs_done));
+    let _ = fs::remove_dir_all(&tmp_dir);
+    checkpoint::save(&tmp_dir, spec, meta, network)?;
+    let optimizer_bytes = optimizer
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot serialise the optimizer state: {e}"))?;
+    write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &optimizer_bytes)?;
+    write_atomic(&tmp_dir.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+    let _ = fs::remove_dir_all(&final_dir);
+    fs::rename(&tmp_dir, &final_dir)
+        .with_context(|| format!("cannot move checkpoint into place at {}", final_dir.display()))?;
+    checkpoint::save(out, spec, meta, network)?;
+    write_history(out, &state.history)?;
+    let dirs = checkpoint_dirs(out);
+    for (_, old) in dirs.iter().take(dirs.len().saturating_sub(2)) {
+        let _ = fs::remove_dir_all(old);
+    }
+    Ok(())
+}
+
+fn append_log(out: &Path, line: &str) {
+    if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(out.join("train.log")) {
+        let _ = writeln!(file, "{line}");
+    }
+}
+
+/// Trains the job's model on `device` (an autodiff device is derived from it).
+pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
+    let TrainJob { spec, classes, train, eval, config, objective, out, resume, progress, verbose } = job;
+    config.validate(train.len())?;
+    if let Objective::Distill { loss, teacher } = &objective {
+        loss.validate().map_err(|e| anyhow::anyhow!("distillation loss: {e}"))?;
+        teacher.check_compatible(train, classes.len())?;
+    }
+    let input = train.shape;
+    let outputs = spec.num_outputs(input).with_context(|| format!("model `{}`", spec.name))?;
+    if outputs != classes.len() {
+        bail!(
+            "model `{}` has {outputs} outputs but the dataset has {} classes; its last dense layer must have {} units",
+            spec.name,
+            classes.len(),
+            classes.len()
+        );
+    }
+    fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let probe = out.join(".write-test");
+    fs::write(&probe, b"ok").with_context(|| format!("output directory {} is not writable", out.display()))?;
+    let _ = fs::remove_file(probe);
+
+    let train_device = device.clone().autodiff();
+    let meta = ModelMeta {
+        format: 1,
+        input,
+        classes: classes.to_vec(),
+        params: spec.stats(input)?.params,
+    };
+    let objective_name = objective_label(&objective);
+    let mut network = Network::init(spec, input, config.seed, &train_device)?;
+    let mut optimizer = config.optimizer.build();
+    let mut history = Vec::new();
+
+    let existing = checkpoint_dirs(out);
+    if let Some((epochs_done, dir)) = existing.last() {
+        if !resume {
+            bail!(
+                "{} already holds a training run (last checkpoint: epoch {epochs_done}); pass --resume to continue it or choose another --out",
+                out.display()
+            );
+        }
+        let state_path = dir.join(STATE_FILE);
+        let state: TrainState = serde_json::from_str(
+            &fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?,
+        )
+        .with_context(|| format!("{} is not a valid training state", state_path.display()))?;
+        if state.model != spec.to_toml_string() {
+            bail!("cannot resume from {}: it was made for a different model spec", dir.display());
+        }
+        if state.config != *config {
+            bail!(
+                "cannot resume from {}: it was made with different training settings ({:?})",
+                dir.display(),
+                state.config
+            );
+        }
+        if state.objective != objective_name {
+            bail!("cannot resume from {}: it was made with a different objective ({})", dir.display(), state.objective);
+        }
+        network = checkpoint::load_weights(&dir.join(checkpoint::WEIGHTS_FILE), network)?;
+        optimizer = optimizer
+            .load(dir.join(OPTIMIZER_FILE))
+            .map_err(|e| anyhow::anyhow!("cannot load optimizer state {}: {e}", dir.join(OPTIMIZER_FILE).display()))?;
+        history = state.history;
+        if verbose {
+            println!("Resuming {} from epoch {epochs_done}/{}", out.display(), config.epochs);
+        }
+    }
+
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let total_steps = steps_per_epoch * config.epochs;
+    let plain_device = device.clone().without_autodiff();
+    for epoch in history.len()..config.epochs {
+        let started = Instant::now();
+        train_device.seed(derive_seed(config.seed, PURPOSE_DROPOUT, epoch));
+        let order = batch_order(train.len(), config.batch_size, true, derive_seed(config.seed, PURPOSE_SHUFFLE, epoch), epoch);
+        let bar = crate::progress::bar(order.len() as u64, &format!("Epoch {}/{}", epoch + 1, config.epochs), progress);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
+        let mut lr = config.optimizer.learning_rate;
+        for (step, indices) in order.iter().enumerate() {
+            let augment = config
+                .augmentation
+                .as_ref()
+                .map(|aug| (aug, derive_seed(config.seed, PURPOSE_AUGMENT, epoch * steps_per_epoch + step)));
+            let (images, labels) = train.batch(indices, &train_device, augment);
+            let logits = network.forward(images.clone());
+            let loss = match &objective {
+                Objective::Labels => cross_entropy(logits.clone(), labels.clone(), config.label_smoothing),
+                Objective::Distill { loss, teacher } => {
+                    let teacher_logits = teacher.logits(indices, images, &plain_device)?.autodiff();
+                    loss.forward(logits.clone(), teacher_logits, labels.clone(), config.label_smoothing).total
+                }
+            };
+            let loss_value: f32 = loss.clone().into_scalar();
+            if !loss_value.is_finite() {
+                bar.abandon();
+                let kept = checkpoint_dirs(out)
+                    .last()
+                    .map(|(e, d)| format!("the last good checkpoint (epoch {e}) is kept in {}", d.display()))
+                    .unwrap_or_else(|| "no checkpoint had been written yet".to_string());
+                let message = format!(
+                    "the loss became {loss_value} at epoch {}, step {}; {kept}. Try a lower learning rate{}",
+                    epoch + 1,
+                    step + 1,
+                    if matches!(objective, Objective::Distill { .. }) { " or a lower temperature" } else { "" }
+                );
+                append_log(out, &format!("error: {message}"));
+                bail!(message);
+            }
+            correct += count_correct(logits.detach(), labels);
+            seen += indices.len();
+            loss_sum += loss_value as f64 * indices.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &network);
+            lr = config.optimizer.learning_rate_at(epoch * steps_per_epoch + step, total_steps);
+            network = optimizer.step(lr, network, grads);
+            bar.set_message(format!("loss {:.4} acc {:.4}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let (val_loss, val_accuracy) = evaluate(&network, eval, device, 256.max(config.batch_size));
+        let record = EpochRecord {
+            epoch: epoch + 1,
+            loss: loss_sum / seen as f64,
+            accuracy: correct as f64 / seen as f64,
+            val_loss,
+            val_accuracy,
+            learning_rate: lr,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let line = format!(
+            "Epoch {}/{} - {:.1}s - loss: {:.4} - accuracy: {:.4} - val_loss: {:.4} - val_accuracy: {:.4}",
+            record.epoch, config.epochs, record.seconds, record.loss, record.accuracy, record.val_loss, record.val_accuracy
+        );
+        if verbose {
+            println!("{line}");
+        }
+        append_log(out, &line);
+        history.push(record);
+        let state = TrainState {
+            format: 1,
+            epochs_done: epoch + 1,
+            config: config.clone(),
+            objective: objective_name.clone(),
+            model: spec.to_toml_string(),
+            history: history.clone(),
+        };
+        save_checkpoint(out, spec, &meta, &network, &optimizer, &state)?;
+    }
+    if history.len() == config.epochs && existing.last().map(|(e, _)| *e) == Some(config.epochs) && verbose {
+        println!("{} is already complete ({} epochs)", out.display(), config.epochs);
+    }
+    Ok(TrainOutcome { network, history })
+}
+
+/// Converts a `[n, classes]` row-major buffer into a tensor on `device`.
+pub fn logits_tensor(values: Vec<f32>, rows: usize, classes: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(values, [rows, classes]), device)
+}
