@@ -39,7 +39,10 @@ fn main() -> anyhow::Result<()> {
             &kept.images,
             [kept.len(), h, w],
         )?;
-        idx::write_labels(&out.join(format!("{prefix}-labels-idx1-ubyte.gz")), &kept.labels)?;
+        idx::write_labels(
+            &out.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            &kept.labels,
+        )?;
         eprintln!("{prefix}: kept {} of {} images", kept.len(), split.len());
     }
     Ok(())
@@ -56,7 +59,10 @@ fn first_per_class(split: &Split, classes: usize, per_class: usize) -> anyhow::R
         }
     }
     if let Some(short) = taken.iter().position(|&t| t < per_class) {
-        bail!("class {short} has only {} images, fewer than {per_class}", taken[short]);
+        bail!(
+            "class {short} has only {} images, fewer than {per_class}",
+            taken[short]
+        );
     }
     Ok(split.subset(&indices))
 }

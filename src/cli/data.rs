@@ -14,7 +14,10 @@ pub fn info(spec: &str, json: bool) -> anyhow::Result<()> {
     let parsed: DataSpec = spec.parse()?;
     let start = Instant::now();
     let dataset = data::load(&parsed).with_context(|| format!("loading dataset `{parsed}`"))?;
-    eprintln!("loaded `{parsed}` in {:.2} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "loaded `{parsed}` in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
     let info = dataset.info();
     if json {
         println!("{}", serde_json::to_string(&info)?);
@@ -28,7 +31,12 @@ pub fn info(spec: &str, json: bool) -> anyhow::Result<()> {
     println!("classes  {}", info.classes.len());
     let train_counts = dataset.train.class_counts(info.classes.len());
     let test_counts = dataset.test.class_counts(info.classes.len());
-    let width = info.classes.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+    let width = info
+        .classes
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0);
     for (label, name) in info.classes.iter().enumerate() {
         println!(
             "  {label:>3}  {name:<width$}  {:>7} train  {:>7} test",

@@ -49,11 +49,17 @@ pub fn crop_with_padding(
     dy: usize,
     dx: usize,
 ) -> Vec<u8> {
-    assert!(dy <= 2 * padding && dx <= 2 * padding, "crop offset outside the padded image");
+    assert!(
+        dy <= 2 * padding && dx <= 2 * padding,
+        "crop offset outside the padded image"
+    );
     let mut out = vec![0u8; c * h * w];
     // Source row/column of output (y, x) is (y + dy - padding, x + dx - padding); work in
     // signed offsets so rows and columns in the padding are simply skipped.
-    let (oy, ox) = (dy as isize - padding as isize, dx as isize - padding as isize);
+    let (oy, ox) = (
+        dy as isize - padding as isize,
+        dx as isize - padding as isize,
+    );
     let x0 = (-ox).clamp(0, w as isize) as usize; // first output column with a source pixel
     let x1 = (w as isize - ox).clamp(0, w as isize) as usize; // one past the last
     for ch in 0..c {
@@ -65,7 +71,8 @@ pub fn crop_with_padding(
             let src_row = ch * h * w + sy as usize * w;
             let dst_row = ch * h * w + y * w;
             let sx0 = (x0 as isize + ox) as usize;
-            out[dst_row + x0..dst_row + x1].copy_from_slice(&image[src_row + sx0..src_row + sx0 + (x1 - x0)]);
+            out[dst_row + x0..dst_row + x1]
+                .copy_from_slice(&image[src_row + sx0..src_row + sx0 + (x1 - x0)]);
         }
     }
     out

@@ -56,8 +56,9 @@ pub fn load(dir: &Path) -> Result<Dataset, DataError> {
 /// some) are ignored.
 fn read_classes(path: &Path) -> Result<Vec<String>, DataError> {
     let text = read_existing(path, "the CIFAR-10 class-name file (one name per line)")?;
-    let text = String::from_utf8(text)
-        .map_err(|_| DataError::format(path, "UTF-8 text, one class name per line", "binary data"))?;
+    let text = String::from_utf8(text).map_err(|_| {
+        DataError::format(path, "UTF-8 text, one class name per line", "binary data")
+    })?;
     let classes: Vec<String> = text
         .lines()
         .map(str::trim)

@@ -40,10 +40,22 @@ pub const MNIST: Remote = Remote {
     cache_subdir: "mnist",
     base_url: "https://ossci-datasets.s3.amazonaws.com/mnist/",
     files: &[
-        ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-        ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
-        ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
-        ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+        (
+            "train-images-idx3-ubyte.gz",
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            "9fb629c4189551a2d022fa330f9573f3",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            "ec29112dd5afa0611ce80d1b7f02629c",
+        ),
     ],
 };
 
@@ -52,10 +64,22 @@ pub const FASHION_MNIST: Remote = Remote {
     cache_subdir: "fashion-mnist",
     base_url: "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     files: &[
-        ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
-        ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
-        ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
-        ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+        (
+            "train-images-idx3-ubyte.gz",
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            "25c81989df183df01b3e8a0aad5dffbe",
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            "bef4ecab320f06d8554ea6380940ec79",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            "bb300cfdad3c16e7a12a480ee83cd310",
+        ),
     ],
 };
 
@@ -128,7 +152,10 @@ pub fn ensure_cifar10() -> Result<PathBuf, DataError> {
         if !complete(&extracted) {
             return Err(DataError::format(
                 &archive,
-                format!("a tarball holding {}/ with the CIFAR-10 .bin files", cifar::SUBDIR),
+                format!(
+                    "a tarball holding {}/ with the CIFAR-10 .bin files",
+                    cifar::SUBDIR
+                ),
                 "an archive without them",
             ));
         }
@@ -245,7 +272,11 @@ pub fn extract_tar_gz(archive: &Path, into: &Path) -> Result<(), DataError> {
     let gz = flate2::read::GzDecoder::new(bar.wrap_read(std::io::BufReader::new(file)));
     // Tar and gzip errors surface as io errors while reading entries; both mean a bad archive.
     let bad = |e: std::io::Error| {
-        DataError::format(archive, "a complete .tar.gz archive", format!("an unreadable one ({e})"))
+        DataError::format(
+            archive,
+            "a complete .tar.gz archive",
+            format!("an unreadable one ({e})"),
+        )
     };
     let mut tar = tar::Archive::new(gz);
     for entry in tar.entries().map_err(bad)? {

@@ -21,8 +21,10 @@ const TEST_LABELS: &[u8] = include_bytes!("../../assets/embedded/t10k-labels-idx
 pub fn load() -> Result<Dataset, DataError> {
     // the paths only name the sources in (unexpected) errors
     let split = |images: &[u8], labels: &[u8], prefix: &str| {
-        let images_path = Path::new("assets/embedded").join(format!("{prefix}-images-idx3-ubyte.gz"));
-        let labels_path = Path::new("assets/embedded").join(format!("{prefix}-labels-idx1-ubyte.gz"));
+        let images_path =
+            Path::new("assets/embedded").join(format!("{prefix}-images-idx3-ubyte.gz"));
+        let labels_path =
+            Path::new("assets/embedded").join(format!("{prefix}-labels-idx1-ubyte.gz"));
         let images = idx::gunzip_if_needed(images.to_vec(), &images_path)?;
         let labels = idx::gunzip_if_needed(labels.to_vec(), &labels_path)?;
         idx::split_from_bytes(
@@ -37,7 +39,10 @@ pub fn load() -> Result<Dataset, DataError> {
     let test = split(TEST_IMAGES, TEST_LABELS, "t10k")?;
     Ok(Dataset::new(
         NAME,
-        FASHION_MNIST_CLASSES.iter().map(|c| c.to_string()).collect(),
+        FASHION_MNIST_CLASSES
+            .iter()
+            .map(|c| c.to_string())
+            .collect(),
         train,
         test,
     ))

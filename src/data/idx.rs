@@ -227,7 +227,11 @@ pub fn write_labels(path: &Path, labels: &[u32]) -> Result<(), DataError> {
     bytes.extend_from_slice(&(labels.len() as u32).to_be_bytes());
     for &l in labels {
         let byte = u8::try_from(l).map_err(|_| {
-            DataError::format(path, "labels below 256 (IDX stores one byte each)", l.to_string())
+            DataError::format(
+                path,
+                "labels below 256 (IDX stores one byte each)",
+                l.to_string(),
+            )
         })?;
         bytes.push(byte);
     }

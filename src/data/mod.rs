@@ -185,7 +185,10 @@ impl Dataset {
     /// # Panics
     /// If the splits' shapes differ: loaders check this against the files first, so it is a bug.
     pub fn new(name: impl Into<String>, classes: Vec<String>, train: Split, test: Split) -> Self {
-        assert_eq!(train.shape, test.shape, "train and test splits of one dataset must share a shape");
+        assert_eq!(
+            train.shape, test.shape,
+            "train and test splits of one dataset must share a shape"
+        );
         Dataset {
             name: name.into(),
             classes,
@@ -326,7 +329,10 @@ impl Split {
 
         // Quota per label: floor of its exact share, then one more for the largest remainders
         // (ties to the lower label) until the quotas add up to `wanted`.
-        let exact: Vec<f64> = counts.iter().map(|&c| c as f64 * wanted as f64 / n as f64).collect();
+        let exact: Vec<f64> = counts
+            .iter()
+            .map(|&c| c as f64 * wanted as f64 / n as f64)
+            .collect();
         let mut quota: Vec<usize> = exact.iter().map(|e| e.floor() as usize).collect();
         let mut by_remainder: Vec<usize> = (0..num_labels).collect();
         by_remainder.sort_by(|&a, &b| {
@@ -395,7 +401,10 @@ impl Split {
 /// [`Split::batch`], so each epoch sees different (but reproducible) transforms.
 pub fn augmentation_seed(seed: u64, epoch: usize) -> u64 {
     // SplitMix64 finaliser over the pair: nearby (seed, epoch) pairs give unrelated seeds
-    let mut z = seed ^ (epoch as u64).wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed
+        ^ (epoch as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -407,7 +416,13 @@ pub fn augmentation_seed(seed: u64, epoch: usize) -> u64 {
 ///
 /// # Panics
 /// If `batch_size` is 0.
-pub fn batch_order(len: usize, batch_size: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<Vec<usize>> {
+pub fn batch_order(
+    len: usize,
+    batch_size: usize,
+    shuffle: bool,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
     assert!(batch_size > 0, "batch_size must be at least 1");
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
@@ -435,7 +450,11 @@ fn seeded_rng(stream: Stream, seed: u64, counter: u64) -> ChaCha8Rng {
 }
 
 /// Checks that every label is below `num_classes`; `path` names the labels' file in the error.
-pub(crate) fn check_labels(labels: &[u32], num_classes: usize, path: &Path) -> Result<(), DataError> {
+pub(crate) fn check_labels(
+    labels: &[u32],
+    num_classes: usize,
+    path: &Path,
+) -> Result<(), DataError> {
     match labels.iter().position(|&l| l as usize >= num_classes) {
         Some(index) => Err(DataError::LabelOutOfRange {
             path: path.to_path_buf(),

@@ -44,7 +44,9 @@ pub fn pixel(i: usize, p: usize) -> u8 {
 
 /// Generated pixels for `n` images of `size` bytes.
 pub fn pixels(n: usize, size: usize) -> Vec<u8> {
-    (0..n).flat_map(|i| (0..size).map(move |p| pixel(i, p))).collect()
+    (0..n)
+        .flat_map(|i| (0..size).map(move |p| pixel(i, p)))
+        .collect()
 }
 
 /// Writes an MNIST-style directory: `n_train`/`n_test` images of `h×w`, labels `i % 10`,
@@ -66,7 +68,16 @@ pub fn write_mnist_dir(dir: &Path, n_train: usize, n_test: usize, h: usize, w: u
 
 /// CIFAR-10 class names as in the official `batches.meta.txt`.
 pub const CIFAR_CLASSES: [&str; 10] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ];
 
 /// `n` CIFAR records: label `(first + i) % 10`, then 3072 generated pixel bytes (CHW).
@@ -92,5 +103,9 @@ pub fn write_cifar_dir(dir: &Path, per_batch: usize, n_test: usize) {
     }
     std::fs::write(dir.join("test_batch.bin"), cifar_records(1000, n_test)).unwrap();
     // the official file ends with blank lines
-    std::fs::write(dir.join("batches.meta.txt"), CIFAR_CLASSES.join("\n") + "\n\n").unwrap();
+    std::fs::write(
+        dir.join("batches.meta.txt"),
+        CIFAR_CLASSES.join("\n") + "\n\n",
+    )
+    .unwrap();
 }
