@@ -44,8 +44,8 @@ impl Teacher {
     /// Loads the teacher checkpoint in `dir` onto `device`, in inference mode.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
         let plain = device.clone().without_autodiff();
-        let LoadedModel { meta, network, .. } =
-            checkpoint::load(dir, &plain).with_context(|| format!("cannot load the teacher from {}", dir.display()))?;
+        let LoadedModel { meta, network, .. } = checkpoint::load(dir, &plain)
+            .with_context(|| format!("cannot load the teacher from {}", dir.display()))?;
         Ok(Teacher {
             network: network.valid(),
             hash: checkpoint::weights_hash(dir)?,
@@ -60,7 +60,12 @@ impl Teacher {
         if let Ok(bytes) = network.clone().into_record().into_bytes() {
             hasher.update(&bytes[..]);
         }
-        Teacher { network: network.valid(), hash: format!("{:x}", hasher.finalize()), input, classes }
+        Teacher {
+            network: network.valid(),
+            hash: format!("{:x}", hasher.finalize()),
+            input,
+            classes,
+        }
     }
 
     /// Logits for the images of `split` at `indices`, computed now.
@@ -121,7 +126,9 @@ impl TeacherLogits {
                 }
                 teacher.classes
             }
-            TeacherLogits::Cached { classes, values, .. } => {
+            TeacherLogits::Cached {
+                classes, values, ..
+            } => {
                 if values.len() != train.len() * classes {
                     bail!(
                         "the teacher-logit cache holds {} values, expected {} ({} images x {classes} classes)",
@@ -141,10 +148,17 @@ impl TeacherLogits {
 
     /// The teacher's logits for the training images at `indices` (`images` is that batch, used
     /// when running live). The result is a plain (non-autodiff) tensor on `device`.
-    pub fn logits(&self, indices: &[usize], images: Tensor<4>, device: &Device) -> anyhow::Result<Tensor<2>> {
+    pub fn logits(
+        &self,
+        indices: &[usize],
+        images: Tensor<4>,
+        device: &Device,
+    ) -> anyhow::Result<Tensor<2>> {
         Ok(match self {
             TeacherLogits::Live(teacher) => teacher.network.forward(images.without_autodiff()),
-            TeacherLogits::Cached { classes, values, .. } => {
+            TeacherLogits::Cached {
+                classes, values, ..
+            } => {
                 let mut rows = Vec::with_capacity(indices.len() * classes);
                 for &i in indices {
                     rows.extend_from_slice(&values[i * classes..(i + 1) * classes]);
@@ -157,10 +171,20 @@ impl TeacherLogits {
 
 /// The cache file for a teacher and a training split.
 pub fn cache_path(cache_dir: &Path, teacher_hash: &str, data_fingerprint: &str) -> PathBuf {
-    cache_dir.join(format!("logits-{}-{}.bin", &teacher_hash[..16.min(teacher_hash.len())], &data_fingerprint[..16.min(data_fingerprint.len())]))
+    cache_dir.join(format!(
+        "logits-{}-{}.bin",
+        &teacher_hash[..16.min(teacher_hash.len())],
+        &data_fingerprint[..16.min(data_fingerprint.len())]
+    ))
 }
 
-fn encode_cache(teacher_hash: &str, data_fingerprint: &str, rows: usize, classes: usize, values: &[f32]) -> Vec<u8> {
+fn encode_cache(
+    teacher_hash: &str,
+    data_fingerprint: &str,
+    rows: usize,
+    classes: usize,
+    values: &[f32],
+) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(80 + values.len() * 4);
     bytes.extend_from_slice(CACHE_MAGIC);
     for key in [teacher_hash, data_fingerprint] {
@@ -178,9 +202,17 @@ fn encode_cache(teacher_hash: &str, data_fingerprint: &str, rows: usize, classes
 }
 
 /// Reads a cache file, checking its checksum and that it belongs to this teacher and split.
-fn decode_cache(path: &Path, teacher_hash: &str, data_fingerprint: &str, rows: usize, classes: usize) -> anyhow::Result<Vec<f32>> {
-    let bytes = fs::read(path).with_context(|| format!("cannot read teacher-logit cache {}", path.display()))?;
-    let corrupt = |what: &str| anyhow::anyhow!("teacher-logit cache {} is unusable: {what}", path.display());
+fn decode_cache(
+    path: &Path,
+    teacher_hash: &str,
+    data_fingerprint: &str,
+    rows: usize,
+    classes: usize,
+) -> anyhow::Result<Vec<f32>> {
+    let bytes = fs::read(path)
+        .with_context(|| format!("cannot read teacher-logit cache {}", path.display()))?;
+    let corrupt =
+        |what: &str| anyhow::anyhow!("teacher-logit cache {} is unusable: {what}", path.display());
     if bytes.len() < CACHE_MAGIC.len() + 32 || &bytes[..8] != CACHE_MAGIC {
         return Err(corrupt("not a logit-cache file (bad magic bytes)"));
     }
@@ -190,7 +222,9 @@ fn decode_cache(path: &Path, teacher_hash: &str, data_fingerprint: &str, rows: u
     }
     let mut pos = 8;
     let mut take = |n: usize| -> anyhow::Result<&[u8]> {
-        let slice = body.get(pos..pos + n).ok_or_else(|| corrupt("header truncated"))?;
+        let slice = body
+            .get(pos..pos + n)
+            .ok_or_else(|| corrupt("header truncated"))?;
         pos += n;
         Ok(slice)
     };
@@ -208,10 +242,15 @@ fn decode_cache(path: &Path, teacher_hash: &str, data_fingerprint: &str, rows: u
     let file_rows = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
     let file_classes = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
     if (file_rows, file_classes) != (rows, classes) {
-        return Err(corrupt(&format!("it holds {file_rows}x{file_classes} logits, expected {rows}x{classes}")));
+        return Err(corrupt(&format!(
+            "it holds {file_rows}x{file_classes} logits, expected {rows}x{classes}"
+        )));
     }
     let payload = take(rows * classes * 4)?;
-    Ok(payload.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+    Ok(payload
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect())
 }
 
 /// Teacher logits for every image of `train`, from the disk cache in `cache_dir` when a valid one
@@ -231,7 +270,10 @@ pub fn cached_logits(
     if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
         match decode_cache(path, &teacher.hash, &fingerprint, train.len(), classes) {
             Ok(values) => {
-                let sample: Vec<usize> = (0..train.len()).step_by((train.len() / VERIFY_SAMPLE).max(1)).take(VERIFY_SAMPLE).collect();
+                let sample: Vec<usize> = (0..train.len())
+                    .step_by((train.len() / VERIFY_SAMPLE).max(1))
+                    .take(VERIFY_SAMPLE)
+                    .collect();
                 let live = teacher.logits_for(train, &sample, &plain).into_data();
                 let max_diff = sample
                     .iter()
@@ -240,7 +282,11 @@ pub fn cached_logits(
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0f32, f32::max);
                 if max_diff <= VERIFY_TOLERANCE {
-                    return Ok(TeacherLogits::Cached { teacher_hash: teacher.hash.clone(), classes, values });
+                    return Ok(TeacherLogits::Cached {
+                        teacher_hash: teacher.hash.clone(),
+                        classes,
+                        values,
+                    });
                 }
                 eprintln!(
                     "warning: teacher-logit cache {} differs from the live teacher by {max_diff:.2e} (> {VERIFY_TOLERANCE:.0e}); recomputing",
@@ -253,9 +299,17 @@ pub fn cached_logits(
     let values = teacher.logits_all(train, &plain, progress);
     if let Some(path) = &path {
         if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("cannot create cache directory {}", parent.display()))?;
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create cache directory {}", parent.display()))?;
         }
-        write_atomic(path, &encode_cache(&teacher.hash, &fingerprint, train.len(), classes, &values))?;
+        write_atomic(
+            path,
+            &encode_cache(&teacher.hash, &fingerprint, train.len(), classes, &values),
+        )?;
     }
-    Ok(TeacherLogits::Cached { teacher_hash: teacher.hash.clone(), classes, values })
+    Ok(TeacherLogits::Cached {
+        teacher_hash: teacher.hash.clone(),
+        classes,
+        values,
+    })
 }

@@ -16,6 +16,8 @@
 //! | [`losses`] | cross-entropy and the distillation losses (`kd`, `mse` on logits) |
 //! | [`train`] | the training loop for a teacher or a student from scratch |
 //! | [`distill`] | training a student from a frozen teacher, with the teacher-logit cache |
+//! | [`experiment`] | `distill run`: teacher, scratch student and the distillation sweep as one resumable job |
+//! | [`report`] | the report: Markdown, JSON and plots answering "was it worth it?" |
 //! | [`progress`] | progress bars (indicatif, on stderr, hidden when it is not a terminal) |
 //! | [`backend`] | device selection (Flex by default; LibTorch, CUDA, WGPU behind cargo features) |
 //! | [`cli`] | the `distill` command line, a thin layer over the above |
@@ -26,7 +28,9 @@ pub mod backend;
 pub mod cli;
 pub mod data;
 pub mod distill;
+pub mod experiment;
 pub mod losses;
 pub mod models;
 pub mod progress;
+pub mod report;
 pub mod train;

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, label_smoothing: f64) -> Tensor<1> {
     let [batch, classes] = logits.dims();
     let log_probs = log_softmax(logits, 1);
-    let true_class = log_probs.clone().gather(1, labels.reshape([batch, 1])).mean();
+    let true_class = log_probs
+        .clone()
+        .gather(1, labels.reshape([batch, 1]))
+        .mean();
     if label_smoothing == 0.0 {
         return true_class.neg();
     }
@@ -23,11 +26,17 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, label_smoothing:
 /// `KL(softmax(teacher / T) || softmax(student / T))`, summed over classes and averaged over the
 /// batch (Keras' `KLDivergence`). Both log-distributions come from `log_softmax`, so it stays finite
 /// for any logits.
-pub fn soft_kl(student_logits: Tensor<2>, teacher_logits: Tensor<2>, temperature: f64) -> Tensor<1> {
+pub fn soft_kl(
+    student_logits: Tensor<2>,
+    teacher_logits: Tensor<2>,
+    temperature: f64,
+) -> Tensor<1> {
     let teacher_log_probs = log_softmax(teacher_logits.div_scalar(temperature), 1);
     let teacher_probs = teacher_log_probs.clone().exp();
     let student_log_probs = log_softmax(student_logits.div_scalar(temperature), 1);
-    (teacher_probs * (teacher_log_probs - student_log_probs)).sum_dim(1).mean()
+    (teacher_probs * (teacher_log_probs - student_log_probs))
+        .sum_dim(1)
+        .mean()
 }
 
 /// Mean squared difference between student and teacher logits (over classes and batch).
@@ -77,9 +86,13 @@ impl DistillLoss {
     /// Checks the hyper-parameters; the error names the field and the accepted range.
     pub fn validate(&self) -> Result<(), String> {
         let alpha = match *self {
-            DistillLoss::Kd { alpha, temperature, .. } => {
+            DistillLoss::Kd {
+                alpha, temperature, ..
+            } => {
                 if !(temperature.is_finite() && temperature > 0.0) {
-                    return Err(format!("temperature must be a finite number > 0, got {temperature}"));
+                    return Err(format!(
+                        "temperature must be a finite number > 0, got {temperature}"
+                    ));
                 }
                 alpha
             }
@@ -108,9 +121,17 @@ impl DistillLoss {
     ) -> DistillLossParts {
         let hard = cross_entropy(student_logits.clone(), labels, label_smoothing);
         let (soft, scale) = match *self {
-            DistillLoss::Kd { temperature, t2_scaling, .. } => (
+            DistillLoss::Kd {
+                temperature,
+                t2_scaling,
+                ..
+            } => (
                 soft_kl(student_logits, teacher_logits, temperature),
-                if t2_scaling { temperature * temperature } else { 1.0 },
+                if t2_scaling {
+                    temperature * temperature
+                } else {
+                    1.0
+                },
             ),
             DistillLoss::Mse { .. } => (logit_mse(student_logits, teacher_logits), 1.0),
         };

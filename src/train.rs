@@ -129,14 +129,20 @@ impl TrainConfig {
             bail!("batch size must be at least 1");
         }
         if self.batch_size > train_len {
-            bail!("batch size {} is larger than the training split ({train_len} images)", self.batch_size);
+            bail!(
+                "batch size {} is larger than the training split ({train_len} images)",
+                self.batch_size
+            );
         }
         let lr = self.optimizer.learning_rate;
         if !(lr.is_finite() && lr > 0.0) {
             bail!("learning rate must be a finite number > 0, got {lr}");
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            bail!("label smoothing must be in [0, 1), got {}", self.label_smoothing);
+            bail!(
+                "label smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            );
         }
         Ok(())
     }
@@ -225,7 +231,9 @@ const OPTIMIZER_FILE: &str = "optimizer.bpk";
 fn objective_label(objective: &Objective) -> String {
     match objective {
         Objective::Labels => "labels".to_string(),
-        Objective::Distill { loss, teacher } => format!("{loss:?} teacher={}", teacher.teacher_id()),
+        Objective::Distill { loss, teacher } => {
+            format!("{loss:?} teacher={}", teacher.teacher_id())
+        }
     }
 }
 
@@ -233,7 +241,9 @@ fn objective_label(objective: &Objective) -> String {
 /// on its own after a resume.
 pub fn derive_seed(seed: u64, purpose: u64, epoch: usize) -> u64 {
     // SplitMix64 finaliser over the combined inputs: cheap and well mixed.
-    let mut z = seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = seed
+        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -244,7 +254,12 @@ const PURPOSE_DROPOUT: u64 = 2;
 const PURPOSE_AUGMENT: u64 = 3;
 
 /// Mean cross-entropy and accuracy of `network` on `split`, in inference mode.
-pub fn evaluate(network: &Network, split: &Split, device: &Device, batch_size: usize) -> (f64, f64) {
+pub fn evaluate(
+    network: &Network,
+    split: &Split,
+    device: &Device,
+    batch_size: usize,
+) -> (f64, f64) {
     let model = network.valid();
     let plain = device.clone().without_autodiff();
     let mut loss_sum = 0.0;
@@ -263,7 +278,13 @@ pub fn evaluate(network: &Network, split: &Split, device: &Device, batch_size: u
 /// Number of rows whose arg-max logit is the label.
 pub fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> i64 {
     let [batch, _] = logits.dims();
-    logits.argmax(1).reshape([batch]).equal(labels).int().sum().into_scalar()
+    logits
+        .argmax(1)
+        .reshape([batch])
+        .equal(labels)
+        .int()
+        .sum()
+        .into_scalar()
 }
 
 fn checkpoint_dirs(out: &Path) -> Vec<(usize, PathBuf)> {
@@ -274,7 +295,11 @@ fn checkpoint_dirs(out: &Path) -> Vec<(usize, PathBuf)> {
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
             let epoch = name.strip_prefix("epoch-")?.parse().ok()?;
-            entry.path().join(STATE_FILE).is_file().then(|| (epoch, entry.path()))
+            entry
+                .path()
+                .join(STATE_FILE)
+                .is_file()
+                .then(|| (epoch, entry.path()))
         })
         .collect();
     dirs.sort();
@@ -291,7 +316,10 @@ fn write_history(out: &Path, history: &[EpochRecord]) -> anyhow::Result<()> {
         );
     }
     write_atomic(&out.join("history.csv"), csv.as_bytes())?;
-    write_atomic(&out.join("history.json"), serde_json::to_string_pretty(history)?.as_bytes())
+    write_atomic(
+        &out.join("history.json"),
+        serde_json::to_string_pretty(history)?.as_bytes(),
+    )
 }
 
 /// Writes a complete training state as `checkpoints/epoch-NNNN/` (built under a temporary name and
@@ -314,10 +342,17 @@ fn save_checkpoint(
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot serialise the optimizer state: {e}"))?;
     write_atomic(&tmp_dir.join(OPTIMIZER_FILE), &optimizer_bytes)?;
-    write_atomic(&tmp_dir.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+    write_atomic(
+        &tmp_dir.join(STATE_FILE),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
     let _ = fs::remove_dir_all(&final_dir);
-    fs::rename(&tmp_dir, &final_dir)
-        .with_context(|| format!("cannot move checkpoint into place at {}", final_dir.display()))?;
+    fs::rename(&tmp_dir, &final_dir).with_context(|| {
+        format!(
+            "cannot move checkpoint into place at {}",
+            final_dir.display()
+        )
+    })?;
     checkpoint::save(out, spec, meta, network)?;
     write_history(out, &state.history)?;
     let dirs = checkpoint_dirs(out);
@@ -328,21 +363,39 @@ fn save_checkpoint(
 }
 
 fn append_log(out: &Path, line: &str) {
-    if let Ok(mut file) = fs::OpenOptions::new().create(true).append(true).open(out.join("train.log")) {
+    if let Ok(mut file) = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("train.log"))
+    {
         let _ = writeln!(file, "{line}");
     }
 }
 
 /// Trains the job's model on `device` (an autodiff device is derived from it).
 pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
-    let TrainJob { spec, classes, train, eval, config, objective, out, resume, progress, verbose } = job;
+    let TrainJob {
+        spec,
+        classes,
+        train,
+        eval,
+        config,
+        objective,
+        out,
+        resume,
+        progress,
+        verbose,
+    } = job;
     config.validate(train.len())?;
     if let Objective::Distill { loss, teacher } = &objective {
-        loss.validate().map_err(|e| anyhow::anyhow!("distillation loss: {e}"))?;
+        loss.validate()
+            .map_err(|e| anyhow::anyhow!("distillation loss: {e}"))?;
         teacher.check_compatible(train, classes.len())?;
     }
     let input = train.shape;
-    let outputs = spec.num_outputs(input).with_context(|| format!("model `{}`", spec.name))?;
+    let outputs = spec
+        .num_outputs(input)
+        .with_context(|| format!("model `{}`", spec.name))?;
     if outputs != classes.len() {
         bail!(
             "model `{}` has {outputs} outputs but the dataset has {} classes; its last dense layer must have {} units",
@@ -351,9 +404,11 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             classes.len()
         );
     }
-    fs::create_dir_all(out).with_context(|| format!("cannot create output directory {}", out.display()))?;
+    fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let probe = out.join(".write-test");
-    fs::write(&probe, b"ok").with_context(|| format!("output directory {} is not writable", out.display()))?;
+    fs::write(&probe, b"ok")
+        .with_context(|| format!("output directory {} is not writable", out.display()))?;
     let _ = fs::remove_file(probe);
 
     let train_device = device.clone().autodiff();
@@ -378,11 +433,15 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         }
         let state_path = dir.join(STATE_FILE);
         let state: TrainState = serde_json::from_str(
-            &fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?,
+            &fs::read_to_string(&state_path)
+                .with_context(|| format!("cannot read {}", state_path.display()))?,
         )
         .with_context(|| format!("{} is not a valid training state", state_path.display()))?;
         if state.model != spec.to_toml_string() {
-            bail!("cannot resume from {}: it was made for a different model spec", dir.display());
+            bail!(
+                "cannot resume from {}: it was made for a different model spec",
+                dir.display()
+            );
         }
         if state.config != *config {
             bail!(
@@ -392,15 +451,26 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             );
         }
         if state.objective != objective_name {
-            bail!("cannot resume from {}: it was made with a different objective ({})", dir.display(), state.objective);
+            bail!(
+                "cannot resume from {}: it was made with a different objective ({})",
+                dir.display(),
+                state.objective
+            );
         }
         network = checkpoint::load_weights(&dir.join(checkpoint::WEIGHTS_FILE), network)?;
-        optimizer = optimizer
-            .load(dir.join(OPTIMIZER_FILE))
-            .map_err(|e| anyhow::anyhow!("cannot load optimizer state {}: {e}", dir.join(OPTIMIZER_FILE).display()))?;
+        optimizer = optimizer.load(dir.join(OPTIMIZER_FILE)).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot load optimizer state {}: {e}",
+                dir.join(OPTIMIZER_FILE).display()
+            )
+        })?;
         history = state.history;
         if verbose {
-            println!("Resuming {} from epoch {epochs_done}/{}", out.display(), config.epochs);
+            println!(
+                "Resuming {} from epoch {epochs_done}/{}",
+                out.display(),
+                config.epochs
+            );
         }
     }
 
@@ -410,22 +480,42 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     for epoch in history.len()..config.epochs {
         let started = Instant::now();
         train_device.seed(derive_seed(config.seed, PURPOSE_DROPOUT, epoch));
-        let order = batch_order(train.len(), config.batch_size, true, derive_seed(config.seed, PURPOSE_SHUFFLE, epoch), epoch);
-        let bar = crate::progress::bar(order.len() as u64, &format!("Epoch {}/{}", epoch + 1, config.epochs), progress);
+        let order = batch_order(
+            train.len(),
+            config.batch_size,
+            true,
+            derive_seed(config.seed, PURPOSE_SHUFFLE, epoch),
+            epoch,
+        );
+        let bar = crate::progress::bar(
+            order.len() as u64,
+            &format!("Epoch {}/{}", epoch + 1, config.epochs),
+            progress,
+        );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
         let mut lr = config.optimizer.learning_rate;
         for (step, indices) in order.iter().enumerate() {
-            let augment = config
-                .augmentation
-                .as_ref()
-                .map(|aug| (aug, derive_seed(config.seed, PURPOSE_AUGMENT, epoch * steps_per_epoch + step)));
+            let augment = config.augmentation.as_ref().map(|aug| {
+                (
+                    aug,
+                    derive_seed(config.seed, PURPOSE_AUGMENT, epoch * steps_per_epoch + step),
+                )
+            });
             let (images, labels) = train.batch(indices, &train_device, augment);
             let logits = network.forward(images.clone());
             let loss = match &objective {
-                Objective::Labels => cross_entropy(logits.clone(), labels.clone(), config.label_smoothing),
+                Objective::Labels => {
+                    cross_entropy(logits.clone(), labels.clone(), config.label_smoothing)
+                }
                 Objective::Distill { loss, teacher } => {
                     let teacher_logits = teacher.logits(indices, images, &plain_device)?.autodiff();
-                    loss.forward(logits.clone(), teacher_logits, labels.clone(), config.label_smoothing).total
+                    loss.forward(
+                        logits.clone(),
+                        teacher_logits,
+                        labels.clone(),
+                        config.label_smoothing,
+                    )
+                    .total
                 }
             };
             let loss_value: f32 = loss.clone().into_scalar();
@@ -433,7 +523,12 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                 bar.abandon();
                 let kept = checkpoint_dirs(out)
                     .last()
-                    .map(|(e, d)| format!("the last good checkpoint (epoch {e}) is kept in {}", d.display()))
+                    .map(|(e, d)| {
+                        format!(
+                            "the last good checkpoint (epoch {e}) is kept in {}",
+                            d.display()
+                        )
+                    })
                     .unwrap_or_else(|| "no checkpoint had been written yet".to_string());
                 let message = format!(
                     "the loss became {loss_value} at epoch {}, step {}; {kept}. Try a lower learning rate{}",
@@ -448,9 +543,15 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             seen += indices.len();
             loss_sum += loss_value as f64 * indices.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &network);
-            lr = config.optimizer.learning_rate_at(epoch * steps_per_epoch + step, total_steps);
+            lr = config
+                .optimizer
+                .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
             network = optimizer.step(lr, network, grads);
-            bar.set_message(format!("loss {:.4} acc {:.4}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            bar.set_message(format!(
+                "loss {:.4} acc {:.4}",
+                loss_sum / seen as f64,
+                correct as f64 / seen as f64
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -483,8 +584,15 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         };
         save_checkpoint(out, spec, &meta, &network, &optimizer, &state)?;
     }
-    if history.len() == config.epochs && existing.last().map(|(e, _)| *e) == Some(config.epochs) && verbose {
-        println!("{} is already complete ({} epochs)", out.display(), config.epochs);
+    if history.len() == config.epochs
+        && existing.last().map(|(e, _)| *e) == Some(config.epochs)
+        && verbose
+    {
+        println!(
+            "{} is already complete ({} epochs)",
+            out.display(),
+            config.epochs
+        );
     }
     Ok(TrainOutcome { network, history })
 }

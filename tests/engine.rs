@@ -37,7 +37,10 @@ fn small_teacher() -> ModelSpec {
 }
 
 fn config(epochs: usize) -> TrainConfig {
-    TrainConfig { epochs, ..TrainConfig::default() }
+    TrainConfig {
+        epochs,
+        ..TrainConfig::default()
+    }
 }
 
 fn job<'a>(
@@ -68,7 +71,10 @@ struct Snapshot(Vec<(ParamId, Vec<f32>)>);
 
 impl ModuleVisitor for Snapshot {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.0.push((param.id, param.val().into_data().try_to_vec::<f32>().unwrap()));
+        self.0.push((
+            param.id,
+            param.val().into_data().try_to_vec::<f32>().unwrap(),
+        ));
     }
 }
 
@@ -89,60 +95,175 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
     let teacher_spec = small_teacher();
     let teacher_dir = dir.path().join("teacher");
     let cfg = config(2);
-    let teacher_run = fit(job(&teacher_spec, &data, &train, &cfg, Objective::Labels, &teacher_dir, false), &device).unwrap();
+    let teacher_run = fit(
+        job(
+            &teacher_spec,
+            &data,
+            &train,
+            &cfg,
+            Objective::Labels,
+            &teacher_dir,
+            false,
+        ),
+        &device,
+    )
+    .unwrap();
     let teacher_acc = teacher_run.history.last().unwrap().val_accuracy;
     assert!(teacher_acc > 0.6, "teacher accuracy {teacher_acc}");
     assert!(teacher_dir.join("history.csv").is_file() && teacher_dir.join("model.bpk").is_file());
 
     // Student from scratch.
     let student = zoo::get("student").unwrap();
-    let scratch = fit(job(&student, &data, &train, &cfg, Objective::Labels, &dir.path().join("scratch"), false), &device).unwrap();
+    let scratch = fit(
+        job(
+            &student,
+            &data,
+            &train,
+            &cfg,
+            Objective::Labels,
+            &dir.path().join("scratch"),
+            false,
+        ),
+        &device,
+    )
+    .unwrap();
     let scratch_acc = scratch.history.last().unwrap().val_accuracy;
     assert!(scratch_acc > 0.3, "scratch student accuracy {scratch_acc}");
 
     // Distilled student, teacher logits from the cache.
     let teacher = Teacher::load(&teacher_dir, &device).unwrap();
     let before = snapshot(&teacher.network);
-    let logits = cached_logits(&teacher, &train, Some(&dir.path().join("cache")), &device, false).unwrap();
-    let loss = DistillLoss::Kd { alpha: 0.1, temperature: 10.0, t2_scaling: true };
+    let logits = cached_logits(
+        &teacher,
+        &train,
+        Some(&dir.path().join("cache")),
+        &device,
+        false,
+    )
+    .unwrap();
+    let loss = DistillLoss::Kd {
+        alpha: 0.1,
+        temperature: 10.0,
+        t2_scaling: true,
+    };
     let distilled_dir = dir.path().join("distilled");
     let distilled = fit(
-        job(&student, &data, &train, &cfg, Objective::Distill { loss, teacher: &logits }, &distilled_dir, false),
+        job(
+            &student,
+            &data,
+            &train,
+            &cfg,
+            Objective::Distill {
+                loss,
+                teacher: &logits,
+            },
+            &distilled_dir,
+            false,
+        ),
         &device,
     )
     .unwrap();
     let distilled_acc = distilled.history.last().unwrap().val_accuracy;
-    assert!(distilled_acc > 0.3, "distilled student accuracy {distilled_acc}");
+    assert!(
+        distilled_acc > 0.3,
+        "distilled student accuracy {distilled_acc}"
+    );
 
     // Live teacher for one epoch: its weights must stay bit-identical.
     let live = TeacherLogits::Live(teacher);
     let cfg1 = config(1);
-    fit(job(&student, &data, &train, &cfg1, Objective::Distill { loss, teacher: &live }, &dir.path().join("live"), false), &device)
-        .unwrap();
-    let TeacherLogits::Live(teacher) = live else { unreachable!() };
-    assert_eq!(before, snapshot(&teacher.network), "the teacher's weights changed during distillation");
+    fit(
+        job(
+            &student,
+            &data,
+            &train,
+            &cfg1,
+            Objective::Distill {
+                loss,
+                teacher: &live,
+            },
+            &dir.path().join("live"),
+            false,
+        ),
+        &device,
+    )
+    .unwrap();
+    let TeacherLogits::Live(teacher) = live else {
+        unreachable!()
+    };
+    assert_eq!(
+        before,
+        snapshot(&teacher.network),
+        "the teacher's weights changed during distillation"
+    );
 
     // Resume: drop the last checkpoint (as if killed during epoch 2) and continue.
     let final_weights = fs::read(distilled_dir.join("model.bpk")).unwrap();
     let history = fs::read_to_string(distilled_dir.join("history.json")).unwrap();
     fs::remove_dir_all(distilled_dir.join("checkpoints/epoch-0002")).unwrap();
     let refused = fit(
-        job(&student, &data, &train, &cfg, Objective::Distill { loss, teacher: &logits }, &distilled_dir, false),
+        job(
+            &student,
+            &data,
+            &train,
+            &cfg,
+            Objective::Distill {
+                loss,
+                teacher: &logits,
+            },
+            &distilled_dir,
+            false,
+        ),
         &device,
     );
     assert!(refused.unwrap_err().to_string().contains("--resume"));
-    fit(job(&student, &data, &train, &cfg, Objective::Distill { loss, teacher: &logits }, &distilled_dir, true), &device).unwrap();
-    assert_eq!(fs::read(distilled_dir.join("model.bpk")).unwrap(), final_weights, "resumed weights differ");
+    fit(
+        job(
+            &student,
+            &data,
+            &train,
+            &cfg,
+            Objective::Distill {
+                loss,
+                teacher: &logits,
+            },
+            &distilled_dir,
+            true,
+        ),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read(distilled_dir.join("model.bpk")).unwrap(),
+        final_weights,
+        "resumed weights differ"
+    );
     let resumed_history: Vec<serde_json::Value> =
-        serde_json::from_str(&fs::read_to_string(distilled_dir.join("history.json")).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(distilled_dir.join("history.json")).unwrap())
+            .unwrap();
     let original_history: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
     for (a, b) in resumed_history.iter().zip(&original_history) {
         assert_eq!(a["val_accuracy"], b["val_accuracy"]);
         assert_eq!(a["loss"], b["loss"]);
     }
     // Resuming with other settings is refused.
-    let other = TrainConfig { seed: 1, ..config(2) };
-    let err = fit(job(&student, &data, &train, &other, Objective::Labels, &distilled_dir, true), &device).unwrap_err();
+    let other = TrainConfig {
+        seed: 1,
+        ..config(2)
+    };
+    let err = fit(
+        job(
+            &student,
+            &data,
+            &train,
+            &other,
+            Objective::Labels,
+            &distilled_dir,
+            true,
+        ),
+        &device,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
 }
 
@@ -159,17 +280,37 @@ fn only_student_parameters_receive_gradients() {
     let (images, labels) = subset.batch(&indices, &ad, None);
     let live = TeacherLogits::Live(teacher);
     let teacher_logits = live.logits(&indices, images.clone(), &plain).unwrap();
-    assert!(!teacher_logits.is_autodiff(), "teacher logits must not be tracked");
+    assert!(
+        !teacher_logits.is_autodiff(),
+        "teacher logits must not be tracked"
+    );
     // Pure soft loss (alpha = 0): every student parameter still gets a gradient through the KL term,
     // and none reaches the teacher.
     for alpha in [0.0, 1.0] {
-        let loss = DistillLoss::Kd { alpha, temperature: 4.0, t2_scaling: true };
-        let total = loss.forward(student.forward(images.clone()), teacher_logits.clone().autodiff(), labels.clone(), 0.0).total;
+        let loss = DistillLoss::Kd {
+            alpha,
+            temperature: 4.0,
+            t2_scaling: true,
+        };
+        let total = loss
+            .forward(
+                student.forward(images.clone()),
+                teacher_logits.clone().autodiff(),
+                labels.clone(),
+                0.0,
+            )
+            .total;
         let grads = total.backward();
         let student_grads = GradientsParams::from_grads(grads, &student);
         let ids: Vec<ParamId> = snapshot(&student).into_iter().map(|(id, _)| id).collect();
-        assert_eq!(student_grads.len(), ids.len(), "alpha {alpha}: every student tensor gets a gradient");
-        let TeacherLogits::Live(teacher) = &live else { unreachable!() };
+        assert_eq!(
+            student_grads.len(),
+            ids.len(),
+            "alpha {alpha}: every student tensor gets a gradient"
+        );
+        let TeacherLogits::Live(teacher) = &live else {
+            unreachable!()
+        };
         for (id, _) in snapshot(&teacher.network) {
             assert!(student_grads.get::<1>(id).is_none() && student_grads.get::<2>(id).is_none());
         }
@@ -184,20 +325,28 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     let net = Network::init(&small_teacher(), [1, 28, 28], 5, &device).unwrap();
     let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
     let dir = tempfile::tempdir().unwrap();
-    let TeacherLogits::Cached { values, .. } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap() else {
+    let TeacherLogits::Cached { values, .. } =
+        cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
+    else {
         panic!("expected cached logits")
     };
     let path = cache_path(dir.path(), &teacher.hash, &train.fingerprint());
     assert!(path.is_file());
     // Cached rows equal live logits.
-    let live: Vec<f32> = teacher.logits_for(&train, &[0, 17, 499], &device).into_data().try_to_vec::<f32>().unwrap();
+    let live: Vec<f32> = teacher
+        .logits_for(&train, &[0, 17, 499], &device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     for (k, &i) in [0usize, 17, 499].iter().enumerate() {
         for c in 0..10 {
             assert!((values[i * 10 + c] - live[k * 10 + c]).abs() <= 1e-5);
         }
     }
     // A second call reads the file (same values).
-    let TeacherLogits::Cached { values: again, .. } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap() else {
+    let TeacherLogits::Cached { values: again, .. } =
+        cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
+    else {
         panic!()
     };
     assert_eq!(values, again);
@@ -206,7 +355,10 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xFF;
     fs::write(&path, &bytes).unwrap();
-    let TeacherLogits::Cached { values: recomputed, .. } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap() else {
+    let TeacherLogits::Cached {
+        values: recomputed, ..
+    } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
+    else {
         panic!()
     };
     assert_eq!(values, recomputed);
@@ -214,8 +366,15 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     let other_net = Network::init(&small_teacher(), [1, 28, 28], 6, &device).unwrap();
     let other = Teacher::from_network(&other_net, [1, 28, 28], 10);
     let _ = cached_logits(&other, &train, Some(dir.path()), &device, false).unwrap();
-    fs::copy(cache_path(dir.path(), &other.hash, &train.fingerprint()), &path).unwrap();
-    let TeacherLogits::Cached { values: checked, .. } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap() else {
+    fs::copy(
+        cache_path(dir.path(), &other.hash, &train.fingerprint()),
+        &path,
+    )
+    .unwrap();
+    let TeacherLogits::Cached {
+        values: checked, ..
+    } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
+    else {
         panic!()
     };
     assert_eq!(values, checked);
@@ -228,13 +387,45 @@ fn bad_settings_fail_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let student = zoo::get("student").unwrap();
     let run = |cfg: &TrainConfig, spec: &ModelSpec| {
-        fit(job(spec, &data, &data.train, cfg, Objective::Labels, &dir.path().join("x"), false), &device)
-            .unwrap_err()
-            .to_string()
+        fit(
+            job(
+                spec,
+                &data,
+                &data.train,
+                cfg,
+                Objective::Labels,
+                &dir.path().join("x"),
+                false,
+            ),
+            &device,
+        )
+        .unwrap_err()
+        .to_string()
     };
-    assert!(run(&TrainConfig { epochs: 0, ..config(1) }, &student).contains("epochs"));
-    assert!(run(&TrainConfig { batch_size: 0, ..config(1) }, &student).contains("batch size"));
-    assert!(run(&TrainConfig { batch_size: 100_000, ..config(1) }, &student).contains("larger than the training split"));
+    assert!(run(
+        &TrainConfig {
+            epochs: 0,
+            ..config(1)
+        },
+        &student
+    )
+    .contains("epochs"));
+    assert!(run(
+        &TrainConfig {
+            batch_size: 0,
+            ..config(1)
+        },
+        &student
+    )
+    .contains("batch size"));
+    assert!(run(
+        &TrainConfig {
+            batch_size: 100_000,
+            ..config(1)
+        },
+        &student
+    )
+    .contains("larger than the training split"));
     let mut five = student.clone();
     *five.layers.last_mut().unwrap() = LayerSpec::dense(5, false);
     assert!(run(&config(1), &five).contains("5 outputs but the dataset has 10 classes"));
@@ -242,17 +433,47 @@ fn bad_settings_fail_before_training() {
 
     let net = Network::init(&small_teacher(), [1, 28, 28], 5, &device).unwrap();
     let logits = TeacherLogits::Live(Teacher::from_network(&net, [1, 28, 28], 10));
-    let bad_alpha = DistillLoss::Kd { alpha: 1.5, temperature: 10.0, t2_scaling: false };
+    let bad_alpha = DistillLoss::Kd {
+        alpha: 1.5,
+        temperature: 10.0,
+        t2_scaling: false,
+    };
     let err = fit(
-        job(&student, &data, &data.train, &config(1), Objective::Distill { loss: bad_alpha, teacher: &logits }, dir.path(), false),
+        job(
+            &student,
+            &data,
+            &data.train,
+            &config(1),
+            Objective::Distill {
+                loss: bad_alpha,
+                teacher: &logits,
+            },
+            dir.path(),
+            false,
+        ),
         &device,
     )
     .unwrap_err();
     assert!(err.to_string().contains("alpha must be in [0, 1]"), "{err}");
     let wrong_shape = TeacherLogits::Live(Teacher::from_network(&net, [3, 32, 32], 10));
-    let loss = DistillLoss::Kd { alpha: 0.5, temperature: 10.0, t2_scaling: false };
+    let loss = DistillLoss::Kd {
+        alpha: 0.5,
+        temperature: 10.0,
+        t2_scaling: false,
+    };
     let err = fit(
-        job(&student, &data, &data.train, &config(1), Objective::Distill { loss, teacher: &wrong_shape }, dir.path(), false),
+        job(
+            &student,
+            &data,
+            &data.train,
+            &config(1),
+            Objective::Distill {
+                loss,
+                teacher: &wrong_shape,
+            },
+            dir.path(),
+            false,
+        ),
         &device,
     )
     .unwrap_err();
@@ -268,10 +489,23 @@ fn a_diverging_loss_stops_with_epoch_and_step() {
     let mut cfg = config(1);
     cfg.optimizer.learning_rate = 1e30; // weights overflow f32 within a few steps
     let train = data.train.subset(&(0..2000).collect::<Vec<_>>());
-    let err = fit(job(&student, &data, &train, &cfg, Objective::Labels, dir.path(), false), &device)
-        .unwrap_err()
-        .to_string();
+    let err = fit(
+        job(
+            &student,
+            &data,
+            &train,
+            &cfg,
+            Objective::Labels,
+            dir.path(),
+            false,
+        ),
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("at epoch 1, step"), "{err}");
     assert!(err.contains("lower learning rate"), "{err}");
-    assert!(fs::read_to_string(dir.path().join("train.log")).unwrap().contains("the loss became"));
+    assert!(fs::read_to_string(dir.path().join("train.log"))
+        .unwrap()
+        .contains("the loss became"));
 }

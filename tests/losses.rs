@@ -29,7 +29,10 @@ fn tensors(fx: &Value, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<1, Int>
 
 fn close(got: f32, want: f64, what: &str) {
     let tolerance = 2e-5 * want.abs().max(1.0);
-    assert!((got as f64 - want).abs() <= tolerance, "{what}: got {got}, reference {want}");
+    assert!(
+        (got as f64 - want).abs() <= tolerance,
+        "{what}: got {got}, reference {want}"
+    );
 }
 
 #[test]
@@ -52,40 +55,110 @@ fn losses_match_float64_reference() {
         };
         let parts = loss.forward(student.clone(), teacher.clone(), labels.clone(), 0.0);
         let label = format!("{case}");
-        close(parts.hard.into_scalar(), case["ce"].as_f64().unwrap(), &format!("CE {label}"));
-        close(parts.soft.into_scalar(), case["soft"].as_f64().unwrap(), &format!("soft {label}"));
-        close(parts.total.into_scalar(), case["total"].as_f64().unwrap(), &format!("total {label}"));
+        close(
+            parts.hard.into_scalar(),
+            case["ce"].as_f64().unwrap(),
+            &format!("CE {label}"),
+        );
+        close(
+            parts.soft.into_scalar(),
+            case["soft"].as_f64().unwrap(),
+            &format!("soft {label}"),
+        );
+        close(
+            parts.total.into_scalar(),
+            case["total"].as_f64().unwrap(),
+            &format!("total {label}"),
+        );
     }
     let smoothed: f32 = cross_entropy(student, labels, 0.1).into_scalar();
-    close(smoothed, fx["ce_label_smoothing_0.1"].as_f64().unwrap(), "CE with label smoothing 0.1");
+    close(
+        smoothed,
+        fx["ce_label_smoothing_0.1"].as_f64().unwrap(),
+        "CE with label smoothing 0.1",
+    );
 }
 
 #[test]
 fn extreme_logits_stay_finite() {
     let device = Device::flex();
-    let s = Tensor::<2>::from_data(TensorData::new(vec![1000.0f32, -1000.0, 0.0, 0.0], [2, 2]), &device);
-    let t = Tensor::<2>::from_data(TensorData::new(vec![-1000.0f32, 1000.0, 500.0, -500.0], [2, 2]), &device);
+    let s = Tensor::<2>::from_data(
+        TensorData::new(vec![1000.0f32, -1000.0, 0.0, 0.0], [2, 2]),
+        &device,
+    );
+    let t = Tensor::<2>::from_data(
+        TensorData::new(vec![-1000.0f32, 1000.0, 500.0, -500.0], [2, 2]),
+        &device,
+    );
     let y = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 0], [2]), &device);
-    let loss = DistillLoss::Kd { alpha: 0.5, temperature: 1.0, t2_scaling: true };
+    let loss = DistillLoss::Kd {
+        alpha: 0.5,
+        temperature: 1.0,
+        t2_scaling: true,
+    };
     let value: f32 = loss.forward(s, t, y, 0.0).total.into_scalar();
     assert!(value.is_finite(), "{value}");
-    assert!(value > 100.0, "confidently wrong logits must cost a lot, got {value}");
+    assert!(
+        value > 100.0,
+        "confidently wrong logits must cost a lot, got {value}"
+    );
 }
 
 #[test]
 fn hyper_parameters_are_validated() {
-    assert!(DistillLoss::Kd { alpha: 1.5, temperature: 1.0, t2_scaling: true }.validate().unwrap_err().contains("alpha"));
-    assert!(DistillLoss::Kd { alpha: -0.1, temperature: 1.0, t2_scaling: true }.validate().is_err());
-    assert!(DistillLoss::Kd { alpha: 0.5, temperature: 0.0, t2_scaling: true }.validate().unwrap_err().contains("temperature"));
-    assert!(DistillLoss::Kd { alpha: 0.5, temperature: f64::NAN, t2_scaling: true }.validate().is_err());
+    assert!(DistillLoss::Kd {
+        alpha: 1.5,
+        temperature: 1.0,
+        t2_scaling: true
+    }
+    .validate()
+    .unwrap_err()
+    .contains("alpha"));
+    assert!(DistillLoss::Kd {
+        alpha: -0.1,
+        temperature: 1.0,
+        t2_scaling: true
+    }
+    .validate()
+    .is_err());
+    assert!(DistillLoss::Kd {
+        alpha: 0.5,
+        temperature: 0.0,
+        t2_scaling: true
+    }
+    .validate()
+    .unwrap_err()
+    .contains("temperature"));
+    assert!(DistillLoss::Kd {
+        alpha: 0.5,
+        temperature: f64::NAN,
+        t2_scaling: true
+    }
+    .validate()
+    .is_err());
     assert!(DistillLoss::Mse { alpha: 2.0 }.validate().is_err());
-    assert!(DistillLoss::Kd { alpha: 0.0, temperature: 10.0, t2_scaling: false }.validate().is_ok());
+    assert!(DistillLoss::Kd {
+        alpha: 0.0,
+        temperature: 10.0,
+        t2_scaling: false
+    }
+    .validate()
+    .is_ok());
 }
 
 /// Loss as a function of the student logits, evaluated on a plain device.
-fn loss_at(loss: &DistillLoss, s: &[f32], shape: [usize; 2], t: &Tensor<2>, y: &Tensor<1, Int>, device: &Device) -> f64 {
+fn loss_at(
+    loss: &DistillLoss,
+    s: &[f32],
+    shape: [usize; 2],
+    t: &Tensor<2>,
+    y: &Tensor<1, Int>,
+    device: &Device,
+) -> f64 {
     let s = Tensor::<2>::from_data(TensorData::new(s.to_vec(), shape), device);
-    loss.forward(s, t.clone(), y.clone(), 0.0).total.into_scalar::<f32>() as f64
+    loss.forward(s, t.clone(), y.clone(), 0.0)
+        .total
+        .into_scalar::<f32>() as f64
 }
 
 #[test]
@@ -96,14 +169,35 @@ fn student_gradient_matches_finite_differences() {
     let (s_values, shape) = matrix(&fx["student_logits"]);
     let (_, teacher, labels) = tensors(&fx, &plain);
     for loss in [
-        DistillLoss::Kd { alpha: 0.1, temperature: 4.0, t2_scaling: true },
-        DistillLoss::Kd { alpha: 0.5, temperature: 10.0, t2_scaling: false },
+        DistillLoss::Kd {
+            alpha: 0.1,
+            temperature: 4.0,
+            t2_scaling: true,
+        },
+        DistillLoss::Kd {
+            alpha: 0.5,
+            temperature: 10.0,
+            t2_scaling: false,
+        },
         DistillLoss::Mse { alpha: 0.3 },
     ] {
-        let s = Tensor::<2>::from_data(TensorData::new(s_values.clone(), shape), &ad).require_grad();
-        let total = loss.forward(s.clone(), teacher.clone().autodiff(), labels.clone().autodiff(), 0.0).total;
+        let s =
+            Tensor::<2>::from_data(TensorData::new(s_values.clone(), shape), &ad).require_grad();
+        let total = loss
+            .forward(
+                s.clone(),
+                teacher.clone().autodiff(),
+                labels.clone().autodiff(),
+                0.0,
+            )
+            .total;
         let grads = total.backward();
-        let analytic: Vec<f32> = s.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let analytic: Vec<f32> = s
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let eps = 1e-2f32;
         for i in (0..s_values.len()).step_by(7) {
             let mut plus = s_values.clone();

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod data;
 mod models;
+mod run;
 mod train;
 
 /// Knowledge distillation of image classifiers.
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole study: teacher, student from scratch, distillation sweep, report.
+    Run(run::RunArgs),
     /// Inspect datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -92,12 +95,18 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Run(args) => run::run(&args),
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),
         Command::Summary { model, input } => models::summary(&model, input),
         Command::Train { model, args } => train::train(&model, &args),
         Command::Distill(args) => train::distill(&args),
-        Command::Eval { model, data, json, backend } => train::eval(&model, &data, json, backend),
+        Command::Eval {
+            model,
+            data,
+            json,
+            backend,
+        } => train::eval(&model, &data, json, backend),
     }
 }
 
@@ -118,6 +127,8 @@ pub fn parse_shape(text: &str) -> Result<[usize; 3], String> {
         .map_err(|_| format!("`{text}` is not a shape like 3x32x32"))?;
     match dims.as_slice() {
         [c, h, w] if *c > 0 && *h > 0 && *w > 0 => Ok([*c, *h, *w]),
-        _ => Err(format!("`{text}` is not a shape like 3x32x32 (three positive numbers)")),
+        _ => Err(format!(
+            "`{text}` is not a shape like 3x32x32 (three positive numbers)"
+        )),
     }
 }

@@ -71,7 +71,10 @@ impl TrainArgs {
                 ..OptimizerConfig::default()
             },
             label_smoothing: self.label_smoothing,
-            augmentation: self.augment.then_some(Augmentation { crop_padding: 4, horizontal_flip: true }),
+            augmentation: self.augment.then_some(Augmentation {
+                crop_padding: 4,
+                horizontal_flip: true,
+            }),
         }
     }
 
@@ -200,7 +203,13 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
             Some(dir) => dir.clone(),
             None => default_logit_cache()?,
         };
-        cached_logits(&teacher, &train, Some(&cache_dir), &device, !args.train.quiet)?
+        cached_logits(
+            &teacher,
+            &train,
+            Some(&cache_dir),
+            &device,
+            !args.train.quiet,
+        )?
     };
     let outcome = fit(
         TrainJob {
@@ -209,7 +218,10 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
             train: &train,
             eval: &eval,
             config: &config,
-            objective: Objective::Distill { loss, teacher: &logits },
+            objective: Objective::Distill {
+                loss,
+                teacher: &logits,
+            },
             out: &args.train.out,
             resume: args.train.resume,
             progress: !args.train.quiet,
@@ -256,7 +268,8 @@ pub fn eval(model: &Path, data_spec: &str, json: bool, backend: Backend) -> anyh
     }
     let (loss, accuracy) = evaluate(&loaded.network, &dataset.test, &device, 256);
     if json {
-        let out = serde_json::json!({"accuracy": accuracy, "loss": loss, "samples": dataset.test.len()});
+        let out =
+            serde_json::json!({"accuracy": accuracy, "loss": loss, "samples": dataset.test.len()});
         println!("{out}");
     } else {
         println!(

@@ -40,15 +40,25 @@ pub struct ModelMeta {
 /// half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    file.write_all(bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+    let mut file =
+        fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// Saves a model checkpoint into `dir` (created if needed).
-pub fn save(dir: &Path, spec: &ModelSpec, meta: &ModelMeta, network: &Network) -> anyhow::Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
+pub fn save(
+    dir: &Path,
+    spec: &ModelSpec,
+    meta: &ModelMeta,
+    network: &Network,
+) -> anyhow::Result<()> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
     let weights = network
         .clone()
         .into_record()
@@ -56,7 +66,10 @@ pub fn save(dir: &Path, spec: &ModelSpec, meta: &ModelMeta, network: &Network) -
         .map_err(|e| anyhow::anyhow!("cannot serialise weights for {}: {e}", dir.display()))?;
     write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
     write_atomic(&dir.join(SPEC_FILE), spec.to_toml_string().as_bytes())?;
-    write_atomic(&dir.join(META_FILE), serde_json::to_string_pretty(meta)?.as_bytes())?;
+    write_atomic(
+        &dir.join(META_FILE),
+        serde_json::to_string_pretty(meta)?.as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -66,7 +79,11 @@ fn require(dir: &Path, file: &str) -> anyhow::Result<PathBuf> {
     }
     let path = dir.join(file);
     if !path.is_file() {
-        anyhow::bail!("{} is not a model checkpoint: {} is missing", dir.display(), path.display());
+        anyhow::bail!(
+            "{} is not a model checkpoint: {} is missing",
+            dir.display(),
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -79,8 +96,10 @@ pub fn read_spec(dir: &Path) -> anyhow::Result<ModelSpec> {
 /// Reads the metadata of the checkpoint in `dir`.
 pub fn read_meta(dir: &Path) -> anyhow::Result<ModelMeta> {
     let path = require(dir, META_FILE)?;
-    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not valid checkpoint metadata", path.display()))
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid checkpoint metadata", path.display()))
 }
 
 /// SHA-256 (hex) of the checkpoint's weights file: identifies a trained model.
@@ -93,7 +112,8 @@ pub fn weights_hash(dir: &Path) -> anyhow::Result<String> {
 /// Loads weights from a burnpack file into a network built from `spec`. Shape disagreements name
 /// the tensor and both shapes.
 pub fn load_weights(path: &Path, network: Network) -> anyhow::Result<Network> {
-    let record = ModuleRecord::load(path).map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
+    let record = ModuleRecord::load(path)
+        .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
     network
         .try_load_record(record)
         .map_err(|e| anyhow::anyhow!("weights {} do not fit the model spec: {e}", path.display()))
@@ -117,5 +137,9 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
     let network = Network::init(&spec, meta.input, 0, device)
         .with_context(|| format!("model spec in {}", dir.display()))?;
     let network = load_weights(&require(dir, WEIGHTS_FILE)?, network)?;
-    Ok(LoadedModel { spec, meta, network })
+    Ok(LoadedModel {
+        spec,
+        meta,
+        network,
+    })
 }

@@ -77,7 +77,11 @@ impl Activations {
         }
     }
 
-    fn map(self, f2: impl FnOnce(Tensor<2>) -> Tensor<2>, f4: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Self {
+    fn map(
+        self,
+        f2: impl FnOnce(Tensor<2>) -> Tensor<2>,
+        f4: impl FnOnce(Tensor<4>) -> Tensor<4>,
+    ) -> Self {
         match self {
             Activations::Image(x) => Activations::Image(f4(x)),
             Activations::Flat(x) => Activations::Flat(f2(x)),
@@ -110,15 +114,28 @@ fn glorot_uniform(
 impl Network {
     /// Builds the network for `input` (C, H, W) with Keras' initialisation (Glorot-uniform
     /// kernels, zero biases), seeded by `seed`. The spec is validated first.
-    pub fn init(spec: &ModelSpec, input: [usize; 3], seed: u64, device: &Device) -> Result<Self, SpecError> {
+    pub fn init(
+        spec: &ModelSpec,
+        input: [usize; 3],
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, SpecError> {
         let infos = spec.infer(input)?;
-        let inputs = std::iter::once(Shape::Image(input)).chain(infos.iter().map(|info| info.output));
+        let inputs =
+            std::iter::once(Shape::Image(input)).chain(infos.iter().map(|info| info.output));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut layers = Vec::with_capacity(spec.layers.len());
         for (layer, shape) in spec.layers.iter().zip(inputs) {
             let built = match *layer {
-                LayerSpec::Conv2d { filters, kernel, stride, padding } => {
-                    let Shape::Image([c, _, _]) = shape else { unreachable!() };
+                LayerSpec::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
+                    let Shape::Image([c, _, _]) = shape else {
+                        unreachable!()
+                    };
                     let mut conv = Conv2dConfig::new([c, filters], [kernel, kernel])
                         .with_stride([stride, stride])
                         .with_padding(padding_config(padding))
@@ -138,7 +155,11 @@ impl Network {
                     Layer::LeakyRelu(LeakyReluConfig::new().with_negative_slope(slope).init())
                 }
                 LayerSpec::Relu => Layer::Relu(Relu::new()),
-                LayerSpec::MaxPool2d { size, stride, padding } => {
+                LayerSpec::MaxPool2d {
+                    size,
+                    stride,
+                    padding,
+                } => {
                     let stride = stride.unwrap_or(size);
                     Layer::MaxPool2d(
                         MaxPool2dConfig::new([size, size])
@@ -164,13 +185,18 @@ impl Network {
                     )
                 }
                 LayerSpec::Dense { units, activation } => {
-                    let Shape::Flat(n) = shape else { unreachable!() };
+                    let Shape::Flat(n) = shape else {
+                        unreachable!()
+                    };
                     let mut linear = LinearConfig::new(n, units)
                         .with_initializer(Initializer::Zeros)
                         .init(device);
                     let weight = glorot_uniform(&mut rng, vec![n, units], n, units, device);
                     linear.weight = Param::from_tensor(weight.reshape([n, units]));
-                    Layer::Dense(Dense { linear, relu: activation == Some(Activation::Relu) })
+                    Layer::Dense(Dense {
+                        linear,
+                        relu: activation == Some(Activation::Relu),
+                    })
                 }
             };
             layers.push(built);
@@ -191,7 +217,11 @@ impl Network {
         dims
     }
 
-    fn forward_observed(&self, input: Tensor<4>, mut observe: impl FnMut(usize, Vec<usize>)) -> Tensor<2> {
+    fn forward_observed(
+        &self,
+        input: Tensor<4>,
+        mut observe: impl FnMut(usize, Vec<usize>),
+    ) -> Tensor<2> {
         let mut x = Activations::Image(input);
         for (index, layer) in self.layers.iter().enumerate() {
             x = match layer {
@@ -210,9 +240,15 @@ impl Network {
                 Layer::Dense(dense) => match x {
                     Activations::Flat(t) => {
                         let y = dense.linear.forward(t);
-                        Activations::Flat(if dense.relu { burn::tensor::activation::relu(y) } else { y })
+                        Activations::Flat(if dense.relu {
+                            burn::tensor::activation::relu(y)
+                        } else {
+                            y
+                        })
                     }
-                    Activations::Image(_) => unreachable!("dense on a feature map passed validation"),
+                    Activations::Image(_) => {
+                        unreachable!("dense on a feature map passed validation")
+                    }
                 },
             };
             observe(
@@ -225,7 +261,9 @@ impl Network {
         }
         match x {
             Activations::Flat(logits) => logits,
-            Activations::Image(_) => unreachable!("a model ending in a feature map passed validation"),
+            Activations::Image(_) => {
+                unreachable!("a model ending in a feature map passed validation")
+            }
         }
     }
 }

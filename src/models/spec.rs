@@ -120,17 +120,29 @@ impl LayerSpec {
 
     /// Convenience constructor: `conv2d` with 'same' padding.
     pub fn conv(filters: usize, kernel: usize, stride: usize) -> Self {
-        LayerSpec::Conv2d { filters, kernel, stride, padding: Padding::Same }
+        LayerSpec::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding: Padding::Same,
+        }
     }
 
     /// Convenience constructor: `max_pool2d` with 'same' padding.
     pub fn max_pool(size: usize, stride: usize) -> Self {
-        LayerSpec::MaxPool2d { size, stride: Some(stride), padding: Padding::Same }
+        LayerSpec::MaxPool2d {
+            size,
+            stride: Some(stride),
+            padding: Padding::Same,
+        }
     }
 
     /// Convenience constructor: `dense`, optionally followed by ReLU.
     pub fn dense(units: usize, relu: bool) -> Self {
-        LayerSpec::Dense { units, activation: relu.then_some(Activation::Relu) }
+        LayerSpec::Dense {
+            units,
+            activation: relu.then_some(Activation::Relu),
+        }
     }
 }
 
@@ -253,7 +265,10 @@ impl ModelSpec {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(ModelSpec { name: raw.name.unwrap_or_else(|| "model".into()), layers })
+        Ok(ModelSpec {
+            name: raw.name.unwrap_or_else(|| "model".into()),
+            layers,
+        })
     }
 
     /// Reads a spec file; the name defaults to the file stem.
@@ -279,10 +294,15 @@ impl ModelSpec {
     /// shape, parameter count and FLOPs. The model must end with 2-D logits.
     pub fn infer(&self, input: [usize; 3]) -> Result<Vec<LayerInfo>, SpecError> {
         if self.layers.is_empty() {
-            return Err(SpecError::Model(format!("model `{}` has no layers", self.name)));
+            return Err(SpecError::Model(format!(
+                "model `{}` has no layers",
+                self.name
+            )));
         }
         if input.contains(&0) {
-            return Err(SpecError::Model(format!("input shape {input:?} has a zero dimension")));
+            return Err(SpecError::Model(format!(
+                "input shape {input:?} has a zero dimension"
+            )));
         }
         let mut shape = Shape::Image(input);
         let mut infos = Vec::with_capacity(self.layers.len());
@@ -293,15 +313,22 @@ impl ModelSpec {
                 field,
                 message,
             };
-            let need_image = |shape: Shape| match shape {
+            let need_image = |shape: Shape| {
+                match shape {
                 Shape::Image(chw) => Ok(chw),
                 Shape::Flat(n) => Err(err(
                     "input",
                     format!("needs a 3-D (channels, height, width) input but gets ({n}) after a flatten"),
                 )),
+            }
             };
             let (output, params, flops) = match *layer {
-                LayerSpec::Conv2d { filters, kernel, stride, padding } => {
+                LayerSpec::Conv2d {
+                    filters,
+                    kernel,
+                    stride,
+                    padding,
+                } => {
                     let [c, h, w] = need_image(shape)?;
                     if filters == 0 {
                         return Err(err("filters", "must be at least 1".into()));
@@ -325,7 +352,11 @@ impl ModelSpec {
                     let flops = 2 * (kernel * kernel * c * filters * oh * ow) as u64;
                     (Shape::Image([filters, oh, ow]), params, flops)
                 }
-                LayerSpec::MaxPool2d { size, stride, padding } => {
+                LayerSpec::MaxPool2d {
+                    size,
+                    stride,
+                    padding,
+                } => {
                     let [c, h, w] = need_image(shape)?;
                     if size == 0 {
                         return Err(err("size", "must be at least 1".into()));
@@ -334,9 +365,10 @@ impl ModelSpec {
                     if stride == 0 {
                         return Err(err("stride", "must be at least 1".into()));
                     }
-                    let (Some(oh), Some(ow)) =
-                        (output_size(h, size, stride, padding), output_size(w, size, stride, padding))
-                    else {
+                    let (Some(oh), Some(ow)) = (
+                        output_size(h, size, stride, padding),
+                        output_size(w, size, stride, padding),
+                    ) else {
                         return Err(err(
                             "size",
                             format!("{size}x{size} window is larger than its {h}x{w} input with 'valid' padding"),
@@ -382,10 +414,19 @@ impl ModelSpec {
                     if units == 0 {
                         return Err(err("units", "must be at least 1".into()));
                     }
-                    (Shape::Flat(units), n * units + units, 2 * (n * units) as u64)
+                    (
+                        Shape::Flat(units),
+                        n * units + units,
+                        2 * (n * units) as u64,
+                    )
                 }
             };
-            infos.push(LayerInfo { kind: layer.kind(), output, params, flops });
+            infos.push(LayerInfo {
+                kind: layer.kind(),
+                output,
+                params,
+                flops,
+            });
             shape = output;
         }
         if let Shape::Image(chw) = shape {
@@ -420,6 +461,10 @@ impl ModelSpec {
     pub fn stats(&self, input: [usize; 3]) -> Result<ModelStats, SpecError> {
         let infos = self.infer(input)?;
         let params: usize = infos.iter().map(|i| i.params).sum();
-        Ok(ModelStats { params, flops: infos.iter().map(|i| i.flops).sum(), bytes: params * 4 })
+        Ok(ModelStats {
+            params,
+            flops: infos.iter().map(|i| i.flops).sum(),
+            bytes: params * 4,
+        })
     }
 }

@@ -27,7 +27,12 @@ pub fn zoo_entries(input: [usize; 3]) -> Result<Vec<ZooEntry>, SpecError> {
         .map(|name| {
             let spec = zoo::get(name).expect("zoo names resolve");
             let stats = spec.stats(input)?;
-            Ok(ZooEntry { name: name.to_string(), params: stats.params, flops: stats.flops, bytes: stats.bytes })
+            Ok(ZooEntry {
+                name: name.to_string(),
+                params: stats.params,
+                flops: stats.flops,
+                bytes: stats.bytes,
+            })
         })
         .collect()
 }
@@ -50,7 +55,11 @@ pub fn zoo_table(input: [usize; 3]) -> Result<String, SpecError> {
     let mut out = String::new();
     let [c, h, w] = input;
     let _ = writeln!(out, "Model zoo for input {c}x{h}x{w}");
-    let _ = writeln!(out, "{:<12} {:>12} {:>16} {:>12}", "name", "params", "FLOPs/image", "weights");
+    let _ = writeln!(
+        out,
+        "{:<12} {:>12} {:>16} {:>12}",
+        "name", "params", "FLOPs/image", "weights"
+    );
     for entry in zoo_entries(input)? {
         let _ = writeln!(
             out,
@@ -73,19 +82,34 @@ pub fn layer_table(spec: &ModelSpec, input: [usize; 3]) -> Result<String, SpecEr
     let _ = writeln!(out, "Model: \"{}\"  (input {c}x{h}x{w})", spec.name);
     let rule = "─".repeat(64);
     let _ = writeln!(out, "{rule}");
-    let _ = writeln!(out, "{:<28} {:<20} {:>14}", "Layer (type)", "Output Shape", "Param #");
+    let _ = writeln!(
+        out,
+        "{:<28} {:<20} {:>14}",
+        "Layer (type)", "Output Shape", "Param #"
+    );
     let _ = writeln!(out, "{rule}");
     for (index, info) in infos.iter().enumerate() {
         let _ = writeln!(
             out,
             "{:<28} {:<20} {:>14}",
             format!("{index:>2} {}", info.kind),
-            format!("(None, {})", info.output.to_string().trim_start_matches('(').trim_end_matches(')')),
+            format!(
+                "(None, {})",
+                info.output
+                    .to_string()
+                    .trim_start_matches('(')
+                    .trim_end_matches(')')
+            ),
             thousands(info.params as u64)
         );
     }
     let _ = writeln!(out, "{rule}");
-    let _ = writeln!(out, "Total params: {} ({:.2} KB)", thousands(stats.params as u64), stats.bytes as f64 / 1024.0);
+    let _ = writeln!(
+        out,
+        "Total params: {} ({:.2} KB)",
+        thousands(stats.params as u64),
+        stats.bytes as f64 / 1024.0
+    );
     let _ = writeln!(out, "Forward FLOPs per image: {}", thousands(stats.flops));
     Ok(out)
 }

@@ -1,0 +1,202 @@
+//! Downloads against a tiny HTTP server on 127.0.0.1 — these tests never touch the internet.
+
+mod data_common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+use data_common::{gzip, idx_images};
+use distill::data::download::{self, extract_tar_gz, fetch};
+use distill::data::DataError;
+use md5::{Digest, Md5};
+
+/// Serves `files` (path → body) over HTTP/1.1 on an ephemeral local port, one connection at a
+/// time, until the test process ends; unknown paths get a 404. Returns the base URL.
+fn serve(files: HashMap<String, Vec<u8>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // skip the headers
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let (status, body) = match files.get(&path) {
+                Some(body) => ("200 OK", body.clone()),
+                None => ("404 Not Found", b"not found".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    base
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn dir_entries(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A generated payload bigger than one read buffer.
+fn payload() -> Vec<u8> {
+    (0..200_000u32)
+        .map(|i| (i * 2654435761u32 >> 24) as u8)
+        .collect()
+}
+
+#[test]
+fn fetch_saves_the_file_when_the_md5_matches() {
+    let body = payload();
+    let base = serve(HashMap::from([(
+        "/data/file.bin".to_string(),
+        body.clone(),
+    )]));
+    let cache = tempfile::tempdir().unwrap();
+    let dest = cache.path().join("sub").join("file.bin");
+    fetch(&format!("{base}/data/file.bin"), &dest, &md5_hex(&body)).unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), body);
+    assert_eq!(
+        dir_entries(&cache.path().join("sub")),
+        ["file.bin"],
+        "no partial file left"
+    );
+}
+
+#[test]
+fn fetch_with_wrong_md5_errors_with_both_checksums_and_leaves_nothing() {
+    let body = payload();
+    let base = serve(HashMap::from([("/file.bin".to_string(), body.clone())]));
+    let cache = tempfile::tempdir().unwrap();
+    let dest = cache.path().join("file.bin");
+    let url = format!("{base}/file.bin");
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let err = fetch(&url, &dest, wrong).unwrap_err();
+    assert!(matches!(err, DataError::Checksum { .. }), "{err:?}");
+    let msg = err.to_string();
+    for needle in [
+        url.as_str(),
+        &dest.display().to_string(),
+        wrong,
+        &md5_hex(&body),
+    ] {
+        assert!(msg.contains(needle), "`{msg}` does not mention `{needle}`");
+    }
+    assert!(
+        dir_entries(cache.path()).is_empty(),
+        "left {:?}",
+        dir_entries(cache.path())
+    );
+}
+
+#[test]
+fn fetch_of_a_missing_url_names_it() {
+    let base = serve(HashMap::new());
+    let cache = tempfile::tempdir().unwrap();
+    let url = format!("{base}/nothing.gz");
+    let err = fetch(&url, &cache.path().join("nothing.gz"), "00").unwrap_err();
+    assert!(matches!(err, DataError::Download { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&url) && err.to_string().contains("404"),
+        "{err}"
+    );
+    assert!(dir_entries(cache.path()).is_empty());
+}
+
+#[test]
+fn cli_download_through_mirror_checks_the_official_md5() {
+    // The local "mirror" serves small fake MNIST files; their MD5s differ from the published
+    // ones, so the command must fail on the first file and leave nothing in the cache.
+    let fake = gzip(&idx_images(1, 2, 2, &[1, 2, 3, 4]));
+    let files = download::MNIST
+        .files
+        .iter()
+        .map(|&(name, _)| (format!("/{name}"), fake.clone()))
+        .collect();
+    let base = serve(files);
+    let cache = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["data", "info", "mnist", "--json"])
+        .env("DISTILL_DATA", cache.path())
+        .env("DISTILL_MIRROR", format!("{base}/"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "nothing on stdout on failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (first, official_md5) = download::MNIST.files[0];
+    for needle in [
+        &format!("{base}/{first}"),
+        official_md5,
+        &md5_hex(&fake),
+        "checksum",
+    ] {
+        assert!(
+            stderr.contains(needle),
+            "stderr `{stderr}` does not mention `{needle}`"
+        );
+    }
+    assert!(
+        dir_entries(&cache.path().join("mnist")).is_empty(),
+        "{:?}",
+        dir_entries(&cache.path().join("mnist"))
+    );
+}
+
+#[test]
+fn tarball_extraction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("a.tar.gz");
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, body) in [("top/x.bin", &b"hello"[..]), ("top/sub/y.txt", b"world")] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, body).unwrap();
+    }
+    let tar_bytes = builder.into_inner().unwrap();
+    std::fs::write(&archive, gzip(&tar_bytes)).unwrap();
+    let out = tmp.path().join("out");
+    extract_tar_gz(&archive, &out).unwrap();
+    assert_eq!(std::fs::read(out.join("top/x.bin")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(out.join("top/sub/y.txt")).unwrap(), b"world");
+
+    // a truncated archive is an error naming it
+    let full = std::fs::read(&archive).unwrap();
+    std::fs::write(&archive, &full[..full.len() / 2]).unwrap();
+    let err = extract_tar_gz(&archive, &tmp.path().join("out2")).unwrap_err();
+    assert!(
+        err.to_string().contains(&archive.display().to_string()),
+        "{err}"
+    );
+}

@@ -1,0 +1,206 @@
+//! `distill run` end to end on a tiny config: report structure and values, plots, resume, and
+//! config validation.
+
+use std::path::Path;
+use std::process::Command;
+
+use distill::experiment::ExperimentConfig;
+use distill::models::zoo;
+
+const TINY: &str = r#"
+data = "embedded"
+seeds = 2
+
+[teacher]
+model = "teacher-small"
+epochs = 1
+
+[student]
+model = "student"
+epochs = 1
+
+[training]
+batch_size = 128
+seed = 7
+
+[sweep]
+alpha = [0.5, 0.9]
+temperature = [2.0]
+t2_scaling = [true, false]
+"#;
+
+fn distill(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn run(config: &Path, out: &Path) -> serde_json::Value {
+    let output = distill(&[
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("# Distillation report"), "{stdout}");
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+fn accuracy(v: &serde_json::Value) -> f64 {
+    let a = v["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&a), "accuracy {a}");
+    a
+}
+
+#[test]
+fn tiny_experiment_writes_a_consistent_report_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let out = dir.path().join("out");
+    let report = run(&config, &out);
+
+    let student_params = zoo::get("student")
+        .unwrap()
+        .stats([1, 28, 28])
+        .unwrap()
+        .params as u64;
+    let teacher_params = zoo::get("teacher-small")
+        .unwrap()
+        .stats([1, 28, 28])
+        .unwrap()
+        .params as u64;
+    assert_eq!(report["teacher"]["params"].as_u64(), Some(teacher_params));
+    assert_eq!(report["scratch"]["params"].as_u64(), Some(student_params));
+    assert!(accuracy(&report["teacher"]) > 0.5);
+    assert!(accuracy(&report["scratch"]) > 0.2);
+    assert_eq!(report["scratch"]["accuracies"].as_array().unwrap().len(), 2);
+
+    let distilled = report["distilled"].as_array().unwrap();
+    assert_eq!(distilled.len(), 4);
+    let mut best = 0.0f64;
+    for d in distilled {
+        assert!([0.5, 0.9].contains(&d["alpha"].as_f64().unwrap()));
+        assert_eq!(d["temperature"].as_f64(), Some(2.0));
+        assert!(d["t2_scaling"].is_boolean());
+        assert_eq!(d["params"].as_u64(), Some(student_params));
+        best = best.max(accuracy(d));
+    }
+    assert_eq!(report["best"]["accuracy"].as_f64(), Some(best));
+    let gain = report["best"]["gain_over_scratch"].as_f64().unwrap();
+    assert!((gain - (best - report["scratch"]["accuracy"].as_f64().unwrap())).abs() < 1e-12);
+    assert!(
+        report["best"]["exceeds_spread"].is_boolean(),
+        "two seeds give a spread"
+    );
+    assert!(report["best"]["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("from scratch"));
+    assert!(
+        report["teacher"]["speed"]["throughput_ips"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        markdown.contains("| student from scratch |") && markdown.contains(" ± "),
+        "{markdown}"
+    );
+    for plot in ["learning_curves.png", "accuracy_vs_alpha.png"] {
+        let bytes = std::fs::read(out.join(plot)).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{plot} is a PNG");
+        assert!(bytes.len() > 10_000, "{plot} has content");
+    }
+
+    // Started again with the same --out: every run is complete, so nothing is retrained and the
+    // accuracies are the same.
+    let weights = out.join("scratch/seed-7/model.bpk");
+    let modified = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    let again = run(&config, &out);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        modified
+    );
+    assert_eq!(
+        again["scratch"]["accuracies"],
+        report["scratch"]["accuracies"]
+    );
+    assert_eq!(again["best"]["accuracy"], report["best"]["accuracy"]);
+}
+
+#[test]
+fn shipped_configs_parse() {
+    for name in ["quick", "keras-example-cifar10", "fashion-mnist"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("configs")
+            .join(format!("{name}.toml"));
+        let config = ExperimentConfig::from_file(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(!config.grid().is_empty());
+    }
+    let keras = ExperimentConfig::from_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/keras-example-cifar10.toml"),
+    )
+    .unwrap();
+    assert_eq!(keras.grid().len(), 8, "4 alphas x T² off/on");
+    assert_eq!(keras.student.epochs, 20);
+}
+
+#[test]
+fn bad_configs_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (TINY.replace("seeds = 2", "seeds = 2\nepochz = 3"), "epochz"),
+        (
+            TINY.replace("alpha = [0.5, 0.9]", "alpha = [0.5, 1.5]"),
+            "alpha must be in [0, 1]",
+        ),
+        (
+            TINY.replace("temperature = [2.0]", "temperature = [0.0]"),
+            "temperature",
+        ),
+        (
+            TINY.replace(
+                "[student]\nmodel = \"student\"\nepochs = 1",
+                "[student]\nmodel = \"student\"\nepochs = 0",
+            ),
+            "student.epochs",
+        ),
+        (
+            TINY.replace("data = \"embedded\"", "data = \"nonsense:x\""),
+            "data",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let config = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let out = dir.path().join(format!("out{i}"));
+        let output = distill(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(output.status.code(), Some(1), "case {i}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(&format!("bad{i}.toml")),
+            "case {i} names the file: {stderr}"
+        );
+        assert!(!out.exists(), "case {i}: nothing written");
+    }
+}
