@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::module::Module;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{batch_order, Augmentation, Split};
@@ -60,7 +60,8 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    fn build(&self) -> ModuleOptimizer {
+    /// The optimizer these settings describe (Adam, or AdamW with weight decay).
+    pub fn build(&self) -> ModuleOptimizer {
         if self.weight_decay > 0.0 {
             AdamWConfig::new()
                 .with_beta_1(self.beta1)
@@ -501,24 +502,21 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                     derive_seed(config.seed, PURPOSE_AUGMENT, epoch * steps_per_epoch + step),
                 )
             });
-            let (images, labels) = train.batch(indices, &train_device, augment);
-            let logits = network.forward(images.clone());
-            let loss = match &objective {
-                Objective::Labels => {
-                    cross_entropy(logits.clone(), labels.clone(), config.label_smoothing)
-                }
-                Objective::Distill { loss, teacher } => {
-                    let teacher_logits = teacher.logits(indices, images, &plain_device)?.autodiff();
-                    loss.forward(
-                        logits.clone(),
-                        teacher_logits,
-                        labels.clone(),
-                        config.label_smoothing,
-                    )
-                    .total
-                }
-            };
-            let loss_value: f32 = loss.clone().into_scalar();
+            let batch = train.batch(indices, &train_device, augment);
+            lr = config
+                .optimizer
+                .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
+            let (next, loss_value, batch_correct) = train_step(
+                network,
+                &mut optimizer,
+                &objective,
+                batch,
+                indices,
+                lr,
+                config.label_smoothing,
+                &plain_device,
+            )?;
+            network = next;
             if !loss_value.is_finite() {
                 bar.abandon();
                 let kept = checkpoint_dirs(out)
@@ -539,14 +537,9 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                 append_log(out, &format!("error: {message}"));
                 bail!(message);
             }
-            correct += count_correct(logits.detach(), labels);
+            correct += batch_correct;
             seen += indices.len();
             loss_sum += loss_value as f64 * indices.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &network);
-            lr = config
-                .optimizer
-                .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
-            network = optimizer.step(lr, network, grads);
             bar.set_message(format!(
                 "loss {:.4} acc {:.4}",
                 loss_sum / seen as f64,
@@ -597,7 +590,33 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     Ok(TrainOutcome { network, history })
 }
 
-/// Converts a `[n, classes]` row-major buffer into a tensor on `device`.
-pub fn logits_tensor(values: Vec<f32>, rows: usize, classes: usize, device: &Device) -> Tensor<2> {
-    Tensor::from_data(TensorData::new(values, [rows, classes]), device)
+/// One optimisation step on a batch: forward, the objective's loss, backward, Adam update.
+/// Returns the updated network, the batch loss and the number of correct predictions. A
+/// non-finite loss skips the update (the caller stops the run with the weights of the last good step).
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    network: Network,
+    optimizer: &mut ModuleOptimizer,
+    objective: &Objective,
+    (images, labels): (Tensor<4>, Tensor<1, Int>),
+    indices: &[usize],
+    learning_rate: f64,
+    label_smoothing: f64,
+    plain_device: &Device,
+) -> anyhow::Result<(Network, f32, i64)> {
+    let logits = network.forward(images.clone());
+    let loss = match objective {
+        Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
+        Objective::Distill { loss, teacher } => {
+            let teacher_logits = teacher.logits(indices, images, plain_device)?.autodiff();
+            loss.forward(logits.clone(), teacher_logits, labels.clone(), label_smoothing).total
+        }
+    };
+    let loss_value: f32 = loss.clone().into_scalar();
+    if !loss_value.is_finite() {
+        return Ok((network, loss_value, 0));
+    }
+    let correct = count_correct(logits.detach(), labels);
+    let grads = GradientsParams::from_grads(loss.backward(), &network);
+    Ok((optimizer.step(learning_rate, network, grads), loss_value, correct))
 }

@@ -22,6 +22,21 @@ pub struct Cli {
 enum Command {
     /// Run the whole study: teacher, student from scratch, distillation sweep, report.
     Run(run::RunArgs),
+    /// Time the reference workloads (training steps, distillation steps, inference, data loading).
+    Bench {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Worker threads for the compute pool (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Timed steps per workload.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Compute backend.
+        #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
+        backend: crate::backend::Backend,
+    },
     /// Inspect datasets.
     #[command(subcommand)]
     Data(DataCommand),
@@ -96,6 +111,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Bench { json, threads, steps, backend } => bench(json, threads, steps, backend),
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),
         Command::Summary { model, input } => models::summary(&model, input),
@@ -108,6 +124,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
         } => train::eval(&model, &data, json, backend),
     }
+}
+
+fn bench(json: bool, threads: Option<usize>, steps: usize, backend: crate::backend::Backend) -> anyhow::Result<()> {
+    if steps == 0 {
+        anyhow::bail!("--steps must be at least 1");
+    }
+    if let Some(threads) = threads {
+        if threads == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        // Flex runs its kernels on rayon's global pool, so this bounds the backend too.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))?;
+    }
+    let device = backend.device()?;
+    if !json {
+        eprintln!("benchmarking ({steps} timed steps per workload; the teacher steps take a while)...");
+    }
+    let result = crate::bench::run(&crate::bench::BenchOptions { steps, warmup: 3 }, &device, backend.name())?;
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", crate::bench::table(&result));
+    }
+    Ok(())
 }
 
 /// The error and its causes as one paragraph: "outer: cause: root cause".

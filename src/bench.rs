@@ -1,0 +1,219 @@
+//! `distill bench`: step times and throughput of the reference workloads on random CIFAR-shaped
+//! data (batch 64 for training, 256 for inference), medians after warm-up, with the spread.
+//!
+//! The numbers are comparable with the Keras harness in `../shared/keras-reference/bench.py`
+//! when both run on the same machine with the same thread count.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use serde::Serialize;
+
+use crate::data::{batch_order, Split};
+use crate::distill::{Teacher, TeacherLogits};
+use crate::losses::DistillLoss;
+use crate::models::{zoo, Network};
+use crate::train::{train_step, Objective, OptimizerConfig};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Timed steps per training workload (at least 20 recommended).
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    pub warmup: usize,
+}
+
+/// Results; the JSON keys are stable (see the README's performance section).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Median teacher-v3 training step, batch 64 (ms).
+    pub teacher_train_ms: f64,
+    /// Median student training step, batch 64 (ms).
+    pub student_train_ms: f64,
+    /// Median distillation step with the teacher's forward pass at every step (ms).
+    pub distill_live_ms: f64,
+    /// Median distillation step with teacher logits from the cache (ms).
+    pub distill_cached_ms: f64,
+    /// teacher-v3 inference, batch 256 (images/s, from the median batch time).
+    pub teacher_infer_ips: f64,
+    /// Student inference, batch 256 (images/s).
+    pub student_infer_ips: f64,
+    /// Batches of 64 CIFAR-shaped images per second out of the loader (u8 → f32 tensor).
+    pub loader_batches_per_s: f64,
+    /// Peak resident memory of the process (MiB).
+    pub peak_rss_mb: f64,
+    /// Worker threads of the compute pool.
+    pub threads: usize,
+    /// Backend name.
+    pub backend: String,
+    /// Timed steps per workload.
+    pub steps: usize,
+    /// Per workload: [min, 25th percentile, median, 75th percentile, max] of the timed samples
+    /// (ms per step or per batch).
+    pub spread: BTreeMap<String, [f64; 5]>,
+}
+
+/// A random CIFAR-shaped split (3x32x32, 10 classes).
+pub fn random_split(len: usize, seed: u64) -> Split {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let images = (0..len * 3 * 32 * 32).map(|_| rng.random::<u8>()).collect();
+    let labels = (0..len).map(|_| rng.random_range(0..10u32)).collect();
+    Split { shape: [3, 32, 32], images, labels }
+}
+
+fn summarize(samples: &mut [f64]) -> [f64; 5] {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    [at(0.0), at(0.25), at(0.5), at(0.75), at(1.0)]
+}
+
+fn time_ms(warmup: usize, runs: usize, mut work: impl FnMut()) -> Vec<f64> {
+    (0..warmup + runs)
+        .map(|_| {
+            let start = Instant::now();
+            work();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .skip(warmup)
+        .collect()
+}
+
+/// Peak resident set size of this process in MiB (`VmHWM`; 0 where /proc is missing).
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Runs every workload on `device`.
+pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Result<BenchResult> {
+    let plain = device.clone().without_autodiff();
+    let train_device = device.clone().autodiff();
+    let data = random_split(1024, 1);
+    let mut spread = BTreeMap::new();
+    let mut median = |name: &str, mut samples: Vec<f64>| {
+        let summary = summarize(&mut samples);
+        spread.insert(name.to_string(), summary);
+        summary[2]
+    };
+    let order = batch_order(data.len(), 64, true, 3, 0);
+    let batch = |step: usize, dev: &Device| data.batch(&order[step % order.len()], dev, None);
+
+    let train_ms = |spec_name: &str, objective: &Objective| -> anyhow::Result<Vec<f64>> {
+        let spec = zoo::get(spec_name).expect("zoo model");
+        let mut network = Some(Network::init(&spec, [3, 32, 32], 0, &train_device)?);
+        let mut optimizer = OptimizerConfig::default().build();
+        let mut step = 0;
+        let mut failure = None;
+        let samples = time_ms(options.warmup, options.steps, || {
+            let indices = &order[step % order.len()];
+            let result = train_step(
+                network.take().expect("network"),
+                &mut optimizer,
+                objective,
+                batch(step, &train_device),
+                indices,
+                1e-3,
+                0.0,
+                &plain,
+            );
+            match result {
+                Ok((next, _, _)) => network = Some(next),
+                Err(e) => {
+                    failure = Some(e);
+                    network = Some(Network::init(&spec, [3, 32, 32], 0, &train_device).expect("valid zoo spec"));
+                }
+            }
+            step += 1;
+        });
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(samples),
+        }
+    };
+
+    let student_train = train_ms("student", &Objective::Labels)?;
+    let teacher_net = Network::init(&zoo::get("teacher-v3").expect("zoo"), [3, 32, 32], 0, &plain)?;
+    let teacher = Teacher::from_network(&teacher_net, [3, 32, 32], 10);
+    let loss = DistillLoss::Kd { alpha: 0.1, temperature: 10.0, t2_scaling: true };
+    let cached = TeacherLogits::Cached {
+        teacher_hash: teacher.hash.clone(),
+        classes: 10,
+        values: teacher.logits_all(&data, &plain, false),
+    };
+    let distill_cached = train_ms("student", &Objective::Distill { loss, teacher: &cached })?;
+    let live = TeacherLogits::Live(teacher);
+    let distill_live = train_ms("student", &Objective::Distill { loss, teacher: &live })?;
+    let teacher_train = train_ms("teacher-v3", &Objective::Labels)?;
+
+    let infer = |network: &Network, runs: usize| {
+        let model = network.valid();
+        let x = Tensor::<4>::zeros([256, 3, 32, 32], &plain);
+        time_ms(1, runs, || {
+            let _ = model.forward(x.clone()).into_data();
+        })
+    };
+    let student_net = Network::init(&zoo::get("student").expect("zoo"), [3, 32, 32], 0, &plain)?;
+    let infer_runs = (options.steps / 2).max(5);
+    let teacher_infer = infer(&teacher_net, infer_runs);
+    let student_infer = infer(&student_net, infer_runs);
+    let loader = time_ms(2, options.steps.max(20), {
+        let mut step = 0;
+        move || {
+            let _ = batch(step, &plain);
+            step += 1;
+        }
+    });
+
+    Ok(BenchResult {
+        teacher_train_ms: median("teacher_train_ms", teacher_train),
+        student_train_ms: median("student_train_ms", student_train),
+        distill_live_ms: median("distill_live_ms", distill_live),
+        distill_cached_ms: median("distill_cached_ms", distill_cached),
+        teacher_infer_ips: 256.0 / (median("teacher_infer_ms_per_batch", teacher_infer) / 1e3),
+        student_infer_ips: 256.0 / (median("student_infer_ms_per_batch", student_infer) / 1e3),
+        loader_batches_per_s: 1e3 / median("loader_ms_per_batch", loader),
+        peak_rss_mb: peak_rss_mb(),
+        threads: rayon::current_num_threads(),
+        backend: backend.into(),
+        steps: options.steps,
+        spread,
+    })
+}
+
+/// The result as a text table.
+pub fn table(result: &BenchResult) -> String {
+    let s = &result.spread;
+    let range = |key: &str| s.get(key).map(|v| format!("[{:.2} – {:.2}]", v[1], v[3])).unwrap_or_default();
+    let mut out = format!(
+        "distill bench — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference)\n",
+        result.backend, result.threads, result.steps
+    );
+    let rows = [
+        ("teacher-v3 train step", format!("{:.1} ms", result.teacher_train_ms), range("teacher_train_ms")),
+        ("student train step", format!("{:.1} ms", result.student_train_ms), range("student_train_ms")),
+        ("distill step, teacher live", format!("{:.1} ms", result.distill_live_ms), range("distill_live_ms")),
+        ("distill step, cached logits", format!("{:.1} ms", result.distill_cached_ms), range("distill_cached_ms")),
+        ("teacher-v3 inference", format!("{:.0} img/s", result.teacher_infer_ips), range("teacher_infer_ms_per_batch")),
+        ("student inference", format!("{:.0} img/s", result.student_infer_ips), range("student_infer_ms_per_batch")),
+        ("loader (CIFAR-shaped)", format!("{:.0} batches/s", result.loader_batches_per_s), range("loader_ms_per_batch")),
+        ("peak RSS", format!("{:.0} MiB", result.peak_rss_mb), String::new()),
+    ];
+    out.push_str(&format!("{:<30} {:>16}  {}\n", "workload", "median", "interquartile range (ms)"));
+    for (name, value, spread) in rows {
+        out.push_str(&format!("{name:<30} {value:>16}  {spread}\n"));
+    }
+    out
+}
