@@ -63,7 +63,11 @@ pub fn random_split(len: usize, seed: u64) -> Split {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let images = (0..len * 3 * 32 * 32).map(|_| rng.random::<u8>()).collect();
     let labels = (0..len).map(|_| rng.random_range(0..10u32)).collect();
-    Split { shape: [3, 32, 32], images, labels }
+    Split {
+        shape: [3, 32, 32],
+        images,
+        labels,
+    }
 }
 
 fn summarize(samples: &mut [f64]) -> [f64; 5] {
@@ -133,7 +137,10 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
                 Ok((next, _, _)) => network = Some(next),
                 Err(e) => {
                     failure = Some(e);
-                    network = Some(Network::init(&spec, [3, 32, 32], 0, &train_device).expect("valid zoo spec"));
+                    network = Some(
+                        Network::init(&spec, [3, 32, 32], 0, &train_device)
+                            .expect("valid zoo spec"),
+                    );
                 }
             }
             step += 1;
@@ -145,17 +152,38 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
     };
 
     let student_train = train_ms("student", &Objective::Labels)?;
-    let teacher_net = Network::init(&zoo::get("teacher-v3").expect("zoo"), [3, 32, 32], 0, &plain)?;
+    let teacher_net = Network::init(
+        &zoo::get("teacher-v3").expect("zoo"),
+        [3, 32, 32],
+        0,
+        &plain,
+    )?;
     let teacher = Teacher::from_network(&teacher_net, [3, 32, 32], 10);
-    let loss = DistillLoss::Kd { alpha: 0.1, temperature: 10.0, t2_scaling: true };
+    let loss = DistillLoss::Kd {
+        alpha: 0.1,
+        temperature: 10.0,
+        t2_scaling: true,
+    };
     let cached = TeacherLogits::Cached {
         teacher_hash: teacher.hash.clone(),
         classes: 10,
         values: teacher.logits_all(&data, &plain, false),
     };
-    let distill_cached = train_ms("student", &Objective::Distill { loss, teacher: &cached })?;
+    let distill_cached = train_ms(
+        "student",
+        &Objective::Distill {
+            loss,
+            teacher: &cached,
+        },
+    )?;
     let live = TeacherLogits::Live(teacher);
-    let distill_live = train_ms("student", &Objective::Distill { loss, teacher: &live })?;
+    let distill_live = train_ms(
+        "student",
+        &Objective::Distill {
+            loss,
+            teacher: &live,
+        },
+    )?;
     let teacher_train = train_ms("teacher-v3", &Objective::Labels)?;
 
     let infer = |network: &Network, runs: usize| {
@@ -196,22 +224,61 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
 /// The result as a text table.
 pub fn table(result: &BenchResult) -> String {
     let s = &result.spread;
-    let range = |key: &str| s.get(key).map(|v| format!("[{:.2} – {:.2}]", v[1], v[3])).unwrap_or_default();
+    let range = |key: &str| {
+        s.get(key)
+            .map(|v| format!("[{:.2} – {:.2}]", v[1], v[3]))
+            .unwrap_or_default()
+    };
     let mut out = format!(
         "distill bench — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference)\n",
         result.backend, result.threads, result.steps
     );
     let rows = [
-        ("teacher-v3 train step", format!("{:.1} ms", result.teacher_train_ms), range("teacher_train_ms")),
-        ("student train step", format!("{:.1} ms", result.student_train_ms), range("student_train_ms")),
-        ("distill step, teacher live", format!("{:.1} ms", result.distill_live_ms), range("distill_live_ms")),
-        ("distill step, cached logits", format!("{:.1} ms", result.distill_cached_ms), range("distill_cached_ms")),
-        ("teacher-v3 inference", format!("{:.0} img/s", result.teacher_infer_ips), range("teacher_infer_ms_per_batch")),
-        ("student inference", format!("{:.0} img/s", result.student_infer_ips), range("student_infer_ms_per_batch")),
-        ("loader (CIFAR-shaped)", format!("{:.0} batches/s", result.loader_batches_per_s), range("loader_ms_per_batch")),
-        ("peak RSS", format!("{:.0} MiB", result.peak_rss_mb), String::new()),
+        (
+            "teacher-v3 train step",
+            format!("{:.1} ms", result.teacher_train_ms),
+            range("teacher_train_ms"),
+        ),
+        (
+            "student train step",
+            format!("{:.1} ms", result.student_train_ms),
+            range("student_train_ms"),
+        ),
+        (
+            "distill step, teacher live",
+            format!("{:.1} ms", result.distill_live_ms),
+            range("distill_live_ms"),
+        ),
+        (
+            "distill step, cached logits",
+            format!("{:.1} ms", result.distill_cached_ms),
+            range("distill_cached_ms"),
+        ),
+        (
+            "teacher-v3 inference",
+            format!("{:.0} img/s", result.teacher_infer_ips),
+            range("teacher_infer_ms_per_batch"),
+        ),
+        (
+            "student inference",
+            format!("{:.0} img/s", result.student_infer_ips),
+            range("student_infer_ms_per_batch"),
+        ),
+        (
+            "loader (CIFAR-shaped)",
+            format!("{:.0} batches/s", result.loader_batches_per_s),
+            range("loader_ms_per_batch"),
+        ),
+        (
+            "peak RSS",
+            format!("{:.0} MiB", result.peak_rss_mb),
+            String::new(),
+        ),
     ];
-    out.push_str(&format!("{:<30} {:>16}  {}\n", "workload", "median", "interquartile range (ms)"));
+    out.push_str(&format!(
+        "{:<30} {:>16}  {}\n",
+        "workload", "median", "interquartile range (ms)"
+    ));
     for (name, value, spread) in rows {
         out.push_str(&format!("{name:<30} {value:>16}  {spread}\n"));
     }

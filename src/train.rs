@@ -609,7 +609,13 @@ pub fn train_step(
         Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
         Objective::Distill { loss, teacher } => {
             let teacher_logits = teacher.logits(indices, images, plain_device)?.autodiff();
-            loss.forward(logits.clone(), teacher_logits, labels.clone(), label_smoothing).total
+            loss.forward(
+                logits.clone(),
+                teacher_logits,
+                labels.clone(),
+                label_smoothing,
+            )
+            .total
         }
     };
     let loss_value: f32 = loss.clone().into_scalar();
@@ -618,5 +624,9 @@ pub fn train_step(
     }
     let correct = count_correct(logits.detach(), labels);
     let grads = GradientsParams::from_grads(loss.backward(), &network);
-    Ok((optimizer.step(learning_rate, network, grads), loss_value, correct))
+    Ok((
+        optimizer.step(learning_rate, network, grads),
+        loss_value,
+        correct,
+    ))
 }

@@ -111,7 +111,12 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&args),
-        Command::Bench { json, threads, steps, backend } => bench(json, threads, steps, backend),
+        Command::Bench {
+            json,
+            threads,
+            steps,
+            backend,
+        } => bench(json, threads, steps, backend),
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),
         Command::Summary { model, input } => models::summary(&model, input),
@@ -126,7 +131,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn bench(json: bool, threads: Option<usize>, steps: usize, backend: crate::backend::Backend) -> anyhow::Result<()> {
+fn bench(
+    json: bool,
+    threads: Option<usize>,
+    steps: usize,
+    backend: crate::backend::Backend,
+) -> anyhow::Result<()> {
     if steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
@@ -142,9 +152,15 @@ fn bench(json: bool, threads: Option<usize>, steps: usize, backend: crate::backe
     }
     let device = backend.device()?;
     if !json {
-        eprintln!("benchmarking ({steps} timed steps per workload; the teacher steps take a while)...");
+        eprintln!(
+            "benchmarking ({steps} timed steps per workload; the teacher steps take a while)..."
+        );
     }
-    let result = crate::bench::run(&crate::bench::BenchOptions { steps, warmup: 3 }, &device, backend.name())?;
+    let result = crate::bench::run(
+        &crate::bench::BenchOptions { steps, warmup: 3 },
+        &device,
+        backend.name(),
+    )?;
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
