@@ -176,8 +176,10 @@ pub struct Report {
     pub seeds: usize,
     /// Student epochs.
     pub student_epochs: usize,
-    /// Wall time of the whole run (this invocation).
+    /// Wall time of this invocation (small when it resumed finished runs).
     pub wall_seconds: f64,
+    /// Sum of the epoch times of every run (teacher included), across resumes.
+    pub training_seconds: f64,
     /// The teacher.
     pub teacher: ModelResult,
     /// The student from scratch.
@@ -244,9 +246,19 @@ impl Report {
                 "The best distilled student ({setting}) reached {} vs {} from scratch (+{:.2} points); with one seed the spread is unknown, so run with --seeds 3 to tell a gain from noise.",
                 pct(top.accuracy), pct(scratch.accuracy), gain * 100.0
             ),
-            (false, _) => format!(
-                "Distillation did not help here: the best distilled student ({setting}) reached {} vs {} from scratch ({:.2} points).",
-                pct(top.accuracy), pct(scratch.accuracy), gain * 100.0
+            (false, Some(true)) => format!(
+                "Distillation hurt: the best distilled student ({setting}) reached {} vs {} from scratch ({:.2} points), more than twice the seed-to-seed spread (±{:.2}).",
+                pct(top.accuracy), pct(scratch.accuracy), gain * 100.0, spread * 100.0
+            ),
+            (false, spread_known) => format!(
+                "Distillation did not help here: the best distilled student ({setting}) reached {} vs {} from scratch ({:.2} points){}",
+                pct(top.accuracy),
+                pct(scratch.accuracy),
+                gain * 100.0,
+                match spread_known {
+                    Some(_) => format!(", within twice the seed-to-seed spread (±{:.2}).", spread * 100.0),
+                    None => "; with one seed the spread is unknown, so run with --seeds 3 to tell a difference from noise.".to_string(),
+                }
             ),
         };
         let best = Best {
@@ -259,7 +271,11 @@ impl Report {
             exceeds_spread: exceeds,
             verdict,
         };
+        let epoch_seconds = |r: &ModelResult| r.histories.iter().flatten().map(|e| e.seconds).sum::<f64>();
+        let training_seconds =
+            epoch_seconds(&teacher) + epoch_seconds(&scratch) + distilled.iter().map(|d| epoch_seconds(&d.result)).sum::<f64>();
         Report {
+            training_seconds,
             dataset: dataset.info(),
             backend: backend.into(),
             seeds: config.seeds,
@@ -316,8 +332,8 @@ impl Report {
         let _ = writeln!(md, "**{}**\n", self.best.verdict);
         let _ = writeln!(
             md,
-            "Dataset `{}`: {} train / {} test images of shape {:?}, {} classes. Students trained {} epochs, {} seed(s); backend {}; wall time {:.0} s.\n",
-            d.name, d.train, d.test, d.shape, d.classes.len(), self.student_epochs, self.seeds, self.backend, self.wall_seconds
+            "Dataset `{}`: {} train / {} test images of shape {:?}, {} classes. Students trained {} epochs, {} seed(s); backend {}; training time {:.0} s (this invocation: {:.0} s).\n",
+            d.name, d.train, d.test, d.shape, d.classes.len(), self.student_epochs, self.seeds, self.backend, self.training_seconds, self.wall_seconds
         );
         let _ = writeln!(md, "## Teacher vs student\n");
         let _ = writeln!(md, "| model | test accuracy | CE loss | params | weights | latency, batch 1 | throughput, batch 256 | compression | speed-up |");
