@@ -271,9 +271,14 @@ impl Report {
             exceeds_spread: exceeds,
             verdict,
         };
-        let epoch_seconds = |r: &ModelResult| r.histories.iter().flatten().map(|e| e.seconds).sum::<f64>();
-        let training_seconds =
-            epoch_seconds(&teacher) + epoch_seconds(&scratch) + distilled.iter().map(|d| epoch_seconds(&d.result)).sum::<f64>();
+        let epoch_seconds =
+            |r: &ModelResult| r.histories.iter().flatten().map(|e| e.seconds).sum::<f64>();
+        let training_seconds = epoch_seconds(&teacher)
+            + epoch_seconds(&scratch)
+            + distilled
+                .iter()
+                .map(|d| epoch_seconds(&d.result))
+                .sum::<f64>();
         Report {
             training_seconds,
             dataset: dataset.info(),

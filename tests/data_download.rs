@@ -70,7 +70,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 /// A generated payload bigger than one read buffer.
 fn payload() -> Vec<u8> {
     (0..200_000u32)
-        .map(|i| (i * 2654435761u32 >> 24) as u8)
+        .map(|i| (i.wrapping_mul(2654435761u32) >> 24) as u8)
         .collect()
 }
 

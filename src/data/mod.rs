@@ -83,9 +83,7 @@ impl FromStr for DataSpec {
         };
         // split at the first colon only, so that the directory may itself contain colons
         let (kind, dir) = match s.split_once(':') {
-            Some((kind, dir)) if dir.is_empty() => {
-                return Err(err(&format!("no directory after `{kind}:`")))
-            }
+            Some((kind, "")) => return Err(err(&format!("no directory after `{kind}:`"))),
             Some((kind, dir)) => (kind, Some(PathBuf::from(dir))),
             None => (s, None),
         };
