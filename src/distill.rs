@@ -54,6 +54,24 @@ impl Teacher {
         })
     }
 
+    /// Rejects data this teacher cannot serve: other image shape or number of classes.
+    pub fn check_fits(&self, shape: [usize; 3], classes: usize) -> anyhow::Result<()> {
+        if self.input != shape {
+            bail!(
+                "the teacher was trained on {:?} images but the data has {:?}",
+                self.input,
+                shape
+            );
+        }
+        if self.classes != classes {
+            bail!(
+                "the teacher predicts {} classes but the data has {classes}",
+                self.classes
+            );
+        }
+        Ok(())
+    }
+
     /// Wraps an in-memory network (already trained) as a teacher.
     pub fn from_network(network: &Network, input: [usize; 3], classes: usize) -> Self {
         let mut hasher = Sha256::new();
@@ -116,16 +134,7 @@ impl TeacherLogits {
     /// Rejects a teacher that cannot serve this training split.
     pub fn check_compatible(&self, train: &Split, classes: usize) -> anyhow::Result<()> {
         let teacher_classes = match self {
-            TeacherLogits::Live(teacher) => {
-                if teacher.input != train.shape {
-                    bail!(
-                        "the teacher was trained on {:?} images but the data has {:?}",
-                        teacher.input,
-                        train.shape
-                    );
-                }
-                teacher.classes
-            }
+            TeacherLogits::Live(teacher) => return teacher.check_fits(train.shape, classes),
             TeacherLogits::Cached {
                 classes, values, ..
             } => {

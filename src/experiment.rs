@@ -19,7 +19,9 @@ use crate::distill::{cached_logits, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec, ModelSpec};
 use crate::report::{self, ModelResult, Report};
-use crate::train::{fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob};
+use crate::train::{
+    fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
+};
 
 fn default_data() -> String {
     "embedded".into()
@@ -375,6 +377,14 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         .infer(dataset.shape)
         .with_context(|| format!("student `{}`", student_spec.name))?;
 
+    let runner = Runner {
+        classes: &dataset.classes,
+        train: &train,
+        eval: &eval_split,
+        progress: options.progress,
+        device,
+    };
+
     // Teacher: load, or train (resumable).
     let (teacher_dir, teacher_spec) = match &config.teacher {
         TeacherSetting::Checkpoint(dir) => (dir.clone(), checkpoint::read_spec(dir)?),
@@ -382,36 +392,25 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             let spec = resolve_spec(&teacher.model)?;
             let dir = out.join("teacher");
             println!("== teacher `{}` ({} epochs)", spec.name, teacher.epochs);
-            fit(
-                TrainJob {
-                    spec: &spec,
-                    classes: &dataset.classes,
-                    train: &train,
-                    eval: &eval_split,
-                    config: &config.train_config(teacher.epochs, config.training.seed),
-                    objective: Objective::Labels,
-                    out: &dir,
-                    resume: true,
-                    progress: options.progress,
-                    verbose: true,
-                },
-                device,
+            runner.fit(
+                &spec,
+                &config.train_config(teacher.epochs, config.training.seed),
+                Objective::Labels,
+                &dir,
             )?;
             (dir, spec)
         }
     };
     let teacher = Teacher::load(&teacher_dir, device)?;
-    if teacher.input != dataset.shape || teacher.classes != dataset.classes.len() {
-        bail!(
-            "the teacher in {} takes {:?} images with {} classes, but {} has {:?} images with {} classes",
-            teacher_dir.display(),
-            teacher.input,
-            teacher.classes,
-            config.data,
-            dataset.shape,
-            dataset.classes.len()
-        );
-    }
+    teacher
+        .check_fits(dataset.shape, dataset.classes.len())
+        .with_context(|| {
+            format!(
+                "teacher {} and data `{}`",
+                teacher_dir.display(),
+                config.data
+            )
+        })?;
     let teacher_history = read_history(&teacher_dir);
 
     // Students from scratch.
@@ -423,20 +422,11 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             "== student `{}` from scratch, seed {seed}",
             student_spec.name
         );
-        let outcome = fit(
-            TrainJob {
-                spec: &student_spec,
-                classes: &dataset.classes,
-                train: &train,
-                eval: &eval_split,
-                config: &config.train_config(config.student.epochs, seed),
-                objective: Objective::Labels,
-                out: &dir,
-                resume: true,
-                progress: options.progress,
-                verbose: true,
-            },
-            device,
+        let outcome = runner.fit(
+            &student_spec,
+            &config.train_config(config.student.epochs, seed),
+            Objective::Labels,
+            &dir,
         )?;
         scratch_histories.push(outcome.history);
         scratch_dirs.push(dir);
@@ -473,23 +463,14 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                     "without T²"
                 }
             );
-            let outcome = fit(
-                TrainJob {
-                    spec: &student_spec,
-                    classes: &dataset.classes,
-                    train: &train,
-                    eval: &eval_split,
-                    config: &config.train_config(config.student.epochs, seed),
-                    objective: Objective::Distill {
-                        loss: point.loss(config.sweep.loss),
-                        teacher: &logits,
-                    },
-                    out: &dir,
-                    resume: true,
-                    progress: options.progress,
-                    verbose: true,
+            let outcome = runner.fit(
+                &student_spec,
+                &config.train_config(config.student.epochs, seed),
+                Objective::Distill {
+                    loss: point.loss(config.sweep.loss),
+                    teacher: &logits,
                 },
-                device,
+                &dir,
             )?;
             histories.push(outcome.history);
             dirs.push(dir);
@@ -552,6 +533,41 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     );
     report.write(out)?;
     Ok(report)
+}
+
+/// What every run of one experiment shares; each run resumes from its own checkpoints.
+struct Runner<'a> {
+    classes: &'a [String],
+    train: &'a Split,
+    eval: &'a Split,
+    progress: bool,
+    device: &'a burn::tensor::Device,
+}
+
+impl Runner<'_> {
+    fn fit(
+        &self,
+        spec: &ModelSpec,
+        config: &TrainConfig,
+        objective: Objective,
+        out: &Path,
+    ) -> anyhow::Result<TrainOutcome> {
+        fit(
+            TrainJob {
+                spec,
+                classes: self.classes,
+                train: self.train,
+                eval: self.eval,
+                config,
+                objective,
+                out,
+                resume: true,
+                progress: self.progress,
+                verbose: true,
+            },
+            self.device,
+        )
+    }
 }
 
 fn read_history(dir: &Path) -> Vec<EpochRecord> {

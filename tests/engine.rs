@@ -19,21 +19,7 @@ fn embedded() -> Dataset {
 
 /// A teacher small enough for CI but clearly stronger than the reference student.
 fn small_teacher() -> ModelSpec {
-    ModelSpec {
-        name: "small-teacher".into(),
-        layers: vec![
-            LayerSpec::conv(32, 3, 1),
-            LayerSpec::Relu,
-            LayerSpec::max_pool(2, 2),
-            LayerSpec::conv(64, 3, 1),
-            LayerSpec::Relu,
-            LayerSpec::max_pool(2, 2),
-            LayerSpec::Flatten,
-            LayerSpec::dense(64, true),
-            LayerSpec::Dropout { rate: 0.3 },
-            LayerSpec::dense(10, false),
-        ],
-    }
+    zoo::get("teacher-small").unwrap()
 }
 
 fn config(epochs: usize) -> TrainConfig {

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 
 use crate::backend::Backend;
@@ -78,6 +79,35 @@ impl TrainArgs {
         }
     }
 
+    /// Trains `spec` with these options and prints the final line.
+    fn fit(
+        &self,
+        spec: &crate::models::ModelSpec,
+        dataset: &Dataset,
+        train: &Split,
+        eval: &Split,
+        objective: Objective,
+        device: &burn::tensor::Device,
+    ) -> anyhow::Result<()> {
+        let outcome = fit(
+            TrainJob {
+                spec,
+                classes: &dataset.classes,
+                train,
+                eval,
+                config: &self.config(),
+                objective,
+                out: &self.out,
+                resume: self.resume,
+                progress: !self.quiet,
+                verbose: true,
+            },
+            device,
+        )?;
+        report_final(&self.out, outcome.history.last());
+        Ok(())
+    }
+
     /// Loads the dataset and returns (dataset, training split, evaluation split).
     fn load_data(&self) -> anyhow::Result<(Dataset, Split, Split)> {
         let spec: DataSpec = self.data.parse()?;
@@ -93,27 +123,12 @@ impl TrainArgs {
 
 /// `distill train`.
 pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
-    let config = args.config();
+    // Settings first, so a typo fails before a large dataset is loaded.
+    args.config().validate(usize::MAX)?;
     let spec = resolve_spec(model)?;
     let device = args.backend.device()?;
     let (dataset, train, eval) = args.load_data()?;
-    let outcome = fit(
-        TrainJob {
-            spec: &spec,
-            classes: &dataset.classes,
-            train: &train,
-            eval: &eval,
-            config: &config,
-            objective: Objective::Labels,
-            out: &args.out,
-            resume: args.resume,
-            progress: !args.quiet,
-            verbose: true,
-        },
-        &device,
-    )?;
-    report_final(&args.out, outcome.history.last());
-    Ok(())
+    args.fit(&spec, &dataset, &train, &eval, Objective::Labels, &device)
 }
 
 /// Which distillation loss to use.
@@ -174,28 +189,20 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
     };
     loss.validate().map_err(anyhow::Error::msg)?;
     let config = args.train.config();
+    config.validate(usize::MAX)?;
     let spec = resolve_spec(&args.student)?;
     let device = args.train.backend.device()?;
     let teacher = Teacher::load(&args.teacher, &device)?;
     let (dataset, train, eval) = args.train.load_data()?;
-    if teacher.input != dataset.shape {
-        anyhow::bail!(
-            "the teacher in {} takes {:?} images but {} has {:?}",
-            args.teacher.display(),
-            teacher.input,
-            args.train.data,
-            dataset.shape
-        );
-    }
-    if teacher.classes != dataset.classes.len() {
-        anyhow::bail!(
-            "the teacher in {} predicts {} classes but {} has {}",
-            args.teacher.display(),
-            teacher.classes,
-            args.train.data,
-            dataset.classes.len()
-        );
-    }
+    teacher
+        .check_fits(dataset.shape, dataset.classes.len())
+        .with_context(|| {
+            format!(
+                "teacher {} and data `{}`",
+                args.teacher.display(),
+                args.train.data
+            )
+        })?;
     let logits = if args.no_logit_cache || config.augmentation.is_some() {
         TeacherLogits::Live(teacher)
     } else {
@@ -211,26 +218,17 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
             !args.train.quiet,
         )?
     };
-    let outcome = fit(
-        TrainJob {
-            spec: &spec,
-            classes: &dataset.classes,
-            train: &train,
-            eval: &eval,
-            config: &config,
-            objective: Objective::Distill {
-                loss,
-                teacher: &logits,
-            },
-            out: &args.train.out,
-            resume: args.train.resume,
-            progress: !args.train.quiet,
-            verbose: true,
+    args.train.fit(
+        &spec,
+        &dataset,
+        &train,
+        &eval,
+        Objective::Distill {
+            loss,
+            teacher: &logits,
         },
         &device,
-    )?;
-    report_final(&args.train.out, outcome.history.last());
-    Ok(())
+    )
 }
 
 fn report_final(out: &Path, last: Option<&crate::train::EpochRecord>) {
