@@ -19,7 +19,7 @@
 //! | [`experiment`] | `distill run`: teacher, scratch student and the distillation sweep as one resumable job |
 //! | [`report`] | the report: Markdown, JSON and plots answering "was it worth it?" |
 //! | [`progress`] | progress bars (indicatif, on stderr, hidden when it is not a terminal) |
-//! | [`bench`] | `distill bench`: step times and throughput of the reference workloads |
+//! | [`bench`](mod@bench) | `distill bench`: step times and throughput of the reference workloads |
 //! | [`backend`] | device selection (Flex by default; LibTorch, CUDA, WGPU behind cargo features) |
 //! | [`cli`] | the `distill` command line, a thin layer over the above |
 //!

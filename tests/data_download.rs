@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
-use data_common::{gzip, idx_images};
+use data_common::{gzip, idx_images, write_cifar_dir, write_mnist_dir};
 use distill::data::download::{self, extract_tar_gz, fetch};
 use distill::data::DataError;
 use md5::{Digest, Md5};
@@ -170,6 +170,40 @@ fn cli_download_through_mirror_checks_the_official_md5() {
         "{:?}",
         dir_entries(&cache.path().join("mnist"))
     );
+}
+
+#[test]
+fn cli_uses_cached_datasets_without_downloading() {
+    // A mirror on a port nobody listens on: any download attempt would fail the command.
+    let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mirror = format!("http://{}/", dead.local_addr().unwrap());
+    drop(dead);
+    let cache = tempfile::tempdir().unwrap();
+    write_mnist_dir(&cache.path().join("mnist"), 30, 10, 28, 28, true);
+    write_mnist_dir(&cache.path().join("fashion-mnist"), 20, 5, 28, 28, true);
+    write_cifar_dir(&cache.path().join("cifar10/cifar-10-batches-bin"), 4, 6);
+    for (spec, train, test, shape) in [
+        ("mnist", 30, 10, [1, 28, 28]),
+        ("fashion-mnist", 20, 5, [1, 28, 28]),
+        ("cifar10", 20, 6, [3, 32, 32]),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["data", "info", spec, "--json"])
+            .env("DISTILL_DATA", cache.path())
+            .env("DISTILL_MIRROR", &mirror)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{spec}: {stderr}");
+        assert!(!stderr.contains("downloading"), "{spec}: {stderr}");
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["name"], spec);
+        assert_eq!(
+            (info["train"].as_u64(), info["test"].as_u64()),
+            (Some(train), Some(test))
+        );
+        assert_eq!(info["shape"], serde_json::json!(shape));
+    }
 }
 
 #[test]
