@@ -307,6 +307,38 @@ fn checkpoint_dirs(out: &Path) -> Vec<(usize, PathBuf)> {
     dirs
 }
 
+/// The newest checkpoint whose files match their manifest. A corrupt newer one is reported and
+/// skipped (the previous one is kept for exactly this); none valid is an error naming the file.
+fn newest_valid_checkpoint(
+    dirs: &[(usize, PathBuf)],
+    resume: bool,
+) -> anyhow::Result<Option<&(usize, PathBuf)>> {
+    let mut first_error = None;
+    for entry in dirs.iter().rev() {
+        if !resume {
+            return Ok(Some(entry));
+        }
+        match checkpoint::verify_manifest(&entry.1) {
+            Ok(()) => {
+                if let Some(err) = &first_error {
+                    eprintln!(
+                        "warning: {err:#}; resuming from the previous checkpoint {}",
+                        entry.1.display()
+                    );
+                }
+                return Ok(Some(entry));
+            }
+            Err(err) => {
+                first_error.get_or_insert(err);
+            }
+        }
+    }
+    match first_error {
+        Some(err) => Err(err.context("no intact checkpoint to resume from")),
+        None => Ok(None),
+    }
+}
+
 fn write_history(out: &Path, history: &[EpochRecord]) -> anyhow::Result<()> {
     let mut csv = String::from("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,seconds\n");
     for r in history {
@@ -346,6 +378,17 @@ fn save_checkpoint(
     write_atomic(
         &tmp_dir.join(STATE_FILE),
         serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
+    let [spec_file, weights_file, meta_file] = checkpoint::MODEL_FILES;
+    checkpoint::write_manifest(
+        &tmp_dir,
+        &[
+            spec_file,
+            weights_file,
+            meta_file,
+            OPTIMIZER_FILE,
+            STATE_FILE,
+        ],
     )?;
     let _ = fs::remove_dir_all(&final_dir);
     fs::rename(&tmp_dir, &final_dir).with_context(|| {
@@ -425,7 +468,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     let mut history = Vec::new();
 
     let existing = checkpoint_dirs(out);
-    if let Some((epochs_done, dir)) = existing.last() {
+    if let Some((epochs_done, dir)) = newest_valid_checkpoint(&existing, resume)? {
         if !resume {
             bail!(
                 "{} already holds a training run (last checkpoint: epoch {epochs_done}); pass --resume to continue it or choose another --out",

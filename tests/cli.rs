@@ -215,3 +215,88 @@ fn bench_json_has_every_key() {
     assert_eq!(bench["threads"], 1);
     assert_eq!(bench["backend"], "flex");
 }
+
+/// The final weights of a run directory, by value (the files also hold random parameter ids).
+fn weights(dir: &std::path::Path) -> Vec<f32> {
+    use burn::module::{Module, ModuleVisitor, Param};
+    use burn::tensor::Tensor;
+    struct Collect(Vec<f32>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.extend(param.val().into_data().iter::<f32>());
+        }
+    }
+    let loaded = distill::models::checkpoint::load(dir, &burn::tensor::Device::flex()).unwrap();
+    let mut collect = Collect(Vec::new());
+    loaded.network.visit(&mut collect);
+    collect.0
+}
+
+#[cfg(unix)]
+#[test]
+fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).to_str().unwrap().to_string();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "train", "--model", "student", "--data", "embedded", "--epochs", "3", "--seed", "5",
+            "--quiet", "--out", out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = distill(
+        &args(&path("whole"))
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(whole.status.success());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args(&path("killed")))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = dir.path().join("killed/checkpoints/epoch-0001/state.json");
+    let started = std::time::Instant::now();
+    while !first.exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600)); // into epoch 2
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !dir.path().join("killed/checkpoints/epoch-0003").exists(),
+        "the run finished before it was killed"
+    );
+
+    let mut resume = args(&path("killed"));
+    resume.push("--resume".into());
+    let resumed = distill(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        weights(&dir.path().join("whole")) == weights(&dir.path().join("killed")),
+        "weights differ after the kill and resume"
+    );
+    let history = |run: &str| -> serde_json::Value {
+        let mut h: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(run).join("history.json")).unwrap(),
+        )
+        .unwrap();
+        for epoch in h.as_array_mut().unwrap() {
+            epoch.as_object_mut().unwrap().remove("seconds");
+        }
+        h
+    };
+    assert_eq!(history("whole"), history("killed"));
+}

@@ -22,6 +22,17 @@ fn small_teacher() -> ModelSpec {
     zoo::get("teacher-small").unwrap()
 }
 
+/// Dropout draws from the backend's random generator, which is global to the process and reseeded
+/// per epoch; trainings running at the same time in one test process would interleave their draws.
+/// Tests that compare two trainings hold this lock.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn config(epochs: usize) -> TrainConfig {
     TrainConfig {
         epochs,
@@ -72,6 +83,7 @@ fn snapshot(network: &Network) -> Vec<(ParamId, Vec<f32>)> {
 
 #[test]
 fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
+    let _serial = serial();
     let device = Device::flex();
     let data = embedded();
     let dir = tempfile::tempdir().unwrap();
@@ -186,7 +198,13 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
     // Resume: drop the last checkpoint (as if killed during epoch 2) and continue.
     let final_weights = fs::read(distilled_dir.join("model.bpk")).unwrap();
     let history = fs::read_to_string(distilled_dir.join("history.json")).unwrap();
-    fs::remove_dir_all(distilled_dir.join("checkpoints/epoch-0002")).unwrap();
+    // Corrupt the newest checkpoint (as a crash or a bad disk would): resume must notice it from
+    // the manifest and continue from the previous one.
+    let newest = distilled_dir.join("checkpoints/epoch-0002/model.bpk");
+    let mut bytes = fs::read(&newest).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    fs::write(&newest, bytes).unwrap();
     let refused = fit(
         job(
             &student,
@@ -251,6 +269,36 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
+}
+
+#[test]
+fn corrupt_checkpoint_files_are_named() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = zoo::get("student").unwrap();
+    let net = Network::init(&spec, [1, 28, 28], 0, &device).unwrap();
+    let meta = distill::models::checkpoint::ModelMeta {
+        format: 1,
+        input: [1, 28, 28],
+        classes: vec!["c".into(); 10],
+        params: 34_842,
+    };
+    distill::models::checkpoint::save(dir.path(), &spec, &meta, &net).unwrap();
+    assert!(distill::models::checkpoint::load(dir.path(), &device).is_ok());
+    let weights = dir.path().join("model.bpk");
+    let mut bytes = fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    fs::write(&weights, bytes).unwrap();
+    let err = distill::models::checkpoint::load(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.bpk is corrupt"), "{err}");
+    fs::remove_file(&weights).unwrap();
+    let err = distill::models::checkpoint::load(dir.path(), &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.bpk is missing"), "{err}");
 }
 
 #[test]
@@ -468,6 +516,7 @@ fn bad_settings_fail_before_training() {
 
 #[test]
 fn a_diverging_loss_stops_with_epoch_and_step() {
+    let _serial = serial();
     let device = Device::flex();
     let data = embedded();
     let dir = tempfile::tempdir().unwrap();
@@ -516,6 +565,7 @@ fn cosine_schedule_decays_to_zero() {
 
 #[test]
 fn opt_in_extras_train_with_a_live_teacher() {
+    let _serial = serial();
     let device = Device::flex();
     let data = embedded();
     let dir = tempfile::tempdir().unwrap();

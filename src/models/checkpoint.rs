@@ -21,6 +21,10 @@ pub const SPEC_FILE: &str = "spec.toml";
 pub const WEIGHTS_FILE: &str = "model.bpk";
 /// File holding [`ModelMeta`] inside a checkpoint directory.
 pub const META_FILE: &str = "meta.json";
+/// File holding the SHA-256 of the other files of a checkpoint directory.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The files of a model checkpoint.
+pub const MODEL_FILES: [&str; 3] = [SPEC_FILE, WEIGHTS_FILE, META_FILE];
 
 /// What a checkpoint records besides the spec and the weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +74,54 @@ pub fn save(
         &dir.join(META_FILE),
         serde_json::to_string_pretty(meta)?.as_bytes(),
     )?;
+    write_manifest(dir, &MODEL_FILES)
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+/// Records the SHA-256 of `files` (names inside `dir`) in `dir/manifest.json`.
+pub fn write_manifest(dir: &Path, files: &[&str]) -> anyhow::Result<()> {
+    let mut entries = std::collections::BTreeMap::new();
+    for name in files {
+        entries.insert(name.to_string(), sha256_file(&dir.join(name))?);
+    }
+    write_atomic(
+        &dir.join(MANIFEST_FILE),
+        serde_json::to_string_pretty(&entries)?.as_bytes(),
+    )
+}
+
+/// Checks every file listed in `dir/manifest.json` against its checksum; the error names the
+/// first missing or corrupt file. A directory without a manifest (older layout) passes.
+pub fn verify_manifest(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text =
+        fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let entries: std::collections::BTreeMap<String, String> = serde_json::from_str(&text)
+        .with_context(|| format!("checkpoint manifest {} is corrupt", path.display()))?;
+    for (name, expected) in entries {
+        let file = dir.join(&name);
+        if !file.is_file() {
+            anyhow::bail!(
+                "checkpoint file {} is missing (listed in {})",
+                file.display(),
+                path.display()
+            );
+        }
+        if sha256_file(&file)? != expected {
+            anyhow::bail!(
+                "checkpoint file {} is corrupt: its SHA-256 differs from the one recorded in {}",
+                file.display(),
+                path.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -133,6 +185,7 @@ pub struct LoadedModel {
 /// Loads the checkpoint in `dir` onto `device`.
 pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
     let spec = read_spec(dir)?;
+    verify_manifest(dir)?;
     let meta = read_meta(dir)?;
     let network = Network::init(&spec, meta.input, 0, device)
         .with_context(|| format!("model spec in {}", dir.display()))?;
