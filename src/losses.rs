@@ -3,7 +3,7 @@
 //!
 //! All take raw logits (`[batch, classes]`) and return a scalar (shape `[1]`) averaged over the batch.
 
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -42,11 +42,6 @@ pub fn soft_kl(
 /// Mean squared difference between student and teacher logits (over classes and batch).
 pub fn logit_mse(student_logits: Tensor<2>, teacher_logits: Tensor<2>) -> Tensor<1> {
     (student_logits - teacher_logits).powi_scalar(2).mean()
-}
-
-/// Probabilities `softmax(logits / T)`; used by reports and tests.
-pub fn soft_targets(logits: Tensor<2>, temperature: f64) -> Tensor<2> {
-    softmax(logits.div_scalar(temperature), 1)
 }
 
 /// A loss that combines the labels with a teacher's logits. New kinds (feature-based ones, say)

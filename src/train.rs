@@ -22,7 +22,7 @@ use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{batch_order, Augmentation, Split};
+use crate::data::{augmentation_seed, batch_order, Augmentation, Split};
 use crate::distill::TeacherLogits;
 use crate::losses::{cross_entropy, DistillLoss};
 use crate::models::checkpoint::{self, write_atomic, ModelMeta};
@@ -238,21 +238,16 @@ fn objective_label(objective: &Objective) -> String {
     }
 }
 
-/// Seed for one purpose (dropout, augmentation, ...) of one epoch, so every epoch can be replayed
-/// on its own after a resume.
-pub fn derive_seed(seed: u64, purpose: u64, epoch: usize) -> u64 {
-    // SplitMix64 finaliser over the combined inputs: cheap and well mixed.
-    let mut z = seed
-        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+/// Seed of the backend's generator (dropout masks) for one epoch, so every epoch can be replayed
+/// on its own after a resume. Shuffling and augmentation are keyed by seed and epoch in
+/// [`crate::data`] itself.
+fn dropout_seed(seed: u64, epoch: usize) -> u64 {
+    // SplitMix64 finaliser over the pair, with a constant that sets it apart from the data streams.
+    let mut z = seed ^ 0x6A09_E667_F3BC_C909 ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
-
-const PURPOSE_SHUFFLE: u64 = 1;
-const PURPOSE_DROPOUT: u64 = 2;
-const PURPOSE_AUGMENT: u64 = 3;
 
 /// Mean cross-entropy and accuracy of `network` on `split`, in inference mode.
 pub fn evaluate(
@@ -523,14 +518,8 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     let plain_device = device.clone().without_autodiff();
     for epoch in history.len()..config.epochs {
         let started = Instant::now();
-        train_device.seed(derive_seed(config.seed, PURPOSE_DROPOUT, epoch));
-        let order = batch_order(
-            train.len(),
-            config.batch_size,
-            true,
-            derive_seed(config.seed, PURPOSE_SHUFFLE, epoch),
-            epoch,
-        );
+        train_device.seed(dropout_seed(config.seed, epoch));
+        let order = batch_order(train.len(), config.batch_size, true, config.seed, epoch);
         let bar = crate::progress::bar(
             order.len() as u64,
             &format!("Epoch {}/{}", epoch + 1, config.epochs),
@@ -538,13 +527,12 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
         let mut lr = config.optimizer.learning_rate;
+        // Each image's transform is keyed by this seed and its dataset index.
+        let augment = config
+            .augmentation
+            .as_ref()
+            .map(|aug| (aug, augmentation_seed(config.seed, epoch)));
         for (step, indices) in order.iter().enumerate() {
-            let augment = config.augmentation.as_ref().map(|aug| {
-                (
-                    aug,
-                    derive_seed(config.seed, PURPOSE_AUGMENT, epoch * steps_per_epoch + step),
-                )
-            });
             let batch = train.batch(indices, &train_device, augment);
             lr = config
                 .optimizer
