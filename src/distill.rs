@@ -264,7 +264,8 @@ fn decode_cache(
 
 /// Teacher logits for every image of `train`, from the disk cache in `cache_dir` when a valid one
 /// exists (re-checked on a sample of [`VERIFY_SAMPLE`] images against the live teacher), else
-/// computed and written there. With `cache_dir = None`, computed in memory only.
+/// computed and written there. With `cache_dir = None`, computed in memory only. A cache file that
+/// is corrupt or belongs to another teacher or split is derived data: it is reported and rebuilt.
 pub fn cached_logits(
     teacher: &Teacher,
     train: &Split,
@@ -272,53 +273,105 @@ pub fn cached_logits(
     device: &Device,
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
-    let plain = device.clone().without_autodiff();
-    let classes = teacher.classes;
-    let fingerprint = train.fingerprint();
-    let path = cache_dir.map(|dir| cache_path(dir, &teacher.hash, &fingerprint));
+    let path = cache_dir.map(|dir| cache_path(dir, &teacher.hash, &train.fingerprint()));
     if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
-        match decode_cache(path, &teacher.hash, &fingerprint, train.len(), classes) {
-            Ok(values) => {
-                let sample: Vec<usize> = (0..train.len())
-                    .step_by((train.len() / VERIFY_SAMPLE).max(1))
-                    .take(VERIFY_SAMPLE)
-                    .collect();
-                let live = teacher.logits_for(train, &sample, &plain).into_data();
-                let max_diff = sample
-                    .iter()
-                    .flat_map(|&i| values[i * classes..(i + 1) * classes].iter())
-                    .zip(live.iter::<f32>())
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
-                if max_diff <= VERIFY_TOLERANCE {
-                    return Ok(TeacherLogits::Cached {
-                        teacher_hash: teacher.hash.clone(),
-                        classes,
-                        values,
-                    });
-                }
-                eprintln!(
-                    "warning: teacher-logit cache {} differs from the live teacher by {max_diff:.2e} (> {VERIFY_TOLERANCE:.0e}); recomputing",
-                    path.display()
-                );
-            }
+        match read_verified(path, teacher, train, device) {
+            Ok(values) => return Ok(cached(teacher, values)),
             Err(err) => eprintln!("warning: {err:#}; recomputing"),
         }
     }
+    compute_and_store(teacher, train, path.as_deref(), device, progress)
+}
+
+/// Teacher logits read from exactly `file` (the user named it, so a file that does not belong to
+/// this teacher and training split is an error, not a cache miss), or computed and written there
+/// when it does not exist yet.
+pub fn logits_from_file(
+    teacher: &Teacher,
+    train: &Split,
+    file: &Path,
+    device: &Device,
+    progress: bool,
+) -> anyhow::Result<TeacherLogits> {
+    if file.exists() {
+        let values = read_verified(file, teacher, train, device).with_context(|| {
+            format!(
+                "--teacher-logits {} cannot be used with teacher {}; delete it or name a new file to recompute",
+                file.display(),
+                &teacher.hash[..16.min(teacher.hash.len())]
+            )
+        })?;
+        return Ok(cached(teacher, values));
+    }
+    compute_and_store(teacher, train, Some(file), device, progress)
+}
+
+fn cached(teacher: &Teacher, values: Vec<f32>) -> TeacherLogits {
+    TeacherLogits::Cached {
+        teacher_hash: teacher.hash.clone(),
+        classes: teacher.classes,
+        values,
+    }
+}
+
+/// Decodes a cache file and re-checks [`VERIFY_SAMPLE`] of its rows against the live teacher.
+fn read_verified(
+    path: &Path,
+    teacher: &Teacher,
+    train: &Split,
+    device: &Device,
+) -> anyhow::Result<Vec<f32>> {
+    let classes = teacher.classes;
+    let values = decode_cache(
+        path,
+        &teacher.hash,
+        &train.fingerprint(),
+        train.len(),
+        classes,
+    )?;
+    let sample: Vec<usize> = (0..train.len())
+        .step_by((train.len() / VERIFY_SAMPLE).max(1))
+        .take(VERIFY_SAMPLE)
+        .collect();
+    let plain = device.clone().without_autodiff();
+    let live = teacher.logits_for(train, &sample, &plain).into_data();
+    let max_diff = sample
+        .iter()
+        .flat_map(|&i| values[i * classes..(i + 1) * classes].iter())
+        .zip(live.iter::<f32>())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    if max_diff > VERIFY_TOLERANCE {
+        anyhow::bail!(
+            "teacher-logit cache {} differs from the live teacher by {max_diff:.2e} (> {VERIFY_TOLERANCE:.0e})",
+            path.display()
+        );
+    }
+    Ok(values)
+}
+
+fn compute_and_store(
+    teacher: &Teacher,
+    train: &Split,
+    path: Option<&Path>,
+    device: &Device,
+    progress: bool,
+) -> anyhow::Result<TeacherLogits> {
+    let plain = device.clone().without_autodiff();
     let values = teacher.logits_all(train, &plain, progress);
-    if let Some(path) = &path {
-        if let Some(parent) = path.parent() {
+    if let Some(path) = path {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create cache directory {}", parent.display()))?;
         }
-        write_atomic(
-            path,
-            &encode_cache(&teacher.hash, &fingerprint, train.len(), classes, &values),
-        )?;
+        let bytes = encode_cache(
+            &teacher.hash,
+            &train.fingerprint(),
+            train.len(),
+            teacher.classes,
+            &values,
+        );
+        write_atomic(path, &bytes)?;
     }
-    Ok(TeacherLogits::Cached {
-        teacher_hash: teacher.hash.clone(),
-        classes,
-        values,
-    })
+    Ok(cached(teacher, values))
 }

@@ -240,6 +240,15 @@ impl ExperimentConfig {
         Ok(config)
     }
 
+    /// Parses and validates an experiment config from TOML text, as [`ExperimentConfig::from_file`]
+    /// does after reading the file (whose errors also name the path). Unknown keys are errors.
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Self> {
+        let config: ExperimentConfig =
+            toml::from_str(text).context("experiment config is invalid")?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The grid, in a stable order (T² setting, then temperature, then alpha).
     pub fn grid(&self) -> Vec<GridPoint> {
         let mut points = Vec::new();
@@ -355,6 +364,56 @@ fn eval_result(
     ))
 }
 
+/// Checks everything that can be checked against the loaded data before the first epoch, so a
+/// study does not train a teacher for hours and then stop on a student that cannot fit.
+fn preflight(
+    config: &ExperimentConfig,
+    dataset: &Dataset,
+    train: &Split,
+    student_spec: &ModelSpec,
+) -> anyhow::Result<()> {
+    let classes = dataset.classes.len();
+    let fits = |role: &str, spec: &ModelSpec| -> anyhow::Result<()> {
+        let outputs = spec
+            .num_outputs(dataset.shape)
+            .with_context(|| format!("`{role}.model` `{}` on data `{}`", spec.name, config.data))?;
+        if outputs != classes {
+            bail!(
+                "`{role}.model` `{}` has {outputs} outputs but data `{}` has {classes} classes; its last dense layer must have {classes} units",
+                spec.name,
+                config.data
+            );
+        }
+        Ok(())
+    };
+    fits("student", student_spec)?;
+    match &config.teacher {
+        TeacherSetting::Train(teacher) => fits("teacher", &resolve_spec(&teacher.model)?)?,
+        TeacherSetting::Checkpoint(dir) => {
+            let meta = checkpoint::read_meta(dir).context("`teacher`")?;
+            if meta.input != dataset.shape || meta.classes.len() != classes {
+                bail!(
+                    "`teacher`: the model in {} takes {:?} images and predicts {} classes, but data `{}` has {:?} images and {classes} classes",
+                    dir.display(),
+                    meta.input,
+                    meta.classes.len(),
+                    config.data,
+                    dataset.shape
+                );
+            }
+        }
+    }
+    if config.training.batch_size > train.len() {
+        bail!(
+            "`training.batch_size` {} is larger than the training split ({} images of `{}`)",
+            config.training.batch_size,
+            train.len(),
+            config.data
+        );
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) the experiment and writes the report into `options.out`.
 pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Report> {
     config.validate()?;
@@ -373,9 +432,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         Some(fraction) => train.split_off_validation(fraction, config.training.seed)?,
         None => dataset.test.clone(),
     };
-    student_spec
-        .infer(dataset.shape)
-        .with_context(|| format!("student `{}`", student_spec.name))?;
+    preflight(config, &dataset, &train, &student_spec)?;
 
     let runner = Runner {
         classes: &dataset.classes,

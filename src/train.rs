@@ -449,6 +449,14 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     fs::write(&probe, b"ok")
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
     let _ = fs::remove_file(probe);
+    // An epoch checkpoint holds the weights and Adam's two moments (4 bytes each); the final
+    // model is written next to it, and the previous checkpoint is only removed afterwards.
+    let params = spec.stats(input)?.params as u64;
+    checkpoint::ensure_room(
+        out,
+        2 * (params * 4 * 3 + (1 << 20)),
+        "one checkpoint and the final model",
+    )?;
 
     let train_device = device.clone().autodiff();
     let meta = ModelMeta {
@@ -563,7 +571,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                     "the loss became {loss_value} at epoch {}, step {}; {kept}. Try a lower learning rate{}",
                     epoch + 1,
                     step + 1,
-                    if matches!(objective, Objective::Distill { .. }) { " or a lower temperature" } else { "" }
+                    if matches!(objective, Objective::Distill { .. }) { ", or a temperature between 1 and 20" } else { "" }
                 );
                 append_log(out, &format!("error: {message}"));
                 bail!(message);

@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+mod run_support;
+
 fn distill(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distill"))
         .args(args)
@@ -216,22 +218,6 @@ fn bench_json_has_every_key() {
     assert_eq!(bench["backend"], "flex");
 }
 
-/// The final weights of a run directory, by value (the files also hold random parameter ids).
-fn weights(dir: &std::path::Path) -> Vec<f32> {
-    use burn::module::{Module, ModuleVisitor, Param};
-    use burn::tensor::Tensor;
-    struct Collect(Vec<f32>);
-    impl ModuleVisitor for Collect {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            self.0.extend(param.val().into_data().iter::<f32>());
-        }
-    }
-    let loaded = distill::models::checkpoint::load(dir, &burn::tensor::Device::flex()).unwrap();
-    let mut collect = Collect(Vec::new());
-    loaded.network.visit(&mut collect);
-    collect.0
-}
-
 #[cfg(unix)]
 #[test]
 fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
@@ -260,17 +246,7 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
         .spawn()
         .unwrap();
     let first = dir.path().join("killed/checkpoints/epoch-0001/state.json");
-    let started = std::time::Instant::now();
-    while !first.exists() {
-        assert!(
-            started.elapsed().as_secs() < 120,
-            "no checkpoint after 2 minutes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(600)); // into epoch 2
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    run_support::kill_after(&mut child, &first, std::time::Duration::from_millis(600)); // into epoch 2
     assert!(
         !dir.path().join("killed/checkpoints/epoch-0003").exists(),
         "the run finished before it was killed"
@@ -285,18 +261,152 @@ fn a_run_killed_mid_epoch_resumes_to_the_same_weights() {
         String::from_utf8_lossy(&resumed.stderr)
     );
     assert!(
-        weights(&dir.path().join("whole")) == weights(&dir.path().join("killed")),
+        run_support::weights(&dir.path().join("whole"))
+            == run_support::weights(&dir.path().join("killed")),
         "weights differ after the kill and resume"
     );
-    let history = |run: &str| -> serde_json::Value {
-        let mut h: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(run).join("history.json")).unwrap(),
-        )
-        .unwrap();
-        for epoch in h.as_array_mut().unwrap() {
-            epoch.as_object_mut().unwrap().remove("seconds");
+    assert_eq!(
+        run_support::history(&dir.path().join("whole")),
+        run_support::history(&dir.path().join("killed"))
+    );
+}
+
+#[test]
+fn an_output_directory_that_cannot_be_created_fails_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    // a regular file where a directory is needed: unwritable even for root
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = file.join("run");
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "student",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "cannot create output directory",
+    );
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/quick.toml");
+    fails_with(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "cannot create output directory",
+    );
+}
+
+#[test]
+fn a_diverging_run_stops_naming_epoch_and_step_and_keeps_its_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let output = distill(&[
+        "train",
+        "--model",
+        "student",
+        "--epochs",
+        "2",
+        "--lr",
+        "1e30",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the loss became") && stderr.contains("at epoch 1, step "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Try a lower learning rate"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let log = std::fs::read_to_string(out.join("train.log")).unwrap();
+    assert!(log.contains("error: the loss became"), "{log}");
+    assert!(
+        !out.join("model.bpk").exists(),
+        "no model presented as trained"
+    );
+}
+
+/// Sets every weight of the checkpoint in `dir` to NaN and re-records its manifest, as if the
+/// state saved after an epoch held a numerical fault that only shows in the next one.
+fn poison_checkpoint(dir: &std::path::Path) {
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::Tensor;
+    use distill::models::checkpoint;
+    struct Nan;
+    impl ModuleMapper for Nan {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            param.map(|t| t.mul_scalar(f32::NAN))
         }
-        h
-    };
-    assert_eq!(history("whole"), history("killed"));
+    }
+    let loaded = checkpoint::load(dir, &burn::tensor::Device::flex()).unwrap();
+    let poisoned = loaded.network.map(&mut Nan);
+    let manifest: std::collections::BTreeMap<String, String> = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(checkpoint::MANIFEST_FILE)).unwrap(),
+    )
+    .unwrap();
+    checkpoint::save(dir, &loaded.spec, &loaded.meta, &poisoned).unwrap();
+    let files: Vec<&str> = manifest.keys().map(String::as_str).collect();
+    checkpoint::write_manifest(dir, &files).unwrap();
+}
+
+#[test]
+fn a_nan_in_a_resumed_epoch_stops_the_run_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let args = [
+        "distill",
+        "--teacher",
+        "",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "256",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    // a teacher, and a distilled student with two epochs, of which only the first is kept
+    let teacher = dir.path().join("teacher");
+    let trained = distill(&[
+        "train",
+        "--model",
+        "tests/corpus/tiny-b.toml",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        teacher.to_str().unwrap(),
+    ]);
+    assert!(trained.status.success());
+    let mut args = args.to_vec();
+    args[2] = teacher.to_str().unwrap();
+    let cache = dir.path().join("logits.bin");
+    args.extend(["--teacher-logits", cache.to_str().unwrap()]);
+    assert!(distill(&args).status.success());
+    std::fs::remove_dir_all(out.join("checkpoints/epoch-0002")).unwrap();
+    let kept = out.join("checkpoints/epoch-0001");
+    poison_checkpoint(&kept);
+
+    args.push("--resume");
+    let output = distill(&args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the loss became NaN at epoch 2, step 1")
+            && stderr.contains("the last good checkpoint (epoch 1) is kept in")
+            && stderr.contains("or a temperature"),
+        "{stderr}"
+    );
+    assert!(kept.join("state.json").exists());
+    distill::models::checkpoint::verify_manifest(&kept).unwrap();
 }

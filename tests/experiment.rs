@@ -7,6 +7,8 @@ use std::process::Command;
 use distill::experiment::ExperimentConfig;
 use distill::models::zoo;
 
+mod run_support;
+
 const TINY: &str = r#"
 data = "embedded"
 seeds = 2
@@ -203,4 +205,93 @@ fn bad_configs_fail_before_any_work() {
         );
         assert!(!out.exists(), "case {i}: nothing written");
     }
+}
+
+/// A sweep killed (SIGKILL) in the middle of its first distillation, then started again with the
+/// same --out, ends with the same weights, histories and accuracies as an uninterrupted sweep
+/// (same backend, one thread).
+#[cfg(unix)]
+#[test]
+fn a_sweep_killed_mid_distillation_resumes_to_the_same_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/tiny-b.toml");
+    let text = format!(
+        r#"
+data = "embedded"
+[teacher]
+model = "{}"
+epochs = 1
+[student]
+model = "student"
+epochs = 2
+[training]
+batch_size = 128
+seed = 3
+[sweep]
+alpha = [0.3, 0.7]
+temperature = [4.0]
+t2_scaling = [false]
+"#,
+        teacher.display()
+    );
+    let config = dir.path().join("sweep.toml");
+    std::fs::write(&config, &text).unwrap();
+    let command = |out: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_distill"));
+        command
+            .args(["run", "--config", config.to_str().unwrap(), "--quiet"])
+            .arg("--out")
+            .arg(out)
+            .env("RAYON_NUM_THREADS", "1")
+            .stdout(std::process::Stdio::null());
+        command
+    };
+    let whole = dir.path().join("whole");
+    assert!(command(&whole).status().unwrap().success());
+
+    let killed = dir.path().join("killed");
+    let first = toml::from_str::<ExperimentConfig>(&text).unwrap().grid()[0].dir_name();
+    let first_run = killed.join("distilled").join(&first).join("seed-3");
+    let mut child = command(&killed).spawn().unwrap();
+    run_support::kill_after(
+        &mut child,
+        &first_run.join("checkpoints/epoch-0001/state.json"),
+        std::time::Duration::from_millis(300),
+    );
+    assert!(
+        !first_run.join("checkpoints/epoch-0002").exists() && !killed.join("report.json").exists(),
+        "the sweep finished its first distillation before it was killed"
+    );
+    assert!(command(&killed).status().unwrap().success());
+
+    let mut runs = vec!["teacher".to_string(), "scratch/seed-3".to_string()];
+    for entry in std::fs::read_dir(whole.join("distilled")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        runs.push(format!("distilled/{name}/seed-3"));
+    }
+    assert_eq!(runs.len(), 4);
+    for run in &runs {
+        assert!(
+            run_support::weights(&whole.join(run)) == run_support::weights(&killed.join(run)),
+            "{run}: weights differ after the kill and resume"
+        );
+        assert_eq!(
+            run_support::history(&whole.join(run)),
+            run_support::history(&killed.join(run)),
+            "{run}"
+        );
+    }
+    let accuracies = |out: &Path| -> Vec<serde_json::Value> {
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        report["distilled"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["accuracy"].clone())
+            .chain([report["scratch"]["accuracy"].clone()])
+            .collect()
+    };
+    assert_eq!(accuracies(&whole), accuracies(&killed));
 }

@@ -563,3 +563,21 @@ fn bad_toml_specs_name_the_layer() {
 
     assert!(ModelSpec::from_toml_str("layers = 3").is_err());
 }
+
+#[test]
+fn free_space_check_reports_both_sizes_and_passes_when_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = checkpoint::available_bytes(dir.path()).unwrap();
+    assert!(free > 0, "a writable temp dir reports free space");
+    checkpoint::ensure_room(dir.path(), 1, "one checkpoint").unwrap();
+    let err = checkpoint::ensure_room(dir.path(), u64::MAX, "one checkpoint")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&dir.path().display().to_string())
+            && err.contains("free but one checkpoint needs about 18446744.1 TB"),
+        "{err}"
+    );
+    assert_eq!(checkpoint::human_bytes(999), "999 B");
+    assert_eq!(checkpoint::human_bytes(1_500_000), "1.5 MB");
+}

@@ -170,11 +170,18 @@ fn bench(
 }
 
 /// The error and its causes as one paragraph: "outer: cause: root cause".
+/// Trailing blank lines (TOML and image decoders end their messages with one) are dropped, and a
+/// cause that its parent already quotes at its end is not repeated.
 fn error_paragraph(err: &anyhow::Error) -> String {
-    err.chain()
-        .map(|cause| cause.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string().trim_end().to_string();
+        if parts.last().is_some_and(|prev| prev.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }
 
 /// Parses an input shape written `CxHxW` (e.g. `3x32x32`).

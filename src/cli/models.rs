@@ -1,5 +1,7 @@
 //! `distill models` and `distill summary`.
 
+use anyhow::Context;
+
 use crate::models::{resolve_spec, summary};
 
 pub fn list(input: [usize; 3], json: bool) -> anyhow::Result<()> {
@@ -13,6 +15,9 @@ pub fn list(input: [usize; 3], json: bool) -> anyhow::Result<()> {
 
 pub fn summary(model: &str, input: [usize; 3]) -> anyhow::Result<()> {
     let spec = resolve_spec(model)?;
-    print!("{}", summary::layer_table(&spec, input)?);
+    let [c, h, w] = input;
+    let table = summary::layer_table(&spec, input)
+        .with_context(|| format!("model `{model}` on {c}x{h}x{w} input"))?;
+    print!("{table}");
     Ok(())
 }

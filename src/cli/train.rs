@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::Backend;
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
-use crate::distill::{cached_logits, Teacher, TeacherLogits};
+use crate::distill::{cached_logits, logits_from_file, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec};
 use crate::train::{evaluate, fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
@@ -168,6 +168,10 @@ pub struct DistillArgs {
     /// ~/.cache/distill/teacher-logits).
     #[arg(long)]
     pub logit_cache: Option<PathBuf>,
+    /// Read the teacher logits from this exact file (written there first if it does not exist);
+    /// a file made by another teacher or for another training split is an error.
+    #[arg(long, conflicts_with_all = ["logit_cache", "no_logit_cache"])]
+    pub teacher_logits: Option<PathBuf>,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -205,6 +209,8 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
         })?;
     let logits = if args.no_logit_cache || config.augmentation.is_some() {
         TeacherLogits::Live(teacher)
+    } else if let Some(file) = &args.teacher_logits {
+        logits_from_file(&teacher, &train, file, &device, !args.train.quiet)?
     } else {
         let cache_dir = match &args.logit_cache {
             Some(dir) => dir.clone(),

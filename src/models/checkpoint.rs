@@ -77,6 +77,59 @@ pub fn save(
     write_manifest(dir, &MODEL_FILES)
 }
 
+/// Bytes free for an unprivileged writer on the file system holding `dir` (which must exist).
+#[cfg(unix)]
+pub fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` a properly sized out-parameter.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok(stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
+/// Free space is not checked where there is no `statvfs`.
+#[cfg(not(unix))]
+pub fn available_bytes(_dir: &Path) -> std::io::Result<u64> {
+    Ok(u64::MAX)
+}
+
+/// Fails early, before any training, when `dir` cannot hold `needed` more bytes: a run that would
+/// die at its first checkpoint should say so before it spends an epoch.
+pub fn ensure_room(dir: &Path, needed: u64, what: &str) -> anyhow::Result<()> {
+    let free = available_bytes(dir)
+        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
+    if free < needed {
+        anyhow::bail!(
+            "{} has {} free but {what} needs about {}; free some space or choose another --out",
+            dir.display(),
+            human_bytes(free),
+            human_bytes(needed)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes as a short human-readable size ("12.3 MB").
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(format!("{:x}", Sha256::digest(&bytes)))

@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Writes the malformed-input corpus under tests/corpus/cases/ (standard library only).
+
+Every case is a directory holding the bad input; tests/corpus/cases.toml says which `distill`
+command is run on it (from inside the case directory) and what the error must say.
+tests/corpus.rs runs them all.
+
+The checkpoint and logit-cache cases start from two real checkpoints of tiny models, made with
+the release binary (the weights are burn's burnpack format, which this script does not write):
+
+    distill train --model tests/corpus/tiny-a.toml --epochs 1 --out tests/corpus/tiny-a-checkpoint
+    distill train --model tests/corpus/tiny-b.toml --epochs 1 --out tests/corpus/tiny-b-checkpoint
+
+(then only spec.toml, model.bpk, meta.json and manifest.json are kept). Re-run this script after
+changing it: `python3 tests/corpus/make_corpus.py`.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CASES = os.path.join(HERE, "cases")
+CIFAR_RECORD = 1 + 3 * 32 * 32
+CLASSES = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n"
+
+
+def write(case, name, data):
+    path = os.path.join(CASES, case, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def cifar_records(labels):
+    out = b""
+    for i, label in enumerate(labels):
+        out += bytes([label]) + bytes((i * 7 + j) % 256 for j in range(CIFAR_RECORD - 1))
+    return out
+
+
+def cifar_case(case, **override):
+    """A valid two-records-per-file CIFAR-10 directory, with some files replaced."""
+    files = {"batches.meta.txt": CLASSES, "test_batch.bin": cifar_records([3, 4])}
+    for i in range(1, 6):
+        files[f"data_batch_{i}.bin"] = cifar_records([i, (i + 1) % 10])
+    files.update(override)
+    for name, data in files.items():
+        if data is not None:
+            write(case, name, data)
+
+
+def idx_images(n, h, w, magic=0x00000803, count=None):
+    header = struct.pack(">IIII", magic, n if count is None else count, h, w)
+    return header + bytes((i * 13) % 256 for i in range(n * h * w))
+
+
+def idx_labels(labels, count=None):
+    return struct.pack(">II", 0x00000801, len(labels) if count is None else count) + bytes(labels)
+
+
+def gz(data):
+    return gzip.compress(data, mtime=0)
+
+
+def idx_case(case, **override):
+    """A valid small Fashion-MNIST directory (3 train, 2 test images), some files replaced."""
+    files = {
+        "train-images-idx3-ubyte.gz": gz(idx_images(3, 28, 28)),
+        "train-labels-idx1-ubyte.gz": gz(idx_labels([0, 1, 2])),
+        "t10k-images-idx3-ubyte.gz": gz(idx_images(2, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": gz(idx_labels([3, 4])),
+    }
+    files.update(override)
+    for name, data in files.items():
+        write(case, name, data)
+
+
+def png(width, height, gray=128):
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + bytes([gray] * width) for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def folder_case(case, files):
+    for name, data in files.items():
+        if data is None:
+            os.makedirs(os.path.join(CASES, case, name), exist_ok=True)
+        else:
+            write(case, name, data)
+
+
+VALID_EXPERIMENT = """data = "embedded"
+[teacher]
+model = "teacher-small"
+epochs = 1
+[student]
+model = "student"
+epochs = 1
+[sweep]
+alpha = [0.5]
+temperature = [4.0]
+t2_scaling = [false]
+"""
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def checkpoint_case(case, source, replace=None, drop=(), manifest="recompute"):
+    """A copy of a real checkpoint with some files replaced or removed. `manifest`: "keep" the
+    original (so replaced files no longer match it), "recompute" it, or "drop" it."""
+    files = {}
+    for name in ["spec.toml", "model.bpk", "meta.json", "manifest.json"]:
+        files[name] = read(os.path.join(HERE, source, name))
+    files.update(replace or {})
+    for name in drop:
+        files.pop(name)
+    if manifest == "recompute":
+        entries = {n: sha256(d) for n, d in files.items() if n != "manifest.json"}
+        entries.update({n: json.loads(files["manifest.json"])[n] for n in drop})
+        files["manifest.json"] = json.dumps(dict(sorted(entries.items())), indent=2).encode()
+    elif manifest == "drop":
+        files.pop("manifest.json")
+    for name, data in files.items():
+        write(case, name, data)
+
+
+def logit_cache(teacher_hash, fingerprint, rows, classes, truncate=0):
+    body = b"DLOGIT01"
+    for key in (teacher_hash, fingerprint):
+        body += struct.pack("<Q", len(key)) + key.encode()
+    body += struct.pack("<QQ", rows, classes)
+    body += b"".join(struct.pack("<f", (i % 17) / 4.0) for i in range(rows * classes))
+    data = body + hashlib.sha256(body).digest()
+    return data[: len(data) - truncate] if truncate else data
+
+
+def main():
+    if os.path.isdir(CASES):
+        shutil.rmtree(CASES)
+
+    # CIFAR-10 binary layout
+    cifar_case("cifar-truncated-record", **{"test_batch.bin": cifar_records([1, 2]) + b"\x05" * 1000})
+    cifar_case("cifar-empty-batch", **{"data_batch_2.bin": b""})
+    cifar_case("cifar-label-out-of-range", **{"data_batch_4.bin": cifar_records([2, 10])})
+    cifar_case("cifar-missing-batch", **{"data_batch_3.bin": None})
+    cifar_case("cifar-binary-class-names", **{"batches.meta.txt": b"\xff\xfe\x00\x01cat\n\x80"})
+    cifar_case("cifar-blank-class-names", **{"batches.meta.txt": "\n  \n\n"})
+
+    # IDX (MNIST / Fashion-MNIST)
+    idx_case("idx-bad-magic", **{"train-images-idx3-ubyte.gz": gz(idx_images(3, 28, 28, magic=0x00000999))})
+    idx_case("idx-count-mismatch", **{"train-labels-idx1-ubyte.gz": gz(idx_labels([0, 1]))})
+    idx_case("idx-truncated-images", **{"t10k-images-idx3-ubyte.gz": gz(idx_images(2, 28, 28)[:-300])})
+    idx_case("idx-broken-gzip", **{"train-images-idx3-ubyte.gz": gz(idx_images(3, 28, 28))[:200]})
+    idx_case("idx-label-out-of-range", **{"t10k-labels-idx1-ubyte.gz": gz(idx_labels([3, 12]))})
+    idx_case("idx-labels-file-as-images", **{"train-images-idx3-ubyte.gz": gz(idx_labels([0, 1, 2]))})
+    idx_case("idx-test-size-differs", **{"t10k-images-idx3-ubyte.gz": gz(idx_images(2, 20, 20))})
+    idx_case("idx-huge-count", **{"train-images-idx3-ubyte.gz": gz(idx_images(3, 28, 28, count=0xFFFFFFFF))})
+
+    # image folders
+    folder_case("folder-undecodable-jpeg", {
+        "train/cat/0.jpg": b"\xff\xd8\xff\xe0 this is not really a JPEG",
+        "train/dog/0.png": png(8, 8), "test/cat/0.png": png(8, 8), "test/dog/0.png": png(8, 8)})
+    folder_case("folder-odd-size", {
+        "train/cat/0.png": png(8, 8), "train/dog/0.png": png(9, 8),
+        "test/cat/0.png": png(8, 8), "test/dog/0.png": png(8, 8)})
+    folder_case("folder-empty-class", {
+        "train/cat/0.png": png(8, 8), "train/dog/notes.txt": b"no images here\n",
+        "test/cat/0.png": png(8, 8), "test/dog/0.png": png(8, 8)})
+    folder_case("folder-truncated-png", {
+        "train/cat/0.png": png(8, 8), "train/dog/0.png": png(8, 8)[:40],
+        "test/cat/0.png": png(8, 8), "test/dog/0.png": png(8, 8)})
+    folder_case("folder-class-mismatch", {
+        "train/cat/0.png": png(8, 8), "train/dog/0.png": png(8, 8),
+        "test/cat/0.png": png(8, 8), "test/bird/0.png": png(8, 8)})
+    folder_case("folder-missing-test-split", {"train/cat/0.png": png(8, 8), "train/dog/0.png": png(8, 8)})
+
+    # experiment configs (`distill run --config experiment.toml`)
+    write("config-unknown-key", "experiment.toml", VALID_EXPERIMENT + "[training]\nbatchsize = 64\n")
+    write("config-toml-syntax", "experiment.toml", 'data = "embedded\n[student]\nepochs = 1\n')
+    write("config-alpha-out-of-range", "experiment.toml", VALID_EXPERIMENT.replace("[0.5]", "[0.5, 1.5]"))
+    write("config-zero-temperature", "experiment.toml", VALID_EXPERIMENT.replace("[4.0]", "[0.0]"))
+    write("config-zero-epochs", "experiment.toml", VALID_EXPERIMENT.replace("model = \"student\"\nepochs = 1", "model = \"student\"\nepochs = 0"))
+    write("config-batch-larger-than-data", "experiment.toml", VALID_EXPERIMENT + "[training]\nbatch_size = 1000000\n")
+    write("config-student-wrong-classes", "experiment.toml", VALID_EXPERIMENT.replace('model = "student"', 'model = "five-classes.toml"'))
+    write("config-student-wrong-classes", "five-classes.toml",
+          'name = "five-classes"\n[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 5\n')
+    write("config-missing-teacher-dir", "experiment.toml", VALID_EXPERIMENT.replace(
+        '[teacher]\nmodel = "teacher-small"\nepochs = 1\n', 'teacher = "no-such-teacher"\n'))
+
+    # model specs (`distill summary spec.toml`)
+    write("spec-unknown-layer", "spec.toml", 'name = "x"\n[[layers]]\ntype = "conv3d"\nfilters = 4\n')
+    write("spec-kernel-larger-than-input", "spec.toml",
+          'name = "x"\n[[layers]]\ntype = "conv2d"\nfilters = 4\nkernel = 64\npadding = "valid"\n'
+          '[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 10\n')
+
+    # checkpoints (`distill eval --model .`)
+    weights = read(os.path.join(HERE, "tiny-a-checkpoint", "model.bpk"))
+    flipped = weights[:-100] + bytes(b ^ 0x5A for b in weights[-100:-96]) + weights[-96:]
+    checkpoint_case("checkpoint-corrupt-weights", "tiny-a-checkpoint", {"model.bpk": flipped}, manifest="keep")
+    checkpoint_case("checkpoint-garbage-weights", "tiny-a-checkpoint", {"model.bpk": b"not a burnpack file" * 20}, manifest="drop")
+    checkpoint_case("checkpoint-from-another-model", "tiny-a-checkpoint",
+                    {"model.bpk": read(os.path.join(HERE, "tiny-b-checkpoint", "model.bpk"))})
+    checkpoint_case("checkpoint-missing-meta", "tiny-a-checkpoint", drop=["meta.json"])
+    meta = json.loads(read(os.path.join(HERE, "tiny-a-checkpoint", "meta.json")))
+    meta["input"] = [3, 32, 32]
+    checkpoint_case("checkpoint-other-input-shape", "tiny-a-checkpoint",
+                    {"meta.json": json.dumps(meta, indent=2).encode()})
+    checkpoint_case("checkpoint-corrupt-manifest", "tiny-a-checkpoint", {"manifest.json": b"{ not json"}, manifest="keep")
+
+    # teacher-logit files (`distill distill --teacher-logits logits.bin`): the teacher is
+    # tiny-a, whose identity is the SHA-256 of its weights
+    teacher = sha256(weights)
+    write("logits-from-another-teacher", "logits.bin", logit_cache("0" * 64, "f" * 64, 50, 10))
+    write("logits-for-another-dataset", "logits.bin", logit_cache(teacher, "f" * 64, 50, 10))
+    write("logits-truncated", "logits.bin", logit_cache(teacher, "f" * 64, 50, 10, truncate=777))
+    write("logits-not-a-cache", "logits.bin", b"PK\x03\x04 a zip file, not teacher logits" * 4)
+
+
+if __name__ == "__main__":
+    main()
