@@ -410,3 +410,27 @@ fn a_nan_in_a_resumed_epoch_stops_the_run_and_keeps_the_last_checkpoint() {
     assert!(kept.join("state.json").exists());
     distill::models::checkpoint::verify_manifest(&kept).unwrap();
 }
+
+/// Same seed and backend ⇒ the same weights and metrics, whether the Flex kernels run on one
+/// thread or two (the README's reproducibility section relies on this).
+#[test]
+fn one_and_two_threads_train_bit_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |threads: &str| {
+        let out = dir.path().join(format!("threads-{threads}"));
+        let status = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["train", "--model", "student", "--epochs", "1", "--seed", "11", "--quiet"])
+            .arg("--out")
+            .arg(&out)
+            .env("RAYON_NUM_THREADS", threads)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        (run_support::weights(&out), run_support::history(&out))
+    };
+    let (one_weights, one_history) = train("1");
+    let (two_weights, two_history) = train("2");
+    assert!(one_weights == two_weights, "weights differ between 1 and 2 threads");
+    assert_eq!(one_history, two_history);
+}
