@@ -193,6 +193,10 @@ pub struct ExperimentConfig {
     pub sweep: SweepConfig,
 }
 
+/// Most points a sweep may have (alpha × temperature × T² values): each point trains a student
+/// per seed, so more is never a real study, only a typo or a corrupt file.
+pub const MAX_SWEEP_POINTS: usize = 10_000;
+
 /// One point of the sweep grid.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GridPoint {
@@ -294,6 +298,35 @@ impl ExperimentConfig {
         }
         if self.sweep.alpha.is_empty() {
             bail!("`sweep.alpha` must list at least one value");
+        }
+        // `mse` ignores the temperatures and T² settings; `kd` crosses them with every alpha, so
+        // an empty list would leave no point to train (and no distilled student to report).
+        if self.sweep.loss == SweepLoss::Kd {
+            if self.sweep.temperature.is_empty() {
+                bail!("`sweep.temperature` must list at least one value with loss \"kd\"");
+            }
+            if self.sweep.t2_scaling.is_empty() {
+                bail!("`sweep.t2_scaling` must list at least one value with loss \"kd\"");
+            }
+        }
+        // counted before `grid()` builds the points: a few kB of lists can describe billions
+        let (temperatures, t2s) = match self.sweep.loss {
+            SweepLoss::Kd => (self.sweep.temperature.len(), self.sweep.t2_scaling.len()),
+            SweepLoss::Mse => (1, 1),
+        };
+        let points = self
+            .sweep
+            .alpha
+            .len()
+            .checked_mul(temperatures)
+            .and_then(|n| n.checked_mul(t2s));
+        match points {
+            Some(points) if points <= MAX_SWEEP_POINTS => {}
+            _ => bail!(
+                "`sweep` has {} alpha × {temperatures} temperature × {t2s} t2_scaling values, {} points; expected at most {MAX_SWEEP_POINTS} (each point trains a student)",
+                self.sweep.alpha.len(),
+                points.map_or_else(|| format!("more than 2^{}", usize::BITS), |p| p.to_string())
+            ),
         }
         for point in self.grid() {
             point

@@ -419,7 +419,9 @@ fn one_and_two_threads_train_bit_identical_weights() {
     let train = |threads: &str| {
         let out = dir.path().join(format!("threads-{threads}"));
         let status = Command::new(env!("CARGO_BIN_EXE_distill"))
-            .args(["train", "--model", "student", "--epochs", "1", "--seed", "11", "--quiet"])
+            .args([
+                "train", "--model", "student", "--epochs", "1", "--seed", "11", "--quiet",
+            ])
             .arg("--out")
             .arg(&out)
             .env("RAYON_NUM_THREADS", threads)
@@ -431,6 +433,9 @@ fn one_and_two_threads_train_bit_identical_weights() {
     };
     let (one_weights, one_history) = train("1");
     let (two_weights, two_history) = train("2");
-    assert!(one_weights == two_weights, "weights differ between 1 and 2 threads");
+    assert!(
+        one_weights == two_weights,
+        "weights differ between 1 and 2 threads"
+    );
     assert_eq!(one_history, two_history);
 }

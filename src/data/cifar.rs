@@ -56,7 +56,13 @@ pub fn load(dir: &Path) -> Result<Dataset, DataError> {
 /// some) are ignored.
 fn read_classes(path: &Path) -> Result<Vec<String>, DataError> {
     let text = read_existing(path, "the CIFAR-10 class-name file (one name per line)")?;
-    let text = String::from_utf8(text).map_err(|_| {
+    parse_classes(&text, path)
+}
+
+/// Parses the contents of `batches.meta.txt`: one class name per line, blank lines ignored,
+/// surrounding whitespace trimmed. `path` only names the source in errors.
+pub fn parse_classes(bytes: &[u8], path: &Path) -> Result<Vec<String>, DataError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| {
         DataError::format(path, "UTF-8 text, one class name per line", "binary data")
     })?;
     let classes: Vec<String> = text
@@ -77,26 +83,51 @@ fn read_classes(path: &Path) -> Result<Vec<String>, DataError> {
 
 /// Concatenates the records of `paths` into one split.
 fn read_split(paths: &[PathBuf], num_classes: usize) -> Result<Split, DataError> {
-    let mut images = Vec::new();
-    let mut labels = Vec::new();
+    let mut split: Option<Split> = None;
     for path in paths {
         let bytes = read_existing(path, "a CIFAR-10 binary batch file")?;
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
-            return Err(DataError::format(
-                path,
-                format!("a non-zero multiple of {RECORD} bytes (1 label byte + 3×32×32 pixels per record)"),
-                format!("{} bytes ({} records and {} bytes left over)", bytes.len(), bytes.len() / RECORD, bytes.len() % RECORD),
-            ));
+        let batch = parse_batch(&bytes, path, num_classes)?;
+        match &mut split {
+            None => split = Some(batch),
+            Some(split) => {
+                split.images.extend_from_slice(&batch.images);
+                split.labels.extend_from_slice(&batch.labels);
+            }
         }
-        let first = labels.len();
-        images.reserve(bytes.len() / RECORD * (RECORD - 1));
-        for record in bytes.chunks_exact(RECORD) {
-            labels.push(u32::from(record[0]));
-            images.extend_from_slice(&record[1..]);
-        }
-        // indices in the error are positions within this file, which is what a user can inspect
-        super::check_labels(&labels[first..], num_classes, path)?;
     }
+    Ok(split.unwrap_or(Split {
+        shape: SHAPE,
+        images: Vec::new(),
+        labels: Vec::new(),
+    }))
+}
+
+/// Parses the contents of one CIFAR-10 binary batch file: a non-zero number of [`RECORD`]-byte
+/// records, each a label byte below `num_classes` and a 3×32×32 image. Label indices in errors
+/// are positions within this file; `path` only names the source in errors.
+pub fn parse_batch(bytes: &[u8], path: &Path, num_classes: usize) -> Result<Split, DataError> {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
+        return Err(DataError::format(
+            path,
+            format!(
+                "a non-zero multiple of {RECORD} bytes (1 label byte + 3×32×32 pixels per record)"
+            ),
+            format!(
+                "{} bytes ({} records and {} bytes left over)",
+                bytes.len(),
+                bytes.len() / RECORD,
+                bytes.len() % RECORD
+            ),
+        ));
+    }
+    let records = bytes.len() / RECORD;
+    let mut images = Vec::with_capacity(records * (RECORD - 1));
+    let mut labels = Vec::with_capacity(records);
+    for record in bytes.chunks_exact(RECORD) {
+        labels.push(u32::from(record[0]));
+        images.extend_from_slice(&record[1..]);
+    }
+    super::check_labels(&labels, num_classes, path)?;
     Ok(Split {
         shape: SHAPE,
         images,

@@ -229,6 +229,22 @@ pub fn output_size(input: usize, kernel: usize, stride: usize, padding: Padding)
     }
 }
 
+/// `a·b·…`, or `None` when the product does not fit in a `usize`: absurd sizes in a spec must give
+/// an error, not an overflow (a panic in a debug build, a wrong count in a release build).
+fn checked_product(factors: &[usize]) -> Option<usize> {
+    factors
+        .iter()
+        .try_fold(1usize, |acc, &f| acc.checked_mul(f))
+}
+
+/// The message for a count that does not fit in a `usize`.
+fn too_large(what: &str) -> String {
+    format!(
+        "{what} does not fit in a {}-bit count; expected a model small enough to hold in memory",
+        usize::BITS
+    )
+}
+
 /// TensorFlow's 'same' padding along one axis as (before, after): the total is split with the odd
 /// pixel after, so stride 2 on an even size pads only the bottom/right.
 pub fn same_padding(input: usize, kernel: usize, stride: usize) -> (usize, usize) {
@@ -348,9 +364,18 @@ impl ModelSpec {
                             format!("{kernel}x{kernel} is larger than its {h}x{w} input with 'valid' padding"),
                         ));
                     };
-                    let params = kernel * kernel * c * filters + filters;
-                    let flops = 2 * (kernel * kernel * c * filters * oh * ow) as u64;
-                    (Shape::Image([filters, oh, ow]), params, flops)
+                    let weights = checked_product(&[kernel, kernel, c, filters]);
+                    let params = weights.and_then(|w| w.checked_add(filters));
+                    let flops = weights.and_then(|w| checked_product(&[2, w, oh, ow]));
+                    let (Some(params), Some(flops)) = (params, flops) else {
+                        return Err(err(
+                            "filters",
+                            too_large(&format!(
+                                "{filters} filters of {kernel}x{kernel}x{c} on a {oh}x{ow} output: the parameter or FLOP count"
+                            )),
+                        ));
+                    };
+                    (Shape::Image([filters, oh, ow]), params, flops as u64)
                 }
                 LayerSpec::MaxPool2d {
                     size,
@@ -390,8 +415,14 @@ impl ModelSpec {
                     (shape, 0, 0)
                 }
                 LayerSpec::Flatten => {
-                    need_image(shape)?;
-                    (Shape::Flat(shape.numel()), 0, 0)
+                    let [c, h, w] = need_image(shape)?;
+                    let Some(n) = checked_product(&[c, h, w]) else {
+                        return Err(err(
+                            "input",
+                            too_large(&format!("the flattened size of its {shape} input")),
+                        ));
+                    };
+                    (Shape::Flat(n), 0, 0)
                 }
                 LayerSpec::GlobalAvgPool => {
                     let [c, _, _] = need_image(shape)?;
@@ -402,7 +433,15 @@ impl ModelSpec {
                         Shape::Image([c, _, _]) => c,
                         Shape::Flat(n) => n,
                     };
-                    (shape, 4 * channels, 0)
+                    let Some(params) = channels.checked_mul(4) else {
+                        return Err(err(
+                            "input",
+                            too_large(&format!(
+                                "the parameter count (4 per channel) of its {shape} input"
+                            )),
+                        ));
+                    };
+                    (shape, params, 0)
                 }
                 LayerSpec::Dense { units, .. } => {
                     let Shape::Flat(n) = shape else {
@@ -414,11 +453,18 @@ impl ModelSpec {
                     if units == 0 {
                         return Err(err("units", "must be at least 1".into()));
                     }
-                    (
-                        Shape::Flat(units),
-                        n * units + units,
-                        2 * (n * units) as u64,
-                    )
+                    let weights = n.checked_mul(units);
+                    let params = weights.and_then(|w| w.checked_add(units));
+                    let flops = weights.and_then(|w| w.checked_mul(2));
+                    let (Some(params), Some(flops)) = (params, flops) else {
+                        return Err(err(
+                            "units",
+                            too_large(&format!(
+                                "{units} units on {n} input features: the parameter or FLOP count"
+                            )),
+                        ));
+                    };
+                    (Shape::Flat(units), params, flops as u64)
                 }
             };
             infos.push(LayerInfo {
@@ -460,11 +506,24 @@ impl ModelSpec {
     /// Parameter, FLOP and weight-size totals for an input shape.
     pub fn stats(&self, input: [usize; 3]) -> Result<ModelStats, SpecError> {
         let infos = self.infer(input)?;
-        let params: usize = infos.iter().map(|i| i.params).sum();
+        let params = infos
+            .iter()
+            .try_fold(0usize, |acc, i| acc.checked_add(i.params));
+        let flops = infos
+            .iter()
+            .try_fold(0u64, |acc, i| acc.checked_add(i.flops));
+        let bytes = params.and_then(|p| p.checked_mul(4));
+        let (Some(params), Some(flops), Some(bytes)) = (params, flops, bytes) else {
+            return Err(SpecError::Model(format!(
+                "model `{}`: {}",
+                self.name,
+                too_large("the total parameter count, FLOP count or weight size in bytes")
+            )));
+        };
         Ok(ModelStats {
             params,
-            flops: infos.iter().map(|i| i.flops).sum(),
-            bytes: params * 4,
+            flops,
+            bytes,
         })
     }
 }

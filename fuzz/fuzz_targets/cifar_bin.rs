@@ -1,0 +1,9 @@
+#![no_main]
+//! Fuzz target `cifar_bin`: see `harness::cifar_bin` for what the input means and what is checked.
+
+use libfuzzer_sys::fuzz_target;
+
+#[path = "../harness.rs"]
+mod harness;
+
+fuzz_target!(|data: &[u8]| harness::cifar_bin(data));

@@ -1,0 +1,173 @@
+//! What each fuzz target does with one input, shared by the targets in `fuzz_targets/` (under
+//! cargo-fuzz, nightly flags) and by `tests/fuzz_regressions.rs` (plain `cargo test`, which replays
+//! the seeds and every saved crash input through exactly this code).
+//!
+//! Every function feeds the bytes to the library's real parser and accepts `Ok` or `Err`; it panics
+//! (= a fuzz finding) only when the parser panics, or when an `Ok` result breaks an invariant that
+//! the rest of the program relies on.
+
+#![allow(dead_code)] // each fuzz target uses one of these functions
+
+use std::path::Path;
+
+use distill::data::{cifar, idx};
+use distill::experiment::ExperimentConfig;
+use distill::models::summary;
+use distill::models::ModelSpec;
+
+/// Input shapes the model-spec target infers for: CIFAR-10 and MNIST.
+const SPEC_INPUTS: [[usize; 3]; 2] = [[3, 32, 32], [1, 28, 28]];
+
+/// `cifar_bin`: byte 0 selects the parser (even: a batch file, odd: `batches.meta.txt`), byte 1
+/// is the number of classes for a batch, the rest is the file.
+pub fn cifar_bin(data: &[u8]) {
+    let path = Path::new("fuzz/data_batch_1.bin");
+    let [selector, classes, file @ ..] = data else {
+        return;
+    };
+    if selector % 2 == 0 {
+        let num_classes = usize::from(*classes);
+        if let Ok(split) = cifar::parse_batch(file, path, num_classes) {
+            assert_eq!(split.shape, cifar::SHAPE);
+            assert!(!split.is_empty(), "an empty batch must be an error");
+            assert_eq!(split.len() * (cifar::RECORD - 1), split.images.len());
+            assert_eq!(split.len() * cifar::RECORD, file.len());
+            assert!(split.labels.iter().all(|&l| (l as usize) < num_classes));
+            // every image is reachable (what batching does)
+            let _ = split.image(split.len() - 1);
+        }
+    } else {
+        let path = Path::new("fuzz/batches.meta.txt");
+        // the class count is the whole file here: use byte 1 as part of it
+        if let Ok(classes) = cifar::parse_classes(&data[1..], path) {
+            assert!(!classes.is_empty(), "no class must be an error");
+            assert!(classes
+                .iter()
+                .all(|c| !c.is_empty() && c.trim() == c && !c.contains('\n')));
+        }
+    }
+}
+
+/// `idx`: byte 0 selects the parser: 0 images, 1 labels, 2 gunzip then images, 3 gunzip then
+/// labels, 4 a whole split (bytes 1–2, big-endian, are the length of the images file; byte 3 the
+/// number of classes; then the images file and the labels file, each gunzipped if needed).
+pub fn idx(data: &[u8]) {
+    let images_path = Path::new("fuzz/train-images-idx3-ubyte");
+    let labels_path = Path::new("fuzz/train-labels-idx1-ubyte");
+    let [selector, rest @ ..] = data else {
+        return;
+    };
+    match selector % 5 {
+        0 => check_images(rest.to_vec(), images_path),
+        1 => check_labels(rest, labels_path),
+        2 => {
+            if let Ok(bytes) = idx::gunzip_if_needed(rest.to_vec(), images_path) {
+                check_images(bytes, images_path);
+            }
+        }
+        3 => {
+            if let Ok(bytes) = idx::gunzip_if_needed(rest.to_vec(), labels_path) {
+                check_labels(&bytes, labels_path);
+            }
+        }
+        _ => {
+            let [hi, lo, classes, files @ ..] = rest else {
+                return;
+            };
+            let cut = usize::from(u16::from_be_bytes([*hi, *lo])).min(files.len());
+            let (images, labels) = files.split_at(cut);
+            let Ok(images) = idx::gunzip_if_needed(images.to_vec(), images_path) else {
+                return;
+            };
+            let Ok(labels) = idx::gunzip_if_needed(labels.to_vec(), labels_path) else {
+                return;
+            };
+            let num_classes = usize::from(*classes);
+            if let Ok(split) =
+                idx::split_from_bytes(images, images_path, &labels, labels_path, num_classes)
+            {
+                let [c, h, w] = split.shape;
+                assert_eq!(c, 1);
+                assert_eq!(split.len() * h * w, split.images.len());
+                assert!(split.labels.iter().all(|&l| (l as usize) < num_classes));
+                for i in 0..split.len() {
+                    assert_eq!(split.image(i).len(), h * w);
+                }
+            }
+        }
+    }
+}
+
+fn check_images(bytes: Vec<u8>, path: &Path) {
+    let len = bytes.len();
+    if let Ok((pixels, [n, h, w])) = idx::parse_images(bytes, path) {
+        assert_eq!(pixels.len(), n * h * w, "pixels must match the header");
+        assert_eq!(pixels.len() + 16, len);
+    }
+}
+
+fn check_labels(bytes: &[u8], path: &Path) {
+    if let Ok(labels) = idx::parse_labels(bytes, path) {
+        assert_eq!(labels.len() + 8, bytes.len());
+        assert!(labels.iter().all(|&l| l < 256));
+    }
+}
+
+/// `experiment_config`: the input as TOML (non-UTF-8 inputs are skipped), parsed and validated as
+/// `distill run --config` does. An accepted config must be runnable as far as the config alone
+/// can tell: a non-empty sweep grid (the report needs one point) whose every point is a valid
+/// loss, and a `toml::to_string` that works (the run writes `experiment.toml` with it) and reads
+/// back as an accepted config.
+pub fn experiment_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = ExperimentConfig::from_toml_str(text) else {
+        return;
+    };
+    assert!(config.seeds >= 1);
+    assert!(config.training.batch_size >= 1);
+    assert!(config.data.parse::<distill::data::DataSpec>().is_ok());
+    let grid = config.grid();
+    assert!(
+        !grid.is_empty(),
+        "an accepted config must have at least one sweep point"
+    );
+    for point in &grid {
+        let _ = point.dir_name();
+    }
+    let saved = toml::to_string(&config).expect("an accepted config must serialise to TOML");
+    if let Err(e) = ExperimentConfig::from_toml_str(&saved) {
+        panic!("an accepted config must read back from its own TOML:\n{saved}\nerror: {e:#}");
+    }
+}
+
+/// `model_spec`: the input as a model-spec TOML file (non-UTF-8 skipped), then shape inference,
+/// totals and the layer table for 3x32x32 and 1x28x28 inputs, as `distill models` does. Absurd
+/// sizes must be errors, never an overflow.
+pub fn model_spec(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(spec) = ModelSpec::from_toml_str(text) else {
+        return;
+    };
+    for input in SPEC_INPUTS {
+        let Ok(infos) = spec.infer(input) else {
+            continue;
+        };
+        assert_eq!(infos.len(), spec.layers.len());
+        // totals and the table may still fail (too many parameters), but must not panic
+        let stats = spec.stats(input);
+        let table = summary::layer_table(&spec, input);
+        assert_eq!(stats.is_ok(), table.is_ok());
+        if let Ok(outputs) = spec.num_outputs(input) {
+            assert!(outputs >= 1);
+        }
+    }
+    let saved = spec.to_toml_string();
+    let again = ModelSpec::from_toml_str(&saved).unwrap_or_else(|e| {
+        panic!("a parsed spec must read back from its own TOML:\n{saved}\nerror: {e}")
+    });
+    assert_eq!(again.to_toml_string(), saved, "spec TOML must round-trip");
+}
