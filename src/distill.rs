@@ -273,14 +273,23 @@ pub fn cached_logits(
     device: &Device,
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
-    let path = cache_dir.map(|dir| cache_path(dir, &teacher.hash, &train.fingerprint()));
+    // one SHA-256 pass over the whole split: computed once, passed down
+    let fingerprint = train.fingerprint();
+    let path = cache_dir.map(|dir| cache_path(dir, &teacher.hash, &fingerprint));
     if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
-        match read_verified(path, teacher, train, device) {
+        match read_verified(path, teacher, train, &fingerprint, device) {
             Ok(values) => return Ok(cached(teacher, values)),
             Err(err) => eprintln!("warning: {err:#}; recomputing"),
         }
     }
-    compute_and_store(teacher, train, path.as_deref(), device, progress)
+    compute_and_store(
+        teacher,
+        train,
+        &fingerprint,
+        path.as_deref(),
+        device,
+        progress,
+    )
 }
 
 /// Teacher logits read from exactly `file` (the user named it, so a file that does not belong to
@@ -293,8 +302,9 @@ pub fn logits_from_file(
     device: &Device,
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
+    let fingerprint = train.fingerprint();
     if file.exists() {
-        let values = read_verified(file, teacher, train, device).with_context(|| {
+        let values = read_verified(file, teacher, train, &fingerprint, device).with_context(|| {
             format!(
                 "--teacher-logits {} cannot be used with teacher {}; delete it or name a new file to recompute",
                 file.display(),
@@ -303,7 +313,7 @@ pub fn logits_from_file(
         })?;
         return Ok(cached(teacher, values));
     }
-    compute_and_store(teacher, train, Some(file), device, progress)
+    compute_and_store(teacher, train, &fingerprint, Some(file), device, progress)
 }
 
 fn cached(teacher: &Teacher, values: Vec<f32>) -> TeacherLogits {
@@ -319,16 +329,11 @@ fn read_verified(
     path: &Path,
     teacher: &Teacher,
     train: &Split,
+    fingerprint: &str,
     device: &Device,
 ) -> anyhow::Result<Vec<f32>> {
     let classes = teacher.classes;
-    let values = decode_cache(
-        path,
-        &teacher.hash,
-        &train.fingerprint(),
-        train.len(),
-        classes,
-    )?;
+    let values = decode_cache(path, &teacher.hash, fingerprint, train.len(), classes)?;
     let sample: Vec<usize> = (0..train.len())
         .step_by((train.len() / VERIFY_SAMPLE).max(1))
         .take(VERIFY_SAMPLE)
@@ -353,6 +358,7 @@ fn read_verified(
 fn compute_and_store(
     teacher: &Teacher,
     train: &Split,
+    fingerprint: &str,
     path: Option<&Path>,
     device: &Device,
     progress: bool,
@@ -366,7 +372,7 @@ fn compute_and_store(
         }
         let bytes = encode_cache(
             &teacher.hash,
-            &train.fingerprint(),
+            fingerprint,
             train.len(),
             teacher.classes,
             &values,
