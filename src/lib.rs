@@ -20,6 +20,7 @@
 //! | [`report`] | the report: Markdown, JSON and plots answering "was it worth it?" |
 //! | [`progress`] | progress bars (indicatif, on stderr, hidden when it is not a terminal) |
 //! | [`bench`](mod@bench) | `distill bench`: step times and throughput of the reference workloads |
+//! | [`kernels`] | local CPU kernels (conv + bias + leaky ReLU, max pooling) behind burn's backend extension, used on Flex |
 //! | [`backend`] | device selection (Flex by default; LibTorch, CUDA, WGPU behind cargo features) |
 //! | [`cli`] | the `distill` command line, a thin layer over the above |
 //!
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod data;
 pub mod distill;
 pub mod experiment;
+pub mod kernels;
 pub mod losses;
 pub mod models;
 pub mod progress;

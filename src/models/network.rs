@@ -11,7 +11,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
-use super::spec::{Activation, LayerSpec, ModelSpec, Padding, Shape, SpecError};
+use super::spec::{same_padding, Activation, LayerSpec, ModelSpec, Padding, Shape, SpecError};
+use crate::kernels::{self, Window2d};
 
 /// Collapses channels x height x width into one feature vector (channel-major, as burn lays out
 /// NCHW; Keras flattens NHWC, which only permutes the next dense layer's rows).
@@ -87,6 +88,55 @@ impl Activations {
             Activations::Flat(x) => Activations::Flat(f2(x)),
         }
     }
+}
+
+/// The window of `layer` (kernel, stride, padding) on the feature map `x`, or `None` when `x` is
+/// not a feature map or the layer uses something the local kernels do not (dilation, groups,
+/// ceil mode).
+fn window_for(
+    x: &Activations,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: &PaddingConfig2d,
+) -> Option<Window2d> {
+    let Activations::Image(t) = x else {
+        return None;
+    };
+    let [_, _, h, w] = t.dims();
+    let ((top, bottom), (left, right)) = match *padding {
+        PaddingConfig2d::Valid => ((0, 0), (0, 0)),
+        PaddingConfig2d::Same => (
+            same_padding(h, kernel[0], stride[0]),
+            same_padding(w, kernel[1], stride[1]),
+        ),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
+    };
+    let window = Window2d {
+        kernel,
+        stride,
+        pad_begin: [top, left],
+        pad_end: [bottom, right],
+    };
+    let fits = (0..2).all(|a| {
+        window.stride[a] > 0
+            && window.pad_begin[a] < kernel[a]
+            && [h, w][a] + window.pad_begin[a] + window.pad_end[a] >= kernel[a]
+    });
+    fits.then_some(window)
+}
+
+fn conv_window(conv: &Conv2d, x: &Activations) -> Option<Window2d> {
+    if conv.dilation != [1, 1] || conv.groups != 1 {
+        return None;
+    }
+    window_for(x, conv.kernel_size, conv.stride, &conv.padding)
+}
+
+fn pool_window(pool: &MaxPool2d, x: &Activations) -> Option<Window2d> {
+    if pool.dilation != [1, 1] || pool.ceil_mode {
+        return None;
+    }
+    window_for(x, pool.kernel_size, pool.stride, &pool.padding)
 }
 
 fn padding_config(padding: Padding) -> PaddingConfig2d {
@@ -222,9 +272,39 @@ impl Network {
         input: Tensor<4>,
         mut observe: impl FnMut(usize, Vec<usize>),
     ) -> Tensor<2> {
+        let local_kernels = kernels::active(&input.device());
         let mut x = Activations::Image(input);
-        for (index, layer) in self.layers.iter().enumerate() {
+        let mut layers = self.layers.iter().enumerate().peekable();
+        while let Some((index, layer)) = layers.next() {
             x = match layer {
+                Layer::Conv2d(conv) if local_kernels && conv_window(conv, &x).is_some() => {
+                    let window = conv_window(conv, &x).expect("checked above");
+                    // A leaky ReLU right after the convolution runs inside its kernel.
+                    let slope = match layers.peek() {
+                        Some((_, Layer::LeakyRelu(act))) if act.negative_slope > 0.0 => {
+                            Some(act.negative_slope as f32)
+                        }
+                        _ => None,
+                    };
+                    let weight = conv.weight.val();
+                    let bias = match &conv.bias {
+                        Some(bias) => bias.val(),
+                        None => Tensor::zeros([weight.dims()[0]], &weight.device()),
+                    };
+                    let y = kernels::conv2d(x.image(), weight, bias, window, slope);
+                    if slope.is_some() {
+                        observe(index, y.dims().to_vec());
+                        let (index, _) = layers.next().expect("peeked");
+                        observe(index, y.dims().to_vec());
+                        x = Activations::Image(y);
+                        continue;
+                    }
+                    Activations::Image(y)
+                }
+                Layer::MaxPool2d(pool) if local_kernels && pool_window(pool, &x).is_some() => {
+                    let window = pool_window(pool, &x).expect("checked above");
+                    Activations::Image(kernels::max_pool2d(x.image(), window))
+                }
                 Layer::Conv2d(conv) => Activations::Image(conv.forward(x.image())),
                 Layer::MaxPool2d(pool) => Activations::Image(pool.forward(x.image())),
                 Layer::LeakyRelu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),

@@ -1,0 +1,479 @@
+//! 2-D convolution with bias and an optional leaky ReLU, forward and backward, on NCHW `f32`
+//! slices: im2col over a group of images, one `gemm` per group, and an epilogue that adds the
+//! bias and applies the activation while writing NCHW.
+//!
+//! Burn computes the same layer as conv (through Flex's 3-D path, after copying the input into an
+//! asymmetrically padded tensor), a bias pass, an activation pass, and in the backward pass a
+//! transposed convolution for the input gradient and a weight gradient computed as another
+//! convolution over swapped batch and channel axes. Here the backward pass is two `gemm`s per group
+//! on the same im2col matrix the forward pass built.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use super::Window2d;
+
+/// Shapes of one convolution: input `[batch, channels, h, w]`, weight `[filters, channels, kh, kw]`.
+#[derive(Clone, Copy, Debug)]
+pub struct ConvShape {
+    /// Images in the batch.
+    pub batch: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Input height and width.
+    pub input: [usize; 2],
+    /// Output channels.
+    pub filters: usize,
+    /// Kernel size, stride and padding.
+    pub window: Window2d,
+}
+
+impl ConvShape {
+    fn output(&self) -> [usize; 2] {
+        self.window.output_size(self.input)
+    }
+
+    /// Rows of the im2col matrix: one per weight of a filter.
+    fn patch(&self) -> usize {
+        self.channels * self.window.kernel[0] * self.window.kernel[1]
+    }
+
+    /// Images per group. Fixed by the layer's shape alone (never by the thread count), so the
+    /// summation order, and with it every bit of the result, is the same on any number of threads.
+    fn group(&self) -> usize {
+        let [oh, ow] = self.output();
+        (512 / (oh * ow).max(1)).clamp(1, self.batch.max(1))
+    }
+}
+
+/// Fills `col` (`patch` rows × `images * oh * ow` columns, row-major) with the input patches of
+/// `images` consecutive images starting at `x`; padding reads as zero.
+fn im2col(x: &[f32], shape: &ConvShape, images: usize, col: &mut [f32]) {
+    let [h, w] = shape.input;
+    let [oh, ow] = shape.output();
+    let [kh, kw] = shape.window.kernel;
+    let [sh, sw] = shape.window.stride;
+    let [ph, pw] = shape.window.pad_begin;
+    let spatial = oh * ow;
+    let columns = images * spatial;
+    for c in 0..shape.channels {
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = (c * kh + i) * kw + j;
+                let dst = &mut col[row * columns..(row + 1) * columns];
+                for g in 0..images {
+                    let plane = &x[(g * shape.channels + c) * h * w..][..h * w];
+                    let dst = &mut dst[g * spatial..(g + 1) * spatial];
+                    for r in 0..oh {
+                        let out_row = &mut dst[r * ow..(r + 1) * ow];
+                        match (r * sh + i).checked_sub(ph).filter(|&ir| ir < h) {
+                            None => out_row.fill(0.0),
+                            Some(ir) => {
+                                let in_row = &plane[ir * w..(ir + 1) * w];
+                                for (q, v) in out_row.iter_mut().enumerate() {
+                                    *v = (q * sw + j)
+                                        .checked_sub(pw)
+                                        .and_then(|ic| in_row.get(ic))
+                                        .copied()
+                                        .unwrap_or(0.0);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col` (the layout [`im2col`] writes) back into the input gradient `grad_x` of `images`
+/// consecutive images.
+fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
+    let [h, w] = shape.input;
+    let [oh, ow] = shape.output();
+    let [kh, kw] = shape.window.kernel;
+    let [sh, sw] = shape.window.stride;
+    let [ph, pw] = shape.window.pad_begin;
+    let spatial = oh * ow;
+    let columns = images * spatial;
+    for c in 0..shape.channels {
+        for i in 0..kh {
+            for j in 0..kw {
+                let row = (c * kh + i) * kw + j;
+                let src = &col[row * columns..(row + 1) * columns];
+                for g in 0..images {
+                    let plane = &mut grad_x[(g * shape.channels + c) * h * w..][..h * w];
+                    let src = &src[g * spatial..(g + 1) * spatial];
+                    for r in 0..oh {
+                        let Some(ir) = (r * sh + i).checked_sub(ph).filter(|&ir| ir < h) else {
+                            continue;
+                        };
+                        let in_row = &mut plane[ir * w..(ir + 1) * w];
+                        for (q, v) in src[r * ow..(r + 1) * ow].iter().enumerate() {
+                            if let Some(ic) = (q * sw + j).checked_sub(pw).filter(|&ic| ic < w) {
+                                in_row[ic] += v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, each given by (row stride, column stride), one thread.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the assertions above keep every index gemm forms, `i*rs + j*cs` for i, j below
+    // the stated sizes, inside the three slices; `dst` does not alias the inputs (`&mut`).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        );
+    }
+}
+
+/// `y = act(conv(x, weight) + bias)` in NCHW, where `act` is the identity or, with `slope`, a
+/// leaky ReLU with that negative slope.
+pub fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+) -> Vec<f32> {
+    let [oh, ow] = shape.output();
+    let spatial = oh * ow;
+    let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
+    let [h, w] = shape.input;
+    let image_in = shape.channels * h * w;
+    let mut y = vec![0.0f32; shape.batch * filters * spatial];
+    y.par_chunks_mut(group * filters * spatial)
+        .zip(x.par_chunks(group * image_in))
+        .for_each(|(y, x)| {
+            let images = y.len() / (filters * spatial);
+            let columns = images * spatial;
+            let mut col = vec![0.0f32; patch * columns];
+            im2col(x, shape, images, &mut col);
+            let mut product = vec![0.0f32; filters * columns];
+            matmul(
+                [filters, columns, patch],
+                &mut product,
+                weight,
+                (patch, 1),
+                &col,
+                (columns, 1),
+            );
+            for g in 0..images {
+                for f in 0..filters {
+                    let src = &product[f * columns + g * spatial..][..spatial];
+                    let dst = &mut y[(g * filters + f) * spatial..][..spatial];
+                    let b = bias[f];
+                    match slope {
+                        Some(slope) => {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                let v = s + b;
+                                *d = if v < 0.0 { v * slope } else { v };
+                            }
+                        }
+                        None => {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                *d = s + b;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Gradients of [`forward`]: `(x, weight, bias)`; the input gradient only when `want_x`.
+/// `y` is forward's output (the activation's derivative is read off its sign, which is the sign
+/// of its input for a positive slope).
+pub struct ConvGrads {
+    /// d loss / d x, `[batch, channels, h, w]`, when asked for.
+    pub x: Option<Vec<f32>>,
+    /// d loss / d weight, `[filters, channels, kh, kw]`.
+    pub weight: Vec<f32>,
+    /// d loss / d bias, `[filters]`.
+    pub bias: Vec<f32>,
+}
+
+/// See [`ConvGrads`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    x: &[f32],
+    weight: &[f32],
+    y: &[f32],
+    grad_y: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+    want_x: bool,
+) -> ConvGrads {
+    let [oh, ow] = shape.output();
+    let spatial = oh * ow;
+    let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
+    let [h, w] = shape.input;
+    let image_in = shape.channels * h * w;
+    let image_out = filters * spatial;
+    let mut grad_x = if want_x {
+        vec![0.0f32; shape.batch * image_in]
+    } else {
+        Vec::new()
+    };
+    let tasks: Vec<(Vec<f32>, Vec<f32>)> = if want_x {
+        grad_x
+            .par_chunks_mut(group * image_in)
+            .enumerate()
+            .map(|(t, gx)| group_backward(t, Some(gx), x, weight, y, grad_y, shape, slope))
+            .collect()
+    } else {
+        (0..shape.batch.div_ceil(group))
+            .into_par_iter()
+            .map(|t| group_backward(t, None, x, weight, y, grad_y, shape, slope))
+            .collect()
+    };
+    // Summed in group order: deterministic whatever the thread count.
+    let mut grad_w = vec![0.0f32; filters * patch];
+    let mut grad_b = vec![0.0f32; filters];
+    for (gw, gb) in tasks {
+        grad_w.iter_mut().zip(&gw).for_each(|(a, b)| *a += b);
+        grad_b.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
+    }
+    debug_assert_eq!(grad_y.len(), shape.batch * image_out);
+    ConvGrads {
+        x: want_x.then_some(grad_x),
+        weight: grad_w,
+        bias: grad_b,
+    }
+}
+
+/// One group's share of [`backward`]: writes its input gradient into `grad_x` (the group's slice)
+/// and returns its weight and bias gradients.
+#[allow(clippy::too_many_arguments)]
+fn group_backward(
+    task: usize,
+    grad_x: Option<&mut [f32]>,
+    x: &[f32],
+    weight: &[f32],
+    y: &[f32],
+    grad_y: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let [oh, ow] = shape.output();
+    let spatial = oh * ow;
+    let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
+    let [h, w] = shape.input;
+    let image_in = shape.channels * h * w;
+    let image_out = filters * spatial;
+    let first = task * group;
+    let images = group.min(shape.batch - first);
+    let columns = images * spatial;
+
+    // d loss / d (conv + bias), laid out filters × (image, position) like the forward product.
+    let mut grad_z = vec![0.0f32; filters * columns];
+    for g in 0..images {
+        let at = (first + g) * image_out;
+        for f in 0..filters {
+            let dst = &mut grad_z[f * columns + g * spatial..][..spatial];
+            let gy = &grad_y[at + f * spatial..][..spatial];
+            match slope {
+                Some(slope) => {
+                    let yv = &y[at + f * spatial..][..spatial];
+                    for ((d, &gv), &yv) in dst.iter_mut().zip(gy).zip(yv) {
+                        *d = if yv < 0.0 { gv * slope } else { gv };
+                    }
+                }
+                None => dst.copy_from_slice(gy),
+            }
+        }
+    }
+    let grad_b: Vec<f32> = grad_z.chunks(columns).map(|row| row.iter().sum()).collect();
+
+    let mut col = vec![0.0f32; patch * columns];
+    im2col(&x[first * image_in..], shape, images, &mut col);
+    let mut grad_w = vec![0.0f32; filters * patch];
+    // grad_w (filters × patch) = grad_z (filters × columns) · colᵀ (columns × patch)
+    matmul(
+        [filters, patch, columns],
+        &mut grad_w,
+        &grad_z,
+        (columns, 1),
+        &col,
+        (1, columns),
+    );
+    if let Some(grad_x) = grad_x {
+        // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns)
+        matmul(
+            [patch, columns, filters],
+            &mut col,
+            weight,
+            (1, patch),
+            &grad_z,
+            (columns, 1),
+        );
+        col2im(&col, shape, images, grad_x);
+    }
+    (grad_w, grad_b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(batch: usize, channels: usize, input: [usize; 2], filters: usize, k: usize, s: usize, pad: [usize; 2]) -> ConvShape {
+        ConvShape {
+            batch,
+            channels,
+            input,
+            filters,
+            window: Window2d {
+                kernel: [k, k],
+                stride: [s, s],
+                pad_begin: [pad[0], pad[0]],
+                pad_end: [pad[1], pad[1]],
+            },
+        }
+    }
+
+    /// The textbook definition, one output at a time.
+    fn direct(x: &[f32], wt: &[f32], b: &[f32], s: &ConvShape) -> Vec<f32> {
+        let [h, w] = s.input;
+        let [oh, ow] = s.output();
+        let [kh, kw] = s.window.kernel;
+        let mut y = vec![0.0; s.batch * s.filters * oh * ow];
+        for n in 0..s.batch {
+            for f in 0..s.filters {
+                for r in 0..oh {
+                    for q in 0..ow {
+                        let mut acc = b[f] as f64;
+                        for c in 0..s.channels {
+                            for i in 0..kh {
+                                for j in 0..kw {
+                                    let ir = (r * s.window.stride[0] + i) as isize - s.window.pad_begin[0] as isize;
+                                    let ic = (q * s.window.stride[1] + j) as isize - s.window.pad_begin[1] as isize;
+                                    if ir < 0 || ic < 0 || ir >= h as isize || ic >= w as isize {
+                                        continue;
+                                    }
+                                    acc += (x[((n * s.channels + c) * h + ir as usize) * w + ic as usize]
+                                        * wt[((f * s.channels + c) * kh + i) * kw + j]) as f64;
+                                }
+                            }
+                        }
+                        y[((n * s.filters + f) * oh + r) * ow + q] = acc as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn forward_matches_the_definition_with_odd_shapes_and_padding() {
+        for s in [
+            shape(3, 2, [7, 6], 4, 3, 2, [0, 1]),
+            shape(2, 3, [5, 5], 2, 3, 1, [1, 1]),
+            shape(1, 1, [4, 4], 3, 2, 2, [0, 0]),
+        ] {
+            let [h, w] = s.input;
+            let x = values(s.batch * s.channels * h * w, 1);
+            let wt = values(s.filters * s.patch(), 2);
+            let b = values(s.filters, 3);
+            let got = forward(&x, &wt, &b, &s, None);
+            let want = direct(&x, &wt, &b, &s);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "{g} vs {w} for {s:?}");
+            }
+            let leaky = forward(&x, &wt, &b, &s, Some(0.2));
+            for (g, w) in leaky.iter().zip(&want) {
+                let w = if *w < 0.0 { w * 0.2 } else { *w };
+                assert!((g - w).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// Central differences of `sum(dy ⊙ y)` against the analytic gradients, in f64 arithmetic
+    /// through the f32 kernel (step 1e-2 on values of order 1, so rounding stays far below 1e-2).
+    #[test]
+    fn backward_matches_finite_differences() {
+        let s = shape(2, 2, [5, 4], 3, 3, 2, [0, 1]);
+        let [h, w] = s.input;
+        let x = values(s.batch * s.channels * h * w, 7);
+        let wt = values(s.filters * s.patch(), 8);
+        let b = values(s.filters, 9);
+        let y = forward(&x, &wt, &b, &s, None);
+        let dy = values(y.len(), 10);
+        let grads = backward(&x, &wt, &y, &dy, &s, None, true);
+        let objective = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
+            forward(x, wt, b, &s, None).iter().zip(&dy).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+        };
+        let eps = 1e-2f32;
+        let check = |analytic: &[f32], base: &[f32], which: usize| {
+            for i in 0..base.len() {
+                let mut plus = base.to_vec();
+                let mut minus = base.to_vec();
+                plus[i] += eps;
+                minus[i] -= eps;
+                let (fp, fm) = match which {
+                    0 => (objective(&plus, &wt, &b), objective(&minus, &wt, &b)),
+                    1 => (objective(&x, &plus, &b), objective(&x, &minus, &b)),
+                    _ => (objective(&x, &wt, &plus), objective(&x, &wt, &minus)),
+                };
+                let numeric = (fp - fm) / (2.0 * eps as f64);
+                assert!((numeric - analytic[i] as f64).abs() < 2e-3, "input {which} index {i}: {numeric} vs {}", analytic[i]);
+            }
+        };
+        check(grads.x.as_ref().expect("asked for"), &x, 0);
+        check(&grads.weight, &wt, 1);
+        check(&grads.bias, &b, 2);
+    }
+
+    #[test]
+    fn leaky_backward_scales_negative_outputs_by_the_slope() {
+        let s = shape(1, 1, [3, 3], 1, 1, 1, [0, 0]);
+        let x = vec![-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, -3.0, 4.0, -4.0];
+        let y = forward(&x, &[1.0], &[0.0], &s, Some(0.5));
+        assert_eq!(y, vec![-1.0, -0.5, 0.0, 1.0, 2.0, 3.0, -1.5, 4.0, -2.0]);
+        let grads = backward(&x, &[1.0], &y, &[1.0; 9], &s, Some(0.5), true);
+        assert_eq!(grads.x.unwrap(), vec![0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 0.5]);
+        // d/dw sum(y) = sum over x of x * act'(x)
+        assert_eq!(grads.weight, vec![-1.0 - 0.5 + 0.0 + 1.0 + 2.0 + 3.0 - 1.5 + 4.0 - 2.0]);
+        assert_eq!(grads.bias, vec![7.0]);
+    }
+}

@@ -1,0 +1,197 @@
+//! The kernels as a burn backend extension: the Flex implementation and the autodiff one, whose
+//! backward steps call the slice kernels in [`super::conv`] and [`super::pool`].
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Flex};
+use burn::tensor::TensorData;
+
+use super::conv::{self, ConvShape};
+use super::{pool, Window2d};
+
+#[backend_extension(Flex, Autodiff)]
+pub trait CnnKernels: Backend {
+    /// See [`super::max_pool2d`].
+    fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self>;
+    /// See [`super::conv2d`].
+    fn cnn_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window2d,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self>;
+}
+
+/// The tensor's values in row-major order (copied only when it is a strided view).
+fn values(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match tensor.as_slice::<f32>() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(
+            tensor
+                .to_contiguous()
+                .as_slice::<f32>()
+                .expect("contiguous f32 tensor")
+                .to_vec(),
+        ),
+    }
+}
+
+fn dims<const D: usize>(tensor: &FlexTensor) -> [usize; D] {
+    let shape = tensor.layout().shape();
+    assert_eq!(shape.num_dims(), D, "expected a rank-{D} tensor");
+    std::array::from_fn(|i| shape[i])
+}
+
+fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+fn pool_forward(x: &FlexTensor, window: Window2d) -> FlexTensor {
+    let [b, c, h, w] = dims::<4>(x);
+    let [oh, ow] = window.output_size([h, w]);
+    tensor(pool::forward(&values(x), b * c, h, w, &window), vec![b, c, oh, ow])
+}
+
+fn conv_shape(x: &FlexTensor, weight: &FlexTensor, window: Window2d) -> ConvShape {
+    let [batch, channels, h, w] = dims::<4>(x);
+    let [filters, weight_channels, kh, kw] = dims::<4>(weight);
+    assert_eq!(channels, weight_channels, "conv2d: input channels differ from the weight's");
+    assert_eq!([kh, kw], window.kernel, "conv2d: kernel size differs from the weight's");
+    ConvShape {
+        batch,
+        channels,
+        input: [h, w],
+        filters,
+        window,
+    }
+}
+
+fn conv_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    window: Window2d,
+    slope: Option<f32>,
+) -> FlexTensor {
+    let shape = conv_shape(x, weight, window);
+    let [oh, ow] = window.output_size(shape.input);
+    let y = conv::forward(&values(x), &values(weight), &values(bias), &shape, slope);
+    tensor(y, vec![shape.batch, shape.filters, oh, ow])
+}
+
+impl CnnKernels for Flex {
+    fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
+        pool_forward(&x, window)
+    }
+
+    fn cnn_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window2d,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        conv_forward(&x, &weight, &bias, window, slope)
+    }
+}
+
+#[derive(Debug)]
+struct MaxPoolBackward;
+
+impl Backward<Flex, 1> for MaxPoolBackward {
+    type State = (NodeId, Window2d);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, window) = ops.state;
+        let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
+        if let Some(node) = node_x {
+            let [b, c, h, w] = dims::<4>(&x);
+            let grad_x = pool::backward(&values(&x), &values(&grad), b * c, h, w, &window);
+            grads.register::<Flex>(node.id, tensor(grad_x, vec![b, c, h, w]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    /// Input and weight checkpoints, the output (read for the activation's derivative), the
+    /// window and the slope.
+    type State = (NodeId, NodeId, FlexTensor, Window2d, Option<f32>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight, node_bias] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x_state, weight_state, y, window, slope) = ops.state;
+        let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
+        let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
+        let shape = conv_shape(&x, &weight, window);
+        let result = conv::backward(
+            &values(&x),
+            &values(&weight),
+            &values(&y),
+            &values(&grad),
+            &shape,
+            slope,
+            node_x.is_some(),
+        );
+        if let (Some(node), Some(grad_x)) = (node_x, result.x) {
+            let [h, w] = shape.input;
+            grads.register::<Flex>(node.id, tensor(grad_x, vec![shape.batch, shape.channels, h, w]));
+        }
+        if let Some(node) = node_weight {
+            let [kh, kw] = window.kernel;
+            grads.register::<Flex>(
+                node.id,
+                tensor(result.weight, vec![shape.filters, shape.channels, kh, kw]),
+            );
+        }
+        if let Some(node) = node_bias {
+            grads.register::<Flex>(node.id, tensor(result.bias, vec![shape.filters]));
+        }
+    }
+}
+
+impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
+    fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
+        match MaxPoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let out = pool_forward(x.primitive(), window);
+                prep.finish((x_state, window), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.primitive(), window)),
+        }
+    }
+
+    fn cnn_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window2d,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        let y = conv_forward(x.primitive(), weight.primitive(), bias.primitive(), window, slope);
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                prep.finish((x_state, weight_state, y.clone(), window, slope), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+}

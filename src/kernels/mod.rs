@@ -1,0 +1,114 @@
+//! Local CPU kernels for the two layers that dominate a training step on Flex (convolution with
+//! its bias and leaky ReLU, and max pooling), plugged into burn through its backend extension
+//! (`#[backend_extension]`) with hand-written backward passes.
+//!
+//! They run only on the Flex device (inference and autodiff); on every other backend, and when
+//! [`set_enabled`]`(false)` (`distill bench` uses it to time burn's own ops in the same run), the
+//! model calls burn's layers as before. Weights, checkpoints and results do not depend on the
+//! path taken beyond float rounding: the tests in `tests/kernels.rs` compare both paths' outputs
+//! and gradients.
+
+pub mod conv;
+pub mod pool;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::{Device, Tensor};
+
+/// A 2-D sliding window: kernel size, stride and the padding before and after each axis
+/// (`[height, width]` each). Padding after only matters for the output size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window2d {
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Stride along height and width.
+    pub stride: [usize; 2],
+    /// Padding before (top, left).
+    pub pad_begin: [usize; 2],
+    /// Padding after (bottom, right).
+    pub pad_end: [usize; 2],
+}
+
+impl Window2d {
+    /// Output height and width for an input of `input` (height, width).
+    pub fn output_size(&self, input: [usize; 2]) -> [usize; 2] {
+        std::array::from_fn(|a| {
+            (input[a] + self.pad_begin[a] + self.pad_end[a]).saturating_sub(self.kernel[a])
+                / self.stride[a]
+                + 1
+        })
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Turns the local kernels on or off for the whole process (on by default).
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the model should use the local kernels on `device`.
+pub fn active(device: &Device) -> bool {
+    ENABLED.load(Ordering::Relaxed) && is_flex(device)
+}
+
+#[cfg(feature = "flex")]
+fn is_flex(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
+#[cfg(not(feature = "flex"))]
+fn is_flex(_device: &Device) -> bool {
+    false
+}
+
+/// Max pooling of `[batch, channels, h, w]` over `window` (Flex only: check [`active`]).
+#[cfg(feature = "flex")]
+pub fn max_pool2d(x: Tensor<4>, window: Window2d) -> Tensor<4> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::CnnKernels>::cnn_max_pool2d(
+        x.into_dispatch(),
+        window,
+    ))
+}
+
+/// `act(conv2d(x, weight) + bias)` over `window`, with `act` a leaky ReLU of slope `slope` or the
+/// identity (Flex only: check [`active`]).
+#[cfg(feature = "flex")]
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    window: Window2d,
+    slope: Option<f32>,
+) -> Tensor<4> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::CnnKernels>::cnn_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        window,
+        slope,
+    ))
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn max_pool2d(_x: Tensor<4>, _window: Window2d) -> Tensor<4> {
+    unreachable!("local kernels need the flex feature")
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn conv2d(
+    _x: Tensor<4>,
+    _weight: Tensor<4>,
+    _bias: Tensor<1>,
+    _window: Window2d,
+    _slope: Option<f32>,
+) -> Tensor<4> {
+    unreachable!("local kernels need the flex feature")
+}
+
+#[cfg(feature = "flex")]
+mod flex;

@@ -1,0 +1,166 @@
+//! The local Flex kernels (`distill::kernels`) against burn's own layers, which serve as the
+//! independent reference: same weights, same input, same dropout draws; logits and every
+//! parameter's gradient must agree to float tolerance. (The kernels' own unit tests check them
+//! against the textbook convolution, finite differences and hand-worked pooling.)
+
+use std::sync::Mutex;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use distill::kernels;
+use distill::models::network::Layer;
+use distill::models::{zoo, LayerSpec, ModelSpec, Network, Padding};
+
+/// `kernels::set_enabled` is process-wide: tests that flip it take turns.
+static SWITCH: Mutex<()> = Mutex::new(());
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Logits and, per parameter tensor in layer order, its gradient of `sum(logits ⊙ r)`.
+fn logits_and_grads(
+    network: &Network,
+    input: &[f32],
+    dims: [usize; 4],
+    local: bool,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    kernels::set_enabled(local);
+    let device = Device::flex().autodiff();
+    device.seed(11);
+    let x = Tensor::<4>::from_data(TensorData::new(input.to_vec(), dims), &device);
+    let logits = network.forward(x);
+    let [b, k] = logits.dims();
+    let r = Tensor::<2>::from_data(TensorData::new(values(b * k, 5), [b, k]), &device);
+    let grads = (logits.clone() * r).sum().backward();
+    let flat = |t: Option<Tensor<1>>| t.expect("gradient").into_data().try_to_vec::<f32>().unwrap();
+    let mut out = Vec::new();
+    for layer in &network.layers {
+        match layer {
+            Layer::Conv2d(conv) => {
+                out.push(flat(conv.weight.val().grad(&grads).map(|g| g.flatten(0, 3))));
+                out.push(flat(conv.bias.as_ref().and_then(|b| b.val().grad(&grads))));
+            }
+            Layer::Dense(dense) => {
+                let linear = &dense.linear;
+                out.push(flat(linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1))));
+                out.push(flat(linear.bias.as_ref().and_then(|b| b.val().grad(&grads))));
+            }
+            _ => {}
+        }
+    }
+    kernels::set_enabled(true);
+    (logits.into_data().try_to_vec::<f32>().unwrap(), out)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-4 * scale + 1e-6,
+            "{what}[{i}]: local kernels give {g}, burn gives {w} (scale {scale})"
+        );
+    }
+}
+
+fn compare(spec: &ModelSpec, input: [usize; 3], batch: usize) {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex().autodiff();
+    assert!(kernels::active(&device) && kernels::active(&Device::flex()));
+    let network = Network::init(spec, input, 3, &device).unwrap();
+    let dims = [batch, input[0], input[1], input[2]];
+    let x = values(dims.iter().product(), 9);
+    let (burn_logits, burn_grads) = logits_and_grads(&network, &x, dims, false);
+    let (local_logits, local_grads) = logits_and_grads(&network, &x, dims, true);
+    assert_close(&format!("{} logits", spec.name), &local_logits, &burn_logits);
+    assert_eq!(local_grads.len(), burn_grads.len());
+    for (i, (l, b)) in local_grads.iter().zip(&burn_grads).enumerate() {
+        assert_close(&format!("{} gradient of parameter tensor {i}", spec.name), l, b);
+    }
+    // Inference (no autodiff) takes the same kernels.
+    let plain = Device::flex();
+    let model = network.valid();
+    let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &plain);
+    kernels::set_enabled(false);
+    let want = model.forward(xi.clone()).into_data().try_to_vec::<f32>().unwrap();
+    kernels::set_enabled(true);
+    let got = model.forward(xi).into_data().try_to_vec::<f32>().unwrap();
+    assert_close(&format!("{} inference logits", spec.name), &got, &want);
+}
+
+#[test]
+fn student_matches_burn_layers_forward_and_backward() {
+    compare(&zoo::get("student").unwrap(), [3, 32, 32], 20);
+}
+
+#[test]
+fn teacher_v1_matches_burn_layers_forward_and_backward() {
+    compare(&zoo::get("teacher-v1").unwrap(), [3, 16, 16], 3);
+}
+
+#[test]
+fn teacher_small_relu_and_stride_2_pools_match_burn_layers() {
+    compare(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 5);
+}
+
+#[test]
+fn odd_sizes_valid_padding_and_a_conv_without_activation_match_burn_layers() {
+    let spec = ModelSpec {
+        name: "odd".into(),
+        layers: vec![
+            LayerSpec::Conv2d {
+                filters: 5,
+                kernel: 3,
+                stride: 2,
+                padding: Padding::Valid,
+            },
+            LayerSpec::MaxPool2d {
+                size: 3,
+                stride: Some(2),
+                padding: Padding::Same,
+            },
+            LayerSpec::Conv2d {
+                filters: 4,
+                kernel: 2,
+                stride: 1,
+                padding: Padding::Same,
+            },
+            LayerSpec::LeakyRelu { slope: 0.3 },
+            LayerSpec::MaxPool2d {
+                size: 2,
+                stride: None,
+                padding: Padding::Valid,
+            },
+            LayerSpec::Flatten,
+            LayerSpec::Dense {
+                units: 3,
+                activation: None,
+            },
+        ],
+    };
+    compare(&spec, [2, 15, 13], 3);
+}
+
+#[test]
+fn layer_shapes_are_reported_for_fused_layers_too() {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = zoo::get("student").unwrap();
+    let device = Device::flex();
+    let network = Network::init(&spec, [3, 32, 32], 0, &device).unwrap();
+    let x = Tensor::<4>::zeros([2, 3, 32, 32], &device);
+    kernels::set_enabled(false);
+    let burn = network.layer_output_dims(x.clone());
+    kernels::set_enabled(true);
+    let local = network.layer_output_dims(x);
+    assert_eq!(local, burn);
+    assert_eq!(local.len(), spec.layers.len());
+}
