@@ -56,6 +56,42 @@ pub struct BenchResult {
     /// Per workload: [min, 25th percentile, median, 75th percentile, max] of the timed samples
     /// (ms per step or per batch).
     pub spread: BTreeMap<String, [f64; 5]>,
+    /// Which layer implementations ran: `local` (the kernels in [`crate::kernels`]) or `burn`.
+    pub layers: String,
+    /// With `--compare-burn`: the same workloads timed first with burn's own layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burn_layers: Option<Box<BenchResult>>,
+    /// With `--compare-burn`: per workload, how many times faster the local kernels are (burn's
+    /// median time over ours).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub speedup: BTreeMap<String, f64>,
+}
+
+impl BenchResult {
+    /// Medians in milliseconds per workload (throughputs converted back to ms per batch).
+    fn medians_ms(&self) -> [(&'static str, f64); 7] {
+        [
+            ("teacher_train", self.teacher_train_ms),
+            ("student_train", self.student_train_ms),
+            ("distill_live", self.distill_live_ms),
+            ("distill_cached", self.distill_cached_ms),
+            ("teacher_infer", 256e3 / self.teacher_infer_ips),
+            ("student_infer", 256e3 / self.student_infer_ips),
+            ("loader", 1e3 / self.loader_batches_per_s),
+        ]
+    }
+
+    /// This result with `baseline` attached and the speed-up of each workload over it.
+    pub fn compared_with(mut self, baseline: BenchResult) -> Self {
+        self.speedup = self
+            .medians_ms()
+            .iter()
+            .zip(baseline.medians_ms())
+            .map(|((name, ours), (_, theirs))| (name.to_string(), theirs / ours))
+            .collect();
+        self.burn_layers = Some(Box::new(baseline));
+        self
+    }
 }
 
 /// A random CIFAR-shaped split (3x32x32, 10 classes).
@@ -218,69 +254,113 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
         backend: backend.into(),
         steps: options.steps,
         spread,
+        layers: if crate::kernels::active(device) {
+            "local"
+        } else {
+            "burn"
+        }
+        .into(),
+        burn_layers: None,
+        speedup: BTreeMap::new(),
     })
 }
 
-/// The result as a text table.
+/// The result as a text table (with `--compare-burn`, burn's layers and the speed-up alongside).
 pub fn table(result: &BenchResult) -> String {
-    let s = &result.spread;
-    let range = |key: &str| {
-        s.get(key)
+    let range = |r: &BenchResult, key: &str| {
+        r.spread
+            .get(key)
             .map(|v| format!("[{:.2} – {:.2}]", v[1], v[3]))
             .unwrap_or_default()
     };
+    let rows = |r: &BenchResult| {
+        [
+            (
+                "teacher-v3 train step",
+                format!("{:.1} ms", r.teacher_train_ms),
+                range(r, "teacher_train_ms"),
+                "teacher_train",
+            ),
+            (
+                "student train step",
+                format!("{:.1} ms", r.student_train_ms),
+                range(r, "student_train_ms"),
+                "student_train",
+            ),
+            (
+                "distill step, teacher live",
+                format!("{:.1} ms", r.distill_live_ms),
+                range(r, "distill_live_ms"),
+                "distill_live",
+            ),
+            (
+                "distill step, cached logits",
+                format!("{:.1} ms", r.distill_cached_ms),
+                range(r, "distill_cached_ms"),
+                "distill_cached",
+            ),
+            (
+                "teacher-v3 inference",
+                format!("{:.0} img/s", r.teacher_infer_ips),
+                range(r, "teacher_infer_ms_per_batch"),
+                "teacher_infer",
+            ),
+            (
+                "student inference",
+                format!("{:.0} img/s", r.student_infer_ips),
+                range(r, "student_infer_ms_per_batch"),
+                "student_infer",
+            ),
+            (
+                "loader (CIFAR-shaped)",
+                format!("{:.0} batches/s", r.loader_batches_per_s),
+                range(r, "loader_ms_per_batch"),
+                "loader",
+            ),
+            (
+                "peak RSS",
+                format!("{:.0} MiB", r.peak_rss_mb),
+                String::new(),
+                "",
+            ),
+        ]
+    };
     let mut out = format!(
-        "distill bench — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference)\n",
-        result.backend, result.threads, result.steps
+        "distill bench — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference), {} layers\n",
+        result.backend, result.threads, result.steps, result.layers
     );
-    let rows = [
-        (
-            "teacher-v3 train step",
-            format!("{:.1} ms", result.teacher_train_ms),
-            range("teacher_train_ms"),
-        ),
-        (
-            "student train step",
-            format!("{:.1} ms", result.student_train_ms),
-            range("student_train_ms"),
-        ),
-        (
-            "distill step, teacher live",
-            format!("{:.1} ms", result.distill_live_ms),
-            range("distill_live_ms"),
-        ),
-        (
-            "distill step, cached logits",
-            format!("{:.1} ms", result.distill_cached_ms),
-            range("distill_cached_ms"),
-        ),
-        (
-            "teacher-v3 inference",
-            format!("{:.0} img/s", result.teacher_infer_ips),
-            range("teacher_infer_ms_per_batch"),
-        ),
-        (
-            "student inference",
-            format!("{:.0} img/s", result.student_infer_ips),
-            range("student_infer_ms_per_batch"),
-        ),
-        (
-            "loader (CIFAR-shaped)",
-            format!("{:.0} batches/s", result.loader_batches_per_s),
-            range("loader_ms_per_batch"),
-        ),
-        (
-            "peak RSS",
-            format!("{:.0} MiB", result.peak_rss_mb),
-            String::new(),
-        ),
-    ];
-    out.push_str(&format!(
-        "{:<30} {:>16}  {}\n",
-        "workload", "median", "interquartile range (ms)"
-    ));
-    for (name, value, spread) in rows {
-        out.push_str(&format!("{name:<30} {value:>16}  {spread}\n"));
+    match &result.burn_layers {
+        None => {
+            out.push_str(&format!(
+                "{:<30} {:>16}  {}\n",
+                "workload", "median", "interquartile range (ms)"
+            ));
+            for (name, value, spread, _) in rows(result) {
+                out.push_str(&format!("{name:<30} {value:>16}  {spread}\n"));
+            }
+        }
+        Some(baseline) => {
+            out.push_str(&format!(
+                "{:<30} {:>16} {:>16} {:>9}  {}\n",
+                "workload",
+                "local kernels",
+                "burn layers",
+                "speed-up",
+                "interquartile ranges (ms): local; burn"
+            ));
+            for ((name, value, spread, key), (_, theirs, their_spread, _)) in
+                rows(result).into_iter().zip(rows(baseline))
+            {
+                let ratio = result
+                    .speedup
+                    .get(key)
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{name:<30} {value:>16} {theirs:>16} {ratio:>9}  {spread}; {their_spread}\n"
+                ));
+            }
+        }
     }
     out
 }

@@ -15,7 +15,9 @@ use distill::models::{zoo, LayerSpec, ModelSpec, Network, Padding};
 static SWITCH: Mutex<()> = Mutex::new(());
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
             state = state
@@ -41,18 +43,29 @@ fn logits_and_grads(
     let [b, k] = logits.dims();
     let r = Tensor::<2>::from_data(TensorData::new(values(b * k, 5), [b, k]), &device);
     let grads = (logits.clone() * r).sum().backward();
-    let flat = |t: Option<Tensor<1>>| t.expect("gradient").into_data().try_to_vec::<f32>().unwrap();
+    let flat = |t: Option<Tensor<1>>| {
+        t.expect("gradient")
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
     let mut out = Vec::new();
     for layer in &network.layers {
         match layer {
             Layer::Conv2d(conv) => {
-                out.push(flat(conv.weight.val().grad(&grads).map(|g| g.flatten(0, 3))));
+                out.push(flat(
+                    conv.weight.val().grad(&grads).map(|g| g.flatten(0, 3)),
+                ));
                 out.push(flat(conv.bias.as_ref().and_then(|b| b.val().grad(&grads))));
             }
             Layer::Dense(dense) => {
                 let linear = &dense.linear;
-                out.push(flat(linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1))));
-                out.push(flat(linear.bias.as_ref().and_then(|b| b.val().grad(&grads))));
+                out.push(flat(
+                    linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1)),
+                ));
+                out.push(flat(
+                    linear.bias.as_ref().and_then(|b| b.val().grad(&grads)),
+                ));
             }
             _ => {}
         }
@@ -81,17 +94,29 @@ fn compare(spec: &ModelSpec, input: [usize; 3], batch: usize) {
     let x = values(dims.iter().product(), 9);
     let (burn_logits, burn_grads) = logits_and_grads(&network, &x, dims, false);
     let (local_logits, local_grads) = logits_and_grads(&network, &x, dims, true);
-    assert_close(&format!("{} logits", spec.name), &local_logits, &burn_logits);
+    assert_close(
+        &format!("{} logits", spec.name),
+        &local_logits,
+        &burn_logits,
+    );
     assert_eq!(local_grads.len(), burn_grads.len());
     for (i, (l, b)) in local_grads.iter().zip(&burn_grads).enumerate() {
-        assert_close(&format!("{} gradient of parameter tensor {i}", spec.name), l, b);
+        assert_close(
+            &format!("{} gradient of parameter tensor {i}", spec.name),
+            l,
+            b,
+        );
     }
     // Inference (no autodiff) takes the same kernels.
     let plain = Device::flex();
     let model = network.valid();
     let xi = Tensor::<4>::from_data(TensorData::new(x.clone(), dims), &plain);
     kernels::set_enabled(false);
-    let want = model.forward(xi.clone()).into_data().try_to_vec::<f32>().unwrap();
+    let want = model
+        .forward(xi.clone())
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     kernels::set_enabled(true);
     let got = model.forward(xi).into_data().try_to_vec::<f32>().unwrap();
     assert_close(&format!("{} inference logits", spec.name), &got, &want);

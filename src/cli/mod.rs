@@ -36,6 +36,10 @@ enum Command {
         /// Compute backend.
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
         backend: crate::backend::Backend,
+        /// Also time burn's own conv/pool layers in place of the local kernels (Flex), in the
+        /// same process, and print the speed-up of each workload.
+        #[arg(long)]
+        compare_burn: bool,
     },
     /// Inspect datasets.
     #[command(subcommand)]
@@ -116,7 +120,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             threads,
             steps,
             backend,
-        } => bench(json, threads, steps, backend),
+            compare_burn,
+        } => bench(json, threads, steps, backend, compare_burn),
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),
         Command::Summary { model, input } => models::summary(&model, input),
@@ -136,6 +141,7 @@ fn bench(
     threads: Option<usize>,
     steps: usize,
     backend: crate::backend::Backend,
+    compare_burn: bool,
 ) -> anyhow::Result<()> {
     if steps == 0 {
         anyhow::bail!("--steps must be at least 1");
@@ -156,11 +162,25 @@ fn bench(
             "benchmarking ({steps} timed steps per workload; the teacher steps take a while)..."
         );
     }
-    let result = crate::bench::run(
-        &crate::bench::BenchOptions { steps, warmup: 3 },
-        &device,
-        backend.name(),
-    )?;
+    let options = crate::bench::BenchOptions { steps, warmup: 3 };
+    let baseline = if compare_burn {
+        if !crate::kernels::active(&device) {
+            anyhow::bail!(
+                "--compare-burn compares the local Flex kernels with burn's layers; backend `{}` does not use them",
+                backend.name()
+            );
+        }
+        crate::kernels::set_enabled(false);
+        let baseline = crate::bench::run(&options, &device, backend.name());
+        crate::kernels::set_enabled(true);
+        Some(baseline?)
+    } else {
+        None
+    };
+    let mut result = crate::bench::run(&options, &device, backend.name())?;
+    if let Some(baseline) = baseline {
+        result = result.compared_with(baseline);
+    }
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {

@@ -351,7 +351,15 @@ fn group_backward(
 mod tests {
     use super::*;
 
-    fn shape(batch: usize, channels: usize, input: [usize; 2], filters: usize, k: usize, s: usize, pad: [usize; 2]) -> ConvShape {
+    fn shape(
+        batch: usize,
+        channels: usize,
+        input: [usize; 2],
+        filters: usize,
+        k: usize,
+        s: usize,
+        pad: [usize; 2],
+    ) -> ConvShape {
         ConvShape {
             batch,
             channels,
@@ -380,13 +388,17 @@ mod tests {
                         for c in 0..s.channels {
                             for i in 0..kh {
                                 for j in 0..kw {
-                                    let ir = (r * s.window.stride[0] + i) as isize - s.window.pad_begin[0] as isize;
-                                    let ic = (q * s.window.stride[1] + j) as isize - s.window.pad_begin[1] as isize;
+                                    let ir = (r * s.window.stride[0] + i) as isize
+                                        - s.window.pad_begin[0] as isize;
+                                    let ic = (q * s.window.stride[1] + j) as isize
+                                        - s.window.pad_begin[1] as isize;
                                     if ir < 0 || ic < 0 || ir >= h as isize || ic >= w as isize {
                                         continue;
                                     }
-                                    acc += (x[((n * s.channels + c) * h + ir as usize) * w + ic as usize]
-                                        * wt[((f * s.channels + c) * kh + i) * kw + j]) as f64;
+                                    acc += (x[((n * s.channels + c) * h + ir as usize) * w
+                                        + ic as usize]
+                                        * wt[((f * s.channels + c) * kh + i) * kw + j])
+                                        as f64;
                                 }
                             }
                         }
@@ -400,7 +412,11 @@ mod tests {
 
     fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32
+                    / 500.0
+                    - 1.0
+            })
             .collect()
     }
 
@@ -441,7 +457,11 @@ mod tests {
         let dy = values(y.len(), 10);
         let grads = backward(&x, &wt, &y, &dy, &s, None, true);
         let objective = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
-            forward(x, wt, b, &s, None).iter().zip(&dy).map(|(a, b)| (*a as f64) * (*b as f64)).sum()
+            forward(x, wt, b, &s, None)
+                .iter()
+                .zip(&dy)
+                .map(|(a, b)| (*a as f64) * (*b as f64))
+                .sum()
         };
         let eps = 1e-2f32;
         let check = |analytic: &[f32], base: &[f32], which: usize| {
@@ -456,7 +476,11 @@ mod tests {
                     _ => (objective(&x, &wt, &plus), objective(&x, &wt, &minus)),
                 };
                 let numeric = (fp - fm) / (2.0 * eps as f64);
-                assert!((numeric - analytic[i] as f64).abs() < 2e-3, "input {which} index {i}: {numeric} vs {}", analytic[i]);
+                assert!(
+                    (numeric - analytic[i] as f64).abs() < 2e-3,
+                    "input {which} index {i}: {numeric} vs {}",
+                    analytic[i]
+                );
             }
         };
         check(grads.x.as_ref().expect("asked for"), &x, 0);
@@ -471,9 +495,15 @@ mod tests {
         let y = forward(&x, &[1.0], &[0.0], &s, Some(0.5));
         assert_eq!(y, vec![-1.0, -0.5, 0.0, 1.0, 2.0, 3.0, -1.5, 4.0, -2.0]);
         let grads = backward(&x, &[1.0], &y, &[1.0; 9], &s, Some(0.5), true);
-        assert_eq!(grads.x.unwrap(), vec![0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 0.5]);
+        assert_eq!(
+            grads.x.unwrap(),
+            vec![0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 0.5]
+        );
         // d/dw sum(y) = sum over x of x * act'(x)
-        assert_eq!(grads.weight, vec![-1.0 - 0.5 + 0.0 + 1.0 + 2.0 + 3.0 - 1.5 + 4.0 - 2.0]);
+        assert_eq!(
+            grads.weight,
+            vec![-1.0 - 0.5 + 0.0 + 1.0 + 2.0 + 3.0 - 1.5 + 4.0 - 2.0]
+        );
         assert_eq!(grads.bias, vec![7.0]);
     }
 }

@@ -55,14 +55,24 @@ fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 fn pool_forward(x: &FlexTensor, window: Window2d) -> FlexTensor {
     let [b, c, h, w] = dims::<4>(x);
     let [oh, ow] = window.output_size([h, w]);
-    tensor(pool::forward(&values(x), b * c, h, w, &window), vec![b, c, oh, ow])
+    tensor(
+        pool::forward(&values(x), b * c, h, w, &window),
+        vec![b, c, oh, ow],
+    )
 }
 
 fn conv_shape(x: &FlexTensor, weight: &FlexTensor, window: Window2d) -> ConvShape {
     let [batch, channels, h, w] = dims::<4>(x);
     let [filters, weight_channels, kh, kw] = dims::<4>(weight);
-    assert_eq!(channels, weight_channels, "conv2d: input channels differ from the weight's");
-    assert_eq!([kh, kw], window.kernel, "conv2d: kernel size differs from the weight's");
+    assert_eq!(
+        channels, weight_channels,
+        "conv2d: input channels differ from the weight's"
+    );
+    assert_eq!(
+        [kh, kw],
+        window.kernel,
+        "conv2d: kernel size differs from the weight's"
+    );
     ConvShape {
         batch,
         channels,
@@ -107,7 +117,12 @@ struct MaxPoolBackward;
 impl Backward<Flex, 1> for MaxPoolBackward {
     type State = (NodeId, Window2d);
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let (x_state, window) = ops.state;
@@ -128,7 +143,12 @@ impl Backward<Flex, 3> for ConvBackward {
     /// window and the slope.
     type State = (NodeId, NodeId, FlexTensor, Window2d, Option<f32>);
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let (x_state, weight_state, y, window, slope) = ops.state;
@@ -146,7 +166,10 @@ impl Backward<Flex, 3> for ConvBackward {
         );
         if let (Some(node), Some(grad_x)) = (node_x, result.x) {
             let [h, w] = shape.input;
-            grads.register::<Flex>(node.id, tensor(grad_x, vec![shape.batch, shape.channels, h, w]));
+            grads.register::<Flex>(
+                node.id,
+                tensor(grad_x, vec![shape.batch, shape.channels, h, w]),
+            );
         }
         if let Some(node) = node_weight {
             let [kh, kw] = window.kernel;
@@ -163,7 +186,11 @@ impl Backward<Flex, 3> for ConvBackward {
 
 impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
     fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
-        match MaxPoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+        match MaxPoolBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let out = pool_forward(x.primitive(), window);
@@ -180,7 +207,13 @@ impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        let y = conv_forward(x.primitive(), weight.primitive(), bias.primitive(), window, slope);
+        let y = conv_forward(
+            x.primitive(),
+            weight.primitive(),
+            bias.primitive(),
+            window,
+            slope,
+        );
         match ConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()

@@ -15,7 +15,13 @@ use super::Window2d;
 const PLANES_PER_TASK: usize = 16;
 
 /// The output columns `ow` whose input column `ow * stride + offset - pad` lies in `0..input`.
-fn valid_outputs(offset: usize, stride: usize, pad: usize, input: usize, output: usize) -> (usize, usize) {
+fn valid_outputs(
+    offset: usize,
+    stride: usize,
+    pad: usize,
+    input: usize,
+    output: usize,
+) -> (usize, usize) {
     // input index i = ow * stride + offset - pad must satisfy 0 <= i < input.
     let lo = pad.saturating_sub(offset).div_ceil(stride);
     let hi = if input + pad > offset {
@@ -53,7 +59,10 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
                                     *m = if v > *m || v.is_nan() { v } else { *m };
                                 }
                             } else {
-                                for (m, &v) in row_out[lo..hi].iter_mut().zip(row_in[first..].iter().step_by(sw)) {
+                                for (m, &v) in row_out[lo..hi]
+                                    .iter_mut()
+                                    .zip(row_in[first..].iter().step_by(sw))
+                                {
                                     *m = if v > *m || v.is_nan() { v } else { *m };
                                 }
                             }
@@ -138,14 +147,23 @@ mod tests {
         let x = [1.0, 5.0, 2.0, 4.0, 3.0, -1.0];
         let out = forward(&x, 1, 2, 3, &window(2, 1, (0, 1)));
         assert_eq!(out, vec![5.0, 5.0, 2.0, 4.0, 3.0, -1.0]);
-        let grad = backward(&x, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 1, 2, 3, &window(2, 1, (0, 1)));
+        let grad = backward(
+            &x,
+            &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            1,
+            2,
+            3,
+            &window(2, 1, (0, 1)),
+        );
         // 5.0 wins the first two windows, 2.0 the third, the bottom row wins its own windows.
         assert_eq!(grad, vec![0.0, 3.0, 3.0, 4.0, 5.0, 6.0]);
     }
 
     #[test]
     fn stride_2_valid_by_hand_and_ties_go_to_the_first() {
-        let x = [1.0, 1.0, 0.0, 2.0, 1.0, 1.0, 0.0, 0.0, -3.0, -2.0, 7.0, 7.0, -4.0, -1.0, 7.0, 7.0];
+        let x = [
+            1.0, 1.0, 0.0, 2.0, 1.0, 1.0, 0.0, 0.0, -3.0, -2.0, 7.0, 7.0, -4.0, -1.0, 7.0, 7.0,
+        ];
         let out = forward(&x, 1, 4, 4, &window(2, 2, (0, 0)));
         assert_eq!(out, vec![1.0, 2.0, -1.0, 7.0]);
         let grad = backward(&x, &[1.0, 1.0, 1.0, 1.0], 1, 4, 4, &window(2, 2, (0, 0)));
