@@ -11,7 +11,7 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::Window2d;
+use super::{valid_outputs, Window2d};
 
 /// Shapes of one convolution: input `[batch, channels, h, w]`, weight `[filters, channels, kh, kw]`.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +59,7 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize, col: &mut [f32]) {
     for c in 0..shape.channels {
         for i in 0..kh {
             for j in 0..kw {
+                let valid = valid_outputs(j, sw, pw, w, ow);
                 let row = (c * kh + i) * kw + j;
                 let dst = &mut col[row * columns..(row + 1) * columns];
                 for g in 0..images {
@@ -66,16 +67,23 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize, col: &mut [f32]) {
                     let dst = &mut dst[g * spatial..(g + 1) * spatial];
                     for r in 0..oh {
                         let out_row = &mut dst[r * ow..(r + 1) * ow];
-                        match (r * sh + i).checked_sub(ph).filter(|&ir| ir < h) {
-                            None => out_row.fill(0.0),
-                            Some(ir) => {
+                        let ir = (r * sh + i).checked_sub(ph).filter(|&ir| ir < h);
+                        match (ir, valid) {
+                            (None, _) | (_, None) => out_row.fill(0.0),
+                            (Some(ir), Some((lo, hi, first))) => {
                                 let in_row = &plane[ir * w..(ir + 1) * w];
-                                for (q, v) in out_row.iter_mut().enumerate() {
-                                    *v = (q * sw + j)
-                                        .checked_sub(pw)
-                                        .and_then(|ic| in_row.get(ic))
-                                        .copied()
-                                        .unwrap_or(0.0);
+                                out_row[..lo].fill(0.0);
+                                out_row[hi..].fill(0.0);
+                                if sw == 1 {
+                                    out_row[lo..hi]
+                                        .copy_from_slice(&in_row[first..first + hi - lo]);
+                                } else {
+                                    for (v, &x) in out_row[lo..hi]
+                                        .iter_mut()
+                                        .zip(in_row[first..].iter().step_by(sw))
+                                    {
+                                        *v = x;
+                                    }
                                 }
                             }
                         }
@@ -99,6 +107,9 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
     for c in 0..shape.channels {
         for i in 0..kh {
             for j in 0..kw {
+                let Some((lo, hi, first)) = valid_outputs(j, sw, pw, w, ow) else {
+                    continue;
+                };
                 let row = (c * kh + i) * kw + j;
                 let src = &col[row * columns..(row + 1) * columns];
                 for g in 0..images {
@@ -109,10 +120,12 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
                             continue;
                         };
                         let in_row = &mut plane[ir * w..(ir + 1) * w];
-                        for (q, v) in src[r * ow..(r + 1) * ow].iter().enumerate() {
-                            if let Some(ic) = (q * sw + j).checked_sub(pw).filter(|&ic| ic < w) {
-                                in_row[ic] += v;
-                            }
+                        for (x, &v) in in_row[first..]
+                            .iter_mut()
+                            .step_by(sw)
+                            .zip(&src[r * ow + lo..r * ow + hi])
+                        {
+                            *x += v;
                         }
                     }
                 }
@@ -426,6 +439,8 @@ mod tests {
             shape(3, 2, [7, 6], 4, 3, 2, [0, 1]),
             shape(2, 3, [5, 5], 2, 3, 1, [1, 1]),
             shape(1, 1, [4, 4], 3, 2, 2, [0, 0]),
+            // kernel offsets with no valid input column at all
+            shape(2, 2, [1, 2], 2, 3, 1, [2, 0]),
         ] {
             let [h, w] = s.input;
             let x = values(s.batch * s.channels * h * w, 1);

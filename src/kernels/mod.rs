@@ -40,6 +40,24 @@ impl Window2d {
     }
 }
 
+/// The output columns `o` whose input column `o * stride + offset - pad` lies in `0..input`, as
+/// `(first output, end of outputs, input column of the first)`; `None` when there is none.
+pub(crate) fn valid_outputs(
+    offset: usize,
+    stride: usize,
+    pad: usize,
+    input: usize,
+    output: usize,
+) -> Option<(usize, usize, usize)> {
+    let lo = pad.saturating_sub(offset).div_ceil(stride);
+    let hi = if input + pad > offset {
+        ((input + pad - offset - 1) / stride + 1).min(output)
+    } else {
+        0
+    };
+    (lo < hi).then(|| (lo, hi, lo * stride + offset - pad))
+}
+
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the local kernels on or off for the whole process (on by default).

@@ -8,29 +8,11 @@
 
 use rayon::prelude::*;
 
-use super::Window2d;
+use super::{valid_outputs, Window2d};
 
 /// Planes (one channel of one image) per parallel task: fixed, so results never depend on the
 /// thread count.
 const PLANES_PER_TASK: usize = 16;
-
-/// The output columns `ow` whose input column `ow * stride + offset - pad` lies in `0..input`.
-fn valid_outputs(
-    offset: usize,
-    stride: usize,
-    pad: usize,
-    input: usize,
-    output: usize,
-) -> (usize, usize) {
-    // input index i = ow * stride + offset - pad must satisfy 0 <= i < input.
-    let lo = pad.saturating_sub(offset).div_ceil(stride);
-    let hi = if input + pad > offset {
-        ((input + pad - offset - 1) / stride + 1).min(output)
-    } else {
-        0
-    };
-    (lo.min(hi), hi)
-}
 
 /// Max pooling of `x` (`planes` planes of `h`×`w`) into `planes` planes of the window's output
 /// size. NaN wins a window, like Flex and PyTorch; padding never does.
@@ -40,7 +22,9 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
     let [kh, kw] = window.kernel;
     let [sh, sw] = window.stride;
     let [ph, pw] = window.pad_begin;
-    let columns: Vec<(usize, usize)> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
+    let columns: Vec<(usize, usize, usize)> = (0..kw)
+        .filter_map(|j| valid_outputs(j, sw, pw, w, ow))
+        .collect();
     out.par_chunks_mut(PLANES_PER_TASK * oh * ow)
         .zip(x.par_chunks(PLANES_PER_TASK * h * w))
         .for_each(|(out, x)| {
@@ -52,8 +36,7 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
                             continue;
                         };
                         let row_in = &x[ir * w..(ir + 1) * w];
-                        for (j, &(lo, hi)) in columns.iter().enumerate() {
-                            let first = lo * sw + j - pw;
+                        for &(lo, hi, first) in &columns {
                             if sw == 1 {
                                 for (m, &v) in row_out[lo..hi].iter_mut().zip(&row_in[first..]) {
                                     *m = if v > *m || v.is_nan() { v } else { *m };
@@ -75,7 +58,8 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
 }
 
 /// Gradient of [`forward`] with respect to `x`: each output's gradient goes to the element that
-/// won its window (the first maximum in row-major window order; the last NaN if any).
+/// won its window (the first maximum in row-major window order; the last NaN if any). The winners
+/// are found a row of outputs at a time, in the same loop order as [`forward`].
 pub fn backward(
     x: &[f32],
     grad_out: &[f32],
@@ -90,36 +74,45 @@ pub fn backward(
     let [kh, kw] = window.kernel;
     let [sh, sw] = window.stride;
     let [ph, pw] = window.pad_begin;
-    let range = |o: usize, k: usize, s: usize, p: usize, n: usize| {
-        let start = (o * s).saturating_sub(p);
-        let end = (o * s + k).saturating_sub(p).min(n);
-        start..end
-    };
+    let columns: Vec<(usize, usize, usize)> = (0..kw)
+        .filter_map(|j| valid_outputs(j, sw, pw, w, ow))
+        .collect();
     grad_x
         .par_chunks_mut(PLANES_PER_TASK * h * w)
         .zip(x.par_chunks(PLANES_PER_TASK * h * w))
         .zip(grad_out.par_chunks(PLANES_PER_TASK * oh * ow))
         .for_each(|((grad_x, x), grad_out)| {
+            let mut best = vec![0.0f32; ow];
+            let mut winner = vec![u32::MAX; ow];
             for ((grad_x, x), grad_out) in grad_x
                 .chunks_mut(h * w)
                 .zip(x.chunks(h * w))
                 .zip(grad_out.chunks(oh * ow))
             {
                 for r in 0..oh {
-                    let rows = range(r, kh, sh, ph, h);
-                    for c in 0..ow {
-                        let cols = range(c, kw, sw, pw, w);
-                        let mut best: Option<(usize, f32)> = None;
-                        for ir in rows.clone() {
-                            for ic in cols.clone() {
-                                let v = x[ir * w + ic];
-                                if best.is_none_or(|(_, m)| v > m || v.is_nan()) {
-                                    best = Some((ir * w + ic, v));
+                    winner.fill(u32::MAX);
+                    for i in 0..kh {
+                        let Some(ir) = (r * sh + i).checked_sub(ph).filter(|&ir| ir < h) else {
+                            continue;
+                        };
+                        for &(lo, hi, first) in &columns {
+                            let first = ir * w + first;
+                            let candidates = best[lo..hi]
+                                .iter_mut()
+                                .zip(&mut winner[lo..hi])
+                                .zip((first..).step_by(sw));
+                            for ((m, at), index) in candidates {
+                                let v = x[index];
+                                if *at == u32::MAX || v > *m || v.is_nan() {
+                                    *m = v;
+                                    *at = index as u32;
                                 }
                             }
                         }
-                        if let Some((at, _)) = best {
-                            grad_x[at] += grad_out[r * ow + c];
+                    }
+                    for (&at, &g) in winner.iter().zip(&grad_out[r * ow..(r + 1) * ow]) {
+                        if at != u32::MAX {
+                            grad_x[at as usize] += g;
                         }
                     }
                 }
@@ -181,5 +174,62 @@ mod tests {
         let out = forward(&x, 1, 2, 2, &window(2, 1, (0, 1)));
         assert!(out[0].is_nan() && out[1].is_nan());
         assert_eq!(&out[2..], &[2.0, 2.0]);
+    }
+
+    /// Forward and backward against a direct per-window scan, on shapes where some kernel
+    /// offsets see no valid input column at all (padding 2 on a 1-wide input).
+    #[test]
+    fn matches_a_direct_scan_on_awkward_shapes() {
+        for (h, w, k, s, pb, pe) in [
+            (1, 1, 3, 1, 2, 0),
+            (3, 2, 3, 2, 1, 1),
+            (5, 4, 2, 3, 1, 0),
+            (2, 7, 3, 1, 2, 2),
+        ] {
+            let win = Window2d {
+                kernel: [k, k],
+                stride: [s, s],
+                pad_begin: [pb, pb],
+                pad_end: [pe, pe],
+            };
+            let [oh, ow] = win.output_size([h, w]);
+            let x: Vec<f32> = (0..2 * h * w)
+                .map(|i| ((i * 37 % 11) as f32) - 5.0)
+                .collect();
+            let g: Vec<f32> = (0..2 * oh * ow).map(|i| i as f32 + 1.0).collect();
+            let mut want = vec![f32::NEG_INFINITY; 2 * oh * ow];
+            let mut want_grad = vec![0.0; 2 * h * w];
+            for p in 0..2 {
+                for r in 0..oh {
+                    for c in 0..ow {
+                        let mut best: Option<usize> = None;
+                        for i in 0..k {
+                            for j in 0..k {
+                                let (ir, ic) = (
+                                    (r * s + i) as isize - pb as isize,
+                                    (c * s + j) as isize - pb as isize,
+                                );
+                                if ir < 0 || ic < 0 || ir >= h as isize || ic >= w as isize {
+                                    continue;
+                                }
+                                let at = p * h * w + ir as usize * w + ic as usize;
+                                if best.is_none_or(|b| x[at] > x[b]) {
+                                    best = Some(at);
+                                }
+                            }
+                        }
+                        let at = best.expect("every window holds an input");
+                        want[(p * oh + r) * ow + c] = x[at];
+                        want_grad[at] += g[(p * oh + r) * ow + c];
+                    }
+                }
+            }
+            assert_eq!(forward(&x, 2, h, w, &win), want, "{win:?} on {h}x{w}");
+            assert_eq!(
+                backward(&x, &g, 2, h, w, &win),
+                want_grad,
+                "{win:?} on {h}x{w}"
+            );
+        }
     }
 }
