@@ -42,7 +42,7 @@ impl ConvShape {
     /// summation order, and with it every bit of the result, is the same on any number of threads.
     fn group(&self) -> usize {
         let [oh, ow] = self.output();
-        (512 / (oh * ow).max(1)).clamp(1, self.batch.max(1))
+        (256 / (oh * ow).max(1)).clamp(1, self.batch.max(1))
     }
 }
 

@@ -17,6 +17,17 @@ const PLANES_PER_TASK: usize = 16;
 /// Max pooling of `x` (`planes` planes of `h`×`w`) into `planes` planes of the window's output
 /// size. NaN wins a window, like Flex and PyTorch; padding never does.
 pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) -> Vec<f32> {
+    if is_keras_same_2x2(window) {
+        let mut out = vec![0.0f32; planes * h * w];
+        out.par_chunks_mut(PLANES_PER_TASK * h * w)
+            .zip(x.par_chunks(PLANES_PER_TASK * h * w))
+            .for_each(|(out, x)| {
+                for (out, x) in out.chunks_mut(h * w).zip(x.chunks(h * w)) {
+                    same_2x2_plane(x, h, w, out, &mut []);
+                }
+            });
+        return out;
+    }
     let [oh, ow] = window.output_size([h, w]);
     let mut out = vec![f32::NEG_INFINITY; planes * oh * ow];
     let [kh, kw] = window.kernel;
@@ -39,14 +50,14 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
                         for &(lo, hi, first) in &columns {
                             if sw == 1 {
                                 for (m, &v) in row_out[lo..hi].iter_mut().zip(&row_in[first..]) {
-                                    *m = if v > *m || v.is_nan() { v } else { *m };
+                                    *m = if (v > *m) | v.is_nan() { v } else { *m };
                                 }
                             } else {
                                 for (m, &v) in row_out[lo..hi]
                                     .iter_mut()
                                     .zip(row_in[first..].iter().step_by(sw))
                                 {
-                                    *m = if v > *m || v.is_nan() { v } else { *m };
+                                    *m = if (v > *m) | v.is_nan() { v } else { *m };
                                 }
                             }
                         }
@@ -55,6 +66,90 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
             }
         });
     out
+}
+
+/// Keras' `MaxPooling2D(2, strides=1, padding="same")`, the pool of every reference model: the
+/// window covers (r, c), (r, c+1), (r+1, c), (r+1, c+1), the last row and column see padding.
+fn is_keras_same_2x2(window: &Window2d) -> bool {
+    *window
+        == Window2d {
+            kernel: [2, 2],
+            stride: [1, 1],
+            pad_begin: [0, 0],
+            pad_end: [1, 1],
+        }
+}
+
+/// One `h`×`w` plane of the 2×2, stride-1, 'same' pool, computed as whole-plane shifted maxima
+/// (long contiguous loops that vectorise) and then corrected on the last column and row, where
+/// the window is cut by the padding. Candidates are visited in window order, so `best` and (when
+/// `winner` is not empty) the winning input offsets follow the same rule as the general path.
+fn same_2x2_plane(x: &[f32], h: usize, w: usize, best: &mut [f32], winner: &mut [u32]) {
+    let track = !winner.is_empty();
+    let pick = |m: f32, v: f32| (v > m) | v.is_nan();
+    let n = (h - 1) * w;
+    if n > 1 {
+        // Interior: all four candidates exist (the last column's values are redone below).
+        let quads = x[..n - 1]
+            .iter()
+            .zip(&x[1..n])
+            .zip(x[w..w + n - 1].iter().zip(&x[w + 1..w + n]));
+        if track {
+            for (p, (((&a, &b), (&c, &d)), (m, at))) in quads
+                .zip(best.iter_mut().zip(winner.iter_mut()))
+                .enumerate()
+            {
+                let p = p as u32;
+                let (mut v, mut i) = (a, p);
+                (v, i) = if pick(v, b) { (b, p + 1) } else { (v, i) };
+                (v, i) = if pick(v, c) {
+                    (c, p + w as u32)
+                } else {
+                    (v, i)
+                };
+                (v, i) = if pick(v, d) {
+                    (d, p + w as u32 + 1)
+                } else {
+                    (v, i)
+                };
+                *m = v;
+                *at = i;
+            }
+        } else {
+            for (((&a, &b), (&c, &d)), m) in quads.zip(best.iter_mut()) {
+                let mut v = a;
+                v = if pick(v, b) { b } else { v };
+                v = if pick(v, c) { c } else { v };
+                v = if pick(v, d) { d } else { v };
+                *m = v;
+            }
+        }
+    }
+    // The last column: (r, w-1) and (r+1, w-1).
+    for r in 0..h - 1 {
+        let p = r * w + w - 1;
+        let (v, i) = if pick(x[p], x[p + w]) {
+            (x[p + w], p + w)
+        } else {
+            (x[p], p)
+        };
+        best[p] = v;
+        if track {
+            winner[p] = i as u32;
+        }
+    }
+    // The last row: (h-1, c) and (h-1, c+1); its last element only sees itself.
+    for p in n..n + w {
+        let (v, i) = if p + 1 < n + w && pick(x[p], x[p + 1]) {
+            (x[p + 1], p + 1)
+        } else {
+            (x[p], p)
+        };
+        best[p] = v;
+        if track {
+            winner[p] = i as u32;
+        }
+    }
 }
 
 /// Gradient of [`forward`] with respect to `x`: each output's gradient goes to the element that
@@ -71,6 +166,27 @@ pub fn backward(
     let [oh, ow] = window.output_size([h, w]);
     debug_assert_eq!(grad_out.len(), planes * oh * ow);
     let mut grad_x = vec![0.0f32; planes * h * w];
+    if is_keras_same_2x2(window) {
+        grad_x
+            .par_chunks_mut(PLANES_PER_TASK * h * w)
+            .zip(x.par_chunks(PLANES_PER_TASK * h * w))
+            .zip(grad_out.par_chunks(PLANES_PER_TASK * h * w))
+            .for_each(|((grad_x, x), grad_out)| {
+                let mut best = vec![0.0f32; h * w];
+                let mut winner = vec![0u32; h * w];
+                for ((grad_x, x), grad_out) in grad_x
+                    .chunks_mut(h * w)
+                    .zip(x.chunks(h * w))
+                    .zip(grad_out.chunks(h * w))
+                {
+                    same_2x2_plane(x, h, w, &mut best, &mut winner);
+                    for (&at, &g) in winner.iter().zip(grad_out) {
+                        grad_x[at as usize] += g;
+                    }
+                }
+            });
+        return grad_x;
+    }
     let [kh, kw] = window.kernel;
     let [sh, sw] = window.stride;
     let [ph, pw] = window.pad_begin;
@@ -97,16 +213,17 @@ pub fn backward(
                         };
                         for &(lo, hi, first) in &columns {
                             let first = ir * w + first;
+                            let values = x[first..].iter().step_by(sw);
                             let candidates = best[lo..hi]
                                 .iter_mut()
                                 .zip(&mut winner[lo..hi])
-                                .zip((first..).step_by(sw));
-                            for ((m, at), index) in candidates {
-                                let v = x[index];
-                                if *at == u32::MAX || v > *m || v.is_nan() {
-                                    *m = v;
-                                    *at = index as u32;
-                                }
+                                .zip(values.zip((first as u32..).step_by(sw)));
+                            // Branch-free (selects), so it vectorises and never mispredicts on
+                            // random data.
+                            for ((m, at), (&v, index)) in candidates {
+                                let take = (*at == u32::MAX) | (v > *m) | v.is_nan();
+                                *m = if take { v } else { *m };
+                                *at = if take { index } else { *at };
                             }
                         }
                     }
