@@ -63,3 +63,21 @@ impl Backend {
         }
     }
 }
+
+/// Keeps freed tensor buffers in the process instead of returning them to the OS.
+///
+/// A training step allocates and frees the same few-megabyte buffers every step. glibc serves
+/// blocks above its mmap threshold (128 KiB at start) with fresh `mmap`s and trims the heap top
+/// eagerly, so every step paid page faults and zeroing for each of them: the student's step took
+/// 12 ms instead of 8 ms until something else happened to raise the thresholds. Raising them
+/// once at start-up makes the fast case the normal one. Peak memory is unchanged (the buffers
+/// are reused); only the return of freed memory to the OS is deferred.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any other thread
+    // exists and takes plain integers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20); // glibc's maximum on 64-bit
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

@@ -85,7 +85,22 @@ fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     }
 }
 
+/// The spec without its dropout layers: the local dropout draws its masks from another generator
+/// than burn's, so equality is checked without it (and dropout on its own below).
+fn without_dropout(spec: &ModelSpec) -> ModelSpec {
+    ModelSpec {
+        name: spec.name.clone(),
+        layers: spec
+            .layers
+            .iter()
+            .filter(|l| !matches!(l, LayerSpec::Dropout { .. }))
+            .cloned()
+            .collect(),
+    }
+}
+
 fn compare(spec: &ModelSpec, input: [usize; 3], batch: usize) {
+    let spec = &without_dropout(spec);
     let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     assert!(kernels::active(&device) && kernels::active(&Device::flex()));
@@ -188,4 +203,79 @@ fn layer_shapes_are_reported_for_fused_layers_too() {
     let local = network.layer_output_dims(x);
     assert_eq!(local, burn);
     assert_eq!(local.len(), spec.layers.len());
+}
+
+#[test]
+fn teacher_v3_without_dropout_matches_burn_layers() {
+    compare(&zoo::get("teacher-v3").unwrap(), [3, 8, 8], 2);
+}
+
+/// Dropout through the model: the local mask keeps about `1 - rate` of the elements, scales them
+/// by `1 / (1 - rate)`, repeats under the same device seed, and its gradient is the same mask.
+#[test]
+fn local_dropout_keeps_scales_repeats_and_backpropagates_its_mask() {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = ModelSpec {
+        name: "drop".into(),
+        layers: vec![
+            LayerSpec::Dropout { rate: 0.3 },
+            LayerSpec::Flatten,
+            LayerSpec::Dense {
+                units: 1,
+                activation: None,
+            },
+        ],
+    };
+    let device = Device::flex().autodiff();
+    let network = Network::init(&spec, [4, 16, 16], 1, &device).unwrap();
+    let n = 64 * 4 * 16 * 16;
+    let x_values: Vec<f32> = values(n, 3).iter().map(|v| v + 2.0).collect(); // all > 0
+    let run = |seed: u64| {
+        device.seed(seed);
+        let x = Tensor::<4>::from_data(TensorData::new(x_values.clone(), [64, 4, 16, 16]), &device)
+            .require_grad();
+        let Layer::Dropout(drop) = &network.layers[0] else {
+            unreachable!()
+        };
+        assert!(drop.training.is_enabled());
+        let y = kernels::dropout(x.clone(), 0.3);
+        let g = Tensor::<4>::from_data(TensorData::new(values(n, 4), [64, 4, 16, 16]), &device);
+        let grads = (y.clone() * g).sum().backward();
+        let grad_x = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        (y.into_data().try_to_vec::<f32>().unwrap(), grad_x)
+    };
+    let (y, grad_x) = run(5);
+    let g = values(n, 4);
+    let kept = y.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+    assert!((kept - 0.7).abs() < 0.01, "kept {kept}");
+    for i in 0..n {
+        let factor = y[i] / x_values[i];
+        assert!(
+            factor == 0.0 || (factor - 1.0 / 0.7).abs() < 1e-5,
+            "factor {factor}"
+        );
+        assert!((grad_x[i] - g[i] * factor).abs() < 1e-5, "gradient {i}");
+    }
+    assert_eq!(run(5).0, y, "same device seed, same mask");
+    assert_ne!(run(6).0, y, "another seed, another mask");
+    // The network takes the local path only when training.
+    kernels::set_enabled(true);
+    let plain = Tensor::<4>::from_data(
+        TensorData::new(x_values.clone(), [64, 4, 16, 16]),
+        &Device::flex(),
+    );
+    let inference = network.valid().forward(plain.clone());
+    let Layer::Dense(dense) = &network.valid().layers[2] else {
+        unreachable!()
+    };
+    let expected = dense.linear.forward(plain.flatten::<2>(1, 3));
+    assert_eq!(
+        inference.into_data().try_to_vec::<f32>().unwrap(),
+        expected.into_data().try_to_vec::<f32>().unwrap()
+    );
 }

@@ -12,7 +12,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Flex};
 use burn::tensor::TensorData;
 
 use super::conv::{self, ConvShape};
-use super::{pool, Window2d};
+use super::{dropout, pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait CnnKernels: Backend {
@@ -26,6 +26,8 @@ pub trait CnnKernels: Backend {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self>;
+    /// See [`super::dropout`].
+    fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
 }
 
 /// The tensor's values in row-major order (copied only when it is a strided view).
@@ -108,6 +110,37 @@ impl CnnKernels for Flex {
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
         conv_forward(&x, &weight, &bias, window, slope)
+    }
+
+    fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
+        dropout_apply(&x, keep, seed)
+    }
+}
+
+fn dropout_apply(x: &FlexTensor, keep: f32, seed: u64) -> FlexTensor {
+    let shape = x.layout().shape().to_vec();
+    tensor(dropout::apply(&values(x), keep, seed), shape)
+}
+
+#[derive(Debug)]
+struct DropoutBackward;
+
+impl Backward<Flex, 1> for DropoutBackward {
+    /// The keep probability and the mask's seed.
+    type State = (f32, u64);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (keep, seed) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, dropout_apply(&grad, keep, seed));
+        }
     }
 }
 
@@ -197,6 +230,18 @@ impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
                 prep.finish((x_state, window), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.primitive(), window)),
+        }
+    }
+
+    fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
+        let y = dropout_apply(x.primitive(), keep, seed);
+        match DropoutBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((keep, seed), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

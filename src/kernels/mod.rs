@@ -9,6 +9,7 @@
 //! and gradients.
 
 pub mod conv;
+pub mod dropout;
 pub mod pool;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,6 +109,35 @@ pub fn conv2d(
         window,
         slope,
     ))
+}
+
+/// Training-time inverted dropout: each element is kept with probability `1 - rate` and scaled by
+/// `1 / (1 - rate)`. The mask's seed is drawn from the device's random generator, so
+/// `Device::seed` makes runs repeatable as with burn's dropout (Flex only: check [`active`]).
+#[cfg(feature = "flex")]
+pub fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
+    use burn::backend::Dispatch;
+    use burn::tensor::Distribution;
+    let draws = Tensor::<1>::random([2], Distribution::Default, &x.device())
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 draws");
+    // Two 24-bit uniform draws make a 48-bit seed.
+    let seed = draws.iter().fold(0u64, |s, u| {
+        (s << 24) | ((u * (1u32 << 24) as f32) as u64 & 0xFF_FFFF)
+    });
+    let keep = (1.0 - rate) as f32;
+    Tensor::from_dispatch(<Dispatch as flex::CnnKernels>::cnn_dropout(
+        x.into_dispatch(),
+        keep,
+        seed,
+    ))
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn dropout<const D: usize>(_x: Tensor<D>, _rate: f64) -> Tensor<D> {
+    unreachable!("local kernels need the flex feature")
 }
 
 #[cfg(not(feature = "flex"))]

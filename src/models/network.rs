@@ -78,6 +78,13 @@ impl Activations {
         }
     }
 
+    fn is_autodiff(&self) -> bool {
+        match self {
+            Activations::Image(x) => x.device().is_autodiff(),
+            Activations::Flat(x) => x.device().is_autodiff(),
+        }
+    }
+
     fn map(
         self,
         f2: impl FnOnce(Tensor<2>) -> Tensor<2>,
@@ -309,6 +316,17 @@ impl Network {
                 Layer::MaxPool2d(pool) => Activations::Image(pool.forward(x.image())),
                 Layer::LeakyRelu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
                 Layer::Relu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
+                Layer::Dropout(drop)
+                    if local_kernels
+                        && drop.prob > 0.0
+                        && drop.training.is_enabled()
+                        && x.is_autodiff() =>
+                {
+                    x.map(
+                        |t| kernels::dropout(t, drop.prob),
+                        |t| kernels::dropout(t, drop.prob),
+                    )
+                }
                 Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
                 Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
                 Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
