@@ -51,7 +51,16 @@ fn main() {
         std::hint::black_box(conv::forward(&xin, &w1, &b, &s1, Some(0.2)));
     });
     t("conv1 bwd (no dx)", || {
-        std::hint::black_box(conv::backward(&xin, &w1, &y1, &y1, &s1, Some(0.2), false));
+        std::hint::black_box(conv::backward(
+            &xin,
+            &w1,
+            &y1,
+            &y1,
+            &s1,
+            Some(0.2),
+            false,
+            None,
+        ));
     });
     let w2: Vec<f32> = (0..32 * 288)
         .map(|i| (i % 13) as f32 / 13.0 - 0.5)
@@ -73,7 +82,16 @@ fn main() {
         std::hint::black_box(conv::forward(&x, &w2, &b, &s2, Some(0.2)));
     });
     t("conv2 bwd", || {
-        std::hint::black_box(conv::backward(&x, &w2, &y2, &y2, &s2, Some(0.2), true));
+        std::hint::black_box(conv::backward(
+            &x,
+            &w2,
+            &y2,
+            &y2,
+            &s2,
+            Some(0.2),
+            true,
+            None,
+        ));
     });
 
     let xt: Vec<f32> = (0..64 * 256 * 16 * 16)
@@ -100,7 +118,16 @@ fn main() {
         std::hint::black_box(conv::forward(&xt, &wt2, &bt, &st2, Some(0.2)));
     });
     t("T conv2 bwd", || {
-        std::hint::black_box(conv::backward(&xt, &wt2, &yt2, &yt2, &st2, Some(0.2), true));
+        std::hint::black_box(conv::backward(
+            &xt,
+            &wt2,
+            &yt2,
+            &yt2,
+            &st2,
+            Some(0.2),
+            true,
+            None,
+        ));
     });
     let wt3: Vec<f32> = (0..512 * 2304)
         .map(|i| (i % 13) as f32 / 13.0 - 0.5)

@@ -174,6 +174,11 @@ fn matmul(
     }
 }
 
+/// The im2col matrices of a forward pass, one per group of images, kept for the backward pass so
+/// it does not gather the patches again (the teacher's largest costs about 38 MB per batch of 64).
+#[derive(Debug, Clone)]
+pub struct Patches(Vec<Vec<f32>>);
+
 /// `y = act(conv(x, weight) + bias)` in NCHW, where `act` is the identity or, with `slope`, a
 /// leaky ReLU with that negative slope.
 pub fn forward(
@@ -183,15 +188,39 @@ pub fn forward(
     shape: &ConvShape,
     slope: Option<f32>,
 ) -> Vec<f32> {
+    forward_impl(x, weight, bias, shape, slope, false).0
+}
+
+/// [`forward`], also returning the patches for [`backward`].
+pub fn forward_keeping_patches(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+) -> (Vec<f32>, Patches) {
+    let (y, patches) = forward_impl(x, weight, bias, shape, slope, true);
+    (y, Patches(patches.into_iter().flatten().collect()))
+}
+
+fn forward_impl(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+    keep: bool,
+) -> (Vec<f32>, Vec<Option<Vec<f32>>>) {
     let [oh, ow] = shape.output();
     let spatial = oh * ow;
     let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
     let mut y = vec![0.0f32; shape.batch * filters * spatial];
-    y.par_chunks_mut(group * filters * spatial)
+    let patches = y
+        .par_chunks_mut(group * filters * spatial)
         .zip(x.par_chunks(group * image_in))
-        .for_each(|(y, x)| {
+        .map(|(y, x)| {
             let images = y.len() / (filters * spatial);
             let columns = images * spatial;
             let mut col = vec![0.0f32; patch * columns];
@@ -225,8 +254,10 @@ pub fn forward(
                     }
                 }
             }
-        });
-    y
+            keep.then_some(col)
+        })
+        .collect();
+    (y, patches)
 }
 
 /// Gradients of [`forward`]: `(x, weight, bias)`; the input gradient only when `want_x`.
@@ -251,6 +282,7 @@ pub fn backward(
     shape: &ConvShape,
     slope: Option<f32>,
     want_x: bool,
+    patches: Option<&Patches>,
 ) -> ConvGrads {
     let [oh, ow] = shape.output();
     let spatial = oh * ow;
@@ -267,12 +299,18 @@ pub fn backward(
         grad_x
             .par_chunks_mut(group * image_in)
             .enumerate()
-            .map(|(t, gx)| group_backward(t, Some(gx), x, weight, y, grad_y, shape, slope))
+            .map(|(t, gx)| {
+                let col = patches.map(|p| p.0[t].as_slice());
+                group_backward(t, Some(gx), x, col, weight, y, grad_y, shape, slope)
+            })
             .collect()
     } else {
         (0..shape.batch.div_ceil(group))
             .into_par_iter()
-            .map(|t| group_backward(t, None, x, weight, y, grad_y, shape, slope))
+            .map(|t| {
+                let col = patches.map(|p| p.0[t].as_slice());
+                group_backward(t, None, x, col, weight, y, grad_y, shape, slope)
+            })
             .collect()
     };
     // Summed in group order: deterministic whatever the thread count.
@@ -297,6 +335,7 @@ fn group_backward(
     task: usize,
     grad_x: Option<&mut [f32]>,
     x: &[f32],
+    patches: Option<&[f32]>,
     weight: &[f32],
     y: &[f32],
     grad_y: &[f32],
@@ -333,8 +372,16 @@ fn group_backward(
     }
     let grad_b: Vec<f32> = grad_z.chunks(columns).map(|row| row.iter().sum()).collect();
 
-    let mut col = vec![0.0f32; patch * columns];
-    im2col(&x[first * image_in..], shape, images, &mut col);
+    let gathered;
+    let col = match patches {
+        Some(col) => col,
+        None => {
+            let mut col = vec![0.0f32; patch * columns];
+            im2col(&x[first * image_in..], shape, images, &mut col);
+            gathered = col;
+            &gathered
+        }
+    };
     let mut grad_w = vec![0.0f32; filters * patch];
     // grad_w (filters × patch) = grad_z (filters × columns) · colᵀ (columns × patch)
     matmul(
@@ -347,15 +394,16 @@ fn group_backward(
     );
     if let Some(grad_x) = grad_x {
         // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns)
+        let mut grad_col = vec![0.0f32; patch * columns];
         matmul(
             [patch, columns, filters],
-            &mut col,
+            &mut grad_col,
             weight,
             (1, patch),
             &grad_z,
             (columns, 1),
         );
-        col2im(&col, shape, images, grad_x);
+        col2im(&grad_col, shape, images, grad_x);
     }
     (grad_w, grad_b)
 }
@@ -470,7 +518,14 @@ mod tests {
         let b = values(s.filters, 9);
         let y = forward(&x, &wt, &b, &s, None);
         let dy = values(y.len(), 10);
-        let grads = backward(&x, &wt, &y, &dy, &s, None, true);
+        let grads = backward(&x, &wt, &y, &dy, &s, None, true, None);
+        // The patches kept by the forward pass give exactly the same gradients.
+        let (y_kept, patches) = forward_keeping_patches(&x, &wt, &b, &s, None);
+        assert_eq!(y_kept, y);
+        let with_patches = backward(&x, &wt, &y, &dy, &s, None, true, Some(&patches));
+        assert_eq!(with_patches.x, grads.x);
+        assert_eq!(with_patches.weight, grads.weight);
+        assert_eq!(with_patches.bias, grads.bias);
         let objective = |x: &[f32], wt: &[f32], b: &[f32]| -> f64 {
             forward(x, wt, b, &s, None)
                 .iter()
@@ -509,7 +564,7 @@ mod tests {
         let x = vec![-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, -3.0, 4.0, -4.0];
         let y = forward(&x, &[1.0], &[0.0], &s, Some(0.5));
         assert_eq!(y, vec![-1.0, -0.5, 0.0, 1.0, 2.0, 3.0, -1.5, 4.0, -2.0]);
-        let grads = backward(&x, &[1.0], &y, &[1.0; 9], &s, Some(0.5), true);
+        let grads = backward(&x, &[1.0], &y, &[1.0; 9], &s, Some(0.5), true, None);
         assert_eq!(
             grads.x.unwrap(),
             vec![0.5, 0.5, 1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 0.5]

@@ -11,7 +11,9 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Flex};
 use burn::tensor::TensorData;
 
-use super::conv::{self, ConvShape};
+use std::sync::Arc;
+
+use super::conv::{self, ConvShape, Patches};
 use super::{dropout, pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
@@ -174,7 +176,14 @@ struct ConvBackward;
 impl Backward<Flex, 3> for ConvBackward {
     /// Input and weight checkpoints, the output (read for the activation's derivative), the
     /// window and the slope.
-    type State = (NodeId, NodeId, FlexTensor, Window2d, Option<f32>);
+    type State = (
+        NodeId,
+        NodeId,
+        FlexTensor,
+        Window2d,
+        Option<f32>,
+        Arc<Patches>,
+    );
 
     fn backward(
         self,
@@ -184,7 +193,7 @@ impl Backward<Flex, 3> for ConvBackward {
     ) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, y, window, slope) = ops.state;
+        let (x_state, weight_state, y, window, slope, patches) = ops.state;
         let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
         let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
         let shape = conv_shape(&x, &weight, window);
@@ -196,6 +205,7 @@ impl Backward<Flex, 3> for ConvBackward {
             &shape,
             slope,
             node_x.is_some(),
+            Some(&patches),
         );
         if let (Some(node), Some(grad_x)) = (node_x, result.x) {
             let [h, w] = shape.input;
@@ -252,24 +262,42 @@ impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        let y = conv_forward(
-            x.primitive(),
-            weight.primitive(),
-            bias.primitive(),
-            window,
-            slope,
-        );
         match ConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(mut prep) => {
+                let (x_p, weight_p) = (x.primitive(), weight.primitive());
+                let shape = conv_shape(x_p, weight_p, window);
+                let [oh, ow] = window.output_size(shape.input);
+                let (y, patches) = conv::forward_keeping_patches(
+                    &values(x_p),
+                    &values(weight_p),
+                    &values(bias.primitive()),
+                    &shape,
+                    slope,
+                );
+                let y = tensor(y, vec![shape.batch, shape.filters, oh, ow]);
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                prep.finish((x_state, weight_state, y.clone(), window, slope), y)
+                let state = (
+                    x_state,
+                    weight_state,
+                    y.clone(),
+                    window,
+                    slope,
+                    Arc::new(patches),
+                );
+                prep.finish(state, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(y),
+            OpsKind::UnTracked(prep) => prep.finish(conv_forward(
+                x.primitive(),
+                weight.primitive(),
+                bias.primitive(),
+                window,
+                slope,
+            )),
         }
     }
 }

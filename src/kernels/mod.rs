@@ -66,9 +66,23 @@ pub fn set_enabled(enabled: bool) {
     ENABLED.store(enabled, Ordering::Relaxed);
 }
 
-/// Whether the model should use the local kernels on `device`.
+/// Whether the model should use the local kernels on `device`: on Flex, unless turned off with
+/// [`set_enabled`] or by the environment variable `DISTILL_LAYERS=burn` (which reproduces results
+/// made before the kernels existed, bit for bit).
 pub fn active(device: &Device) -> bool {
-    ENABLED.load(Ordering::Relaxed) && is_flex(device)
+    ENABLED.load(Ordering::Relaxed) && !burn_layers_requested() && is_flex(device)
+}
+
+fn burn_layers_requested() -> bool {
+    static REQUESTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REQUESTED.get_or_init(|| match std::env::var("DISTILL_LAYERS").as_deref() {
+        Ok("burn") => true,
+        Ok("local") | Err(_) => false,
+        Ok(other) => {
+            eprintln!("warning: DISTILL_LAYERS={other:?} is not `burn` or `local`; using the local kernels");
+            false
+        }
+    })
 }
 
 #[cfg(feature = "flex")]
