@@ -313,12 +313,22 @@ pub fn backward(
             })
             .collect()
     };
-    // Summed in group order: deterministic whatever the thread count.
+    // Summed in group order (deterministic whatever the thread count), in parallel over slices of
+    // the weight gradient: for the teacher this is ~15 M additions per step.
     let mut grad_w = vec![0.0f32; filters * patch];
+    const SLICE: usize = 1 << 13;
+    grad_w
+        .par_chunks_mut(SLICE)
+        .enumerate()
+        .for_each(|(slice, out)| {
+            for (gw, _) in &tasks {
+                let part = &gw[slice * SLICE..slice * SLICE + out.len()];
+                out.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
+        });
     let mut grad_b = vec![0.0f32; filters];
-    for (gw, gb) in tasks {
-        grad_w.iter_mut().zip(&gw).for_each(|(a, b)| *a += b);
-        grad_b.iter_mut().zip(&gb).for_each(|(a, b)| *a += b);
+    for (_, gb) in &tasks {
+        grad_b.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
     }
     debug_assert_eq!(grad_y.len(), shape.batch * image_out);
     ConvGrads {
@@ -389,7 +399,7 @@ fn group_backward(
         &mut grad_w,
         &grad_z,
         (columns, 1),
-        &col,
+        col,
         (1, columns),
     );
     if let Some(grad_x) = grad_x {
