@@ -225,32 +225,36 @@ fn forward_impl(
             let columns = images * spatial;
             let mut col = vec![0.0f32; patch * columns];
             im2col(x, shape, images, &mut col);
-            let mut product = vec![0.0f32; filters * columns];
-            matmul(
-                [filters, columns, patch],
-                &mut product,
-                weight,
-                (patch, 1),
-                &col,
-                (columns, 1),
-            );
-            for g in 0..images {
-                for f in 0..filters {
-                    let src = &product[f * columns + g * spatial..][..spatial];
-                    let dst = &mut y[(g * filters + f) * spatial..][..spatial];
-                    let b = bias[f];
-                    match slope {
-                        Some(slope) => {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                let v = s + b;
-                                *d = if v < 0.0 { v * slope } else { v };
-                            }
-                        }
-                        None => {
-                            for (d, &s) in dst.iter_mut().zip(src) {
-                                *d = s + b;
-                            }
-                        }
+            if images == 1 {
+                // One image: the product's layout (filters × spatial) is the output's, so the
+                // epilogue runs in place.
+                matmul(
+                    [filters, columns, patch],
+                    y,
+                    weight,
+                    (patch, 1),
+                    &col,
+                    (columns, 1),
+                );
+                for (f, row) in y.chunks_exact_mut(spatial).enumerate() {
+                    add_bias_activate(row, bias[f], slope);
+                }
+            } else {
+                let mut product = vec![0.0f32; filters * columns];
+                matmul(
+                    [filters, columns, patch],
+                    &mut product,
+                    weight,
+                    (patch, 1),
+                    &col,
+                    (columns, 1),
+                );
+                for g in 0..images {
+                    for f in 0..filters {
+                        let src = &product[f * columns + g * spatial..][..spatial];
+                        let dst = &mut y[(g * filters + f) * spatial..][..spatial];
+                        dst.copy_from_slice(src);
+                        add_bias_activate(dst, bias[f], slope);
                     }
                 }
             }
@@ -258,6 +262,23 @@ fn forward_impl(
         })
         .collect();
     (y, patches)
+}
+
+/// `values + bias`, through a leaky ReLU when `slope` is given.
+fn add_bias_activate(values: &mut [f32], bias: f32, slope: Option<f32>) {
+    match slope {
+        Some(slope) => {
+            for v in values {
+                let z = *v + bias;
+                *v = if z < 0.0 { z * slope } else { z };
+            }
+        }
+        None => {
+            for v in values {
+                *v += bias;
+            }
+        }
+    }
 }
 
 /// Gradients of [`forward`]: `(x, weight, bias)`; the input gradient only when `want_x`.
