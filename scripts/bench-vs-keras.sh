@@ -5,6 +5,7 @@
 #
 # Needs the Keras harness set up as in ../shared/keras-reference/README.md (venv in ~/.cache/kref,
 # CIFAR10_NPZ pointing at cifar10.npz). Run on an otherwise idle machine; takes about 10 minutes.
+# BASE=path/to/an/older/distill also times that binary (the "before" column of a speed change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out}
@@ -18,6 +19,11 @@ DISTILL=target/release/distill
 taskset -c 0 "$DISTILL" bench --threads 1 --steps 20 --compare-burn | tee "$OUT/distill-1thread.txt"
 taskset -c 0 "$DISTILL" bench --threads 1 --steps 20 --json > "$OUT/distill-1thread.json"
 "$DISTILL" bench --threads 2 --steps 20 | tee "$OUT/distill-2threads.txt"
+
+if [ -n "${BASE:-}" ]; then
+    taskset -c 0 "$BASE" bench --threads 1 --steps 20 | tee "$OUT/base-1thread.txt"
+    "$BASE" bench --threads 2 --steps 20 | tee "$OUT/base-2threads.txt"
+fi
 
 for job in "teacher 30" "student 200" "distill 60" "infer 0"; do
     set -- $job

@@ -20,7 +20,7 @@
 //! | [`report`] | the report: Markdown, JSON and plots answering "was it worth it?" |
 //! | [`progress`] | progress bars (indicatif, on stderr, hidden when it is not a terminal) |
 //! | [`bench`](mod@bench) | `distill bench`: step times and throughput of the reference workloads |
-//! | [`kernels`] | local CPU kernels (conv + bias + leaky ReLU, max pooling) behind burn's backend extension, used on Flex |
+//! | [`kernels`] | local CPU kernels (conv + bias + leaky ReLU, max pooling, dropout) behind burn's backend extension, used on Flex |
 //! | [`backend`] | device selection (Flex by default; LibTorch, CUDA, WGPU behind cargo features) |
 //! | [`cli`] | the `distill` command line, a thin layer over the above |
 //!

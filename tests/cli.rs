@@ -216,6 +216,26 @@ fn bench_json_has_every_key() {
     }
     assert_eq!(bench["threads"], 1);
     assert_eq!(bench["backend"], "flex");
+    assert_eq!(bench["layers"], "local");
+}
+
+/// `DISTILL_LAYERS=burn` switches Flex back to burn's own layers (how the recorded studies, made
+/// before the local kernels, are reproduced).
+#[test]
+fn distill_layers_burn_selects_burns_layers() {
+    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["bench", "--json", "--threads", "1", "--steps", "1"])
+        .env("DISTILL_LAYERS", "burn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bench: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(bench["layers"], "burn");
+    assert!(bench["teacher_train_ms"].as_f64().unwrap() > 0.0);
 }
 
 #[cfg(unix)]

@@ -216,7 +216,7 @@ fn forward_impl(
     let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
-    let mut y = vec![0.0f32; shape.batch * filters * spatial];
+    let mut y = super::filled(shape.batch * filters * spatial, 0.0);
     let patches = y
         .par_chunks_mut(group * filters * spatial)
         .zip(x.par_chunks(group * image_in))
@@ -312,7 +312,7 @@ pub fn backward(
     let image_in = shape.channels * h * w;
     let image_out = filters * spatial;
     let mut grad_x = if want_x {
-        vec![0.0f32; shape.batch * image_in]
+        super::filled(shape.batch * image_in, 0.0)
     } else {
         Vec::new()
     };

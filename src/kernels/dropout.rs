@@ -33,7 +33,7 @@ fn factor(seed: u64, index: usize, keep: f32, scale: f32) -> f32 {
 /// and the backward pass (on the output gradient) alike.
 pub fn apply(values: &[f32], keep: f32, seed: u64) -> Vec<f32> {
     let scale = 1.0 / keep;
-    let mut out = vec![0.0f32; values.len()];
+    let mut out = super::filled(values.len(), 0.0);
     out.par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
         .enumerate()

@@ -1,6 +1,6 @@
-//! Local CPU kernels for the two layers that dominate a training step on Flex (convolution with
-//! its bias and leaky ReLU, and max pooling), plugged into burn through its backend extension
-//! (`#[backend_extension]`) with hand-written backward passes.
+//! Local CPU kernels for the layers that dominate a training step on Flex (convolution with its
+//! bias and leaky ReLU, max pooling, and dropout's mask), plugged into burn through its backend
+//! extension (`#[backend_extension]`) with hand-written backward passes.
 //!
 //! They run only on the Flex device (inference and autodiff); on every other backend, and when
 //! [`set_enabled`]`(false)` (`distill bench` uses it to time burn's own ops in the same run), the
@@ -15,6 +15,39 @@ pub mod pool;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{Device, Tensor};
+
+/// Buffers at least this large come from fresh `mmap`s whatever the allocator settings (glibc's
+/// mmap threshold cannot exceed 32 MiB on 64-bit).
+const HUGE_BUFFER_BYTES: usize = 32 << 20;
+
+/// A buffer of `len` copies of `value`, for a kernel's output.
+///
+/// The teacher's first convolution and pooling produce 64 MiB each at batch 256, and every such
+/// buffer is a fresh mapping: touching it in 4 KiB pages cost 16,384 page faults per buffer, a
+/// quarter of an inference pass. Asking for transparent huge pages before the first touch (the
+/// system default here is `madvise`) turns them into 32 faults.
+pub(crate) fn filled(len: usize, value: f32) -> Vec<f32> {
+    let bytes = len * std::mem::size_of::<f32>();
+    if bytes < HUGE_BUFFER_BYTES {
+        return vec![value; len];
+    }
+    let mut buffer = Vec::<f32>::with_capacity(len);
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = buffer.as_mut_ptr() as usize;
+        let aligned = start.next_multiple_of(PAGE);
+        let length = (start + bytes - aligned) / PAGE * PAGE;
+        // SAFETY: the range lies inside the allocation just made and is page-aligned; the advice
+        // only changes how the kernel backs the pages, not their contents. A failure (no THP
+        // support) leaves ordinary pages, so the result is ignored.
+        unsafe {
+            libc::madvise(aligned as *mut libc::c_void, length, libc::MADV_HUGEPAGE);
+        }
+    }
+    buffer.resize(len, value);
+    buffer
+}
 
 /// A 2-D sliding window: kernel size, stride and the padding before and after each axis
 /// (`[height, width]` each). Padding after only matters for the output size.
@@ -174,3 +207,19 @@ pub fn conv2d(
 
 #[cfg(feature = "flex")]
 mod flex;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filled_buffers_hold_the_value_below_and_above_the_huge_page_size() {
+        for len in [0, 1, 1000, HUGE_BUFFER_BYTES / 4 + 3] {
+            for value in [0.0, f32::NEG_INFINITY] {
+                let buffer = filled(len, value);
+                assert_eq!(buffer.len(), len);
+                assert!(buffer.iter().all(|&v| v == value), "len {len}, value {value}");
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ const PLANES_PER_TASK: usize = 16;
 /// size. NaN wins a window, like Flex and PyTorch; padding never does.
 pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) -> Vec<f32> {
     if is_keras_same_2x2(window) {
-        let mut out = vec![0.0f32; planes * h * w];
+        let mut out = super::filled(planes * h * w, 0.0);
         out.par_chunks_mut(PLANES_PER_TASK * h * w)
             .zip(x.par_chunks(PLANES_PER_TASK * h * w))
             .for_each(|(out, x)| {
@@ -29,7 +29,7 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
         return out;
     }
     let [oh, ow] = window.output_size([h, w]);
-    let mut out = vec![f32::NEG_INFINITY; planes * oh * ow];
+    let mut out = super::filled(planes * oh * ow, f32::NEG_INFINITY);
     let [kh, kw] = window.kernel;
     let [sh, sw] = window.stride;
     let [ph, pw] = window.pad_begin;
@@ -165,7 +165,7 @@ pub fn backward(
 ) -> Vec<f32> {
     let [oh, ow] = window.output_size([h, w]);
     debug_assert_eq!(grad_out.len(), planes * oh * ow);
-    let mut grad_x = vec![0.0f32; planes * h * w];
+    let mut grad_x = super::filled(planes * h * w, 0.0);
     if is_keras_same_2x2(window) {
         grad_x
             .par_chunks_mut(PLANES_PER_TASK * h * w)
