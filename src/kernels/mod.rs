@@ -218,7 +218,10 @@ mod tests {
             for value in [0.0, f32::NEG_INFINITY] {
                 let buffer = filled(len, value);
                 assert_eq!(buffer.len(), len);
-                assert!(buffer.iter().all(|&v| v == value), "len {len}, value {value}");
+                assert!(
+                    buffer.iter().all(|&v| v == value),
+                    "len {len}, value {value}"
+                );
             }
         }
     }
