@@ -6,14 +6,25 @@ use std::process::{Command, Output};
 mod run_support;
 
 fn distill(args: &[&str]) -> Output {
+    distill_with_env(args, &[])
+}
+
+/// [`distill`] with extra environment variables.
+fn distill_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_distill"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
 
 fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = distill(args);
+    ok_json_with_env(args, &[])
+}
+
+/// [`ok_json`] with extra environment variables.
+fn ok_json_with_env(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let out = distill_with_env(args, env);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -223,17 +234,10 @@ fn bench_json_has_every_key() {
 /// before the local kernels, are reproduced).
 #[test]
 fn distill_layers_burn_selects_burns_layers() {
-    let out = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .args(["bench", "--json", "--threads", "1", "--steps", "1"])
-        .env("DISTILL_LAYERS", "burn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let bench = ok_json_with_env(
+        &["bench", "--json", "--threads", "1", "--steps", "1"],
+        &[("DISTILL_LAYERS", "burn")],
     );
-    let bench: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(bench["layers"], "burn");
     assert!(bench["teacher_train_ms"].as_f64().unwrap() > 0.0);
 }

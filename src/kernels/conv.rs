@@ -225,38 +225,33 @@ fn forward_impl(
             let columns = images * spatial;
             let mut col = vec![0.0f32; patch * columns];
             im2col(x, shape, images, &mut col);
-            if images == 1 {
-                // One image: the product's layout (filters × spatial) is the output's, so the
-                // epilogue runs in place.
-                matmul(
-                    [filters, columns, patch],
-                    y,
-                    weight,
-                    (patch, 1),
-                    &col,
-                    (columns, 1),
-                );
-                for (f, row) in y.chunks_exact_mut(spatial).enumerate() {
-                    add_bias_activate(row, bias[f], slope);
-                }
+            // One image: the product's layout (filters × spatial) is the output's, so it is
+            // computed in place; a group of several is reordered image-major afterwards.
+            let mut product = Vec::new();
+            let dst = if images == 1 {
+                &mut *y
             } else {
-                let mut product = vec![0.0f32; filters * columns];
-                matmul(
-                    [filters, columns, patch],
-                    &mut product,
-                    weight,
-                    (patch, 1),
-                    &col,
-                    (columns, 1),
-                );
+                product.resize(filters * columns, 0.0);
+                &mut product[..]
+            };
+            matmul(
+                [filters, columns, patch],
+                dst,
+                weight,
+                (patch, 1),
+                &col,
+                (columns, 1),
+            );
+            if images > 1 {
                 for g in 0..images {
                     for f in 0..filters {
-                        let src = &product[f * columns + g * spatial..][..spatial];
-                        let dst = &mut y[(g * filters + f) * spatial..][..spatial];
-                        dst.copy_from_slice(src);
-                        add_bias_activate(dst, bias[f], slope);
+                        y[(g * filters + f) * spatial..][..spatial]
+                            .copy_from_slice(&product[f * columns + g * spatial..][..spatial]);
                     }
                 }
+            }
+            for (row, f) in y.chunks_exact_mut(spatial).zip((0..filters).cycle()) {
+                add_bias_activate(row, bias[f], slope);
             }
             keep.then_some(col)
         })
