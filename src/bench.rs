@@ -165,8 +165,10 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
                 objective,
                 batch(step, &train_device),
                 indices,
+                None,
                 1e-3,
                 0.0,
+                1,
                 &plain,
             );
             match result {
@@ -363,4 +365,40 @@ pub fn table(result: &BenchResult) -> String {
         }
     }
     out
+}
+
+/// Inference speed of one architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+pub struct Speed {
+    /// Median milliseconds per image at batch size 1.
+    pub latency_ms: f64,
+    /// Median images per second at batch size 256.
+    pub throughput_ips: f64,
+}
+
+/// Times `network` in inference mode on zeros of shape `input` (the study runner measures every
+/// architecture with it; the report only renders the numbers).
+pub fn measure_speed(network: &Network, input: [usize; 3], device: &Device) -> Speed {
+    let plain = device.clone().without_autodiff();
+    let model = network.valid();
+    let [c, h, w] = input;
+    let median_seconds = |batch: usize, warmup: usize, runs: usize| {
+        let x = Tensor::<4>::zeros([batch, c, h, w], &plain);
+        let mut times: Vec<f64> = (0..warmup + runs)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = model.forward(x.clone()).into_data();
+                start.elapsed().as_secs_f64()
+            })
+            .skip(warmup)
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let latency = median_seconds(1, 3, 21);
+    let batch = median_seconds(256, 1, 3);
+    Speed {
+        latency_ms: latency * 1e3,
+        throughput_ips: 256.0 / batch,
+    }
 }

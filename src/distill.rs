@@ -13,15 +13,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::Module;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{f16, Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
-use crate::data::{batch_order, Split};
+use crate::data::{batch_order, Augmentation, Split};
 use crate::models::checkpoint::{self, write_atomic, LoadedModel};
 use crate::models::Network;
 
 /// Magic bytes at the start of a logit-cache file.
 const CACHE_MAGIC: &[u8; 8] = b"DLOGIT01";
+/// Magic bytes at the start of an augmented-view logit-cache file.
+const VIEWS_MAGIC: &[u8; 8] = b"DVIEWS01";
+/// Largest tolerated difference between a cached f16 logit and the live one, relative to the
+/// logit's size (f16 keeps 11 significant bits: a relative rounding error below 2^-11).
+pub const VIEWS_RELATIVE_TOLERANCE: f32 = 1e-3;
 /// How many cached rows are re-computed live before a disk cache is trusted.
 pub const VERIFY_SAMPLE: usize = 64;
 /// Largest tolerated difference between cached and live logits.
@@ -120,6 +125,46 @@ pub enum TeacherLogits {
         /// `[len, classes]` row-major.
         values: Vec<f32>,
     },
+    /// Logits precomputed for each of the fixed augmented views of every training image.
+    Views(ViewLogits),
+}
+
+/// The teacher's logits for `K` fixed augmented views of every training image (see
+/// [`Augmentation::views`]), stored as f16: consistent teaching at the cost of a cache lookup.
+#[derive(Debug, Clone)]
+pub struct ViewLogits {
+    /// The teacher checkpoint's hash.
+    pub teacher_hash: String,
+    /// Number of classes (row length).
+    pub classes: usize,
+    /// Views per image (`K`).
+    pub views: usize,
+    /// The augmentation the views were drawn with.
+    pub augmentation: Augmentation,
+    /// `[len, K, classes]` row-major.
+    pub values: Vec<f16>,
+    /// Seconds spent running the teacher over all views (`None` when read from disk).
+    pub build_seconds: Option<f64>,
+}
+
+impl ViewLogits {
+    /// Number of training images covered.
+    pub fn len(&self) -> usize {
+        self.values.len() / (self.views * self.classes).max(1)
+    }
+
+    /// True when no image is covered.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The logits of view `view` of image `index`, as f32.
+    pub fn row(&self, index: usize, view: usize) -> impl Iterator<Item = f32> + '_ {
+        let start = (index * self.views + view) * self.classes;
+        self.values[start..start + self.classes]
+            .iter()
+            .map(|v| v.to_f32())
+    }
 }
 
 impl TeacherLogits {
@@ -128,6 +173,7 @@ impl TeacherLogits {
         match self {
             TeacherLogits::Live(teacher) => &teacher.hash,
             TeacherLogits::Cached { teacher_hash, .. } => teacher_hash,
+            TeacherLogits::Views(cache) => &cache.teacher_hash,
         }
     }
 
@@ -148,6 +194,16 @@ impl TeacherLogits {
                 }
                 *classes
             }
+            TeacherLogits::Views(cache) => {
+                if cache.len() != train.len() {
+                    bail!(
+                        "the augmented-view teacher-logit cache covers {} images, but the training split has {}",
+                        cache.len(),
+                        train.len()
+                    );
+                }
+                cache.classes
+            }
         };
         if teacher_classes != classes {
             bail!("the teacher predicts {teacher_classes} classes but the data has {classes}");
@@ -163,8 +219,37 @@ impl TeacherLogits {
         images: Tensor<4>,
         device: &Device,
     ) -> anyhow::Result<Tensor<2>> {
+        self.logits_at(indices, None, images, device)
+    }
+
+    /// As [`TeacherLogits::logits`], for a batch whose image `indices[j]` shows its fixed view
+    /// `views[j]` (required by the augmented-view cache, ignored otherwise).
+    pub fn logits_at(
+        &self,
+        indices: &[usize],
+        views: Option<&[usize]>,
+        images: Tensor<4>,
+        device: &Device,
+    ) -> anyhow::Result<Tensor<2>> {
         Ok(match self {
             TeacherLogits::Live(teacher) => teacher.network.forward(images.without_autodiff()),
+            TeacherLogits::Views(cache) => {
+                let Some(views) = views else {
+                    bail!(
+                        "the augmented-view teacher-logit cache needs the batch's views: train with `augmentation.views` = {} ({})",
+                        cache.views,
+                        cache.augmentation.describe()
+                    );
+                };
+                let mut rows = Vec::with_capacity(indices.len() * cache.classes);
+                for (&i, &v) in indices.iter().zip(views) {
+                    rows.extend(cache.row(i, v));
+                }
+                Tensor::from_data(
+                    TensorData::new(rows, [indices.len(), cache.classes]),
+                    device,
+                )
+            }
             TeacherLogits::Cached {
                 classes, values, ..
             } => {
@@ -187,6 +272,81 @@ pub fn cache_path(cache_dir: &Path, teacher_hash: &str, data_fingerprint: &str) 
     ))
 }
 
+/// A cache file: magic bytes, string keys (each must match on load), dimensions, the payload,
+/// then the SHA-256 of everything before it.
+fn encode_container(magic: &[u8; 8], keys: &[&str], dims: &[usize], payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(64 + 8 * dims.len() + payload.len());
+    bytes.extend_from_slice(magic);
+    for key in keys {
+        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(key.as_bytes());
+    }
+    for &d in dims {
+        bytes.extend_from_slice(&(d as u64).to_le_bytes());
+    }
+    bytes.extend_from_slice(payload);
+    let digest = Sha256::digest(&bytes);
+    bytes.extend_from_slice(&digest);
+    bytes
+}
+
+/// What one key of a cache file identifies, for the error when it differs.
+struct CacheKey<'a> {
+    value: &'a str,
+    mismatch: String,
+}
+
+/// Reads a cache file written by [`encode_container`], checking its checksum, that every key
+/// matches and that its dimensions are `dims`; returns the payload.
+fn decode_container(
+    path: &Path,
+    magic: &[u8; 8],
+    keys: &[CacheKey],
+    dims: &[usize],
+    element_bytes: usize,
+) -> anyhow::Result<Vec<u8>> {
+    let bytes = fs::read(path)
+        .with_context(|| format!("cannot read teacher-logit cache {}", path.display()))?;
+    let corrupt =
+        |what: &str| anyhow::anyhow!("teacher-logit cache {} is unusable: {what}", path.display());
+    if bytes.len() < magic.len() + 32 || &bytes[..8] != magic {
+        return Err(corrupt("not a logit-cache file (bad magic bytes)"));
+    }
+    let (body, digest) = bytes.split_at(bytes.len() - 32);
+    if Sha256::digest(body)[..] != digest[..] {
+        return Err(corrupt("checksum mismatch (truncated or corrupted)"));
+    }
+    let mut pos: usize = 8;
+    let mut take = |n: usize| -> anyhow::Result<&[u8]> {
+        let slice = body
+            .get(pos..pos.saturating_add(n))
+            .ok_or_else(|| corrupt("header truncated"))?;
+        pos += n;
+        Ok(slice)
+    };
+    for key in keys {
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
+        let value = String::from_utf8_lossy(take(len)?).into_owned();
+        if value != key.value {
+            return Err(corrupt(&key.mismatch.replace("{found}", &value)));
+        }
+    }
+    let mut file_dims = Vec::new();
+    for _ in dims {
+        file_dims.push(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize);
+    }
+    if file_dims != dims {
+        let show = |d: &[usize]| d.iter().map(usize::to_string).collect::<Vec<_>>().join("x");
+        return Err(corrupt(&format!(
+            "it holds {} logits, expected {}",
+            show(&file_dims),
+            show(dims)
+        )));
+    }
+    let len = dims.iter().product::<usize>() * element_bytes;
+    Ok(take(len)?.to_vec())
+}
+
 fn encode_cache(
     teacher_hash: &str,
     data_fingerprint: &str,
@@ -194,20 +354,30 @@ fn encode_cache(
     classes: usize,
     values: &[f32],
 ) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(80 + values.len() * 4);
-    bytes.extend_from_slice(CACHE_MAGIC);
-    for key in [teacher_hash, data_fingerprint] {
-        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(key.as_bytes());
-    }
-    bytes.extend_from_slice(&(rows as u64).to_le_bytes());
-    bytes.extend_from_slice(&(classes as u64).to_le_bytes());
-    for v in values {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    let digest = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&digest);
-    bytes
+    let payload: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    encode_container(
+        CACHE_MAGIC,
+        &[teacher_hash, data_fingerprint],
+        &[rows, classes],
+        &payload,
+    )
+}
+
+/// The keys every cache file starts with: the teacher and the training split.
+fn teacher_and_data_keys<'a>(
+    teacher_hash: &'a str,
+    data_fingerprint: &'a str,
+) -> [CacheKey<'a>; 2] {
+    [
+        CacheKey {
+            value: teacher_hash,
+            mismatch: "it was made by another teacher".into(),
+        },
+        CacheKey {
+            value: data_fingerprint,
+            mismatch: "it was made for another dataset".into(),
+        },
+    ]
 }
 
 /// Reads a cache file, checking its checksum and that it belongs to this teacher and split.
@@ -218,44 +388,13 @@ fn decode_cache(
     rows: usize,
     classes: usize,
 ) -> anyhow::Result<Vec<f32>> {
-    let bytes = fs::read(path)
-        .with_context(|| format!("cannot read teacher-logit cache {}", path.display()))?;
-    let corrupt =
-        |what: &str| anyhow::anyhow!("teacher-logit cache {} is unusable: {what}", path.display());
-    if bytes.len() < CACHE_MAGIC.len() + 32 || &bytes[..8] != CACHE_MAGIC {
-        return Err(corrupt("not a logit-cache file (bad magic bytes)"));
-    }
-    let (body, digest) = bytes.split_at(bytes.len() - 32);
-    if Sha256::digest(body)[..] != digest[..] {
-        return Err(corrupt("checksum mismatch (truncated or corrupted)"));
-    }
-    let mut pos = 8;
-    let mut take = |n: usize| -> anyhow::Result<&[u8]> {
-        let slice = body
-            .get(pos..pos + n)
-            .ok_or_else(|| corrupt("header truncated"))?;
-        pos += n;
-        Ok(slice)
-    };
-    let mut keys = Vec::new();
-    for _ in 0..2 {
-        let len = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
-        keys.push(String::from_utf8_lossy(take(len)?).into_owned());
-    }
-    if keys[0] != teacher_hash {
-        return Err(corrupt("it was made by another teacher"));
-    }
-    if keys[1] != data_fingerprint {
-        return Err(corrupt("it was made for another dataset"));
-    }
-    let file_rows = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
-    let file_classes = u64::from_le_bytes(take(8)?.try_into().expect("8 bytes")) as usize;
-    if (file_rows, file_classes) != (rows, classes) {
-        return Err(corrupt(&format!(
-            "it holds {file_rows}x{file_classes} logits, expected {rows}x{classes}"
-        )));
-    }
-    let payload = take(rows * classes * 4)?;
+    let payload = decode_container(
+        path,
+        CACHE_MAGIC,
+        &teacher_and_data_keys(teacher_hash, data_fingerprint),
+        &[rows, classes],
+        4,
+    )?;
     Ok(payload
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
@@ -380,4 +519,193 @@ fn compute_and_store(
         write_atomic(path, &bytes)?;
     }
     Ok(cached(teacher, values))
+}
+
+/// The augmented-view cache file for a teacher and a training split. The augmentation settings
+/// are inside the file, not in its name, so a run with other settings finds the old file and
+/// says why it rebuilds it.
+pub fn views_cache_path(cache_dir: &Path, teacher_hash: &str, data_fingerprint: &str) -> PathBuf {
+    cache_dir.join(format!(
+        "views-{}-{}.bin",
+        &teacher_hash[..16.min(teacher_hash.len())],
+        &data_fingerprint[..16.min(data_fingerprint.len())]
+    ))
+}
+
+/// How a cache file's augmentation settings are recorded (and compared).
+fn augmentation_key(aug: &Augmentation) -> String {
+    aug.describe()
+}
+
+/// The teacher's logits for every fixed view of every image of `train` under `aug` (which must
+/// have `views`), from `file` when it holds them (re-checked on a sample against the live
+/// teacher), else computed and written there. With `strict`, a file that exists but was made
+/// for another teacher, split or augmentation is an error naming both settings (the user named
+/// it); otherwise it is derived data, reported and rebuilt.
+pub fn view_logits(
+    teacher: &Teacher,
+    train: &Split,
+    aug: &Augmentation,
+    file: Option<&Path>,
+    strict: bool,
+    device: &Device,
+    progress: bool,
+) -> anyhow::Result<TeacherLogits> {
+    aug.validate().map_err(|e| anyhow::anyhow!(e))?;
+    let Some(views) = aug.views else {
+        bail!(
+            "the augmented-view teacher-logit cache needs `augmentation.views` (K views per image)"
+        );
+    };
+    let fingerprint = train.fingerprint();
+    if let Some(path) = file.filter(|p| p.is_file()) {
+        match read_views_verified(path, teacher, train, &fingerprint, aug, device) {
+            Ok(values) => {
+                return Ok(TeacherLogits::Views(ViewLogits {
+                    teacher_hash: teacher.hash.clone(),
+                    classes: teacher.classes,
+                    views,
+                    augmentation: aug.clone(),
+                    values,
+                    build_seconds: None,
+                }))
+            }
+            Err(err) if strict => {
+                return Err(err.context(format!(
+                    "--teacher-logits {} cannot be used with teacher {} and these augmentation settings; delete it or name a new file to recompute",
+                    path.display(),
+                    &teacher.hash[..16.min(teacher.hash.len())]
+                )))
+            }
+            Err(err) => eprintln!("warning: {err:#}; rebuilding it"),
+        }
+    }
+    let bytes = (train.len() as u64) * (views as u64) * (teacher.classes as u64) * 2;
+    if let Some(dir) = file
+        .and_then(Path::parent)
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create cache directory {}", dir.display()))?;
+        checkpoint::ensure_room(
+            dir,
+            bytes + (1 << 20),
+            "the augmented-view teacher-logit cache",
+        )?;
+    }
+    let started = std::time::Instant::now();
+    let plain = device.clone().without_autodiff();
+    let order = batch_order(train.len(), 256, false, 0, 0);
+    let bar = crate::progress::bar(
+        (order.len() * views) as u64,
+        &format!("Teacher logits, {views} views"),
+        progress,
+    );
+    let classes = teacher.classes;
+    let mut values = vec![f16::ZERO; train.len() * views * classes];
+    for view in 0..views {
+        for indices in &order {
+            let images = train.view_batch(indices, &vec![view; indices.len()], aug, &plain);
+            let logits = teacher.network.forward(images).into_data();
+            for (row, (&i, chunk)) in indices
+                .iter()
+                .zip(
+                    logits
+                        .as_slice::<f32>()
+                        .expect("f32 logits")
+                        .chunks_exact(classes),
+                )
+                .enumerate()
+            {
+                let _ = row;
+                let start = (i * views + view) * classes;
+                for (slot, &v) in values[start..start + classes].iter_mut().zip(chunk) {
+                    *slot = f16::from_f32(v);
+                }
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let build_seconds = started.elapsed().as_secs_f64();
+    if let Some(path) = file {
+        let payload: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let aug_key = augmentation_key(aug);
+        write_atomic(
+            path,
+            &encode_container(
+                VIEWS_MAGIC,
+                &[&teacher.hash, &fingerprint, &aug_key],
+                &[train.len(), views, classes],
+                &payload,
+            ),
+        )?;
+    }
+    Ok(TeacherLogits::Views(ViewLogits {
+        teacher_hash: teacher.hash.clone(),
+        classes,
+        views,
+        augmentation: aug.clone(),
+        values,
+        build_seconds: Some(build_seconds),
+    }))
+}
+
+/// Decodes an augmented-view cache file and re-checks [`VERIFY_SAMPLE`] (image, view) pairs
+/// against the live teacher, within the f16 rounding of [`VIEWS_RELATIVE_TOLERANCE`].
+fn read_views_verified(
+    path: &Path,
+    teacher: &Teacher,
+    train: &Split,
+    fingerprint: &str,
+    aug: &Augmentation,
+    device: &Device,
+) -> anyhow::Result<Vec<f16>> {
+    let views = aug.views.unwrap_or(1);
+    let classes = teacher.classes;
+    let aug_key = augmentation_key(aug);
+    let [teacher_key, data_key] = teacher_and_data_keys(&teacher.hash, fingerprint);
+    let keys = [
+        teacher_key,
+        data_key,
+        CacheKey {
+            value: &aug_key,
+            mismatch: format!(
+                "it was made with other augmentation settings ({{found}}); this run uses {aug_key}"
+            ),
+        },
+    ];
+    let payload = decode_container(path, VIEWS_MAGIC, &keys, &[train.len(), views, classes], 2)?;
+    let values: Vec<f16> = payload
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    let cache = ViewLogits {
+        teacher_hash: teacher.hash.clone(),
+        classes,
+        views,
+        augmentation: aug.clone(),
+        values,
+        build_seconds: None,
+    };
+    let step = (train.len() / VERIFY_SAMPLE).max(1);
+    let sample: Vec<usize> = (0..train.len()).step_by(step).take(VERIFY_SAMPLE).collect();
+    let sample_views: Vec<usize> = sample.iter().map(|&i| (i / step) % views).collect();
+    let plain = device.clone().without_autodiff();
+    let live = teacher
+        .network
+        .forward(train.view_batch(&sample, &sample_views, aug, &plain))
+        .into_data();
+    let live = live.as_slice::<f32>().expect("f32 logits");
+    for (j, (&i, &v)) in sample.iter().zip(&sample_views).enumerate() {
+        for (cached, &fresh) in cache.row(i, v).zip(&live[j * classes..(j + 1) * classes]) {
+            if (cached - fresh).abs() > VIEWS_RELATIVE_TOLERANCE * fresh.abs().max(1.0) {
+                bail!(
+                    "teacher-logit cache {} differs from the live teacher on view {v} of image {i}: {cached} vs {fresh}",
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(cache.values)
 }

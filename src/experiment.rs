@@ -3,10 +3,15 @@
 //! one or more seeds, then evaluate everything and write the report.
 //!
 //! Layout of the output directory:
-//! `teacher/`, `scratch/seed-S/`, `distilled/<alpha>-<T>-<t2>/seed-S/` (each a run directory of
-//! [`crate::train`]), `teacher-logits/` (the shared logit cache), `report.md`, `report.json` and the
-//! plots. Starting the same experiment again with the same `--out` skips finished runs and resumes
-//! an interrupted one from its last checkpoint.
+//! `teacher/`, `scratch/seed-S/`, `distilled/<point>/seed-S/` (each a run directory of
+//! [`crate::train`]; with `sweep.chain`, `scratch-chain/stage-N/seed-S/` and
+//! `distilled-chain/stage-N-<point>/seed-S/`), `teacher-logits/` (the shared logit caches),
+//! `report.md`, `report.json` and the plots. Starting the same experiment again with the same
+//! `--out` skips finished runs and resumes an interrupted one from its last checkpoint.
+//!
+//! Seeds are *paired*: seed `s` gives the scratch student and every distilled student the same
+//! initial weights, batch order, augmented views and dropout stream, so the per-seed difference
+//! between two arms is the effect of the objective alone.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,11 +19,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+use crate::bench::measure_speed;
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
-use crate::distill::{cached_logits, Teacher, TeacherLogits};
+use crate::distill::{cached_logits, view_logits, views_cache_path, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec, ModelSpec};
-use crate::report::{self, ModelResult, Report};
+use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInputs, Selection};
 use crate::train::{
     fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
 };
@@ -73,6 +79,17 @@ pub struct StudentConfig {
     /// Epochs for the scratch and the distilled students.
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Rates of the student's dropout layers, in order, for the distilled students (and the
+    /// scratch student unless `scratch_dropout` is given); default: the model's own.
+    #[serde(default)]
+    pub dropout: Option<Vec<f64>>,
+    /// Rates of the student's dropout layers for the scratch student (default: `dropout`).
+    /// Dropout fights soft targets, so each arm may need its own rate.
+    #[serde(default)]
+    pub scratch_dropout: Option<Vec<f64>>,
+    /// Warm-start every student from this checkpoint's weights (fresh optimizer).
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for StudentConfig {
@@ -80,8 +97,44 @@ impl Default for StudentConfig {
         StudentConfig {
             model: default_student(),
             epochs: default_epochs(),
+            dropout: None,
+            scratch_dropout: None,
+            init_from: None,
         }
     }
+}
+
+impl StudentConfig {
+    /// The student's spec for the distilled arms and for the scratch arm.
+    pub fn specs(&self) -> anyhow::Result<(ModelSpec, ModelSpec)> {
+        let base = resolve_spec(&self.model)?;
+        let with = |rates: Option<&Vec<f64>>, key: &str| -> anyhow::Result<ModelSpec> {
+            match rates {
+                Some(rates) => base
+                    .with_dropout_rates(rates)
+                    .map_err(|e| anyhow::anyhow!("`student.{key}`: {e}")),
+                None => Ok(base.clone()),
+            }
+        };
+        let distilled = with(self.dropout.as_ref(), "dropout")?;
+        let scratch = match &self.scratch_dropout {
+            Some(rates) => with(Some(rates), "scratch_dropout")?,
+            None => distilled.clone(),
+        };
+        Ok((distilled, scratch))
+    }
+}
+
+/// Where distilled students get their teacher's logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherLogitsSource {
+    /// Computed once and replayed: per image without augmentation, per fixed view with
+    /// `augmentation.views`; live when augmentation draws fresh transforms.
+    #[default]
+    Cache,
+    /// The teacher runs on every batch.
+    Live,
 }
 
 /// `[training]`: settings shared by every run.
@@ -103,9 +156,14 @@ pub struct TrainingConfig {
     /// Augmentation; when set, the teacher runs live instead of from the logit cache.
     #[serde(default)]
     pub augmentation: Option<Augmentation>,
-    /// Evaluate on this fraction of the training split instead of the test split during training.
+    /// Evaluate on this fraction of the training split instead of the test split during
+    /// training; the best distilled setting is then chosen on it, and the test split is only
+    /// used for the final numbers.
     #[serde(default)]
     pub val_split: Option<f64>,
+    /// Teacher logits from the cache (default) or from the live teacher.
+    #[serde(default)]
+    pub teacher_logits: TeacherLogitsSource,
 }
 
 impl Default for TrainingConfig {
@@ -117,6 +175,7 @@ impl Default for TrainingConfig {
             label_smoothing: 0.0,
             augmentation: None,
             val_split: None,
+            teacher_logits: TeacherLogitsSource::Cache,
         }
     }
 }
@@ -147,6 +206,48 @@ pub struct SweepConfig {
     /// The loss.
     #[serde(default)]
     pub loss: SweepLoss,
+    /// DKD points added to the grid (`[sweep.dkd]`).
+    #[serde(default)]
+    pub dkd: Option<DkdSweep>,
+    /// Train the grid's points one after another on one student, each stage starting from the
+    /// previous stage's weights with a fresh optimizer (what the Keras notebook's cells do),
+    /// next to a control that chains the scratch student as many times.
+    #[serde(default)]
+    pub chain: bool,
+}
+
+/// `[sweep.dkd]`: decoupled KD points (one per beta × temperature).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkdSweep {
+    /// Weight of the label cross-entropy.
+    #[serde(default = "one")]
+    pub ce_weight: f64,
+    /// Weight of the target-class term.
+    #[serde(default = "one")]
+    pub alpha: f64,
+    /// Weights of the non-target-class term.
+    #[serde(default = "default_dkd_beta")]
+    pub beta: Vec<f64>,
+    /// Temperatures.
+    #[serde(default = "default_dkd_temperature")]
+    pub temperature: Vec<f64>,
+    /// Epochs of linear warm-up of the DKD term.
+    #[serde(default = "default_dkd_warmup")]
+    pub warmup_epochs: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn default_dkd_beta() -> Vec<f64> {
+    vec![8.0]
+}
+fn default_dkd_temperature() -> Vec<f64> {
+    vec![4.0]
+}
+fn default_dkd_warmup() -> usize {
+    5
 }
 
 fn default_temperatures() -> Vec<f64> {
@@ -163,6 +264,8 @@ impl Default for SweepConfig {
             temperature: default_temperatures(),
             t2_scaling: default_t2(),
             loss: SweepLoss::Kd,
+            dkd: None,
+            chain: false,
         }
     }
 }
@@ -197,37 +300,58 @@ pub struct ExperimentConfig {
 /// per seed, so more is never a real study, only a typo or a corrupt file.
 pub const MAX_SWEEP_POINTS: usize = 10_000;
 
-/// One point of the sweep grid.
+/// One point of the sweep grid: a distillation loss with its hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct GridPoint {
-    /// Label-loss weight.
-    pub alpha: f64,
-    /// Temperature.
-    pub temperature: f64,
-    /// T² scaling of the KL term.
-    pub t2_scaling: bool,
+    /// The loss and its settings.
+    pub loss: DistillLoss,
 }
 
 impl GridPoint {
-    fn loss(self, kind: SweepLoss) -> DistillLoss {
-        match kind {
-            SweepLoss::Kd => DistillLoss::Kd {
-                alpha: self.alpha,
-                temperature: self.temperature,
-                t2_scaling: self.t2_scaling,
-            },
-            SweepLoss::Mse => DistillLoss::Mse { alpha: self.alpha },
+    /// Directory name of this point, e.g. `a0.1-T10-t2`, `mse-a0.5`, `dkd-a1-b8-T4`.
+    pub fn dir_name(self) -> String {
+        match self.loss {
+            DistillLoss::Kd {
+                alpha,
+                temperature,
+                t2_scaling,
+            } => format!(
+                "a{alpha}-T{temperature}-{}",
+                if t2_scaling { "t2" } else { "no-t2" }
+            ),
+            DistillLoss::Mse { alpha } => format!("mse-a{alpha}"),
+            DistillLoss::Dkd {
+                ce_weight,
+                alpha,
+                beta,
+                temperature,
+                warmup_epochs,
+            } => format!("dkd-ce{ce_weight}-a{alpha}-b{beta}-T{temperature}-w{warmup_epochs}"),
         }
     }
 
-    /// Directory name of this point, e.g. `a0.1-T10-t2`.
-    pub fn dir_name(self) -> String {
-        format!(
-            "a{}-T{}-{}",
-            self.alpha,
-            self.temperature,
-            if self.t2_scaling { "t2" } else { "no-t2" }
-        )
+    /// A readable description, e.g. `KD alpha 0.1, T 4, T² on`.
+    pub fn label(self) -> String {
+        match self.loss {
+            DistillLoss::Kd {
+                alpha,
+                temperature,
+                t2_scaling,
+            } => format!(
+                "KD alpha {alpha}, T {temperature}, T² {}",
+                if t2_scaling { "on" } else { "off" }
+            ),
+            DistillLoss::Mse { alpha } => format!("logit MSE, alpha {alpha}"),
+            DistillLoss::Dkd {
+                ce_weight,
+                alpha,
+                beta,
+                temperature,
+                warmup_epochs,
+            } => format!(
+                "DKD alpha {alpha}, beta {beta}, T {temperature}, CE weight {ce_weight}, warm-up {warmup_epochs} epochs"
+            ),
+        }
     }
 }
 
@@ -253,26 +377,46 @@ impl ExperimentConfig {
         Ok(config)
     }
 
-    /// The grid, in a stable order (T² setting, then temperature, then alpha).
+    /// The grid, in a stable order: KD/MSE points (T² setting, then temperature, then alpha, as
+    /// listed), then DKD points (temperature, then beta). With `sweep.chain` this is the order
+    /// of the stages.
     pub fn grid(&self) -> Vec<GridPoint> {
         let mut points = Vec::new();
-        let temperatures = if self.sweep.loss == SweepLoss::Mse {
-            vec![1.0]
-        } else {
-            self.sweep.temperature.clone()
-        };
-        let t2s = if self.sweep.loss == SweepLoss::Mse {
-            vec![false]
-        } else {
-            self.sweep.t2_scaling.clone()
-        };
-        for &t2_scaling in &t2s {
-            for &temperature in &temperatures {
+        match self.sweep.loss {
+            SweepLoss::Mse => {
                 for &alpha in &self.sweep.alpha {
                     points.push(GridPoint {
-                        alpha,
-                        temperature,
-                        t2_scaling,
+                        loss: DistillLoss::Mse { alpha },
+                    });
+                }
+            }
+            SweepLoss::Kd => {
+                for &t2_scaling in &self.sweep.t2_scaling {
+                    for &temperature in &self.sweep.temperature {
+                        for &alpha in &self.sweep.alpha {
+                            points.push(GridPoint {
+                                loss: DistillLoss::Kd {
+                                    alpha,
+                                    temperature,
+                                    t2_scaling,
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(dkd) = &self.sweep.dkd {
+            for &temperature in &dkd.temperature {
+                for &beta in &dkd.beta {
+                    points.push(GridPoint {
+                        loss: DistillLoss::Dkd {
+                            ce_weight: dkd.ce_weight,
+                            alpha: dkd.alpha,
+                            beta,
+                            temperature,
+                            warmup_epochs: dkd.warmup_epochs,
+                        },
                     });
                 }
             }
@@ -328,11 +472,46 @@ impl ExperimentConfig {
                 points.map_or_else(|| format!("more than 2^{}", usize::BITS), |p| p.to_string())
             ),
         }
+        if let Some(dkd) = &self.sweep.dkd {
+            if dkd.beta.is_empty() || dkd.temperature.is_empty() {
+                bail!("`sweep.dkd` must list at least one `beta` and one `temperature`");
+            }
+            if dkd.beta.len().saturating_mul(dkd.temperature.len()) > MAX_SWEEP_POINTS {
+                bail!("`sweep.dkd` has more than {MAX_SWEEP_POINTS} points");
+            }
+        }
         for point in self.grid() {
+            let key = if matches!(point.loss, DistillLoss::Dkd { .. }) {
+                "`sweep.dkd`"
+            } else {
+                "`sweep`"
+            };
             point
-                .loss(self.sweep.loss)
+                .loss
                 .validate()
-                .map_err(|e| anyhow::anyhow!("`sweep`: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+        }
+        if let Some(aug) = &self.training.augmentation {
+            aug.validate()
+                .map_err(|e| anyhow::anyhow!("`training`: {e}"))?;
+        }
+        if let Some(fraction) = self.training.val_split {
+            if !(fraction > 0.0 && fraction < 1.0) {
+                bail!("`training.val_split` must be strictly between 0 and 1, got {fraction}");
+            }
+        }
+        if self.seeds > 1_000 {
+            bail!(
+                "`seeds` must be at most 1000 (each seed trains every student), got {}",
+                self.seeds
+            );
+        }
+        if self.training.seed.checked_add(self.seeds as u64).is_none() {
+            bail!(
+                "`training.seed` {} + {} seeds overflows a 64-bit seed",
+                self.training.seed,
+                self.seeds
+            );
         }
         self.data
             .parse::<DataSpec>()
@@ -349,6 +528,16 @@ impl ExperimentConfig {
             label_smoothing: self.training.label_smoothing,
             augmentation: self.training.augmentation.clone(),
         }
+    }
+
+    /// The teacher trains with fresh transforms each epoch: fixed views exist only so that the
+    /// students' teacher logits can be cached.
+    fn teacher_train_config(&self, epochs: usize) -> TrainConfig {
+        let mut config = self.train_config(epochs, self.training.seed);
+        if let Some(aug) = config.augmentation.as_mut() {
+            aug.views = None;
+        }
+        config
     }
 }
 
@@ -370,6 +559,14 @@ fn seeds(config: &ExperimentConfig) -> Vec<u64> {
         .collect()
 }
 
+/// The seed of chain stage `stage` (0-based) for a run seeded `seed`: each stage sees a new
+/// batch order and dropout stream (as a continued `fit()` would), the same in both chains.
+fn stage_seed(seed: u64, stage: usize) -> u64 {
+    seed.wrapping_add((stage as u64).wrapping_mul(1_000_003))
+}
+
+/// Test accuracy and loss of each run directory, plus its final validation accuracy when the
+/// runs were evaluated on a validation split.
 fn eval_result(
     name: &str,
     dirs: &[PathBuf],
@@ -394,7 +591,8 @@ fn eval_result(
         stats.params,
         stats.bytes,
         histories,
-    ))
+    )
+    .with_dropout(spec.dropout_rates()))
 }
 
 /// Checks everything that can be checked against the loaded data before the first epoch, so a
@@ -436,6 +634,19 @@ fn preflight(
             }
         }
     }
+    if let Some(dir) = &config.student.init_from {
+        // the same checks `fit` makes, before hours of teacher training
+        if !dir.is_dir() {
+            bail!(
+                "`student.init_from`: checkpoint directory {} does not exist; expected the --out of an earlier train or distill run",
+                dir.display()
+            );
+        }
+        let device = burn::tensor::Device::default();
+        let network = crate::models::Network::init(student_spec, dataset.shape, 0, &device)?;
+        checkpoint::load_for_warm_start(dir, student_spec, dataset.shape, classes, network)
+            .context("`student.init_from`")?;
+    }
     if config.training.batch_size > train.len() {
         bail!(
             "`training.batch_size` {} is larger than the training split ({} images of `{}`)",
@@ -445,6 +656,12 @@ fn preflight(
         );
     }
     Ok(())
+}
+
+/// A trained arm: its run directories (one per seed) and histories.
+struct ArmRuns {
+    dirs: Vec<PathBuf>,
+    histories: Vec<Vec<EpochRecord>>,
 }
 
 /// Runs (or resumes) the experiment and writes the report into `options.out`.
@@ -457,7 +674,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
     let device = &options.device;
-    let student_spec = resolve_spec(&config.student.model)?;
+    let (student_spec, scratch_spec) = config.student.specs()?;
     let spec: DataSpec = config.data.parse()?;
     let dataset: Dataset = data::load(&spec)?;
     let mut train = dataset.train.clone();
@@ -484,9 +701,10 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             println!("== teacher `{}` ({} epochs)", spec.name, teacher.epochs);
             runner.fit(
                 &spec,
-                &config.train_config(teacher.epochs, config.training.seed),
+                &config.teacher_train_config(teacher.epochs),
                 Objective::Labels,
                 &dir,
+                None,
             )?;
             (dir, spec)
         }
@@ -502,73 +720,146 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             )
         })?;
     let teacher_history = read_history(&teacher_dir);
+    let init_from = config.student.init_from.as_deref();
 
-    // Students from scratch.
-    let mut scratch_dirs = Vec::new();
-    let mut scratch_histories = Vec::new();
+    // Students from scratch (the first stage of the scratch chain).
+    let mut scratch = ArmRuns {
+        dirs: Vec::new(),
+        histories: Vec::new(),
+    };
     for seed in seeds(config) {
         let dir = out.join("scratch").join(format!("seed-{seed}"));
         println!(
             "== student `{}` from scratch, seed {seed}",
-            student_spec.name
+            scratch_spec.name
         );
         let outcome = runner.fit(
-            &student_spec,
+            &scratch_spec,
             &config.train_config(config.student.epochs, seed),
             Objective::Labels,
             &dir,
+            init_from,
         )?;
-        scratch_histories.push(outcome.history);
-        scratch_dirs.push(dir);
+        scratch.histories.push(outcome.history);
+        scratch.dirs.push(dir);
     }
 
     // Distilled students over the grid, sharing the teacher logits.
-    let logits = if config.training.augmentation.is_some() {
-        TeacherLogits::Live(teacher)
-    } else {
-        cached_logits(
-            &teacher,
-            &train,
-            Some(&out.join("teacher-logits")),
-            device,
-            options.progress,
-        )?
-    };
+    let logits = teacher_logits(config, teacher, &train, out, device, options.progress)?;
+    let cache_build_seconds = match &logits {
+        TeacherLogits::Views(cache) => cache.build_seconds,
+        _ => None,
+    }
+    .or_else(|| read_cache_build_seconds(out));
+    if let Some(seconds) = cache_build_seconds {
+        let _ = std::fs::write(
+            out.join("teacher-logits").join("build-seconds.txt"),
+            format!("{seconds:.3}\n"),
+        );
+    }
+    let grid = config.grid();
     let mut distilled = Vec::new();
-    for point in config.grid() {
-        let mut dirs = Vec::new();
-        let mut histories = Vec::new();
-        for seed in seeds(config) {
-            let dir = out
-                .join("distilled")
-                .join(point.dir_name())
-                .join(format!("seed-{seed}"));
-            println!(
-                "== distilled student: alpha {} T {} {}, seed {seed}",
-                point.alpha,
-                point.temperature,
-                if point.t2_scaling {
-                    "with T²"
-                } else {
-                    "without T²"
-                }
-            );
-            let outcome = runner.fit(
-                &student_spec,
-                &config.train_config(config.student.epochs, seed),
-                Objective::Distill {
-                    loss: point.loss(config.sweep.loss),
-                    teacher: &logits,
-                },
-                &dir,
-            )?;
-            histories.push(outcome.history);
-            dirs.push(dir);
+    let mut scratch_chain: Vec<ArmRuns> = Vec::new();
+    if config.sweep.chain {
+        // Stage k of each chain starts from stage k-1's weights with a fresh optimizer.
+        let mut previous_distilled: Vec<Option<PathBuf>> = seeds(config)
+            .iter()
+            .map(|_| init_from.map(Path::to_path_buf))
+            .collect();
+        let mut previous_scratch: Vec<PathBuf> = scratch.dirs.clone();
+        for (stage, point) in grid.iter().enumerate() {
+            let mut runs = ArmRuns {
+                dirs: Vec::new(),
+                histories: Vec::new(),
+            };
+            for (k, seed) in seeds(config).into_iter().enumerate() {
+                let dir = out
+                    .join("distilled-chain")
+                    .join(format!("stage-{}-{}", stage + 1, point.dir_name()))
+                    .join(format!("seed-{seed}"));
+                println!(
+                    "== chain stage {}: {}, seed {seed}",
+                    stage + 1,
+                    point.label()
+                );
+                let outcome = runner.fit(
+                    &student_spec,
+                    &config.train_config(config.student.epochs, stage_seed(seed, stage)),
+                    Objective::Distill {
+                        loss: point.loss,
+                        teacher: &logits,
+                    },
+                    &dir,
+                    previous_distilled[k].as_deref(),
+                )?;
+                previous_distilled[k] = Some(dir.clone());
+                runs.histories.push(outcome.history);
+                runs.dirs.push(dir);
+            }
+            distilled.push((*point, runs));
+            if stage == 0 {
+                scratch_chain.push(ArmRuns {
+                    dirs: scratch.dirs.clone(),
+                    histories: scratch.histories.clone(),
+                });
+                continue;
+            }
+            let mut control = ArmRuns {
+                dirs: Vec::new(),
+                histories: Vec::new(),
+            };
+            for (k, seed) in seeds(config).into_iter().enumerate() {
+                let dir = out
+                    .join("scratch-chain")
+                    .join(format!("stage-{}", stage + 1))
+                    .join(format!("seed-{seed}"));
+                println!(
+                    "== chain stage {}: labels only (control), seed {seed}",
+                    stage + 1
+                );
+                let outcome = runner.fit(
+                    &scratch_spec,
+                    &config.train_config(config.student.epochs, stage_seed(seed, stage)),
+                    Objective::Labels,
+                    &dir,
+                    Some(&previous_scratch[k]),
+                )?;
+                previous_scratch[k] = dir.clone();
+                control.histories.push(outcome.history);
+                control.dirs.push(dir);
+            }
+            scratch_chain.push(control);
         }
-        distilled.push((point, dirs, histories));
+    } else {
+        for point in &grid {
+            let mut runs = ArmRuns {
+                dirs: Vec::new(),
+                histories: Vec::new(),
+            };
+            for seed in seeds(config) {
+                let dir = out
+                    .join("distilled")
+                    .join(point.dir_name())
+                    .join(format!("seed-{seed}"));
+                println!("== distilled student: {}, seed {seed}", point.label());
+                let outcome = runner.fit(
+                    &student_spec,
+                    &config.train_config(config.student.epochs, seed),
+                    Objective::Distill {
+                        loss: point.loss,
+                        teacher: &logits,
+                    },
+                    &dir,
+                    init_from,
+                )?;
+                runs.histories.push(outcome.history);
+                runs.dirs.push(dir);
+            }
+            distilled.push((*point, runs));
+        }
     }
 
-    // Evaluation on the test split, speed, report.
+    // Evaluation on the test split (once, after every choice is made), speed, report.
     println!("== evaluating on the test split and timing inference");
     let test = &dataset.test;
     let teacher_result = eval_result(
@@ -581,48 +872,133 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     )?;
     let scratch_result = eval_result(
         "scratch",
-        &scratch_dirs,
-        &student_spec,
-        scratch_histories,
+        &scratch.dirs,
+        &scratch_spec,
+        scratch.histories,
         test,
         device,
     )?;
-    let mut distilled_results = Vec::new();
-    for (point, dirs, histories) in distilled {
+    let mut chain_controls = Vec::new();
+    for (stage, runs) in scratch_chain.into_iter().enumerate() {
+        chain_controls.push(eval_result(
+            &format!("scratch-chain-stage-{}", stage + 1),
+            &runs.dirs,
+            &scratch_spec,
+            runs.histories,
+            test,
+            device,
+        )?);
+    }
+    let mut distilled_inputs = Vec::new();
+    for (stage, (point, runs)) in distilled.into_iter().enumerate() {
+        let name = if config.sweep.chain {
+            format!("stage-{}-{}", stage + 1, point.dir_name())
+        } else {
+            point.dir_name()
+        };
         let result = eval_result(
-            &point.dir_name(),
-            &dirs,
+            &name,
+            &runs.dirs,
             &student_spec,
-            histories,
+            runs.histories,
             test,
             device,
         )?;
-        distilled_results.push((point, result));
+        distilled_inputs.push(DistilledInput {
+            loss: point.loss,
+            label: point.label(),
+            result,
+            control: chain_controls.get(stage).cloned(),
+        });
     }
-    let teacher_speed = report::measure_speed(
+    let teacher_speed = measure_speed(
         &checkpoint::load(&teacher_dir, device)?.network,
         dataset.shape,
         device,
     );
-    let student_speed = report::measure_speed(
-        &checkpoint::load(&scratch_dirs[0], device)?.network,
+    let student_speed = measure_speed(
+        &checkpoint::load(&scratch.dirs[0], device)?.network,
         dataset.shape,
         device,
     );
-    let report = Report::build(
-        config,
-        &dataset,
-        teacher_result.with_speed(teacher_speed),
-        scratch_result.with_speed(student_speed),
-        distilled_results
+    let chain = config.sweep.chain.then(|| {
+        distilled_inputs
+            .iter()
+            .enumerate()
+            .map(|(stage, d)| ChainStage {
+                stage: stage + 1,
+                label: d.label.clone(),
+                epochs_so_far: (stage + 1) * config.student.epochs,
+                distilled: d.result.summary(),
+                labels_only: d.control.as_ref().map(ModelResult::summary),
+            })
+            .collect()
+    });
+    let report = Report::build(ReportInputs {
+        dataset: dataset.info(),
+        backend: options.backend.clone(),
+        seeds: config.seeds,
+        student_epochs: config.student.epochs,
+        selection: if config.training.val_split.is_some() {
+            Selection::Validation
+        } else {
+            Selection::Test
+        },
+        teacher: teacher_result.with_speed(teacher_speed),
+        scratch: scratch_result.with_speed(student_speed),
+        distilled: distilled_inputs
             .into_iter()
-            .map(|(p, r)| (p, r.with_speed(student_speed)))
+            .map(|mut d| {
+                d.result = d.result.with_speed(student_speed);
+                d
+            })
             .collect(),
-        started.elapsed().as_secs_f64(),
-        &options.backend,
-    );
+        chain,
+        cache_build_seconds,
+        augmentation: config.training.augmentation.clone(),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    });
     report.write(out)?;
     Ok(report)
+}
+
+/// The distilled students' source of teacher logits under this config: the per-view cache with
+/// `augmentation.views`, the live teacher for fresh transforms (or when asked), else the
+/// per-image cache. Caches live in `out/teacher-logits/`, shared by every point and seed.
+fn teacher_logits(
+    config: &ExperimentConfig,
+    teacher: Teacher,
+    train: &Split,
+    out: &Path,
+    device: &burn::tensor::Device,
+    progress: bool,
+) -> anyhow::Result<TeacherLogits> {
+    let cache_dir = out.join("teacher-logits");
+    let augmentation = config
+        .training
+        .augmentation
+        .as_ref()
+        .filter(|aug| !aug.is_identity());
+    Ok(match (config.training.teacher_logits, augmentation) {
+        (TeacherLogitsSource::Live, _) => TeacherLogits::Live(teacher),
+        (TeacherLogitsSource::Cache, Some(aug)) if aug.views.is_some() => {
+            let file = views_cache_path(&cache_dir, &teacher.hash, &train.fingerprint());
+            println!("== teacher logits for {}", aug.describe());
+            view_logits(&teacher, train, aug, Some(&file), false, device, progress)?
+        }
+        (TeacherLogitsSource::Cache, Some(_)) => TeacherLogits::Live(teacher),
+        (TeacherLogitsSource::Cache, None) => {
+            cached_logits(&teacher, train, Some(&cache_dir), device, progress)?
+        }
+    })
+}
+
+fn read_cache_build_seconds(out: &Path) -> Option<f64> {
+    std::fs::read_to_string(out.join("teacher-logits").join("build-seconds.txt"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// What every run of one experiment shares; each run resumes from its own checkpoints.
@@ -641,6 +1017,7 @@ impl Runner<'_> {
         config: &TrainConfig,
         objective: Objective,
         out: &Path,
+        init_from: Option<&Path>,
     ) -> anyhow::Result<TrainOutcome> {
         fit(
             TrainJob {
@@ -652,6 +1029,7 @@ impl Runner<'_> {
                 objective,
                 out,
                 resume: true,
+                init_from,
                 progress: self.progress,
                 verbose: true,
             },

@@ -18,6 +18,7 @@
 //! | [`distill`] | training a student from a frozen teacher, with the teacher-logit cache |
 //! | [`experiment`] | `distill run`: teacher, scratch student and the distillation sweep as one resumable job |
 //! | [`report`] | the report: Markdown, JSON and plots answering "was it worth it?" |
+//! | [`stats`] | paired-seed comparisons: mean, sample std, Student-t 95% intervals of per-seed differences |
 //! | [`progress`] | progress bars (indicatif, on stderr, hidden when it is not a terminal) |
 //! | [`bench`](mod@bench) | `distill bench`: step times and throughput of the reference workloads |
 //! | [`kernels`] | local CPU kernels (conv + bias + leaky ReLU, max pooling, dropout) behind burn's backend extension, used on Flex |
@@ -37,4 +38,5 @@ pub mod losses;
 pub mod models;
 pub mod progress;
 pub mod report;
+pub mod stats;
 pub mod train;

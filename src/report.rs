@@ -1,54 +1,24 @@
 //! The experiment report: "was distillation worth it?" as Markdown, JSON and PNG plots.
+//!
+//! The report only renders what the study runner ([`crate::experiment`]) measured: test
+//! accuracies per seed, histories, inference speed. The verdict rests on paired seeds: for each
+//! distilled setting, the per-seed difference to the scratch student (same initial weights, data
+//! order, views and dropout stream) with its 95% Student-t interval ([`crate::stats`]). A gain is
+//! claimed only when the interval lies above zero. With a validation split, the best setting is
+//! chosen on validation accuracy and the test split only reports it.
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Context;
-use burn::module::Module;
-use burn::tensor::{Device, Tensor};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::data::Dataset;
-use crate::experiment::{ExperimentConfig, GridPoint};
-use crate::models::Network;
+use crate::bench::Speed;
+use crate::data::{Augmentation, DataInfo};
+use crate::losses::DistillLoss;
+use crate::stats::{mean, paired_diff, sample_std, PairedDiff};
 use crate::train::EpochRecord;
-
-/// Inference speed of one architecture.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
-pub struct Speed {
-    /// Median milliseconds per image at batch size 1.
-    pub latency_ms: f64,
-    /// Median images per second at batch size 256.
-    pub throughput_ips: f64,
-}
-
-/// Times `network` in inference mode on zeros of shape `input`.
-pub fn measure_speed(network: &Network, input: [usize; 3], device: &Device) -> Speed {
-    let plain = device.clone().without_autodiff();
-    let model = network.valid();
-    let [c, h, w] = input;
-    let median_seconds = |batch: usize, warmup: usize, runs: usize| {
-        let x = Tensor::<4>::zeros([batch, c, h, w], &plain);
-        let mut times: Vec<f64> = (0..warmup + runs)
-            .map(|_| {
-                let start = Instant::now();
-                let _ = model.forward(x.clone()).into_data();
-                start.elapsed().as_secs_f64()
-            })
-            .skip(warmup)
-            .collect();
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
-    };
-    let latency = median_seconds(1, 3, 21);
-    let batch = median_seconds(256, 1, 3);
-    Speed {
-        latency_ms: latency * 1e3,
-        throughput_ips: 256.0 / batch,
-    }
-}
 
 /// Test results of one model (over its seeds).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,32 +27,35 @@ pub struct ModelResult {
     pub name: String,
     /// Mean test accuracy over seeds.
     pub accuracy: f64,
-    /// Standard deviation of the test accuracy over seeds (0 with one seed).
+    /// Sample standard deviation of the test accuracy over seeds (0 with one seed).
     pub accuracy_std: f64,
-    /// Test accuracy of each seed.
+    /// Test accuracy of each seed, in seed order.
     pub accuracies: Vec<f64>,
     /// Mean test cross-entropy.
     pub loss: f64,
+    /// Mean over seeds of the last epoch's accuracy on the evaluation split used during
+    /// training (the validation split when there is one).
+    pub final_val_accuracy: Option<f64>,
     /// Parameters.
     pub params: usize,
     /// Bytes of f32 weights.
     pub bytes: usize,
+    /// Rates of the model's dropout layers, in order.
+    pub dropout: Vec<f64>,
     /// Inference speed.
     pub speed: Speed,
+    /// Mean wall time of one training epoch over every run of this model (seconds).
+    pub epoch_seconds: Option<f64>,
     /// Per-epoch history of each seed.
     #[serde(skip)]
     pub histories: Vec<Vec<EpochRecord>>,
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (values.len() - 1) as f64
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
+    if values.is_empty() {
+        return (0.0, 0.0);
+    }
+    (mean(values), sample_std(values))
 }
 
 impl ModelResult {
@@ -97,15 +70,23 @@ impl ModelResult {
     ) -> Self {
         let (accuracy, accuracy_std) = mean_std(&accuracies);
         let (loss, _) = mean_std(&losses);
+        let finals: Vec<f64> = histories
+            .iter()
+            .filter_map(|h| h.last().map(|e| e.val_accuracy))
+            .collect();
+        let epochs: Vec<f64> = histories.iter().flatten().map(|e| e.seconds).collect();
         ModelResult {
             name: name.into(),
             accuracy,
             accuracy_std,
             accuracies,
             loss,
+            final_val_accuracy: (!finals.is_empty()).then(|| mean(&finals)),
             params,
             bytes,
+            dropout: Vec::new(),
             speed: Speed::default(),
+            epoch_seconds: (!epochs.is_empty()).then(|| mean(&epochs)),
             histories,
         }
     }
@@ -115,45 +96,132 @@ impl ModelResult {
         self.speed = speed;
         self
     }
+
+    /// The same result with the dropout rates it was trained with.
+    pub fn with_dropout(mut self, rates: Vec<f64>) -> Self {
+        self.dropout = rates;
+        self
+    }
+
+    /// Mean, std and per-seed accuracies, for compact tables.
+    pub fn summary(&self) -> AccuracySummary {
+        AccuracySummary {
+            accuracy: self.accuracy,
+            accuracy_std: self.accuracy_std,
+            accuracies: self.accuracies.clone(),
+        }
+    }
+}
+
+/// Mean ± std of a test accuracy over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AccuracySummary {
+    /// Mean.
+    pub accuracy: f64,
+    /// Sample standard deviation.
+    pub accuracy_std: f64,
+    /// Per seed.
+    pub accuracies: Vec<f64>,
+}
+
+/// One distilled setting as the runner hands it over.
+#[derive(Debug, Clone)]
+pub struct DistilledInput {
+    /// The loss and its hyper-parameters.
+    pub loss: DistillLoss,
+    /// Readable description of the setting.
+    pub label: String,
+    /// Its results.
+    pub result: ModelResult,
+    /// The control it is paired with, when it is not the scratch student (a chain stage's
+    /// labels-only twin).
+    pub control: Option<ModelResult>,
 }
 
 /// One distilled student in the report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DistilledResult {
-    /// Label-loss weight.
-    pub alpha: f64,
-    /// Temperature.
-    pub temperature: f64,
-    /// T² scaling.
-    pub t2_scaling: bool,
-    /// Mean test accuracy over seeds.
-    pub accuracy: f64,
-    /// Its standard deviation over seeds.
-    pub accuracy_std: f64,
+    /// The loss and its hyper-parameters (`kind`, `alpha`, `temperature`, ...).
+    #[serde(flatten)]
+    pub loss: DistillLoss,
+    /// Readable description of the setting.
+    pub label: String,
+    /// Name of the run it is compared with (`scratch`, or a chain stage's control).
+    pub control: String,
+    /// Mean test accuracy of that control.
+    pub control_accuracy: f64,
+    /// Per-seed difference to the control (test accuracy, fraction): mean, std, 95% interval.
+    pub paired_diff: Option<PairedDiff>,
     /// Full result.
     #[serde(flatten)]
     pub result: ModelResult,
 }
 
-/// The answer: best distilled student against the scratch student.
+impl DistilledResult {
+    /// Mean test accuracy over seeds.
+    pub fn accuracy(&self) -> f64 {
+        self.result.accuracy
+    }
+}
+
+/// How the best distilled setting was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// On the validation split carved from train (the test split is only reported).
+    Validation,
+    /// On the test split (no validation split was configured: optimistic).
+    Test,
+}
+
+/// The answer: the chosen distilled student against its control.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Best {
-    /// Winning alpha.
-    pub alpha: f64,
-    /// Winning temperature.
-    pub temperature: f64,
-    /// Winning T² setting.
-    pub t2_scaling: bool,
+    /// Run name of the chosen setting.
+    pub name: String,
+    /// Its description.
+    pub label: String,
+    /// How it was chosen.
+    pub selected_by: Selection,
     /// Its mean test accuracy.
     pub accuracy: f64,
-    /// Accuracy minus the scratch student's (fraction, not points).
+    /// Mean test accuracy minus the control's (fraction, not points).
     pub gain_over_scratch: f64,
-    /// Seed-to-seed spread used for the comparison (larger of the two std devs; 0 with one seed).
-    pub seed_spread: f64,
-    /// Whether the gain is larger than twice the spread (`None` with one seed: unknown).
-    pub exceeds_spread: Option<bool>,
+    /// The paired difference (None with one seed... or when seeds differ in number).
+    pub paired_diff: Option<PairedDiff>,
+    /// Whether the 95% interval lies above zero (`None` with one seed: unknown).
+    pub significant_gain: Option<bool>,
     /// The answer in one sentence.
     pub verdict: String,
+}
+
+/// A chain stage (`sweep.chain`): the distilled chain and the labels-only chain after the same
+/// number of epochs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChainStage {
+    /// 1-based stage.
+    pub stage: usize,
+    /// The stage's distillation setting.
+    pub label: String,
+    /// Epochs trained in total after this stage.
+    pub epochs_so_far: usize,
+    /// The distilled chain.
+    pub distilled: AccuracySummary,
+    /// The labels-only chain.
+    pub labels_only: Option<AccuracySummary>,
+}
+
+/// The cost of consistent teaching with the augmented-view cache.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheCost {
+    /// Seconds to run the teacher over every view (once per study).
+    pub build_seconds: Option<f64>,
+    /// Mean distillation epoch (seconds).
+    pub distill_epoch_seconds: f64,
+    /// Mean scratch epoch with the same augmentation (seconds).
+    pub scratch_epoch_seconds: f64,
+    /// Their ratio.
+    pub ratio: f64,
 }
 
 /// A learning curve: validation accuracy per epoch of one run.
@@ -165,11 +233,40 @@ pub struct RunCurve {
     pub val_accuracy: Vec<f64>,
 }
 
+/// What the runner measured, handed to [`Report::build`].
+#[derive(Debug, Clone)]
+pub struct ReportInputs {
+    /// Dataset name, sizes, shape.
+    pub dataset: DataInfo,
+    /// Backend used.
+    pub backend: String,
+    /// Seeds per student.
+    pub seeds: usize,
+    /// Student epochs (per stage, with a chain).
+    pub student_epochs: usize,
+    /// How the best setting is chosen.
+    pub selection: Selection,
+    /// The teacher.
+    pub teacher: ModelResult,
+    /// The student from scratch.
+    pub scratch: ModelResult,
+    /// Every distilled setting.
+    pub distilled: Vec<DistilledInput>,
+    /// Chain stages, with `sweep.chain`.
+    pub chain: Option<Vec<ChainStage>>,
+    /// Seconds spent building the augmented-view cache, when one was used.
+    pub cache_build_seconds: Option<f64>,
+    /// The training augmentation.
+    pub augmentation: Option<Augmentation>,
+    /// Wall time of this invocation.
+    pub wall_seconds: f64,
+}
+
 /// Everything `distill run` found.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     /// Dataset name, sizes, shape.
-    pub dataset: crate::data::DataInfo,
+    pub dataset: DataInfo,
     /// Backend used.
     pub backend: String,
     /// Seeds per student.
@@ -180,13 +277,19 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Sum of the epoch times of every run (teacher included), across resumes.
     pub training_seconds: f64,
+    /// The training augmentation, if any.
+    pub augmentation: Option<Augmentation>,
     /// The teacher.
     pub teacher: ModelResult,
     /// The student from scratch.
     pub scratch: ModelResult,
     /// Every distilled student.
     pub distilled: Vec<DistilledResult>,
-    /// The best distilled student and the verdict.
+    /// Chain stages, with `sweep.chain`.
+    pub chain: Option<Vec<ChainStage>>,
+    /// The augmented-view cache's cost, when one was used.
+    pub cache: Option<CacheCost>,
+    /// The chosen distilled student and the verdict.
     pub best: Best,
 }
 
@@ -194,83 +297,64 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", x * 100.0)
 }
 
+fn points(x: f64) -> String {
+    format!("{:+.2}", x * 100.0)
+}
+
+/// `+1.23 [+0.40, +2.06]` (points), or the reason there is no interval.
+fn interval_cell(diff: Option<&PairedDiff>) -> String {
+    match diff {
+        Some(PairedDiff {
+            mean,
+            ci95: Some([lo, hi]),
+            ..
+        }) => format!("{} [{}, {}]", points(*mean), points(*lo), points(*hi)),
+        Some(d) => format!("{} (an interval needs at least 2 seeds)", points(d.mean)),
+        None => "n/a".into(),
+    }
+}
+
 impl Report {
-    /// Assembles the report and decides the verdict.
-    pub fn build(
-        config: &ExperimentConfig,
-        dataset: &Dataset,
-        teacher: ModelResult,
-        scratch: ModelResult,
-        distilled: Vec<(GridPoint, ModelResult)>,
-        wall_seconds: f64,
-        backend: &str,
-    ) -> Self {
+    /// Pairs every distilled setting with its control, chooses the best one and decides the
+    /// verdict.
+    pub fn build(inputs: ReportInputs) -> Self {
+        let ReportInputs {
+            dataset,
+            backend,
+            seeds,
+            student_epochs,
+            selection,
+            teacher,
+            scratch,
+            distilled,
+            chain,
+            cache_build_seconds,
+            augmentation,
+            wall_seconds,
+        } = inputs;
         let distilled: Vec<DistilledResult> = distilled
             .into_iter()
-            .map(|(p, r)| DistilledResult {
-                alpha: p.alpha,
-                temperature: p.temperature,
-                t2_scaling: p.t2_scaling,
-                accuracy: r.accuracy,
-                accuracy_std: r.accuracy_std,
-                result: r,
+            .map(|d| {
+                let control = d.control.as_ref().unwrap_or(&scratch);
+                DistilledResult {
+                    loss: d.loss,
+                    label: d.label,
+                    control: control.name.clone(),
+                    control_accuracy: control.accuracy,
+                    paired_diff: paired_diff(&d.result.accuracies, &control.accuracies).ok(),
+                    result: d.result,
+                }
             })
             .collect();
+        let score = |d: &DistilledResult| match selection {
+            Selection::Validation => d.result.final_val_accuracy.unwrap_or(d.accuracy()),
+            Selection::Test => d.accuracy(),
+        };
         let top = distilled
             .iter()
-            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+            .max_by(|a, b| score(a).total_cmp(&score(b)))
             .expect("the sweep has at least one point");
-        let gain = top.accuracy - scratch.accuracy;
-        let spread = top.accuracy_std.max(scratch.accuracy_std);
-        let exceeds = (config.seeds > 1).then_some(gain.abs() > 2.0 * spread);
-        let setting = format!(
-            "alpha {}, T {}, {}",
-            top.alpha,
-            top.temperature,
-            if top.t2_scaling {
-                "T² scaling on"
-            } else {
-                "T² scaling off"
-            }
-        );
-        let verdict = match (gain > 0.0, exceeds) {
-            (true, Some(true)) => format!(
-                "Distillation helped: the best distilled student ({setting}) reached {} vs {} from scratch (+{:.2} points), more than twice the seed-to-seed spread (±{:.2}).",
-                pct(top.accuracy), pct(scratch.accuracy), gain * 100.0, spread * 100.0
-            ),
-            (true, Some(false)) => format!(
-                "No clear win: the best distilled student ({setting}) reached {} vs {} from scratch (+{:.2} points), within twice the seed-to-seed spread (±{:.2}).",
-                pct(top.accuracy), pct(scratch.accuracy), gain * 100.0, spread * 100.0
-            ),
-            (true, None) => format!(
-                "The best distilled student ({setting}) reached {} vs {} from scratch (+{:.2} points); with one seed the spread is unknown, so run with --seeds 3 to tell a gain from noise.",
-                pct(top.accuracy), pct(scratch.accuracy), gain * 100.0
-            ),
-            (false, Some(true)) => format!(
-                "Distillation hurt: the best distilled student ({setting}) reached {} vs {} from scratch ({:.2} points), more than twice the seed-to-seed spread (±{:.2}).",
-                pct(top.accuracy), pct(scratch.accuracy), gain * 100.0, spread * 100.0
-            ),
-            (false, spread_known) => format!(
-                "Distillation did not help here: the best distilled student ({setting}) reached {} vs {} from scratch ({:.2} points){}",
-                pct(top.accuracy),
-                pct(scratch.accuracy),
-                gain * 100.0,
-                match spread_known {
-                    Some(_) => format!(", within twice the seed-to-seed spread (±{:.2}).", spread * 100.0),
-                    None => "; with one seed the spread is unknown, so run with --seeds 3 to tell a difference from noise.".to_string(),
-                }
-            ),
-        };
-        let best = Best {
-            alpha: top.alpha,
-            temperature: top.temperature,
-            t2_scaling: top.t2_scaling,
-            accuracy: top.accuracy,
-            gain_over_scratch: gain,
-            seed_spread: spread,
-            exceeds_spread: exceeds,
-            verdict,
-        };
+        let best = verdict(top, selection, seeds);
         let epoch_seconds =
             |r: &ModelResult| r.histories.iter().flatten().map(|e| e.seconds).sum::<f64>();
         let training_seconds = epoch_seconds(&teacher)
@@ -279,18 +363,47 @@ impl Report {
                 .iter()
                 .map(|d| epoch_seconds(&d.result))
                 .sum::<f64>();
+        let cache = augmentation
+            .as_ref()
+            .filter(|a| a.views.is_some())
+            .and_then(|_| {
+                let distill_epoch = mean(
+                    &distilled
+                        .iter()
+                        .filter_map(|d| d.result.epoch_seconds)
+                        .collect::<Vec<_>>(),
+                );
+                let scratch_epoch = scratch.epoch_seconds?;
+                Some(CacheCost {
+                    build_seconds: cache_build_seconds,
+                    distill_epoch_seconds: distill_epoch,
+                    scratch_epoch_seconds: scratch_epoch,
+                    ratio: distill_epoch / scratch_epoch,
+                })
+            });
         Report {
             training_seconds,
-            dataset: dataset.info(),
-            backend: backend.into(),
-            seeds: config.seeds,
-            student_epochs: config.student.epochs,
+            dataset,
+            backend,
+            seeds,
+            student_epochs,
             wall_seconds,
+            augmentation,
             teacher,
             scratch,
             distilled,
+            chain,
+            cache,
             best,
         }
+    }
+
+    /// The distilled student the verdict is about.
+    pub fn best_distilled(&self) -> &DistilledResult {
+        self.distilled
+            .iter()
+            .find(|d| d.result.name == self.best.name)
+            .expect("the best point is one of the distilled students")
     }
 
     /// Learning curves of every run (first seed of each).
@@ -308,21 +421,13 @@ impl Report {
             curve("scratch".into(), &self.scratch),
         ];
         for d in &self.distilled {
-            curves.push(curve(
-                format!(
-                    "a={} T={}{}",
-                    d.alpha,
-                    d.temperature,
-                    if d.t2_scaling { " T²" } else { "" }
-                ),
-                &d.result,
-            ));
+            curves.push(curve(d.label.clone(), &d.result));
         }
         curves
     }
 
     fn accuracy_cell(&self, r: &ModelResult) -> String {
-        if self.seeds > 1 {
+        if r.accuracies.len() > 1 {
             format!("{} ± {:.2}", pct(r.accuracy), r.accuracy_std * 100.0)
         } else {
             pct(r.accuracy)
@@ -337,20 +442,34 @@ impl Report {
         let _ = writeln!(md, "**{}**\n", self.best.verdict);
         let _ = writeln!(
             md,
-            "Dataset `{}`: {} train / {} test images of shape {:?}, {} classes. Students trained {} epochs, {} seed(s); backend {}; training time {:.0} s (this invocation: {:.0} s).\n",
-            d.name, d.train, d.test, d.shape, d.classes.len(), self.student_epochs, self.seeds, self.backend, self.training_seconds, self.wall_seconds
+            "Dataset `{}`: {} train / {} test images of shape {:?}, {} classes. Students trained {} epochs, {} paired seed(s); augmentation: {}; backend {}; training time {:.0} s (this invocation: {:.0} s).\n",
+            d.name,
+            d.train,
+            d.test,
+            d.shape,
+            d.classes.len(),
+            self.student_epochs,
+            self.seeds,
+            self.augmentation
+                .as_ref()
+                .filter(|a| !a.is_identity())
+                .map_or_else(|| "none".to_string(), Augmentation::describe),
+            self.backend,
+            self.training_seconds,
+            self.wall_seconds
         );
         let _ = writeln!(md, "## Teacher vs student\n");
-        let _ = writeln!(md, "| model | test accuracy | CE loss | params | weights | latency, batch 1 | throughput, batch 256 | compression | speed-up |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "| model | test accuracy | CE loss | params | dropout | weights | latency, batch 1 | throughput, batch 256 | compression | speed-up |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         let t = &self.teacher;
         let mut row = |name: String, r: &ModelResult| {
             let _ = writeln!(
                 md,
-                "| {name} | {} | {:.4} | {} | {:.1} KB | {:.3} ms | {:.0} img/s | {:.1}x | {:.1}x |",
+                "| {name} | {} | {:.4} | {} | {:?} | {:.1} KB | {:.3} ms | {:.0} img/s | {:.1}x | {:.1}x |",
                 self.accuracy_cell(r),
                 r.loss,
                 crate::models::summary::thousands(r.params as u64),
+                r.dropout,
                 r.bytes as f64 / 1024.0,
                 r.speed.latency_ms,
                 r.speed.throughput_ips,
@@ -360,40 +479,97 @@ impl Report {
         };
         row("teacher".into(), t);
         row("student from scratch".into(), &self.scratch);
-        let top = self
-            .distilled
-            .iter()
-            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
-            .expect("non-empty sweep");
+        let top = self.best_distilled();
         row(
-            format!("best distilled student ({})", top.result.name),
+            format!("best distilled student ({})", top.label),
             &top.result,
         );
         let _ = writeln!(md, "\n## Sweep\n");
+        let selection_note = match self.best.selected_by {
+            Selection::Validation => "The best setting is chosen on validation accuracy (final epoch, mean over seeds); test accuracy is reported for every setting but used for no choice.",
+            Selection::Test => "No validation split was configured, so the best setting is chosen on test accuracy (optimistic; set `training.val_split` to choose on validation).",
+        };
         let _ = writeln!(
             md,
-            "| alpha | T | T² scaling | test accuracy | vs scratch | CE loss |"
+            "Paired difference: per seed, distilled minus its control (same initial weights, data order, augmented views and dropout stream), in points, with its 95% Student-t interval. {selection_note}\n"
+        );
+        let _ = writeln!(
+            md,
+            "| setting | test accuracy | val accuracy | vs control, paired [95% CI] | control | CE loss |"
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|");
         for r in &self.distilled {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:+.2} | {:.4} |",
-                r.alpha,
-                r.temperature,
-                if r.t2_scaling { "on" } else { "off" },
+                "| {}{} | {} | {} | {} | {} | {:.4} |",
+                r.label,
+                if r.result.name == self.best.name {
+                    " (chosen)"
+                } else {
+                    ""
+                },
                 self.accuracy_cell(&r.result),
-                (r.accuracy - self.scratch.accuracy) * 100.0,
+                r.result
+                    .final_val_accuracy
+                    .map_or_else(|| "n/a".into(), pct),
+                interval_cell(r.paired_diff.as_ref()),
+                r.control,
                 r.result.loss
             );
         }
+        if let Some(stages) = &self.chain {
+            let _ = writeln!(
+                md,
+                "\n## Chain (one student trained stage after stage, fresh optimizer each stage)\n"
+            );
+            let _ = writeln!(
+                md,
+                "| stage | setting | epochs so far | distilled chain | labels-only chain |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|");
+            let cell = |a: &AccuracySummary| {
+                if a.accuracies.len() > 1 {
+                    format!("{} ± {:.2}", pct(a.accuracy), a.accuracy_std * 100.0)
+                } else {
+                    pct(a.accuracy)
+                }
+            };
+            for s in stages {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    s.stage,
+                    s.label,
+                    s.epochs_so_far,
+                    cell(&s.distilled),
+                    s.labels_only.as_ref().map_or_else(|| "n/a".into(), cell)
+                );
+            }
+        }
+        if let Some(cache) = &self.cache {
+            let _ = writeln!(
+                md,
+                "\nAugmented-view teacher-logit cache: built in {}; a distillation epoch took {:.1} s against {:.1} s for a scratch epoch with the same augmentation ({:.2}x).",
+                cache
+                    .build_seconds
+                    .map_or_else(|| "an earlier invocation".to_string(), |s| format!("{s:.0} s")),
+                cache.distill_epoch_seconds,
+                cache.scratch_epoch_seconds,
+                cache.ratio
+            );
+        }
         let _ = writeln!(md, "\n## Plots\n");
+        let _ = writeln!(
+            md,
+            "![test accuracy per setting and seed](accuracy_by_setting.png)\n"
+        );
         let _ = writeln!(md, "![accuracy vs alpha](accuracy_vs_alpha.png)\n");
         let _ = writeln!(md, "![learning curves](learning_curves.png)");
         md
     }
 
-    /// Writes `report.md`, `report.json`, `learning_curves.png` and `accuracy_vs_alpha.png` into `dir`.
+    /// Writes `report.md`, `report.json`, `learning_curves.png`, `accuracy_vs_alpha.png` and
+    /// `accuracy_by_setting.png` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join("report.md"), self.markdown())
             .with_context(|| format!("cannot write {}", dir.join("report.md").display()))?;
@@ -401,7 +577,65 @@ impl Report {
             .with_context(|| format!("cannot write {}", dir.join("report.json").display()))?;
         plot_learning_curves(&self.curves(), &dir.join("learning_curves.png"))?;
         plot_accuracy_vs_alpha(self, &dir.join("accuracy_vs_alpha.png"))?;
+        plot_accuracy_by_setting(self, &dir.join("accuracy_by_setting.png"))?;
         Ok(())
+    }
+}
+
+/// The verdict on the chosen setting, from its paired interval.
+fn verdict(top: &DistilledResult, selection: Selection, seeds: usize) -> Best {
+    let gain = top.accuracy() - top.control_accuracy;
+    let chosen = match selection {
+        Selection::Validation => "chosen on validation",
+        Selection::Test => "chosen on test accuracy",
+    };
+    let head = format!(
+        "the best distilled student ({}, {chosen}) reached {} vs {} for {} ({} points)",
+        top.label,
+        pct(top.accuracy()),
+        pct(top.control_accuracy),
+        if top.control == "scratch" {
+            "the student from scratch".to_string()
+        } else {
+            top.control.clone()
+        },
+        points(gain)
+    );
+    let diff = top.paired_diff.clone();
+    let interval = diff.as_ref().and_then(|d| d.ci95);
+    let significant_gain = diff.as_ref().and_then(PairedDiff::is_gain);
+    let verdict = match (interval, diff.as_ref()) {
+        (Some([lo, hi]), Some(d)) if lo > 0.0 => format!(
+            "Distillation pays: {head}; over {} paired seeds the difference is {} points, 95% CI [{}, {}], above zero.",
+            d.n, points(d.mean), points(lo), points(hi)
+        ),
+        (Some([lo, hi]), Some(d)) if hi < 0.0 => format!(
+            "Distillation hurt: {head}; over {} paired seeds the difference is {} points, 95% CI [{}, {}], below zero.",
+            d.n, points(d.mean), points(lo), points(hi)
+        ),
+        (Some([lo, hi]), Some(d)) => format!(
+            "No significant difference: {head}; over {} paired seeds the difference is {} points, 95% CI [{}, {}], which includes zero.",
+            d.n, points(d.mean), points(lo), points(hi)
+        ),
+        _ => format!(
+            "Not enough seeds to tell: {head}; a confidence interval needs at least 2 paired seeds ({seeds} run), so run with --seeds 3 or more to tell a gain from noise."
+        ),
+    };
+    let mut first = verdict;
+    // sentence case
+    if let Some(c) = first.get(0..1) {
+        let upper = c.to_uppercase();
+        first.replace_range(0..1, &upper);
+    }
+    Best {
+        name: top.result.name.clone(),
+        label: top.label.clone(),
+        selected_by: selection,
+        accuracy: top.accuracy(),
+        gain_over_scratch: gain,
+        paired_diff: diff,
+        significant_gain,
+        verdict: first,
     }
 }
 
@@ -489,25 +723,50 @@ pub fn plot_learning_curves(curves: &[RunCurve], path: &Path) -> anyhow::Result<
     save_png(path, &buffer)
 }
 
-/// Final test accuracy against alpha, one line per (T, T²) setting, with the scratch student and
-/// the teacher as horizontal references.
+/// The KD points of a report as `(alpha, temperature, t2, mean, std)`.
+fn kd_points(report: &Report) -> Vec<(f64, f64, bool, f64, f64)> {
+    report
+        .distilled
+        .iter()
+        .filter_map(|d| match d.loss {
+            DistillLoss::Kd {
+                alpha,
+                temperature,
+                t2_scaling,
+            } => Some((
+                alpha,
+                temperature,
+                t2_scaling,
+                d.accuracy(),
+                d.result.accuracy_std,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Final test accuracy against alpha, one line per (T, T²) setting with ± one std whiskers over
+/// seeds, with the scratch student and the teacher as horizontal references.
 pub fn plot_accuracy_vs_alpha(report: &Report, path: &Path) -> anyhow::Result<()> {
     register_font();
+    let kd = kd_points(report);
     let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let accs: Vec<f64> = report
-            .distilled
+        let accs: Vec<f64> = kd
             .iter()
-            .map(|d| d.accuracy)
+            .flat_map(|p| [p.3 - p.4, p.3 + p.4])
             .chain([report.scratch.accuracy, report.teacher.accuracy])
             .collect();
         let lo = accs.iter().copied().fold(1.0, f64::min);
         let hi = accs.iter().copied().fold(0.0, f64::max);
         let pad = ((hi - lo) * 0.15).max(0.01);
         let mut chart = ChartBuilder::on(&root)
-            .caption("Test accuracy vs alpha", ("sans-serif", 22))
+            .caption(
+                "Test accuracy vs alpha (KD; whiskers: ± 1 std over seeds)",
+                ("sans-serif", 22),
+            )
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(55)
@@ -540,22 +799,24 @@ pub fn plot_accuracy_vs_alpha(report: &Report, path: &Path) -> anyhow::Result<()
                 });
         }
         let mut settings: Vec<(f64, bool)> = Vec::new();
-        for d in &report.distilled {
-            if !settings.contains(&(d.temperature, d.t2_scaling)) {
-                settings.push((d.temperature, d.t2_scaling));
+        for p in &kd {
+            if !settings.contains(&(p.1, p.2)) {
+                settings.push((p.1, p.2));
             }
         }
         for (i, (temperature, t2)) in settings.into_iter().enumerate() {
             let color = Palette99::pick(i + 2).to_rgba();
-            let mut points: Vec<(f64, f64)> = report
-                .distilled
+            let mut line: Vec<(f64, f64, f64)> = kd
                 .iter()
-                .filter(|d| d.temperature == temperature && d.t2_scaling == t2)
-                .map(|d| (d.alpha, d.accuracy))
+                .filter(|p| p.1 == temperature && p.2 == t2)
+                .map(|p| (p.0, p.3, p.4))
                 .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
             chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    line.iter().map(|p| (p.0, p.1)),
+                    color.stroke_width(2),
+                ))
                 .map_err(plot_error)?
                 .label(format!(
                     "distilled, T={temperature}{}",
@@ -565,11 +826,9 @@ pub fn plot_accuracy_vs_alpha(report: &Report, path: &Path) -> anyhow::Result<()
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
                 });
             chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 4, color.filled())),
-                )
+                .draw_series(line.iter().map(|&(a, m, sd)| {
+                    ErrorBar::new_vertical(a, m - sd, m, m + sd, color.filled(), 8)
+                }))
                 .map_err(plot_error)?;
         }
         chart
@@ -580,6 +839,83 @@ pub fn plot_accuracy_vs_alpha(report: &Report, path: &Path) -> anyhow::Result<()
             .label_font(("sans-serif", 13))
             .draw()
             .map_err(plot_error)?;
+        root.present().map_err(plot_error)?;
+    }
+    save_png(path, &buffer)
+}
+
+/// Test accuracy of every seed (dots) and the mean (bar) for the scratch student and each
+/// distilled setting, so the seed spread is visible next to the differences.
+pub fn plot_accuracy_by_setting(report: &Report, path: &Path) -> anyhow::Result<()> {
+    register_font();
+    let mut columns: Vec<(String, &ModelResult)> = vec![("scratch".into(), &report.scratch)];
+    for (i, d) in report.distilled.iter().enumerate() {
+        columns.push((format!("{}", i + 1), &d.result));
+    }
+    let mut buffer = vec![255u8; (WIDTH * HEIGHT * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buffer, (WIDTH, HEIGHT)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        let all: Vec<f64> = columns
+            .iter()
+            .flat_map(|(_, r)| r.accuracies.iter().copied())
+            .collect();
+        let lo = all.iter().copied().fold(1.0, f64::min);
+        let hi = all.iter().copied().fold(0.0, f64::max);
+        let pad = ((hi - lo) * 0.15).max(0.005);
+        let n = columns.len();
+        let names: Vec<String> = columns.iter().map(|(name, _)| name.clone()).collect();
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "Test accuracy per seed (dots) and mean (bar); settings numbered as in the sweep table",
+                ("sans-serif", 18),
+            )
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (lo - pad).max(0.0)..(hi + pad).min(1.0))
+            .map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_labels(n)
+            .x_label_formatter(&|x| {
+                let i = x.round();
+                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < names.len() {
+                    names[i as usize].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .x_desc("setting")
+            .y_desc("test accuracy")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_error)?;
+        for (i, (_, r)) in columns.iter().enumerate() {
+            let color = if i == 0 {
+                RED.to_rgba()
+            } else {
+                Palette99::pick(i + 1).to_rgba()
+            };
+            let x = i as f64;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x - 0.3, r.accuracy), (x + 0.3, r.accuracy)],
+                    color.stroke_width(3),
+                )))
+                .map_err(plot_error)?;
+            let k = r.accuracies.len().max(1) as f64;
+            chart
+                .draw_series(r.accuracies.iter().enumerate().map(|(j, &a)| {
+                    let dx = if k > 1.0 {
+                        -0.2 + 0.4 * j as f64 / (k - 1.0)
+                    } else {
+                        0.0
+                    };
+                    Circle::new((x + dx, a), 4, color.filled())
+                }))
+                .map_err(plot_error)?;
+        }
         root.present().map_err(plot_error)?;
     }
     save_png(path, &buffer)

@@ -22,7 +22,7 @@ use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{augmentation_seed, batch_order, Augmentation, Split};
+use crate::data::{augmentation_seed, batch_order, view_of, Augmentation, Split};
 use crate::distill::TeacherLogits;
 use crate::losses::{cross_entropy, DistillLoss};
 use crate::models::checkpoint::{self, write_atomic, ModelMeta};
@@ -199,6 +199,9 @@ pub struct TrainJob<'a> {
     pub out: &'a Path,
     /// Continue from the newest checkpoint in `out` if there is one.
     pub resume: bool,
+    /// Start from this checkpoint's weights (with a fresh optimizer) instead of a random
+    /// initialisation; ignored when resuming, since the run's own checkpoint holds newer weights.
+    pub init_from: Option<&'a Path>,
     /// Show progress bars (they are hidden anyway when stderr is not a terminal).
     pub progress: bool,
     /// Print one line per epoch on stdout.
@@ -422,6 +425,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         objective,
         out,
         resume,
+        init_from,
         progress,
         verbose,
     } = job;
@@ -471,7 +475,12 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     let mut history = Vec::new();
 
     let existing = checkpoint_dirs(out);
-    if let Some((epochs_done, dir)) = newest_valid_checkpoint(&existing, resume)? {
+    let resuming = newest_valid_checkpoint(&existing, resume)?;
+    if let (Some(dir), None) = (init_from, resuming) {
+        network = checkpoint::load_for_warm_start(dir, spec, input, classes.len(), network)?;
+        append_log(out, &format!("warm start from {}", dir.display()));
+    }
+    if let Some((epochs_done, dir)) = resuming {
         if !resume {
             bail!(
                 "{} already holds a training run (last checkpoint: epoch {epochs_done}); pass --resume to continue it or choose another --out",
@@ -542,6 +551,8 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             .map(|aug| (aug, augmentation_seed(config.seed, epoch)));
         for (step, indices) in order.iter().enumerate() {
             let batch = train.batch(indices, &train_device, augment);
+            let views: Option<Vec<usize>> = augment
+                .and_then(|(aug, seed)| indices.iter().map(|&i| view_of(aug, seed, i)).collect());
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
@@ -551,8 +562,10 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                 &objective,
                 batch,
                 indices,
+                views.as_deref(),
                 lr,
                 config.label_smoothing,
+                epoch + 1,
                 &plain_device,
             )?;
             network = next;
@@ -630,6 +643,8 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
 }
 
 /// One optimisation step on a batch: forward, the objective's loss, backward, Adam update.
+/// `views` gives the fixed augmented view each image shows (for the augmented-view logit cache);
+/// `epoch` is the 1-based epoch being trained (DKD's warm-up reads it).
 /// Returns the updated network, the batch loss and the number of correct predictions. A
 /// non-finite loss skips the update (the caller stops the run with the weights of the last good step).
 #[allow(clippy::too_many_arguments)]
@@ -639,20 +654,25 @@ pub fn train_step(
     objective: &Objective,
     (images, labels): (Tensor<4>, Tensor<1, Int>),
     indices: &[usize],
+    views: Option<&[usize]>,
     learning_rate: f64,
     label_smoothing: f64,
+    epoch: usize,
     plain_device: &Device,
 ) -> anyhow::Result<(Network, f32, i64)> {
     let logits = network.forward(images.clone());
     let loss = match objective {
         Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
         Objective::Distill { loss, teacher } => {
-            let teacher_logits = teacher.logits(indices, images, plain_device)?.autodiff();
+            let teacher_logits = teacher
+                .logits_at(indices, views, images, plain_device)?
+                .autodiff();
             loss.forward(
                 logits.clone(),
                 teacher_logits,
                 labels.clone(),
                 label_smoothing,
+                epoch,
             )
             .total
         }

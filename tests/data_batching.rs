@@ -194,6 +194,7 @@ fn flip_is_an_exact_mirror() {
     let aug = Augmentation {
         crop_padding: 0,
         horizontal_flip: true,
+        ..Default::default()
     };
     let indices: Vec<usize> = (0..64).collect();
     let xs = floats(s.batch(&indices, &device(), Some((&aug, 11))).0);
@@ -248,6 +249,7 @@ fn augmented_batches_keep_shape_and_are_reproducible() {
     let aug = Augmentation {
         crop_padding: 2,
         horizontal_flip: true,
+        ..Default::default()
     };
     let idx = [3, 1, 4, 1, 5, 9, 2, 6];
     let (x, y) = s.batch(&idx, &device(), Some((&aug, 99)));
@@ -292,7 +294,8 @@ fn augmentation_config_serde() {
         aug,
         Augmentation {
             crop_padding: 4,
-            horizontal_flip: true
+            horizontal_flip: true,
+            ..Default::default()
         }
     );
     let partial: Augmentation = serde_json::from_str(r#"{"horizontal_flip": true}"#).unwrap();

@@ -58,6 +58,7 @@ fn job<'a>(
         objective,
         out,
         resume,
+        init_from: None,
         progress: false,
         verbose: false,
     }
@@ -332,6 +333,7 @@ fn only_student_parameters_receive_gradients() {
                 teacher_logits.clone().autodiff(),
                 labels.clone(),
                 0.0,
+                1,
             )
             .total;
         let grads = total.backward();
@@ -577,6 +579,7 @@ fn opt_in_extras_train_with_a_live_teacher() {
     cfg.augmentation = Some(distill::data::Augmentation {
         crop_padding: 4,
         horizontal_flip: true,
+        ..Default::default()
     });
     let net = Network::init(&small_teacher(), [1, 28, 28], 5, &device).unwrap();
     let live = TeacherLogits::Live(Teacher::from_network(&net, [1, 28, 28], 10));

@@ -100,10 +100,31 @@ fn tiny_experiment_writes_a_consistent_report_and_resumes() {
     assert_eq!(report["best"]["accuracy"].as_f64(), Some(best));
     let gain = report["best"]["gain_over_scratch"].as_f64().unwrap();
     assert!((gain - (best - report["scratch"]["accuracy"].as_f64().unwrap())).abs() < 1e-12);
-    assert!(
-        report["best"]["exceeds_spread"].is_boolean(),
-        "two seeds give a spread"
-    );
+    // two paired seeds give an interval; the chosen point's is the one in `best`
+    let chosen = distilled
+        .iter()
+        .find(|d| d["name"] == report["best"]["name"])
+        .unwrap();
+    assert_eq!(chosen["paired_diff"], report["best"]["paired_diff"]);
+    assert_eq!(report["best"]["paired_diff"]["n"].as_u64(), Some(2));
+    assert!(report["best"]["significant_gain"].is_boolean());
+    for d in distilled {
+        let diff = &d["paired_diff"];
+        let per_seed: Vec<f64> = d["accuracies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(report["scratch"]["accuracies"].as_array().unwrap())
+            .map(|(a, b)| a.as_f64().unwrap() - b.as_f64().unwrap())
+            .collect();
+        let mean = (per_seed[0] + per_seed[1]) / 2.0;
+        assert!((diff["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+        let [lo, hi] = [0, 1].map(|i| diff["ci95"][i].as_f64().unwrap());
+        assert!(lo <= mean && mean <= hi, "{diff}");
+        // n = 2: half-width = t(1) * |d1 - d2| / sqrt(2) / sqrt(2) = 12.706 * |d1 - d2| / 2
+        let half = 12.706_204_7 * (per_seed[0] - per_seed[1]).abs() / 2.0;
+        assert!((hi - mean - half).abs() < 1e-9, "{diff}");
+    }
     assert!(report["best"]["verdict"]
         .as_str()
         .unwrap()
@@ -120,7 +141,11 @@ fn tiny_experiment_writes_a_consistent_report_and_resumes() {
         markdown.contains("| student from scratch |") && markdown.contains(" ± "),
         "{markdown}"
     );
-    for plot in ["learning_curves.png", "accuracy_vs_alpha.png"] {
+    for plot in [
+        "learning_curves.png",
+        "accuracy_vs_alpha.png",
+        "accuracy_by_setting.png",
+    ] {
         let bytes = std::fs::read(out.join(plot)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{plot} is a PNG");
         assert!(bytes.len() > 10_000, "{plot} has content");

@@ -53,7 +53,7 @@ fn losses_match_float64_reference() {
             "mse" => DistillLoss::Mse { alpha },
             other => panic!("unknown case kind {other}"),
         };
-        let parts = loss.forward(student.clone(), teacher.clone(), labels.clone(), 0.0);
+        let parts = loss.forward(student.clone(), teacher.clone(), labels.clone(), 0.0, 1);
         let label = format!("{case}");
         close(
             parts.hard.into_scalar(),
@@ -96,7 +96,7 @@ fn extreme_logits_stay_finite() {
         temperature: 1.0,
         t2_scaling: true,
     };
-    let value: f32 = loss.forward(s, t, y, 0.0).total.into_scalar();
+    let value: f32 = loss.forward(s, t, y, 0.0, 1).total.into_scalar();
     assert!(value.is_finite(), "{value}");
     assert!(
         value > 100.0,
@@ -156,7 +156,7 @@ fn loss_at(
     device: &Device,
 ) -> f64 {
     let s = Tensor::<2>::from_data(TensorData::new(s.to_vec(), shape), device);
-    loss.forward(s, t.clone(), y.clone(), 0.0)
+    loss.forward(s, t.clone(), y.clone(), 0.0, 1)
         .total
         .into_scalar::<f32>() as f64
 }
@@ -189,6 +189,7 @@ fn student_gradient_matches_finite_differences() {
                 teacher.clone().autodiff(),
                 labels.clone().autodiff(),
                 0.0,
+                1,
             )
             .total;
         let grads = total.backward();

@@ -26,6 +26,10 @@ pub struct RunArgs {
     /// Seeds per student (mean ± std in the report).
     #[arg(long)]
     pub seeds: Option<usize>,
+    /// Run the teacher on every distillation batch instead of replaying cached logits
+    /// (`training.teacher_logits = "live"`).
+    #[arg(long)]
+    pub no_logit_cache: bool,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::default_compiled())]
     pub backend: Backend,
@@ -50,6 +54,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(seeds) = args.seeds {
         config.seeds = seeds;
     }
+    if args.no_logit_cache {
+        config.training.teacher_logits = crate::experiment::TeacherLogitsSource::Live;
+    }
     config.validate()?;
     let out = args
         .out
@@ -73,7 +80,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "\nReport: {} (also report.json, learning_curves.png, accuracy_vs_alpha.png)",
+        "\nReport: {} (also report.json, learning_curves.png, accuracy_vs_alpha.png, accuracy_by_setting.png)",
         out.join("report.md").display()
     );
     Ok(())

@@ -7,7 +7,9 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::Backend;
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
-use crate::distill::{cached_logits, logits_from_file, Teacher, TeacherLogits};
+use crate::distill::{
+    cached_logits, logits_from_file, view_logits, views_cache_path, Teacher, TeacherLogits,
+};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec};
 use crate::train::{evaluate, fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
@@ -30,11 +32,15 @@ pub struct TrainArgs {
     /// Continue the run in --out from its newest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// Start from the weights of this checkpoint directory (same architecture; dropout rates may
+    /// differ) with a fresh optimizer, instead of a random initialisation.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
     /// Seeds initialisation, shuffling, dropout and augmentation.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     pub lr: f64,
     /// Decoupled weight decay (switches Adam to AdamW when > 0).
     #[arg(long, default_value_t = 0.0)]
@@ -43,13 +49,17 @@ pub struct TrainArgs {
     #[arg(long)]
     pub cosine: bool,
     /// Label smoothing of the cross-entropy, in [0, 1).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub label_smoothing: f64,
     /// Augment training images: random crop with 4-pixel padding + horizontal flip.
     #[arg(long)]
     pub augment: bool,
+    /// With --augment: draw each image's transform from K fixed views (the teacher's logits for
+    /// all of them are cached once, so distillation sees exactly the view the teacher saw).
+    #[arg(long, requires = "augment")]
+    pub views: Option<usize>,
     /// Evaluate on this fraction of the training split (held out) instead of the test split.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub val_split: Option<f64>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::default_compiled())]
@@ -60,6 +70,26 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The training settings, checked before any data is loaded; the errors name the flags.
+    fn checked_config(&self) -> anyhow::Result<TrainConfig> {
+        let config = self.config();
+        config.validate(usize::MAX)?;
+        if self.views == Some(0) {
+            anyhow::bail!(
+                "--views must be at least 1 (the number of fixed augmented views per image; leave it out for fresh transforms each epoch), got 0"
+            );
+        }
+        if let Some(aug) = &config.augmentation {
+            aug.validate().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(fraction) = self.val_split {
+            if !(fraction > 0.0 && fraction < 1.0) {
+                anyhow::bail!("--val-split must be strictly between 0 and 1, got {fraction}");
+            }
+        }
+        Ok(config)
+    }
+
     fn config(&self) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
@@ -75,6 +105,8 @@ impl TrainArgs {
             augmentation: self.augment.then_some(Augmentation {
                 crop_padding: 4,
                 horizontal_flip: true,
+                views: self.views,
+                view_seed: 0,
             }),
         }
     }
@@ -99,6 +131,7 @@ impl TrainArgs {
                 objective,
                 out: &self.out,
                 resume: self.resume,
+                init_from: self.init_from.as_deref(),
                 progress: !self.quiet,
                 verbose: true,
             },
@@ -124,7 +157,7 @@ impl TrainArgs {
 /// `distill train`.
 pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
     // Settings first, so a typo fails before a large dataset is loaded.
-    args.config().validate(usize::MAX)?;
+    args.checked_config()?;
     let spec = resolve_spec(model)?;
     let device = args.backend.device()?;
     let (dataset, train, eval) = args.load_data()?;
@@ -138,6 +171,8 @@ pub enum LossKind {
     Kd,
     /// alpha * CE + (1 - alpha) * MSE(student logits, teacher logits).
     Mse,
+    /// Decoupled KD (Zhao et al. 2022): ce-weight * CE + warm-up * (dkd-alpha * TCKD + dkd-beta * NCKD).
+    Dkd,
 }
 
 /// Options of `distill distill`.
@@ -150,10 +185,10 @@ pub struct DistillArgs {
     #[arg(long, default_value = "student")]
     pub student: String,
     /// Weight of the label cross-entropy, in [0, 1].
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
     pub alpha: f64,
     /// Softening temperature (> 0).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Do not multiply the KL term by T² (the reference notebook's choice).
     #[arg(long)]
@@ -161,7 +196,20 @@ pub struct DistillArgs {
     /// Distillation loss.
     #[arg(long, value_enum, default_value_t = LossKind::Kd)]
     pub loss: LossKind,
-    /// Run the teacher at every step instead of caching its logits (always live with --augment).
+    /// DKD: weight of the label cross-entropy (>= 0).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub dkd_ce_weight: f64,
+    /// DKD: weight of the target-class term TCKD (>= 0).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub dkd_alpha: f64,
+    /// DKD: weight of the non-target-class term NCKD (>= 0).
+    #[arg(long, default_value_t = 8.0, allow_negative_numbers = true)]
+    pub dkd_beta: f64,
+    /// DKD: epochs of linear warm-up of the DKD term (0: none).
+    #[arg(long, default_value_t = 5)]
+    pub dkd_warmup: usize,
+    /// Run the teacher at every step instead of caching its logits (live with --augment unless
+    /// --views is given).
     #[arg(long)]
     pub no_logit_cache: bool,
     /// Where teacher logits are cached on disk (default: $DISTILL_DATA/teacher-logits or
@@ -190,10 +238,16 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
             t2_scaling: !args.no_t2_scaling,
         },
         LossKind::Mse => DistillLoss::Mse { alpha: args.alpha },
+        LossKind::Dkd => DistillLoss::Dkd {
+            ce_weight: args.dkd_ce_weight,
+            alpha: args.dkd_alpha,
+            beta: args.dkd_beta,
+            temperature: args.temperature,
+            warmup_epochs: args.dkd_warmup,
+        },
     };
     loss.validate().map_err(anyhow::Error::msg)?;
-    let config = args.train.config();
-    config.validate(usize::MAX)?;
+    let config = args.train.checked_config()?;
     let spec = resolve_spec(&args.student)?;
     let device = args.train.backend.device()?;
     let teacher = Teacher::load(&args.teacher, &device)?;
@@ -207,7 +261,36 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
                 args.train.data
             )
         })?;
-    let logits = if args.no_logit_cache || config.augmentation.is_some() {
+    let views_augmentation = config
+        .augmentation
+        .as_ref()
+        .filter(|aug| aug.views.is_some() && !aug.is_identity());
+    let logits = if args.no_logit_cache {
+        TeacherLogits::Live(teacher)
+    } else if let Some(aug) = views_augmentation {
+        let (file, strict) = match &args.teacher_logits {
+            Some(file) => (file.clone(), true),
+            None => {
+                let dir = match &args.logit_cache {
+                    Some(dir) => dir.clone(),
+                    None => default_logit_cache()?,
+                };
+                (
+                    views_cache_path(&dir, &teacher.hash, &train.fingerprint()),
+                    false,
+                )
+            }
+        };
+        view_logits(
+            &teacher,
+            &train,
+            aug,
+            Some(&file),
+            strict,
+            &device,
+            !args.train.quiet,
+        )?
+    } else if config.augmentation.is_some() {
         TeacherLogits::Live(teacher)
     } else if let Some(file) = &args.teacher_logits {
         logits_from_file(&teacher, &train, file, &device, !args.train.quiet)?

@@ -2,6 +2,11 @@
 //!
 //! Both act on the `C×H×W` bytes of one image and keep its shape. Augmentation is off by default;
 //! the randomness comes from a caller-supplied RNG so that runs are reproducible.
+//!
+//! With `views = K`, each training image has a fixed set of K augmented views (drawn once from
+//! `view_seed` and the image's index) and every epoch shows one of them. This is what makes
+//! *consistent teaching* affordable: the teacher's logits for all K views are computed once and
+//! replayed (FKD, Shen & Xing 2022), and the student sees exactly the view the teacher saw.
 
 use rand::{Rng, RngExt};
 
@@ -14,12 +19,52 @@ pub struct Augmentation {
     pub crop_padding: usize,
     /// Mirror the image left–right with probability 1/2.
     pub horizontal_flip: bool,
+    /// Draw from a fixed set of this many views per image instead of a fresh transform each
+    /// epoch (`None`: fresh transforms). Needed for the augmented-view teacher-logit cache.
+    pub views: Option<usize>,
+    /// Seeds the fixed views; shared by every run of a study, so one cache serves all seeds.
+    pub view_seed: u64,
 }
 
 impl Augmentation {
     /// True when this augmentation leaves every image unchanged.
     pub fn is_identity(&self) -> bool {
         self.crop_padding == 0 && !self.horizontal_flip
+    }
+
+    /// Rejects settings that cannot work, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.views == Some(0) {
+            return Err(
+                "`augmentation.views` must be at least 1 (or left out for fresh transforms each epoch), got 0"
+                    .into(),
+            );
+        }
+        if self.crop_padding > 64 {
+            return Err(format!(
+                "`augmentation.crop_padding` must be at most 64 pixels, got {}",
+                self.crop_padding
+            ));
+        }
+        Ok(())
+    }
+
+    /// A short description for logs and cache keys, e.g. `crop 4, flip, 16 views (seed 0)`.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![format!("crop padding {}", self.crop_padding)];
+        parts.push(
+            if self.horizontal_flip {
+                "flip"
+            } else {
+                "no flip"
+            }
+            .to_string(),
+        );
+        match self.views {
+            Some(k) => parts.push(format!("{k} fixed views (view seed {})", self.view_seed)),
+            None => parts.push("fresh transforms each epoch".to_string()),
+        }
+        parts.join(", ")
     }
 
     /// Returns an augmented copy of `image` (`C×H×W` bytes of `shape`). The crop offset is drawn

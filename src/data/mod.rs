@@ -379,8 +379,13 @@ impl Split {
             let image = self.image(i);
             match augment {
                 Some((aug, seed)) if !aug.is_identity() => {
-                    let mut rng = seeded_rng(Stream::Augment, seed, i as u64);
-                    let out = aug.apply(image, self.shape, &mut rng);
+                    let out = match view_of(aug, seed, i) {
+                        Some(view) => self.view_image(i, view, aug),
+                        None => {
+                            let mut rng = seeded_rng(Stream::Augment, seed, i as u64);
+                            aug.apply(image, self.shape, &mut rng)
+                        }
+                    };
                     pixels.extend(out.iter().map(|&v| f32::from(v) / 255.0));
                 }
                 _ => pixels.extend(image.iter().map(|&v| f32::from(v) / 255.0)),
@@ -393,6 +398,47 @@ impl Split {
             Tensor::from_data(TensorData::new(labels, [b]), device),
         )
     }
+
+    /// View `view` of image `index` under `aug` (see [`Augmentation::views`]): the same bytes
+    /// whatever the run seed or epoch, so a teacher's logits for it can be computed once.
+    ///
+    /// # Panics
+    /// If `index` is out of range.
+    pub fn view_image(&self, index: usize, view: usize, aug: &Augmentation) -> Vec<u8> {
+        let mut rng = keyed_rng(Stream::View, aug.view_seed, index as u64, view as u64);
+        aug.apply(self.image(index), self.shape, &mut rng)
+    }
+
+    /// The given views of the images at `indices` (pairwise), as [`Split::batch`] shapes them.
+    /// Used to build the augmented-view teacher-logit cache.
+    ///
+    /// # Panics
+    /// If the slices differ in length or an index is out of range.
+    pub fn view_batch(
+        &self,
+        indices: &[usize],
+        views: &[usize],
+        aug: &Augmentation,
+        device: &Device,
+    ) -> Tensor<4> {
+        assert_eq!(indices.len(), views.len(), "one view per index");
+        let [c, h, w] = self.shape;
+        let mut pixels = Vec::with_capacity(indices.len() * self.image_size());
+        for (&i, &v) in indices.iter().zip(views) {
+            let out = self.view_image(i, v, aug);
+            pixels.extend(out.iter().map(|&p| f32::from(p) / 255.0));
+        }
+        Tensor::from_data(TensorData::new(pixels, [indices.len(), c, h, w]), device)
+    }
+}
+
+/// Which of its fixed views image `index` shows in the epoch whose augmentation seed is
+/// `aug_seed`, or `None` when `aug` draws fresh transforms (no `views`). Paired runs (same seed)
+/// get the same views, whatever their objective.
+pub fn view_of(aug: &Augmentation, aug_seed: u64, index: usize) -> Option<usize> {
+    use rand::RngExt;
+    let k = aug.views.filter(|_| !aug.is_identity())?;
+    Some(seeded_rng(Stream::ViewChoice, aug_seed, index as u64).random_range(0..k.max(1)))
 }
 
 /// The augmentation seed for `epoch` of a run seeded with `seed`: a convenience for
@@ -436,14 +482,22 @@ enum Stream {
     Shuffle = 1,
     Augment = 2,
     Validation = 3,
+    View = 4,
+    ViewChoice = 5,
 }
 
 /// A ChaCha8 RNG whose 256-bit key is `(seed, counter, stream)`.
 fn seeded_rng(stream: Stream, seed: u64, counter: u64) -> ChaCha8Rng {
+    keyed_rng(stream, seed, counter, 0)
+}
+
+/// A ChaCha8 RNG whose 256-bit key is `(seed, counter, stream, extra)`.
+fn keyed_rng(stream: Stream, seed: u64, counter: u64, extra: u64) -> ChaCha8Rng {
     let mut key = [0u8; 32];
     key[..8].copy_from_slice(&seed.to_le_bytes());
     key[8..16].copy_from_slice(&counter.to_le_bytes());
     key[16..24].copy_from_slice(&(stream as u64).to_le_bytes());
+    key[24..].copy_from_slice(&extra.to_le_bytes());
     ChaCha8Rng::from_seed(key)
 }
 

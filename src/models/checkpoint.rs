@@ -249,3 +249,44 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
         network,
     })
 }
+
+/// Loads the weights of the checkpoint in `dir` into `network` (built from `spec` for `input`
+/// images and `classes` classes) to warm-start a new training run. Refuses a checkpoint of
+/// another architecture, naming the first differing layer, or one made for other data; dropout
+/// rates may differ (they hold no weights).
+pub fn load_for_warm_start(
+    dir: &Path,
+    spec: &ModelSpec,
+    input: [usize; 3],
+    classes: usize,
+    network: Network,
+) -> anyhow::Result<Network> {
+    let context = || format!("--init-from {}", dir.display());
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--init-from {}: checkpoint directory does not exist; expected the --out of an earlier train or distill run",
+            dir.display()
+        );
+    }
+    verify_manifest(dir).with_context(context)?;
+    let saved = read_spec(dir).with_context(context)?;
+    if let Some(difference) = spec.first_weight_difference(&saved) {
+        anyhow::bail!(
+            "--init-from {}: the checkpoint's model `{}` differs from `{}`: {difference} (\"here\" is the model being trained)",
+            dir.display(),
+            saved.name,
+            spec.name
+        );
+    }
+    let meta = read_meta(dir).with_context(context)?;
+    if meta.input != input || meta.classes.len() != classes {
+        anyhow::bail!(
+            "--init-from {}: the checkpoint takes {:?} images and predicts {} classes, but the data has {:?} images and {classes} classes",
+            dir.display(),
+            meta.input,
+            meta.classes.len(),
+            input
+        );
+    }
+    load_weights(&require(dir, WEIGHTS_FILE)?, network).with_context(context)
+}

@@ -301,6 +301,75 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// The rates of the spec's dropout layers, in order.
+    pub fn dropout_rates(&self) -> Vec<f64> {
+        self.layers
+            .iter()
+            .filter_map(|l| match l {
+                LayerSpec::Dropout { rate } => Some(*rate),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The same architecture with its dropout layers set to `rates` (one per dropout layer, in
+    /// order; 0 turns a layer off). Dropout has no weights, so the parameter count and the
+    /// checkpoints' shapes are unchanged: a study can tune it per arm.
+    pub fn with_dropout_rates(&self, rates: &[f64]) -> Result<ModelSpec, SpecError> {
+        let current = self.dropout_rates();
+        if rates.len() != current.len() {
+            return Err(SpecError::Model(format!(
+                "model `{}` has {} dropout layer(s) (rates {:?}), but {} dropout rate(s) were given ({rates:?}); give one rate per dropout layer",
+                self.name,
+                current.len(),
+                current,
+                rates.len()
+            )));
+        }
+        let mut given = rates.iter();
+        let mut spec = self.clone();
+        for (index, layer) in spec.layers.iter_mut().enumerate() {
+            if let LayerSpec::Dropout { rate } = layer {
+                let new = *given.next().expect("counted above");
+                if !(0.0..1.0).contains(&new) {
+                    return Err(SpecError::Layer {
+                        index,
+                        kind: "dropout".into(),
+                        field: "rate",
+                        message: format!("dropout rate must be in [0, 1), got {new}"),
+                    });
+                }
+                *rate = new;
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The first difference between the layers of `self` and `other` that changes weights or
+    /// shapes (dropout rates are ignored), described with both values; `None` when compatible.
+    pub fn first_weight_difference(&self, other: &ModelSpec) -> Option<String> {
+        let strip = |spec: &ModelSpec| -> Vec<LayerSpec> {
+            spec.layers
+                .iter()
+                .map(|l| match l {
+                    LayerSpec::Dropout { .. } => LayerSpec::Dropout { rate: 0.0 },
+                    other => other.clone(),
+                })
+                .collect()
+        };
+        let (a, b) = (strip(self), strip(other));
+        for (index, (x, y)) in a.iter().zip(&b).enumerate() {
+            if x != y {
+                return Some(format!(
+                    "layer {index} differs: {} here, {} there",
+                    toml_inline(x),
+                    toml_inline(y)
+                ));
+            }
+        }
+        (a.len() != b.len()).then(|| format!("{} layers here, {} there", a.len(), b.len()))
+    }
+
     /// The spec as TOML text (round-trips through [`ModelSpec::from_toml_str`]).
     pub fn to_toml_string(&self) -> String {
         toml::to_string(self).expect("a model spec always serialises to TOML")
@@ -526,4 +595,9 @@ impl ModelSpec {
             bytes,
         })
     }
+}
+
+/// One layer as compact text for error messages, e.g. `conv2d {filters = 32, ...}`.
+fn toml_inline(layer: &LayerSpec) -> String {
+    serde_json::to_string(layer).unwrap_or_else(|_| layer.kind().to_string())
 }

@@ -11,8 +11,14 @@ the release binary (the weights are burn's burnpack format, which this script do
     distill train --model tests/corpus/tiny-a.toml --epochs 1 --out tests/corpus/tiny-a-checkpoint
     distill train --model tests/corpus/tiny-b.toml --epochs 1 --out tests/corpus/tiny-b-checkpoint
 
-(then only spec.toml, model.bpk, meta.json and manifest.json are kept). Re-run this script after
-changing it: `python3 tests/corpus/make_corpus.py`.
+(then only spec.toml, model.bpk, meta.json and manifest.json are kept). The augmented-view
+logit cache of `views-cache-other-settings` is written by running that binary (build it first with
+`cargo build --release`, or point $DISTILL_BIN at one) on a ten-image folder dataset:
+
+    distill distill --teacher ../../tiny-a-checkpoint --student ../../tiny-b.toml --data folder:data \
+        --augment --views 2 --teacher-logits views-2.bin --epochs 1 --batch-size 10 --out TMP --quiet
+
+Re-run this script after changing it: `python3 tests/corpus/make_corpus.py`.
 """
 
 import gzip
@@ -21,9 +27,12 @@ import json
 import os
 import shutil
 import struct
+import subprocess
+import tempfile
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 CASES = os.path.join(HERE, "cases")
 CIFAR_RECORD = 1 + 3 * 32 * 32
 CLASSES = "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n"
@@ -144,6 +153,37 @@ def checkpoint_case(case, source, replace=None, drop=(), manifest="recompute"):
         write(case, name, data)
 
 
+def flags_only_case(case):
+    """A case whose bad input is on the command line: the directory holds only a note."""
+    write(case, "README.txt", "No input files: the malformed input is in the command (tests/corpus/cases.toml).\n")
+
+
+def experiment_with_student(extra):
+    """VALID_EXPERIMENT with `extra` lines added to its [student] table."""
+    student = 'model = "student"\nepochs = 1\n'
+    assert student in VALID_EXPERIMENT
+    return VALID_EXPERIMENT.replace(student, student + extra)
+
+
+def views_cache_case(case, views):
+    """A ten-image folder dataset (1x28x28, ten classes, as tiny-a expects) and the augmented-view
+    logit cache of tiny-a for it with `views` fixed views, made by the release binary."""
+    for split, shade in (("train", 0), ("test", 5)):
+        for c in range(10):
+            write(case, f"data/{split}/class{c}/0.png", png(28, 28, gray=20 * c + shade))
+    binary = os.environ.get("DISTILL_BIN") or os.path.join(ROOT, "target", "release", "distill")
+    if not os.path.isfile(binary):
+        raise SystemExit(f"{binary} not found: run `cargo build --release` first (or set DISTILL_BIN)")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [binary, "distill", "--teacher", "../../tiny-a-checkpoint", "--student", "../../tiny-b.toml",
+             "--data", "folder:data", "--augment", "--views", str(views),
+             "--teacher-logits", f"views-{views}.bin", "--epochs", "1", "--batch-size", "10",
+             "--out", os.path.join(tmp, "out"), "--quiet"],
+            cwd=os.path.join(CASES, case), env=dict(os.environ, DISTILL_DATA=os.path.join(tmp, "cache")),
+            check=True, stdout=subprocess.DEVNULL)
+
+
 def logit_cache(teacher_hash, fingerprint, rows, classes, truncate=0):
     body = b"DLOGIT01"
     for key in (teacher_hash, fingerprint):
@@ -206,6 +246,13 @@ def main():
           'name = "five-classes"\n[[layers]]\ntype = "flatten"\n[[layers]]\ntype = "dense"\nunits = 5\n')
     write("config-missing-teacher-dir", "experiment.toml", VALID_EXPERIMENT.replace(
         '[teacher]\nmodel = "teacher-small"\nepochs = 1\n', 'teacher = "no-such-teacher"\n'))
+    write("config-init-from-missing-dir", "experiment.toml", experiment_with_student('init_from = "no-such-checkpoint"\n'))
+    write("config-dropout-count", "experiment.toml", experiment_with_student("dropout = [0.1]\n"))
+    write("config-dropout-rate-out-of-range", "experiment.toml", experiment_with_student("dropout = [0.2, 1.5]\n"))
+    write("config-zero-views", "experiment.toml", VALID_EXPERIMENT + "[training.augmentation]\nviews = 0\n")
+    write("config-dkd-negative-beta", "experiment.toml", VALID_EXPERIMENT + "[sweep.dkd]\nbeta = [-1.0]\n")
+    write("config-dkd-nan-temperature", "experiment.toml", VALID_EXPERIMENT + "[sweep.dkd]\ntemperature = [nan]\n")
+    write("config-val-split-out-of-range", "experiment.toml", VALID_EXPERIMENT + "[training]\nval_split = 1.5\n")
 
     # model specs (`distill summary spec.toml`)
     write("spec-unknown-layer", "spec.toml", 'name = "x"\n[[layers]]\ntype = "conv3d"\nfilters = 4\n')
@@ -226,6 +273,18 @@ def main():
     checkpoint_case("checkpoint-other-input-shape", "tiny-a-checkpoint",
                     {"meta.json": json.dumps(meta, indent=2).encode()})
     checkpoint_case("checkpoint-corrupt-manifest", "tiny-a-checkpoint", {"manifest.json": b"{ not json"}, manifest="keep")
+
+    # warm starts (`--init-from DIR` on `distill train` / `distill distill`)
+    flags_only_case("init-from-missing-dir")
+    flags_only_case("init-from-missing-dir-distill")
+    checkpoint_case("init-from-corrupt-weights", "tiny-a-checkpoint", {"model.bpk": flipped}, manifest="keep")
+    checkpoint_case("init-from-another-model", "tiny-b-checkpoint", manifest="keep")
+
+    # augmented fixed views and DKD on the command line
+    flags_only_case("views-zero-train")
+    flags_only_case("views-zero-distill")
+    views_cache_case("views-cache-other-settings", views=2)
+    flags_only_case("dkd-negative-beta")
 
     # teacher-logit files (`distill distill --teacher-logits logits.bin`): the teacher is
     # tiny-a, whose identity is the SHA-256 of its weights

@@ -1,0 +1,587 @@
+//! The pieces a study that shows distillation paying needs: warm starts, the augmented-view
+//! teacher-logit cache (consistent teaching), paired seeds and chained stages.
+
+use std::path::Path;
+use std::process::Command;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use distill::data::{self, view_of, Augmentation, DataSpec, Dataset, Split};
+use distill::distill::{view_logits, views_cache_path, Teacher, TeacherLogits};
+use distill::losses::DistillLoss;
+use distill::models::{checkpoint, zoo, ModelSpec, Network};
+use distill::train::{fit, Objective, TrainConfig, TrainJob};
+
+/// Trainings in one process share the backend's dropout generator: tests that train hold this.
+static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn embedded() -> Dataset {
+    data::load(&DataSpec::Embedded).unwrap()
+}
+
+fn views(k: usize) -> Augmentation {
+    Augmentation {
+        crop_padding: 3,
+        horizontal_flip: true,
+        views: Some(k),
+        view_seed: 5,
+    }
+}
+
+fn flatten(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train<'a>(
+    spec: &ModelSpec,
+    data: &Dataset,
+    train: &Split,
+    config: &TrainConfig,
+    objective: Objective<'a>,
+    out: &Path,
+    init_from: Option<&Path>,
+) -> distill::train::TrainOutcome {
+    fit(
+        TrainJob {
+            spec,
+            classes: &data.classes,
+            train,
+            eval: &data.test,
+            config,
+            objective,
+            out,
+            resume: false,
+            init_from,
+            progress: false,
+            verbose: false,
+        },
+        &Device::flex(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn warm_start_continues_from_the_saved_weights() {
+    let _serial = serial();
+    let data = embedded();
+    let subset = data.train.subset(&(0..256).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let spec = zoo::get("student").unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let first = dir.path().join("first");
+    train(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Labels,
+        &first,
+        None,
+    );
+
+    // A run warm-started with a vanishing learning rate ends where it started: the saved model.
+    let device = Device::flex();
+    let probe = data.test.subset(&(0..16).collect::<Vec<_>>());
+    let (images, _) = probe.batch(&(0..16).collect::<Vec<_>>(), &device, None);
+    let saved = checkpoint::load(&first, &device).unwrap().network;
+    let saved_logits = flatten(saved.valid().forward(images.clone()));
+    let still = TrainConfig {
+        epochs: 1,
+        seed: 99,
+        optimizer: distill::train::OptimizerConfig {
+            learning_rate: 1e-12,
+            ..Default::default()
+        },
+        ..TrainConfig::default()
+    };
+    let second = dir.path().join("second");
+    let outcome = train(
+        &spec,
+        &data,
+        &subset,
+        &still,
+        Objective::Labels,
+        &second,
+        Some(&first),
+    );
+    let warm_logits = flatten(outcome.network.valid().forward(images.clone()));
+    let max_diff = saved_logits
+        .iter()
+        .zip(&warm_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-5, "warm start moved the logits by {max_diff}");
+
+    // The same run from a random initialisation (seed 99) is nowhere near the saved model.
+    let cold = dir.path().join("cold");
+    let cold_net = train(
+        &spec,
+        &data,
+        &subset,
+        &still,
+        Objective::Labels,
+        &cold,
+        None,
+    )
+    .network;
+    let cold_logits = flatten(cold_net.valid().forward(images));
+    let cold_diff = saved_logits
+        .iter()
+        .zip(&cold_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(cold_diff > 1e-2, "{cold_diff}");
+    let log = std::fs::read_to_string(second.join("train.log")).unwrap();
+    assert!(log.contains("warm start from"), "{log}");
+}
+
+#[test]
+fn warm_start_refuses_another_architecture_naming_the_layer() {
+    let _serial = serial();
+    let data = embedded();
+    let subset = data.train.subset(&(0..128).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let student = zoo::get("student").unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let saved = dir.path().join("student");
+    train(
+        &student,
+        &data,
+        &subset,
+        &config,
+        Objective::Labels,
+        &saved,
+        None,
+    );
+
+    let mut wider = student.clone();
+    wider.layers[0] = distill::models::LayerSpec::conv(48, 3, 2);
+    let err = fit(
+        TrainJob {
+            spec: &wider,
+            classes: &data.classes,
+            train: &subset,
+            eval: &data.test,
+            config: &config,
+            objective: Objective::Labels,
+            out: &dir.path().join("wider"),
+            resume: false,
+            init_from: Some(&saved),
+            progress: false,
+            verbose: false,
+        },
+        &Device::flex(),
+    )
+    .unwrap_err();
+    let message = format!("{err:#}");
+    assert!(message.contains("layer 0 differs"), "{message}");
+    assert!(
+        message.contains("\"filters\":48") && message.contains("\"filters\":32"),
+        "{message}"
+    );
+
+    // Other dropout rates are the same weights: accepted.
+    let no_dropout = student.with_dropout_rates(&[0.0, 0.0]).unwrap();
+    let out = dir.path().join("no-dropout");
+    train(
+        &no_dropout,
+        &data,
+        &subset,
+        &config,
+        Objective::Labels,
+        &out,
+        Some(&saved),
+    );
+    assert_eq!(
+        student.stats([1, 28, 28]).unwrap().params,
+        no_dropout.stats([1, 28, 28]).unwrap().params
+    );
+}
+
+#[test]
+fn views_are_fixed_per_image_and_chosen_per_seed_and_epoch() {
+    let data = embedded();
+    let split = data.train.subset(&(0..64).collect::<Vec<_>>());
+    let aug = views(4);
+    // a view is the same bytes whatever the run
+    assert_eq!(split.view_image(3, 2, &aug), split.view_image(3, 2, &aug));
+    let distinct: std::collections::HashSet<Vec<u8>> =
+        (0..4).map(|v| split.view_image(3, v, &aug)).collect();
+    assert!(distinct.len() >= 3, "views differ from each other");
+    // the batch shows, for each image, the view `view_of` names
+    let device = Device::flex();
+    let indices: Vec<usize> = (0..64).collect();
+    let seed = distill::data::augmentation_seed(11, 3);
+    let chosen: Vec<usize> = indices
+        .iter()
+        .map(|&i| view_of(&aug, seed, i).unwrap())
+        .collect();
+    let (batch, _) = split.batch(&indices, &device, Some((&aug, seed)));
+    let expected = split.view_batch(&indices, &chosen, &aug, &device);
+    assert_eq!(
+        batch.into_data().try_to_vec::<f32>().unwrap(),
+        expected.into_data().try_to_vec::<f32>().unwrap()
+    );
+    // every view gets used, and another epoch picks differently
+    let used: std::collections::HashSet<usize> = chosen.iter().copied().collect();
+    assert_eq!(used.len(), 4);
+    let next = distill::data::augmentation_seed(11, 4);
+    assert!(indices
+        .iter()
+        .any(|&i| view_of(&aug, next, i) != view_of(&aug, seed, i)));
+    assert_eq!(view_of(&Augmentation::default(), seed, 0), None);
+}
+
+#[test]
+fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
+    let data = embedded();
+    let train = data.train.subset(&(0..300).collect::<Vec<_>>());
+    let device = Device::flex();
+    let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
+    let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
+    let dir = tempfile::tempdir().unwrap();
+    let aug = views(3);
+    let file = views_cache_path(dir.path(), &teacher.hash, &train.fingerprint());
+    let cached = view_logits(&teacher, &train, &aug, Some(&file), false, &device, false).unwrap();
+    let TeacherLogits::Views(cache) = &cached else {
+        panic!("expected the augmented-view cache")
+    };
+    assert!(cache.build_seconds.is_some(), "built now");
+    assert_eq!(cache.len(), 300);
+
+    // Same views, same loss as the live teacher (f16 storage: within 1e-3).
+    let live = TeacherLogits::Live(Teacher::from_network(&net, [1, 28, 28], 10));
+    let student = Network::init(&zoo::get("student").unwrap(), [1, 28, 28], 4, &device).unwrap();
+    let indices: Vec<usize> = (0..64).collect();
+    let seed = distill::data::augmentation_seed(42, 0);
+    let chosen: Vec<usize> = indices
+        .iter()
+        .map(|&i| view_of(&aug, seed, i).unwrap())
+        .collect();
+    let (images, labels) = train.batch(&indices, &device, Some((&aug, seed)));
+    let student_logits = student.valid().forward(images.clone());
+    let loss = DistillLoss::Kd {
+        alpha: 0.1,
+        temperature: 4.0,
+        t2_scaling: true,
+    };
+    let value = |teacher: &TeacherLogits| -> f32 {
+        let t = teacher
+            .logits_at(&indices, Some(&chosen), images.clone(), &device)
+            .unwrap();
+        loss.forward(student_logits.clone(), t, labels.clone(), 0.0, 1)
+            .total
+            .into_scalar()
+    };
+    let (from_cache, from_live) = (value(&cached), value(&live));
+    assert!(
+        (from_cache - from_live).abs() <= 1e-3,
+        "{from_cache} vs {from_live}"
+    );
+    assert!(cached.logits_at(&indices, None, images, &device).is_err());
+
+    // Read back (verified against the live teacher), not rebuilt.
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let again = view_logits(&teacher, &train, &aug, Some(&file), false, &device, false).unwrap();
+    let TeacherLogits::Views(again) = again else {
+        panic!()
+    };
+    assert!(again.build_seconds.is_none(), "read from disk");
+    assert_eq!(again.values, cache.values);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().modified().unwrap(),
+        modified
+    );
+
+    // Another K misses: a named file is an error naming both settings, the default is rebuilt.
+    let other = views(5);
+    let err = view_logits(&teacher, &train, &other, Some(&file), true, &device, false)
+        .err()
+        .unwrap();
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("3 fixed views") && message.contains("5 fixed views"),
+        "{message}"
+    );
+    let rebuilt =
+        view_logits(&teacher, &train, &other, Some(&file), false, &device, false).unwrap();
+    let TeacherLogits::Views(rebuilt) = rebuilt else {
+        panic!()
+    };
+    assert!(rebuilt.build_seconds.is_some());
+    assert_eq!(rebuilt.views, 5);
+
+    // K = 0 is refused.
+    let zero = Augmentation {
+        views: Some(0),
+        ..views(1)
+    };
+    let err = view_logits(&teacher, &train, &zero, None, false, &device, false)
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("at least 1"), "{err:#}");
+}
+
+/// Paired seeds: with alpha = 1 the KD loss is exactly the label cross-entropy, so a distilled
+/// run and a scratch run of the same seed are the same computation — same initial weights, batch
+/// order, augmented views and dropout stream — and must end bit-identical.
+#[test]
+fn paired_arms_see_identical_batches() {
+    let _serial = serial();
+    let data = embedded();
+    let subset = data.train.subset(&(0..512).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
+    let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
+    let aug = views(4);
+    let cached = view_logits(&teacher, &subset, &aug, None, false, &device, false).unwrap();
+    let spec = zoo::get("student").unwrap();
+    let config = TrainConfig {
+        epochs: 2,
+        augmentation: Some(aug),
+        seed: 17,
+        ..TrainConfig::default()
+    };
+    let scratch = train(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Labels,
+        &dir.path().join("scratch"),
+        None,
+    );
+    let distilled = train(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Distill {
+            loss: DistillLoss::Kd {
+                alpha: 1.0,
+                temperature: 4.0,
+                t2_scaling: true,
+            },
+            teacher: &cached,
+        },
+        &dir.path().join("distilled"),
+        None,
+    );
+    let probe = data.test.subset(&(0..32).collect::<Vec<_>>());
+    let (images, _) = probe.batch(&(0..32).collect::<Vec<_>>(), &device, None);
+    assert_eq!(
+        flatten(scratch.network.valid().forward(images.clone())),
+        flatten(distilled.network.valid().forward(images.clone()))
+    );
+    assert_eq!(scratch.history.len(), distilled.history.len());
+    for (a, b) in scratch.history.iter().zip(&distilled.history) {
+        assert_eq!((a.loss, a.accuracy), (b.loss, b.accuracy));
+    }
+    // A soft term makes them differ: the comparison above can fail.
+    let soft = train(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Distill {
+            loss: DistillLoss::Kd {
+                alpha: 0.5,
+                temperature: 4.0,
+                t2_scaling: true,
+            },
+            teacher: &cached,
+        },
+        &dir.path().join("soft"),
+        None,
+    );
+    assert_ne!(
+        flatten(scratch.network.valid().forward(images.clone())),
+        flatten(soft.network.valid().forward(images))
+    );
+}
+
+#[test]
+fn a_chained_study_runs_end_to_end_and_reports_each_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("chain.toml");
+    std::fs::write(
+        &config,
+        r#"
+data = "embedded"
+seeds = 2
+[teacher]
+model = "teacher-small"
+epochs = 1
+[student]
+model = "student"
+epochs = 1
+dropout = [0.0, 0.0]
+[training]
+batch_size = 256
+seed = 3
+val_split = 0.2
+[training.augmentation]
+crop_padding = 2
+horizontal_flip = true
+views = 2
+[sweep]
+alpha = [0.1, 0.9, 0.5]
+temperature = [4.0]
+t2_scaling = [true]
+chain = true
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["run", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let stages = report["chain"].as_array().unwrap();
+    assert_eq!(stages.len(), 3);
+    for (k, stage) in stages.iter().enumerate() {
+        assert_eq!(stage["stage"].as_u64(), Some(k as u64 + 1));
+        assert_eq!(stage["epochs_so_far"].as_u64(), Some(k as u64 + 1));
+        assert_eq!(
+            stage["distilled"]["accuracies"].as_array().unwrap().len(),
+            2
+        );
+        assert_eq!(
+            stage["labels_only"]["accuracies"].as_array().unwrap().len(),
+            2
+        );
+    }
+    // stage 1's control is the scratch student itself; later stages pair with their own
+    assert_eq!(report["distilled"][0]["control"], "scratch-chain-stage-1");
+    assert_eq!(
+        report["distilled"][0]["control_accuracy"],
+        report["scratch"]["accuracy"]
+    );
+    assert_eq!(report["distilled"][2]["control"], "scratch-chain-stage-3");
+    assert_eq!(report["best"]["selected_by"], "validation");
+    // each stage continued from the previous one
+    for k in 2..=3 {
+        let log = std::fs::read_to_string(
+            std::fs::read_dir(out.join("distilled-chain"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .starts_with(&format!("stage-{k}-"))
+                })
+                .unwrap()
+                .join("seed-3/train.log"),
+        )
+        .unwrap();
+        assert!(log.contains("warm start from"), "{log}");
+        assert!(out
+            .join(format!("scratch-chain/stage-{k}/seed-4/model.bpk"))
+            .is_file());
+    }
+    // the augmented-view cache was built once for the whole study
+    let caches: Vec<_> = std::fs::read_dir(out.join("teacher-logits"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("views-"))
+        .collect();
+    assert_eq!(caches.len(), 1, "{caches:?}");
+    assert_eq!(report["scratch"]["dropout"], serde_json::json!([0.0, 0.0]));
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(markdown.contains("## Chain"), "{markdown}");
+}
+
+#[test]
+fn cli_distillation_reuses_one_view_cache_across_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(args)
+            .env("DISTILL_DATA", dir.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let teacher = dir.path().join("teacher");
+    let t = teacher.to_str().unwrap();
+    run(&[
+        "train",
+        "--model",
+        "teacher-small",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "256",
+        "--quiet",
+        "--out",
+        t,
+    ]);
+    let cache = dir.path().join("logits");
+    let c = cache.to_str().unwrap();
+    let distill = |alpha: &str, out: &str| {
+        let out = dir.path().join(out);
+        run(&[
+            "distill",
+            "--teacher",
+            t,
+            "--alpha",
+            alpha,
+            "--temperature",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "256",
+            "--augment",
+            "--views",
+            "2",
+            "--logit-cache",
+            c,
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+    };
+    distill("0.1", "a");
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let modified = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    distill("0.5", "b");
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        modified
+    );
+}
