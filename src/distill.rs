@@ -607,17 +607,8 @@ pub fn view_logits(
         for indices in &order {
             let images = train.view_batch(indices, &vec![view; indices.len()], aug, &plain);
             let logits = teacher.network.forward(images).into_data();
-            for (row, (&i, chunk)) in indices
-                .iter()
-                .zip(
-                    logits
-                        .as_slice::<f32>()
-                        .expect("f32 logits")
-                        .chunks_exact(classes),
-                )
-                .enumerate()
-            {
-                let _ = row;
+            let rows = logits.as_slice::<f32>().expect("f32 logits");
+            for (&i, chunk) in indices.iter().zip(rows.chunks_exact(classes)) {
                 let start = (i * views + view) * classes;
                 for (slot, &v) in values[start..start + classes].iter_mut().zip(chunk) {
                     *slot = f16::from_f32(v);

@@ -34,6 +34,20 @@ fn views(k: usize) -> Augmentation {
     }
 }
 
+fn one_epoch() -> TrainConfig {
+    TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 fn flatten(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
@@ -74,10 +88,7 @@ fn warm_start_continues_from_the_saved_weights() {
     let subset = data.train.subset(&(0..256).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let spec = zoo::get("student").unwrap();
-    let config = TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let config = one_epoch();
     let first = dir.path().join("first");
     train(
         &spec,
@@ -115,11 +126,7 @@ fn warm_start_continues_from_the_saved_weights() {
         Some(&first),
     );
     let warm_logits = flatten(outcome.network.valid().forward(images.clone()));
-    let max_diff = saved_logits
-        .iter()
-        .zip(&warm_logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = max_abs_diff(&saved_logits, &warm_logits);
     assert!(max_diff < 1e-5, "warm start moved the logits by {max_diff}");
 
     // The same run from a random initialisation (seed 99) is nowhere near the saved model.
@@ -135,11 +142,7 @@ fn warm_start_continues_from_the_saved_weights() {
     )
     .network;
     let cold_logits = flatten(cold_net.valid().forward(images));
-    let cold_diff = saved_logits
-        .iter()
-        .zip(&cold_logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let cold_diff = max_abs_diff(&saved_logits, &cold_logits);
     assert!(cold_diff > 1e-2, "{cold_diff}");
     let log = std::fs::read_to_string(second.join("train.log")).unwrap();
     assert!(log.contains("warm start from"), "{log}");
@@ -152,10 +155,7 @@ fn warm_start_refuses_another_architecture_naming_the_layer() {
     let subset = data.train.subset(&(0..128).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let student = zoo::get("student").unwrap();
-    let config = TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let config = one_epoch();
     let saved = dir.path().join("student");
     train(
         &student,
