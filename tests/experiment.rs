@@ -169,7 +169,13 @@ fn tiny_experiment_writes_a_consistent_report_and_resumes() {
 
 #[test]
 fn shipped_configs_parse() {
-    for name in ["quick", "keras-example-cifar10", "fashion-mnist"] {
+    for name in [
+        "quick",
+        "keras-example-cifar10",
+        "fashion-mnist",
+        "cifar10-recipe",
+        "keras-notebook-exact",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs")
             .join(format!("{name}.toml"));
@@ -182,6 +188,44 @@ fn shipped_configs_parse() {
     .unwrap();
     assert_eq!(keras.grid().len(), 8, "4 alphas x T² off/on");
     assert_eq!(keras.student.epochs, 20);
+
+    let load = |name: &str| {
+        ExperimentConfig::from_file(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("configs/{name}.toml")),
+        )
+        .unwrap()
+    };
+    // The notebook's cells in their real order, one student, no T², T 10.
+    let exact = load("keras-notebook-exact");
+    assert!(exact.sweep.chain);
+    let stages: Vec<String> = exact.grid().iter().map(|p| p.dir_name()).collect();
+    assert_eq!(
+        stages,
+        [
+            "a0.1-T10-no-t2",
+            "a0.5-T10-no-t2",
+            "a0.2-T10-no-t2",
+            "a0.9-T10-no-t2"
+        ]
+    );
+    // The recipe: KD at T 2 and 4 with T², and DKD; 5 paired seeds; choices on validation;
+    // the exact student (dropout off, same parameters); consistent teaching from cached views.
+    let recipe = load("cifar10-recipe");
+    let names: Vec<String> = recipe.grid().iter().map(|p| p.dir_name()).collect();
+    assert_eq!(names, ["a0.1-T2-t2", "a0.1-T4-t2", "dkd-ce1-a1-b8-T4-w5"]);
+    assert!(recipe.seeds >= 5);
+    assert!(recipe.training.val_split.is_some());
+    assert!(recipe.student.epochs > 20);
+    assert!(recipe
+        .training
+        .augmentation
+        .as_ref()
+        .unwrap()
+        .views
+        .is_some());
+    let (distilled, scratch) = recipe.student.specs().unwrap();
+    assert_eq!(distilled.stats([3, 32, 32]).unwrap().params, 43_098);
+    assert_eq!(scratch.dropout_rates(), [0.0, 0.0]);
 }
 
 #[test]
