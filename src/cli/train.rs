@@ -261,6 +261,11 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
                 args.train.data
             )
         })?;
+    if let Some(dir) = &args.train.init_from {
+        // before the teacher runs over the data: a bad --init-from should not wait for the cache
+        let network = crate::models::Network::init(&spec, dataset.shape, 0, &device)?;
+        checkpoint::load_for_warm_start(dir, &spec, dataset.shape, dataset.classes.len(), network)?;
+    }
     let views_augmentation = config
         .augmentation
         .as_ref()
