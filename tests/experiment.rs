@@ -208,11 +208,11 @@ fn shipped_configs_parse() {
             "a0.9-T10-no-t2"
         ]
     );
-    // The recipe: KD at T 2 and 4 with T², and DKD; 5 paired seeds; choices on validation;
+    // The recipe: KD at T 4 with T², and DKD; 5 paired seeds; choices on validation;
     // the exact student (dropout off, same parameters); consistent teaching from cached views.
     let recipe = load("cifar10-recipe");
     let names: Vec<String> = recipe.grid().iter().map(|p| p.dir_name()).collect();
-    assert_eq!(names, ["a0.1-T2-t2", "a0.1-T4-t2", "dkd-ce1-a1-b8-T4-w5"]);
+    assert_eq!(names, ["a0.1-T4-t2", "dkd-ce1-a1-b8-T4-w5"]);
     assert!(recipe.seeds >= 5);
     assert!(recipe.training.val_split.is_some());
     assert!(recipe.student.epochs > 20);
