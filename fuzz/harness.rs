@@ -10,10 +10,26 @@
 
 use std::path::Path;
 
-use distill::data::{cifar, idx};
+use distill::data::{cifar, idx, Augmentation};
+use distill::distill::{decode_logits, decode_view_logits};
 use distill::experiment::ExperimentConfig;
 use distill::models::summary;
 use distill::models::ModelSpec;
+
+/// The teacher, split and augmentation the `logit_cache` target's files must belong to: 3 images,
+/// 2 views, 2 classes (its seeds are valid files for exactly these).
+pub const CACHE_TEACHER: &str = "teacher";
+pub const CACHE_DATA: &str = "data";
+pub const CACHE_ROWS: usize = 3;
+pub const CACHE_CLASSES: usize = 2;
+pub fn cache_augmentation() -> Augmentation {
+    Augmentation {
+        crop_padding: 4,
+        horizontal_flip: true,
+        views: Some(2),
+        view_seed: 0,
+    }
+}
 
 /// Input shapes the model-spec target infers for: CIFAR-10 and MNIST.
 const SPEC_INPUTS: [[usize; 3]; 2] = [[3, 32, 32], [1, 28, 28]];
@@ -170,4 +186,43 @@ pub fn model_spec(data: &[u8]) {
         panic!("a parsed spec must read back from its own TOML:\n{saved}\nerror: {e}")
     });
     assert_eq!(again.to_toml_string(), saved, "spec TOML must round-trip");
+}
+
+/// `logit_cache`: byte 0 selects the format (even: a plain `DLOGIT01` cache, odd: an augmented-view
+/// `DVIEWS01` cache) and bit 1 whether the harness appends the SHA-256 the format ends with (so
+/// that mutated headers get past the checksum and reach the parser); the rest is the file. An
+/// accepted file holds exactly the expected number of logits.
+pub fn logit_cache(data: &[u8]) {
+    use sha2::{Digest, Sha256};
+    let [selector, file @ ..] = data else {
+        return;
+    };
+    let mut bytes = file.to_vec();
+    if selector & 2 != 0 {
+        let digest = Sha256::digest(&bytes);
+        bytes.extend_from_slice(&digest);
+    }
+    let path = Path::new("fuzz/teacher-logits.bin");
+    if selector % 2 == 0 {
+        if let Ok(values) = decode_logits(
+            &bytes,
+            path,
+            CACHE_TEACHER,
+            CACHE_DATA,
+            CACHE_ROWS,
+            CACHE_CLASSES,
+        ) {
+            assert_eq!(values.len(), CACHE_ROWS * CACHE_CLASSES);
+        }
+    } else if let Ok(values) = decode_view_logits(
+        &bytes,
+        path,
+        CACHE_TEACHER,
+        CACHE_DATA,
+        &cache_augmentation(),
+        CACHE_ROWS,
+        CACHE_CLASSES,
+    ) {
+        assert_eq!(values.len(), CACHE_ROWS * 2 * CACHE_CLASSES);
+    }
 }

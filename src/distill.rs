@@ -298,15 +298,17 @@ struct CacheKey<'a> {
 
 /// Reads a cache file written by [`encode_container`], checking its checksum, that every key
 /// matches and that its dimensions are `dims`; returns the payload.
+/// Decodes the bytes of a cache file written by [`encode_container`] (read from `path`, which
+/// the errors name), checking its checksum, that every key matches, that its dimensions are
+/// `dims` and that nothing follows the payload; returns the payload.
 fn decode_container(
+    bytes: &[u8],
     path: &Path,
     magic: &[u8; 8],
     keys: &[CacheKey],
     dims: &[usize],
     element_bytes: usize,
 ) -> anyhow::Result<Vec<u8>> {
-    let bytes = fs::read(path)
-        .with_context(|| format!("cannot read teacher-logit cache {}", path.display()))?;
     let corrupt =
         |what: &str| anyhow::anyhow!("teacher-logit cache {} is unusable: {what}", path.display());
     if bytes.len() < magic.len() + 32 || &bytes[..8] != magic {
@@ -344,7 +346,18 @@ fn decode_container(
         )));
     }
     let len = dims.iter().product::<usize>() * element_bytes;
-    Ok(take(len)?.to_vec())
+    let payload = take(len)?.to_vec();
+    if pos != body.len() {
+        return Err(corrupt(&format!(
+            "{} bytes follow the {len}-byte payload",
+            body.len() - pos
+        )));
+    }
+    Ok(payload)
+}
+
+fn read_cache_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("cannot read teacher-logit cache {}", path.display()))
 }
 
 fn encode_cache(
@@ -380,8 +393,10 @@ fn teacher_and_data_keys<'a>(
     ]
 }
 
-/// Reads a cache file, checking its checksum and that it belongs to this teacher and split.
-fn decode_cache(
+/// Decodes the bytes of a plain teacher-logit cache file (`path` only names it in errors),
+/// checking its checksum and that it holds `rows × classes` logits of this teacher and split.
+pub fn decode_logits(
+    bytes: &[u8],
     path: &Path,
     teacher_hash: &str,
     data_fingerprint: &str,
@@ -389,6 +404,7 @@ fn decode_cache(
     classes: usize,
 ) -> anyhow::Result<Vec<f32>> {
     let payload = decode_container(
+        bytes,
         path,
         CACHE_MAGIC,
         &teacher_and_data_keys(teacher_hash, data_fingerprint),
@@ -401,23 +417,76 @@ fn decode_cache(
         .collect())
 }
 
-/// Teacher logits for every image of `train`, from the disk cache in `cache_dir` when a valid one
-/// exists (re-checked on a sample of [`VERIFY_SAMPLE`] images against the live teacher), else
-/// computed and written there. With `cache_dir = None`, computed in memory only. A cache file that
-/// is corrupt or belongs to another teacher or split is derived data: it is reported and rebuilt.
+/// Where teacher logits are kept between runs.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheLocation<'a> {
+    /// Computed in memory for this run only.
+    Memory,
+    /// The default cache directory: the file's name derives from the teacher and the data, and a
+    /// file that does not fit this run (corrupt, other teacher, split or augmentation) is derived
+    /// data, reported and rebuilt.
+    Dir(&'a Path),
+    /// A file the user named: used when it fits, created when missing, and an error naming both
+    /// settings when it was made for something else.
+    File(&'a Path),
+}
+
+/// Where the student's teacher logits come from.
+#[derive(Debug, Clone, Copy)]
+pub enum LogitSource<'a> {
+    /// The teacher runs on every batch.
+    Live,
+    /// Precomputed once and replayed.
+    Cache(CacheLocation<'a>),
+}
+
+/// The teacher logits a distillation run replays: the live teacher when asked for, or when the
+/// augmentation draws fresh transforms every epoch (nothing to cache); the augmented-view cache
+/// when the augmentation has fixed `views`; otherwise the plain cache of the un-augmented split.
+pub fn teacher_logits(
+    teacher: Teacher,
+    train: &Split,
+    augmentation: Option<&Augmentation>,
+    source: LogitSource<'_>,
+    device: &Device,
+    progress: bool,
+) -> anyhow::Result<TeacherLogits> {
+    let augmentation = augmentation.filter(|aug| !aug.is_identity());
+    match (source, augmentation) {
+        (LogitSource::Live, _) => Ok(TeacherLogits::Live(teacher)),
+        (LogitSource::Cache(location), Some(aug)) if aug.views.is_some() => {
+            view_logits(&teacher, train, aug, location, device, progress)
+        }
+        (LogitSource::Cache(_), Some(_)) => Ok(TeacherLogits::Live(teacher)),
+        (LogitSource::Cache(location), None) => {
+            cached_logits(&teacher, train, location, device, progress)
+        }
+    }
+}
+
+/// Teacher logits for every un-augmented image of `train`, from `location` when a valid file is
+/// there (re-checked on a sample of [`VERIFY_SAMPLE`] images against the live teacher), else
+/// computed and written there.
 pub fn cached_logits(
     teacher: &Teacher,
     train: &Split,
-    cache_dir: Option<&Path>,
+    location: CacheLocation<'_>,
     device: &Device,
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
     // one SHA-256 pass over the whole split: computed once, passed down
     let fingerprint = train.fingerprint();
-    let path = cache_dir.map(|dir| cache_path(dir, &teacher.hash, &fingerprint));
+    let path = match location {
+        CacheLocation::Memory => None,
+        CacheLocation::Dir(dir) => Some(cache_path(dir, &teacher.hash, &fingerprint)),
+        CacheLocation::File(file) => Some(file.to_path_buf()),
+    };
     if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
         match read_verified(path, teacher, train, &fingerprint, device) {
             Ok(values) => return Ok(cached(teacher, values)),
+            Err(err) if matches!(location, CacheLocation::File(_)) => {
+                return Err(err.context(named_cache_mismatch(path, teacher, "")))
+            }
             Err(err) => eprintln!("warning: {err:#}; recomputing"),
         }
     }
@@ -431,28 +500,13 @@ pub fn cached_logits(
     )
 }
 
-/// Teacher logits read from exactly `file` (the user named it, so a file that does not belong to
-/// this teacher and training split is an error, not a cache miss), or computed and written there
-/// when it does not exist yet.
-pub fn logits_from_file(
-    teacher: &Teacher,
-    train: &Split,
-    file: &Path,
-    device: &Device,
-    progress: bool,
-) -> anyhow::Result<TeacherLogits> {
-    let fingerprint = train.fingerprint();
-    if file.exists() {
-        let values = read_verified(file, teacher, train, &fingerprint, device).with_context(|| {
-            format!(
-                "--teacher-logits {} cannot be used with teacher {}; delete it or name a new file to recompute",
-                file.display(),
-                &teacher.hash[..16.min(teacher.hash.len())]
-            )
-        })?;
-        return Ok(cached(teacher, values));
-    }
-    compute_and_store(teacher, train, &fingerprint, Some(file), device, progress)
+/// The paragraph for a named cache file that belongs to another run.
+fn named_cache_mismatch(path: &Path, teacher: &Teacher, settings: &str) -> String {
+    format!(
+        "--teacher-logits {} cannot be used with teacher {}{settings}; delete it or name a new file to recompute",
+        path.display(),
+        &teacher.hash[..16.min(teacher.hash.len())]
+    )
 }
 
 fn cached(teacher: &Teacher, values: Vec<f32>) -> TeacherLogits {
@@ -472,7 +526,15 @@ fn read_verified(
     device: &Device,
 ) -> anyhow::Result<Vec<f32>> {
     let classes = teacher.classes;
-    let values = decode_cache(path, &teacher.hash, fingerprint, train.len(), classes)?;
+    let bytes = read_cache_file(path)?;
+    let values = decode_logits(
+        &bytes,
+        path,
+        &teacher.hash,
+        fingerprint,
+        train.len(),
+        classes,
+    )?;
     let sample: Vec<usize> = (0..train.len())
         .step_by((train.len() / VERIFY_SAMPLE).max(1))
         .take(VERIFY_SAMPLE)
@@ -538,16 +600,13 @@ fn augmentation_key(aug: &Augmentation) -> String {
 }
 
 /// The teacher's logits for every fixed view of every image of `train` under `aug` (which must
-/// have `views`), from `file` when it holds them (re-checked on a sample against the live
-/// teacher), else computed and written there. With `strict`, a file that exists but was made
-/// for another teacher, split or augmentation is an error naming both settings (the user named
-/// it); otherwise it is derived data, reported and rebuilt.
+/// have `views`), from `location` when it holds them (re-checked on a sample against the live
+/// teacher), else computed and written there.
 pub fn view_logits(
     teacher: &Teacher,
     train: &Split,
     aug: &Augmentation,
-    file: Option<&Path>,
-    strict: bool,
+    location: CacheLocation<'_>,
     device: &Device,
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
@@ -557,7 +616,15 @@ pub fn view_logits(
             "the augmented-view teacher-logit cache needs `augmentation.views` (K views per image)"
         );
     };
+    // one SHA-256 pass over the whole split: computed once, passed down
     let fingerprint = train.fingerprint();
+    let strict = matches!(location, CacheLocation::File(_));
+    let file = match location {
+        CacheLocation::Memory => None,
+        CacheLocation::Dir(dir) => Some(views_cache_path(dir, &teacher.hash, &fingerprint)),
+        CacheLocation::File(file) => Some(file.to_path_buf()),
+    };
+    let file = file.as_deref();
     if let Some(path) = file.filter(|p| p.is_file()) {
         match read_views_verified(path, teacher, train, &fingerprint, aug, device) {
             Ok(values) => {
@@ -571,10 +638,10 @@ pub fn view_logits(
                 }))
             }
             Err(err) if strict => {
-                return Err(err.context(format!(
-                    "--teacher-logits {} cannot be used with teacher {} and these augmentation settings; delete it or name a new file to recompute",
-                    path.display(),
-                    &teacher.hash[..16.min(teacher.hash.len())]
+                return Err(err.context(named_cache_mismatch(
+                    path,
+                    teacher,
+                    " and these augmentation settings",
                 )))
             }
             Err(err) => eprintln!("warning: {err:#}; rebuilding it"),
@@ -642,6 +709,38 @@ pub fn view_logits(
     }))
 }
 
+/// Decodes the bytes of an augmented-view cache file (`path` only names it in errors), checking
+/// its checksum and that it holds `rows × K × classes` f16 logits of this teacher, split and
+/// augmentation (`K` = `aug.views`).
+pub fn decode_view_logits(
+    bytes: &[u8],
+    path: &Path,
+    teacher_hash: &str,
+    data_fingerprint: &str,
+    aug: &Augmentation,
+    rows: usize,
+    classes: usize,
+) -> anyhow::Result<Vec<f16>> {
+    let views = aug.views.unwrap_or(1);
+    let aug_key = augmentation_key(aug);
+    let [teacher_key, data_key] = teacher_and_data_keys(teacher_hash, data_fingerprint);
+    let keys = [
+        teacher_key,
+        data_key,
+        CacheKey {
+            value: &aug_key,
+            mismatch: format!(
+                "it was made with other augmentation settings ({{found}}); this run uses {aug_key}"
+            ),
+        },
+    ];
+    let payload = decode_container(bytes, path, VIEWS_MAGIC, &keys, &[rows, views, classes], 2)?;
+    Ok(payload
+        .chunks_exact(2)
+        .map(|c| f16::from_le_bytes([c[0], c[1]]))
+        .collect())
+}
+
 /// Decodes an augmented-view cache file and re-checks [`VERIFY_SAMPLE`] (image, view) pairs
 /// against the live teacher, within the f16 rounding of [`VIEWS_RELATIVE_TOLERANCE`].
 fn read_views_verified(
@@ -654,23 +753,16 @@ fn read_views_verified(
 ) -> anyhow::Result<Vec<f16>> {
     let views = aug.views.unwrap_or(1);
     let classes = teacher.classes;
-    let aug_key = augmentation_key(aug);
-    let [teacher_key, data_key] = teacher_and_data_keys(&teacher.hash, fingerprint);
-    let keys = [
-        teacher_key,
-        data_key,
-        CacheKey {
-            value: &aug_key,
-            mismatch: format!(
-                "it was made with other augmentation settings ({{found}}); this run uses {aug_key}"
-            ),
-        },
-    ];
-    let payload = decode_container(path, VIEWS_MAGIC, &keys, &[train.len(), views, classes], 2)?;
-    let values: Vec<f16> = payload
-        .chunks_exact(2)
-        .map(|c| f16::from_le_bytes([c[0], c[1]]))
-        .collect();
+    let bytes = read_cache_file(path)?;
+    let values = decode_view_logits(
+        &bytes,
+        path,
+        &teacher.hash,
+        fingerprint,
+        aug,
+        train.len(),
+        classes,
+    )?;
     let cache = ViewLogits {
         teacher_hash: teacher.hash.clone(),
         classes,

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::measure_speed;
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
-use crate::distill::{cached_logits, view_logits, views_cache_path, Teacher, TeacherLogits};
+use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec, ModelSpec};
 use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInputs, Selection};
@@ -308,49 +308,80 @@ pub struct GridPoint {
 }
 
 impl GridPoint {
-    /// Directory name of this point, e.g. `a0.1-T10-t2`, `mse-a0.5`, `dkd-a1-b8-T4`.
+    /// Directory name of this point, e.g. `a0.1-T10-t2`, `mse-a0.5`, `dkd-ce1-a1-b8-T4-w5`.
     pub fn dir_name(self) -> String {
-        match self.loss {
-            DistillLoss::Kd {
-                alpha,
-                temperature,
-                t2_scaling,
-            } => format!(
-                "a{alpha}-T{temperature}-{}",
-                if t2_scaling { "t2" } else { "no-t2" }
-            ),
-            DistillLoss::Mse { alpha } => format!("mse-a{alpha}"),
-            DistillLoss::Dkd {
-                ce_weight,
-                alpha,
-                beta,
-                temperature,
-                warmup_epochs,
-            } => format!("dkd-ce{ce_weight}-a{alpha}-b{beta}-T{temperature}-w{warmup_epochs}"),
-        }
+        let (method, settings) = self.settings();
+        let parts: Vec<&str> = std::iter::once(method.short.as_str())
+            .filter(|prefix| !prefix.is_empty())
+            .chain(settings.iter().map(|s| s.short.as_str()))
+            .collect();
+        parts.join("-")
     }
 
     /// A readable description, e.g. `KD alpha 0.1, T 4, T² on`.
     pub fn label(self) -> String {
+        let (method, settings) = self.settings();
+        let parts: Vec<&str> = settings.iter().map(|s| s.long.as_str()).collect();
+        format!("{} {}", method.long, parts.join(", "))
+    }
+
+    /// The method and each setting, in short (directory) and long (report) form, in one order.
+    fn settings(self) -> (Setting, Vec<Setting>) {
+        let on_off = |on: bool| if on { "on" } else { "off" };
         match self.loss {
             DistillLoss::Kd {
                 alpha,
                 temperature,
                 t2_scaling,
-            } => format!(
-                "KD alpha {alpha}, T {temperature}, T² {}",
-                if t2_scaling { "on" } else { "off" }
+            } => (
+                Setting::new("", "KD"),
+                vec![
+                    Setting::new(format!("a{alpha}"), format!("alpha {alpha}")),
+                    Setting::new(format!("T{temperature}"), format!("T {temperature}")),
+                    Setting::new(
+                        if t2_scaling { "t2" } else { "no-t2" },
+                        format!("T² {}", on_off(t2_scaling)),
+                    ),
+                ],
             ),
-            DistillLoss::Mse { alpha } => format!("logit MSE, alpha {alpha}"),
+            DistillLoss::Mse { alpha } => (
+                Setting::new("mse", "logit MSE,"),
+                vec![Setting::new(format!("a{alpha}"), format!("alpha {alpha}"))],
+            ),
             DistillLoss::Dkd {
                 ce_weight,
                 alpha,
                 beta,
                 temperature,
                 warmup_epochs,
-            } => format!(
-                "DKD alpha {alpha}, beta {beta}, T {temperature}, CE weight {ce_weight}, warm-up {warmup_epochs} epochs"
+            } => (
+                Setting::new("dkd", "DKD"),
+                vec![
+                    Setting::new(format!("ce{ce_weight}"), format!("CE weight {ce_weight}")),
+                    Setting::new(format!("a{alpha}"), format!("alpha {alpha}")),
+                    Setting::new(format!("b{beta}"), format!("beta {beta}")),
+                    Setting::new(format!("T{temperature}"), format!("T {temperature}")),
+                    Setting::new(
+                        format!("w{warmup_epochs}"),
+                        format!("warm-up {warmup_epochs} epochs"),
+                    ),
+                ],
             ),
+        }
+    }
+}
+
+/// One setting of a grid point, as a directory name part and as report text.
+struct Setting {
+    short: String,
+    long: String,
+}
+
+impl Setting {
+    fn new(short: impl Into<String>, long: impl Into<String>) -> Self {
+        Setting {
+            short: short.into(),
+            long: long.into(),
         }
     }
 }
@@ -749,14 +780,15 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     let cache_build_seconds = match &logits {
         TeacherLogits::Views(cache) => cache.build_seconds,
         _ => None,
-    }
-    .or_else(|| read_cache_build_seconds(out));
+    };
+    // written when the cache is built, read back by a resumed run that finds it on disk
     if let Some(seconds) = cache_build_seconds {
         let _ = std::fs::write(
             out.join("teacher-logits").join("build-seconds.txt"),
             format!("{seconds:.3}\n"),
         );
     }
+    let cache_build_seconds = cache_build_seconds.or_else(|| read_cache_build_seconds(out));
     let grid = config.grid();
     let mut distilled = Vec::new();
     let mut scratch_chain: Vec<ArmRuns> = Vec::new();
@@ -974,23 +1006,23 @@ fn teacher_logits(
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
     let cache_dir = out.join("teacher-logits");
-    let augmentation = config
-        .training
-        .augmentation
-        .as_ref()
-        .filter(|aug| !aug.is_identity());
-    Ok(match (config.training.teacher_logits, augmentation) {
-        (TeacherLogitsSource::Live, _) => TeacherLogits::Live(teacher),
-        (TeacherLogitsSource::Cache, Some(aug)) if aug.views.is_some() => {
-            let file = views_cache_path(&cache_dir, &teacher.hash, &train.fingerprint());
-            println!("== teacher logits for {}", aug.describe());
-            view_logits(&teacher, train, aug, Some(&file), false, device, progress)?
-        }
-        (TeacherLogitsSource::Cache, Some(_)) => TeacherLogits::Live(teacher),
-        (TeacherLogitsSource::Cache, None) => {
-            cached_logits(&teacher, train, Some(&cache_dir), device, progress)?
-        }
-    })
+    let source = match config.training.teacher_logits {
+        TeacherLogitsSource::Live => LogitSource::Live,
+        TeacherLogitsSource::Cache => LogitSource::Cache(CacheLocation::Dir(&cache_dir)),
+    };
+    if let Some(aug) = config.training.augmentation.as_ref().filter(|aug| {
+        aug.views.is_some() && !aug.is_identity() && matches!(source, LogitSource::Cache(_))
+    }) {
+        println!("== teacher logits for {}", aug.describe());
+    }
+    distill::teacher_logits(
+        teacher,
+        train,
+        config.training.augmentation.as_ref(),
+        source,
+        device,
+        progress,
+    )
 }
 
 fn read_cache_build_seconds(out: &Path) -> Option<f64> {

@@ -36,6 +36,7 @@ pub mod experiment;
 pub mod kernels;
 pub mod losses;
 pub mod models;
+pub mod onnx;
 pub mod progress;
 pub mod report;
 pub mod stats;

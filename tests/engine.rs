@@ -7,61 +7,17 @@ use std::path::Path;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
-use distill::data::{self, DataSpec, Dataset, Split};
-use distill::distill::{cache_path, cached_logits, Teacher, TeacherLogits};
+mod common;
+
+use common::{config, embedded, job, serial};
+use distill::distill::{cache_path, cached_logits, CacheLocation, Teacher, TeacherLogits};
 use distill::losses::DistillLoss;
 use distill::models::{zoo, LayerSpec, ModelSpec, Network};
-use distill::train::{fit, Objective, TrainConfig, TrainJob};
-
-fn embedded() -> Dataset {
-    data::load(&DataSpec::Embedded).unwrap()
-}
+use distill::train::{fit, Objective, TrainConfig};
 
 /// A teacher small enough for CI but clearly stronger than the reference student.
 fn small_teacher() -> ModelSpec {
     zoo::get("teacher-small").unwrap()
-}
-
-/// Dropout draws from the backend's random generator, which is global to the process and reseeded
-/// per epoch; trainings running at the same time in one test process would interleave their draws.
-/// Tests that compare two trainings hold this lock.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn config(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        ..TrainConfig::default()
-    }
-}
-
-fn job<'a>(
-    spec: &'a ModelSpec,
-    data: &'a Dataset,
-    train: &'a Split,
-    config: &'a TrainConfig,
-    objective: Objective<'a>,
-    out: &'a Path,
-    resume: bool,
-) -> TrainJob<'a> {
-    TrainJob {
-        spec,
-        classes: &data.classes,
-        train,
-        eval: &data.test,
-        config,
-        objective,
-        out,
-        resume,
-        init_from: None,
-        progress: false,
-        verbose: false,
-    }
 }
 
 /// Collects every float parameter's values, in visiting order.
@@ -135,7 +91,7 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
     let logits = cached_logits(
         &teacher,
         &train,
-        Some(&dir.path().join("cache")),
+        CacheLocation::Dir(&dir.path().join("cache")),
         &device,
         false,
     )
@@ -361,9 +317,14 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     let net = Network::init(&small_teacher(), [1, 28, 28], 5, &device).unwrap();
     let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
     let dir = tempfile::tempdir().unwrap();
-    let TeacherLogits::Cached { values, .. } =
-        cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
-    else {
+    let TeacherLogits::Cached { values, .. } = cached_logits(
+        &teacher,
+        &train,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap() else {
         panic!("expected cached logits")
     };
     let path = cache_path(dir.path(), &teacher.hash, &train.fingerprint());
@@ -380,9 +341,14 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
         }
     }
     // A second call reads the file (same values).
-    let TeacherLogits::Cached { values: again, .. } =
-        cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
-    else {
+    let TeacherLogits::Cached { values: again, .. } = cached_logits(
+        &teacher,
+        &train,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap() else {
         panic!()
     };
     assert_eq!(values, again);
@@ -393,7 +359,14 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     fs::write(&path, &bytes).unwrap();
     let TeacherLogits::Cached {
         values: recomputed, ..
-    } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
+    } = cached_logits(
+        &teacher,
+        &train,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap()
     else {
         panic!()
     };
@@ -401,7 +374,14 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     // A cache written for another teacher, placed under this teacher's name, is rejected.
     let other_net = Network::init(&small_teacher(), [1, 28, 28], 6, &device).unwrap();
     let other = Teacher::from_network(&other_net, [1, 28, 28], 10);
-    let _ = cached_logits(&other, &train, Some(dir.path()), &device, false).unwrap();
+    let _ = cached_logits(
+        &other,
+        &train,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap();
     fs::copy(
         cache_path(dir.path(), &other.hash, &train.fingerprint()),
         &path,
@@ -409,7 +389,14 @@ fn logit_cache_matches_live_teacher_and_rejects_foreign_files() {
     .unwrap();
     let TeacherLogits::Cached {
         values: checked, ..
-    } = cached_logits(&teacher, &train, Some(dir.path()), &device, false).unwrap()
+    } = cached_logits(
+        &teacher,
+        &train,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap()
     else {
         panic!()
     };

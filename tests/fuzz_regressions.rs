@@ -12,18 +12,21 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use distill::data::{cifar, idx};
+use distill::distill::{decode_logits, decode_view_logits};
 use distill::experiment::ExperimentConfig;
 use distill::models::{summary, ModelSpec};
+use sha2::{Digest, Sha256};
 
 /// What a fuzz target does with one input.
 type Harness = fn(&[u8]);
 
 /// The fuzz targets and the harness function each runs.
-const TARGETS: [(&str, Harness); 4] = [
+const TARGETS: [(&str, Harness); 5] = [
     ("cifar_bin", harness::cifar_bin),
     ("idx", harness::idx),
     ("experiment_config", harness::experiment_config),
     ("model_spec", harness::model_spec),
+    ("logit_cache", harness::logit_cache),
 ];
 
 fn root() -> PathBuf {
@@ -74,7 +77,7 @@ fn every_seed_and_saved_finding_gives_ok_or_err() {
             .iter()
             .find(|(t, _)| name.starts_with(&format!("{t}-")))
             .unwrap_or_else(|| {
-                panic!("{name}: a saved finding must be named <target>-<name>, target one of cifar_bin, idx, experiment_config, model_spec")
+                panic!("{name}: a saved finding must be named <target>-<name>, target one of cifar_bin, idx, experiment_config, model_spec, logit_cache")
             });
         replay(target, *run, &path);
         count += 1;
@@ -130,6 +133,67 @@ fn seeds_are_accepted_by_their_parsers() {
         spec.stats([3, 32, 32])
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
+    for path in seeds("logit_cache") {
+        let bytes = fs::read(&path).unwrap();
+        let mut file = bytes[1..].to_vec();
+        if bytes[0] & 2 != 0 {
+            file.extend_from_slice(&Sha256::digest(&file));
+        }
+        let (teacher, data, rows, classes) = (
+            harness::CACHE_TEACHER,
+            harness::CACHE_DATA,
+            harness::CACHE_ROWS,
+            harness::CACHE_CLASSES,
+        );
+        let ok = if bytes[0] % 2 == 0 {
+            decode_logits(&file, &path, teacher, data, rows, classes).map(|_| ())
+        } else {
+            let aug = harness::cache_augmentation();
+            decode_view_logits(&file, &path, teacher, data, &aug, rows, classes).map(|_| ())
+        };
+        ok.unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    }
+}
+
+/// A cache file with bytes after its payload (sealed with a valid checksum) is refused, naming
+/// how many, and so is the same file under another augmentation.
+#[test]
+fn logit_cache_with_trailing_bytes_or_other_settings_is_refused() {
+    let seed = fs::read(root().join("fuzz/seeds/logit_cache/views-unsealed")).unwrap();
+    let path = Path::new("cache/views.bin");
+    let aug = harness::cache_augmentation();
+    let decode = |file: &[u8], aug: &distill::data::Augmentation| {
+        let mut sealed = file.to_vec();
+        sealed.extend_from_slice(&Sha256::digest(file));
+        decode_view_logits(
+            &sealed,
+            path,
+            harness::CACHE_TEACHER,
+            harness::CACHE_DATA,
+            aug,
+            harness::CACHE_ROWS,
+            harness::CACHE_CLASSES,
+        )
+    };
+    let values = decode(&seed[1..], &aug).unwrap();
+    assert_eq!(values[5].to_f32(), 5.0);
+    let mut longer = seed[1..].to_vec();
+    longer.extend_from_slice(&[0, 0, 0]);
+    let err = format!("{:#}", decode(&longer, &aug).unwrap_err());
+    assert!(
+        err.contains("cache/views.bin") && err.contains("3 bytes follow"),
+        "{err}"
+    );
+    let other = distill::data::Augmentation {
+        horizontal_flip: false,
+        ..aug
+    };
+    let err = format!("{:#}", decode(&seed[1..], &other).unwrap_err());
+    assert!(
+        err.contains("crop padding 4, flip, 2 fixed views")
+            && err.contains("crop padding 4, no flip, 2 fixed views"),
+        "{err}"
+    );
 }
 
 #[test]

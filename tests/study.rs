@@ -6,24 +6,14 @@ use std::process::Command;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
-use distill::data::{self, view_of, Augmentation, DataSpec, Dataset, Split};
-use distill::distill::{view_logits, views_cache_path, Teacher, TeacherLogits};
+use distill::data::{view_of, Augmentation, Dataset, Split};
+mod common;
+
+use common::{config, embedded, job, serial};
+use distill::distill::{view_logits, views_cache_path, CacheLocation, Teacher, TeacherLogits};
 use distill::losses::DistillLoss;
 use distill::models::{checkpoint, zoo, ModelSpec, Network};
 use distill::train::{fit, Objective, TrainConfig, TrainJob};
-
-/// Trainings in one process share the backend's dropout generator: tests that train hold this.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn embedded() -> Dataset {
-    data::load(&DataSpec::Embedded).unwrap()
-}
 
 fn views(k: usize) -> Augmentation {
     Augmentation {
@@ -31,13 +21,6 @@ fn views(k: usize) -> Augmentation {
         horizontal_flip: true,
         views: Some(k),
         view_seed: 5,
-    }
-}
-
-fn one_epoch() -> TrainConfig {
-    TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
     }
 }
 
@@ -52,7 +35,6 @@ fn flatten(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn train<'a>(
     spec: &ModelSpec,
     data: &Dataset,
@@ -62,23 +44,11 @@ fn train<'a>(
     out: &Path,
     init_from: Option<&Path>,
 ) -> distill::train::TrainOutcome {
-    fit(
-        TrainJob {
-            spec,
-            classes: &data.classes,
-            train,
-            eval: &data.test,
-            config,
-            objective,
-            out,
-            resume: false,
-            init_from,
-            progress: false,
-            verbose: false,
-        },
-        &Device::flex(),
-    )
-    .unwrap()
+    let job = TrainJob {
+        init_from,
+        ..job(spec, data, train, config, objective, out, false)
+    };
+    fit(job, &Device::flex()).unwrap()
 }
 
 #[test]
@@ -88,7 +58,7 @@ fn warm_start_continues_from_the_saved_weights() {
     let subset = data.train.subset(&(0..256).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let spec = zoo::get("student").unwrap();
-    let config = one_epoch();
+    let config = config(1);
     let first = dir.path().join("first");
     train(
         &spec,
@@ -155,7 +125,7 @@ fn warm_start_refuses_another_architecture_naming_the_layer() {
     let subset = data.train.subset(&(0..128).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let student = zoo::get("student").unwrap();
-    let config = one_epoch();
+    let config = config(1);
     let saved = dir.path().join("student");
     train(
         &student,
@@ -255,7 +225,15 @@ fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
     let dir = tempfile::tempdir().unwrap();
     let aug = views(3);
     let file = views_cache_path(dir.path(), &teacher.hash, &train.fingerprint());
-    let cached = view_logits(&teacher, &train, &aug, Some(&file), false, &device, false).unwrap();
+    let cached = view_logits(
+        &teacher,
+        &train,
+        &aug,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap();
     let TeacherLogits::Views(cache) = &cached else {
         panic!("expected the augmented-view cache")
     };
@@ -295,7 +273,15 @@ fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
 
     // Read back (verified against the live teacher), not rebuilt.
     let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
-    let again = view_logits(&teacher, &train, &aug, Some(&file), false, &device, false).unwrap();
+    let again = view_logits(
+        &teacher,
+        &train,
+        &aug,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap();
     let TeacherLogits::Views(again) = again else {
         panic!()
     };
@@ -308,16 +294,30 @@ fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
 
     // Another K misses: a named file is an error naming both settings, the default is rebuilt.
     let other = views(5);
-    let err = view_logits(&teacher, &train, &other, Some(&file), true, &device, false)
-        .err()
-        .unwrap();
+    let err = view_logits(
+        &teacher,
+        &train,
+        &other,
+        CacheLocation::File(&file),
+        &device,
+        false,
+    )
+    .err()
+    .unwrap();
     let message = format!("{err:#}");
     assert!(
         message.contains("3 fixed views") && message.contains("5 fixed views"),
         "{message}"
     );
-    let rebuilt =
-        view_logits(&teacher, &train, &other, Some(&file), false, &device, false).unwrap();
+    let rebuilt = view_logits(
+        &teacher,
+        &train,
+        &other,
+        CacheLocation::Dir(dir.path()),
+        &device,
+        false,
+    )
+    .unwrap();
     let TeacherLogits::Views(rebuilt) = rebuilt else {
         panic!()
     };
@@ -329,9 +329,16 @@ fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
         views: Some(0),
         ..views(1)
     };
-    let err = view_logits(&teacher, &train, &zero, None, false, &device, false)
-        .err()
-        .unwrap();
+    let err = view_logits(
+        &teacher,
+        &train,
+        &zero,
+        CacheLocation::Memory,
+        &device,
+        false,
+    )
+    .err()
+    .unwrap();
     assert!(format!("{err:#}").contains("at least 1"), "{err:#}");
 }
 
@@ -348,7 +355,15 @@ fn paired_arms_see_identical_batches() {
     let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
     let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
     let aug = views(4);
-    let cached = view_logits(&teacher, &subset, &aug, None, false, &device, false).unwrap();
+    let cached = view_logits(
+        &teacher,
+        &subset,
+        &aug,
+        CacheLocation::Memory,
+        &device,
+        false,
+    )
+    .unwrap();
     let spec = zoo::get("student").unwrap();
     let config = TrainConfig {
         epochs: 2,

@@ -7,9 +7,7 @@ use clap::{Args, ValueEnum};
 
 use crate::backend::Backend;
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
-use crate::distill::{
-    cached_logits, logits_from_file, view_logits, views_cache_path, Teacher, TeacherLogits,
-};
+use crate::distill::{teacher_logits, CacheLocation, LogitSource, Teacher};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec};
 use crate::train::{evaluate, fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
@@ -266,52 +264,26 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
         let network = crate::models::Network::init(&spec, dataset.shape, 0, &device)?;
         checkpoint::load_for_warm_start(dir, &spec, dataset.shape, dataset.classes.len(), network)?;
     }
-    let views_augmentation = config
-        .augmentation
-        .as_ref()
-        .filter(|aug| aug.views.is_some() && !aug.is_identity());
-    let logits = if args.no_logit_cache {
-        TeacherLogits::Live(teacher)
-    } else if let Some(aug) = views_augmentation {
-        let (file, strict) = match &args.teacher_logits {
-            Some(file) => (file.clone(), true),
-            None => {
-                let dir = match &args.logit_cache {
-                    Some(dir) => dir.clone(),
-                    None => default_logit_cache()?,
-                };
-                (
-                    views_cache_path(&dir, &teacher.hash, &train.fingerprint()),
-                    false,
-                )
-            }
-        };
-        view_logits(
-            &teacher,
-            &train,
-            aug,
-            Some(&file),
-            strict,
-            &device,
-            !args.train.quiet,
-        )?
-    } else if config.augmentation.is_some() {
-        TeacherLogits::Live(teacher)
+    let cache_dir;
+    let source = if args.no_logit_cache {
+        LogitSource::Live
     } else if let Some(file) = &args.teacher_logits {
-        logits_from_file(&teacher, &train, file, &device, !args.train.quiet)?
+        LogitSource::Cache(CacheLocation::File(file))
     } else {
-        let cache_dir = match &args.logit_cache {
+        cache_dir = match &args.logit_cache {
             Some(dir) => dir.clone(),
             None => default_logit_cache()?,
         };
-        cached_logits(
-            &teacher,
-            &train,
-            Some(&cache_dir),
-            &device,
-            !args.train.quiet,
-        )?
+        LogitSource::Cache(CacheLocation::Dir(&cache_dir))
     };
+    let logits = teacher_logits(
+        teacher,
+        &train,
+        config.augmentation.as_ref(),
+        source,
+        &device,
+        !args.train.quiet,
+    )?;
     args.train.fit(
         &spec,
         &dataset,

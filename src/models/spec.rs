@@ -392,157 +392,9 @@ impl ModelSpec {
         let mut shape = Shape::Image(input);
         let mut infos = Vec::with_capacity(self.layers.len());
         for (index, layer) in self.layers.iter().enumerate() {
-            let err = |field: &'static str, message: String| SpecError::Layer {
-                index,
-                kind: layer.kind().to_string(),
-                field,
-                message,
-            };
-            let need_image = |shape: Shape| {
-                match shape {
-                Shape::Image(chw) => Ok(chw),
-                Shape::Flat(n) => Err(err(
-                    "input",
-                    format!("needs a 3-D (channels, height, width) input but gets ({n}) after a flatten"),
-                )),
-            }
-            };
-            let (output, params, flops) = match *layer {
-                LayerSpec::Conv2d {
-                    filters,
-                    kernel,
-                    stride,
-                    padding,
-                } => {
-                    let [c, h, w] = need_image(shape)?;
-                    if filters == 0 {
-                        return Err(err("filters", "must be at least 1".into()));
-                    }
-                    if kernel == 0 {
-                        return Err(err("kernel", "must be at least 1".into()));
-                    }
-                    if stride == 0 {
-                        return Err(err("stride", "must be at least 1".into()));
-                    }
-                    let (Some(oh), Some(ow)) = (
-                        output_size(h, kernel, stride, padding),
-                        output_size(w, kernel, stride, padding),
-                    ) else {
-                        return Err(err(
-                            "kernel",
-                            format!("{kernel}x{kernel} is larger than its {h}x{w} input with 'valid' padding"),
-                        ));
-                    };
-                    let weights = checked_product(&[kernel, kernel, c, filters]);
-                    let params = weights.and_then(|w| w.checked_add(filters));
-                    let flops = weights.and_then(|w| checked_product(&[2, w, oh, ow]));
-                    let (Some(params), Some(flops)) = (params, flops) else {
-                        return Err(err(
-                            "filters",
-                            too_large(&format!(
-                                "{filters} filters of {kernel}x{kernel}x{c} on a {oh}x{ow} output: the parameter or FLOP count"
-                            )),
-                        ));
-                    };
-                    (Shape::Image([filters, oh, ow]), params, flops as u64)
-                }
-                LayerSpec::MaxPool2d {
-                    size,
-                    stride,
-                    padding,
-                } => {
-                    let [c, h, w] = need_image(shape)?;
-                    if size == 0 {
-                        return Err(err("size", "must be at least 1".into()));
-                    }
-                    let stride = stride.unwrap_or(size);
-                    if stride == 0 {
-                        return Err(err("stride", "must be at least 1".into()));
-                    }
-                    let (Some(oh), Some(ow)) = (
-                        output_size(h, size, stride, padding),
-                        output_size(w, size, stride, padding),
-                    ) else {
-                        return Err(err(
-                            "size",
-                            format!("{size}x{size} window is larger than its {h}x{w} input with 'valid' padding"),
-                        ));
-                    };
-                    (Shape::Image([c, oh, ow]), 0, 0)
-                }
-                LayerSpec::LeakyRelu { slope } => {
-                    if !slope.is_finite() {
-                        return Err(err("slope", format!("must be finite, got {slope}")));
-                    }
-                    (shape, 0, 0)
-                }
-                LayerSpec::Relu => (shape, 0, 0),
-                LayerSpec::Dropout { rate } => {
-                    if !(0.0..1.0).contains(&rate) {
-                        return Err(err("rate", format!("must be in [0, 1), got {rate}")));
-                    }
-                    (shape, 0, 0)
-                }
-                LayerSpec::Flatten => {
-                    let [c, h, w] = need_image(shape)?;
-                    let Some(n) = checked_product(&[c, h, w]) else {
-                        return Err(err(
-                            "input",
-                            too_large(&format!("the flattened size of its {shape} input")),
-                        ));
-                    };
-                    (Shape::Flat(n), 0, 0)
-                }
-                LayerSpec::GlobalAvgPool => {
-                    let [c, _, _] = need_image(shape)?;
-                    (Shape::Flat(c), 0, 0)
-                }
-                LayerSpec::BatchNorm => {
-                    let channels = match shape {
-                        Shape::Image([c, _, _]) => c,
-                        Shape::Flat(n) => n,
-                    };
-                    let Some(params) = channels.checked_mul(4) else {
-                        return Err(err(
-                            "input",
-                            too_large(&format!(
-                                "the parameter count (4 per channel) of its {shape} input"
-                            )),
-                        ));
-                    };
-                    (shape, params, 0)
-                }
-                LayerSpec::Dense { units, .. } => {
-                    let Shape::Flat(n) = shape else {
-                        return Err(err(
-                            "input",
-                            format!("needs a flat input but gets {shape}; add a `flatten` or `global_avg_pool` before it"),
-                        ));
-                    };
-                    if units == 0 {
-                        return Err(err("units", "must be at least 1".into()));
-                    }
-                    let weights = n.checked_mul(units);
-                    let params = weights.and_then(|w| w.checked_add(units));
-                    let flops = weights.and_then(|w| w.checked_mul(2));
-                    let (Some(params), Some(flops)) = (params, flops) else {
-                        return Err(err(
-                            "units",
-                            too_large(&format!(
-                                "{units} units on {n} input features: the parameter or FLOP count"
-                            )),
-                        ));
-                    };
-                    (Shape::Flat(units), params, flops as u64)
-                }
-            };
-            infos.push(LayerInfo {
-                kind: layer.kind(),
-                output,
-                params,
-                flops,
-            });
-            shape = output;
+            let info = layer_info(index, layer, shape)?;
+            shape = info.output;
+            infos.push(info);
         }
         if let Shape::Image(chw) = shape {
             return Err(SpecError::Model(format!(
@@ -558,6 +410,161 @@ impl ModelSpec {
         let infos = self.infer(input)?;
         Ok(infos.last().map(|i| i.output.numel()).unwrap_or(0))
     }
+}
+
+/// Checks layer `index` against the shape flowing into it and returns its output shape,
+/// parameter count and FLOPs.
+pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<LayerInfo, SpecError> {
+    let err = |field: &'static str, message: String| SpecError::Layer {
+        index,
+        kind: layer.kind().to_string(),
+        field,
+        message,
+    };
+    let need_image = |shape: Shape| match shape {
+        Shape::Image(chw) => Ok(chw),
+        Shape::Flat(n) => Err(err(
+            "input",
+            format!("needs a 3-D (channels, height, width) input but gets ({n}) after a flatten"),
+        )),
+    };
+    let (output, params, flops) = match *layer {
+        LayerSpec::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+        } => {
+            let [c, h, w] = need_image(shape)?;
+            if filters == 0 {
+                return Err(err("filters", "must be at least 1".into()));
+            }
+            if kernel == 0 {
+                return Err(err("kernel", "must be at least 1".into()));
+            }
+            if stride == 0 {
+                return Err(err("stride", "must be at least 1".into()));
+            }
+            let (Some(oh), Some(ow)) = (
+                output_size(h, kernel, stride, padding),
+                output_size(w, kernel, stride, padding),
+            ) else {
+                return Err(err(
+                    "kernel",
+                    format!(
+                        "{kernel}x{kernel} is larger than its {h}x{w} input with 'valid' padding"
+                    ),
+                ));
+            };
+            let weights = checked_product(&[kernel, kernel, c, filters]);
+            let params = weights.and_then(|w| w.checked_add(filters));
+            let flops = weights.and_then(|w| checked_product(&[2, w, oh, ow]));
+            let (Some(params), Some(flops)) = (params, flops) else {
+                return Err(err(
+                        "filters",
+                        too_large(&format!(
+                            "{filters} filters of {kernel}x{kernel}x{c} on a {oh}x{ow} output: the parameter or FLOP count"
+                        )),
+                    ));
+            };
+            (Shape::Image([filters, oh, ow]), params, flops as u64)
+        }
+        LayerSpec::MaxPool2d {
+            size,
+            stride,
+            padding,
+        } => {
+            let [c, h, w] = need_image(shape)?;
+            if size == 0 {
+                return Err(err("size", "must be at least 1".into()));
+            }
+            let stride = stride.unwrap_or(size);
+            if stride == 0 {
+                return Err(err("stride", "must be at least 1".into()));
+            }
+            let (Some(oh), Some(ow)) = (
+                output_size(h, size, stride, padding),
+                output_size(w, size, stride, padding),
+            ) else {
+                return Err(err(
+                        "size",
+                        format!("{size}x{size} window is larger than its {h}x{w} input with 'valid' padding"),
+                    ));
+            };
+            (Shape::Image([c, oh, ow]), 0, 0)
+        }
+        LayerSpec::LeakyRelu { slope } => {
+            if !slope.is_finite() {
+                return Err(err("slope", format!("must be finite, got {slope}")));
+            }
+            (shape, 0, 0)
+        }
+        LayerSpec::Relu => (shape, 0, 0),
+        LayerSpec::Dropout { rate } => {
+            if !(0.0..1.0).contains(&rate) {
+                return Err(err("rate", format!("must be in [0, 1), got {rate}")));
+            }
+            (shape, 0, 0)
+        }
+        LayerSpec::Flatten => {
+            let [c, h, w] = need_image(shape)?;
+            let Some(n) = checked_product(&[c, h, w]) else {
+                return Err(err(
+                    "input",
+                    too_large(&format!("the flattened size of its {shape} input")),
+                ));
+            };
+            (Shape::Flat(n), 0, 0)
+        }
+        LayerSpec::GlobalAvgPool => {
+            let [c, _, _] = need_image(shape)?;
+            (Shape::Flat(c), 0, 0)
+        }
+        LayerSpec::BatchNorm => {
+            let channels = match shape {
+                Shape::Image([c, _, _]) => c,
+                Shape::Flat(n) => n,
+            };
+            let Some(params) = channels.checked_mul(4) else {
+                return Err(err(
+                    "input",
+                    too_large(&format!(
+                        "the parameter count (4 per channel) of its {shape} input"
+                    )),
+                ));
+            };
+            (shape, params, 0)
+        }
+        LayerSpec::Dense { units, .. } => {
+            let Shape::Flat(n) = shape else {
+                return Err(err(
+                        "input",
+                        format!("needs a flat input but gets {shape}; add a `flatten` or `global_avg_pool` before it"),
+                    ));
+            };
+            if units == 0 {
+                return Err(err("units", "must be at least 1".into()));
+            }
+            let weights = n.checked_mul(units);
+            let params = weights.and_then(|w| w.checked_add(units));
+            let flops = weights.and_then(|w| w.checked_mul(2));
+            let (Some(params), Some(flops)) = (params, flops) else {
+                return Err(err(
+                    "units",
+                    too_large(&format!(
+                        "{units} units on {n} input features: the parameter or FLOP count"
+                    )),
+                ));
+            };
+            (Shape::Flat(units), params, flops as u64)
+        }
+    };
+    Ok(LayerInfo {
+        kind: layer.kind(),
+        output,
+        params,
+        flops,
+    })
 }
 
 /// Totals over a model for one input shape.

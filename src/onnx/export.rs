@@ -1,0 +1,335 @@
+//! A trained [`Network`] as an ONNX model: opset 13, dynamic batch, NCHW `float32` input in
+//! `[0, 1]`, logits out. Dropout is left out (inference graph). TensorFlow's 'same' padding is
+//! written as explicit pads, so the asymmetric case (stride 2 on an even size pads only the
+//! bottom/right) is reproduced exactly by every runtime.
+
+use prost::Message;
+
+use super::proto::{
+    attribute_type, data_type, AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto,
+    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
+    TensorTypeProto, TypeProto, ValueInfoProto,
+};
+use super::{CLASSES_KEY, SPEC_KEY};
+use crate::models::network::Layer;
+use crate::models::spec::{same_padding, LayerSpec, Padding, Shape};
+use crate::models::{ModelSpec, Network};
+
+/// The opset the exported graphs use.
+pub const OPSET: i64 = 13;
+/// ONNX IR version of opset 13 (ONNX 1.8).
+const IR_VERSION: i64 = 7;
+/// Name of the exported graph's input.
+pub const INPUT_NAME: &str = "input";
+/// Name of the exported graph's output.
+pub const OUTPUT_NAME: &str = "logits";
+
+/// Encodes `network` (built from `spec` for `input` = C×H×W images, predicting `classes`) as an
+/// ONNX model file. The spec and the class names travel in the model's metadata, so `distill`
+/// can read them back.
+pub fn to_onnx_bytes(
+    spec: &ModelSpec,
+    network: &Network,
+    input: [usize; 3],
+    classes: &[String],
+) -> anyhow::Result<Vec<u8>> {
+    let infos = spec.infer(input)?;
+    anyhow::ensure!(
+        network.layers.len() == spec.layers.len(),
+        "the network has {} layers but its spec {}",
+        network.layers.len(),
+        spec.layers.len()
+    );
+    let mut graph = GraphBuilder::default();
+    let mut current = INPUT_NAME.to_string();
+    let mut shape = Shape::Image(input);
+    for (index, ((layer_spec, layer), info)) in spec
+        .layers
+        .iter()
+        .zip(&network.layers)
+        .zip(&infos)
+        .enumerate()
+    {
+        let name = format!("layer{index}_{}", layer_spec.kind());
+        current = match (layer_spec, layer) {
+            (
+                &LayerSpec::Conv2d {
+                    kernel,
+                    stride,
+                    padding,
+                    ..
+                },
+                Layer::Conv2d(conv),
+            ) => {
+                let weight = conv.weight.val();
+                let dims = weight.dims().iter().map(|&d| d as i64).collect();
+                let w = graph.initializer(&format!("{name}.weight"), dims, values(weight));
+                let mut inputs = vec![current, w];
+                if let Some(bias) = &conv.bias {
+                    let b = bias.val();
+                    inputs.push(graph.initializer(
+                        &format!("{name}.bias"),
+                        vec![b.dims()[0] as i64],
+                        values(b),
+                    ));
+                }
+                let attributes = vec![
+                    ints("kernel_shape", &[kernel, kernel]),
+                    ints("strides", &[stride, stride]),
+                    ints("pads", &pads(shape, kernel, stride, padding)),
+                ];
+                graph.node("Conv", &name, inputs, attributes)
+            }
+            (LayerSpec::LeakyRelu { slope }, _) => graph.node(
+                "LeakyRelu",
+                &name,
+                vec![current],
+                vec![float("alpha", *slope as f32)],
+            ),
+            (LayerSpec::Relu, _) => graph.node("Relu", &name, vec![current], vec![]),
+            (
+                &LayerSpec::MaxPool2d {
+                    size,
+                    stride,
+                    padding,
+                },
+                _,
+            ) => {
+                let stride = stride.unwrap_or(size);
+                let attributes = vec![
+                    ints("kernel_shape", &[size, size]),
+                    ints("strides", &[stride, stride]),
+                    ints("pads", &pads(shape, size, stride, padding)),
+                ];
+                graph.node("MaxPool", &name, vec![current], attributes)
+            }
+            // inference graph: dropout is the identity
+            (LayerSpec::Dropout { .. }, _) => current,
+            (LayerSpec::Flatten, _) => {
+                graph.node("Flatten", &name, vec![current], vec![int("axis", 1)])
+            }
+            (LayerSpec::GlobalAvgPool, _) => {
+                // ONNX keeps [N, C, 1, 1]; the layer's output is [N, C]
+                let pooled = graph.node("GlobalAveragePool", &name, vec![current], vec![]);
+                graph.node(
+                    "Flatten",
+                    &format!("{name}_flatten"),
+                    vec![pooled],
+                    vec![int("axis", 1)],
+                )
+            }
+            (LayerSpec::BatchNorm, Layer::BatchNorm(norm)) => {
+                let features = norm.gamma.val().dims()[0] as i64;
+                let mut inputs = vec![current];
+                for (suffix, tensor) in [
+                    ("scale", norm.gamma.val()),
+                    ("bias", norm.beta.val()),
+                    ("mean", norm.running_mean.value()),
+                    ("var", norm.running_var.value()),
+                ] {
+                    inputs.push(graph.initializer(
+                        &format!("{name}.{suffix}"),
+                        vec![features],
+                        values(tensor),
+                    ));
+                }
+                graph.node(
+                    "BatchNormalization",
+                    &name,
+                    inputs,
+                    vec![float("epsilon", norm.epsilon as f32)],
+                )
+            }
+            (LayerSpec::Dense { activation, .. }, Layer::Dense(dense)) => {
+                // burn stores the weight as [inputs, units]: Gemm's B without transposition
+                let weight = dense.linear.weight.val();
+                let dims = weight.dims().iter().map(|&d| d as i64).collect();
+                let mut inputs = vec![
+                    current,
+                    graph.initializer(&format!("{name}.weight"), dims, values(weight)),
+                ];
+                if let Some(bias) = &dense.linear.bias {
+                    let b = bias.val();
+                    inputs.push(graph.initializer(
+                        &format!("{name}.bias"),
+                        vec![b.dims()[0] as i64],
+                        values(b),
+                    ));
+                }
+                let out = graph.node("Gemm", &name, inputs, vec![]);
+                match activation {
+                    Some(_) => graph.node("Relu", &format!("{name}_relu"), vec![out], vec![]),
+                    None => out,
+                }
+            }
+            (spec_layer, _) => anyhow::bail!(
+                "layer {index} (`{}`) does not match the network's layer",
+                spec_layer.kind()
+            ),
+        };
+        shape = info.output;
+    }
+    let Shape::Flat(outputs) = shape else {
+        anyhow::bail!("the model does not end with logits")
+    };
+    // the last node writes the graph output under its public name
+    if current == INPUT_NAME {
+        anyhow::bail!("the model has no operation to export");
+    }
+    graph.rename_output(&current, OUTPUT_NAME);
+
+    let [c, h, w] = input;
+    let model = ModelProto {
+        ir_version: IR_VERSION,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
+        producer_name: "distill".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: format!("{} exported by distill", spec.name),
+        graph: Some(GraphProto {
+            node: graph.nodes,
+            name: spec.name.clone(),
+            initializer: graph.initializers,
+            doc_string: String::new(),
+            input: vec![value_info(INPUT_NAME, &[None, Some(c), Some(h), Some(w)])],
+            output: vec![value_info(OUTPUT_NAME, &[None, Some(outputs)])],
+            value_info: vec![],
+        }),
+        metadata_props: vec![
+            StringStringEntryProto {
+                key: SPEC_KEY.into(),
+                value: spec.to_toml_string(),
+            },
+            StringStringEntryProto {
+                key: CLASSES_KEY.into(),
+                value: serde_json::to_string(classes)?,
+            },
+        ],
+    };
+    Ok(model.encode_to_vec())
+}
+
+/// Explicit `[top, left, bottom, right]` pads of a square window on `shape`.
+fn pads(shape: Shape, kernel: usize, stride: usize, padding: Padding) -> [usize; 4] {
+    let Shape::Image([_, h, w]) = shape else {
+        unreachable!("spec inference puts windows on images only")
+    };
+    match padding {
+        Padding::Valid => [0; 4],
+        Padding::Same => {
+            let (top, bottom) = same_padding(h, kernel, stride);
+            let (left, right) = same_padding(w, kernel, stride);
+            [top, left, bottom, right]
+        }
+    }
+}
+
+fn values<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Vec<f32> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 weights")
+}
+
+/// Nodes and initializers in the order they are added.
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    fn initializer(&mut self, name: &str, dims: Vec<i64>, values: Vec<f32>) -> String {
+        self.initializers.push(TensorProto {
+            dims,
+            data_type: data_type::FLOAT,
+            name: name.into(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..TensorProto::default()
+        });
+        name.into()
+    }
+
+    /// Adds a node with one output named after it; returns that output's name.
+    fn node(
+        &mut self,
+        op_type: &str,
+        name: &str,
+        input: Vec<String>,
+        attribute: Vec<AttributeProto>,
+    ) -> String {
+        let output = format!("{name}_out");
+        self.nodes.push(NodeProto {
+            input,
+            output: vec![output.clone()],
+            name: name.into(),
+            op_type: op_type.into(),
+            domain: String::new(),
+            attribute,
+        });
+        output
+    }
+
+    fn rename_output(&mut self, from: &str, to: &str) {
+        for node in &mut self.nodes {
+            for name in node.output.iter_mut().chain(node.input.iter_mut()) {
+                if name == from {
+                    *name = to.into();
+                }
+            }
+        }
+    }
+}
+
+fn ints(name: &str, values: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: values.iter().map(|&v| v as i64).collect(),
+        ..AttributeProto::default()
+    }
+}
+
+fn int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i: value,
+        ..AttributeProto::default()
+    }
+}
+
+fn float(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::FLOAT,
+        f: value,
+        ..AttributeProto::default()
+    }
+}
+
+/// A float tensor value; `None` axes are the symbolic batch.
+fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(size) => DimensionValue::DimValue(*size as i64),
+                                None => DimensionValue::DimParam("batch".into()),
+                            }),
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}

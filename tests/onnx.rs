@@ -1,0 +1,299 @@
+//! ONNX in and out.
+//!
+//! - Import: a CNN trained in Keras on the embedded data and exported by tf2onnx
+//!   (tests/fixtures/onnx-keras/, made by make_fixture.py there) is rebuilt as a native network
+//!   whose logits match Keras' on the recorded probes and whose test accuracy is the one Keras
+//!   measured; in NHWC form (with tf2onnx's grayscale Reshape, its batch norm folded into Mul/Add
+//!   and its computed Flatten shape), in NCHW form, and with a final softmax (dropped).
+//! - Export: every zoo model, and a spec with batch norm and global average pooling, exported
+//!   and imported again gives the native logits; the same files through ONNX Runtime (Python,
+//!   tests/fixtures/onnx-export/check_onnxruntime.py) give them too.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{Device, Tensor, TensorData};
+use common::embedded;
+use distill::models::network::Layer;
+use distill::models::{zoo, ModelSpec, Network};
+use distill::onnx::{self, ImportOptions, Layout, OutputKind};
+use serde_json::Value;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/onnx-keras")
+}
+
+fn expected() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn to_vec(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Test accuracy (percent) of `network` on the embedded test split.
+fn accuracy(network: &Network) -> f64 {
+    let data = embedded();
+    let device = Device::flex();
+    let indices: Vec<usize> = (0..data.test.len()).collect();
+    let mut correct = 0;
+    for chunk in indices.chunks(250) {
+        let (images, labels) = data.test.batch(chunk, &device, None);
+        let predicted = network.forward(images).argmax(1).flatten::<1>(0, 1);
+        let labels: Vec<i64> = labels.into_data().convert::<i64>().try_to_vec().unwrap();
+        let predicted: Vec<i64> = predicted.into_data().convert::<i64>().try_to_vec().unwrap();
+        correct += labels
+            .iter()
+            .zip(&predicted)
+            .filter(|(a, b)| a == b)
+            .count();
+    }
+    100.0 * correct as f64 / data.test.len() as f64
+}
+
+fn import_keras(file: &str) -> onnx::ImportedModel {
+    let options = ImportOptions {
+        expected_input: Some([1, 28, 28]),
+        ..ImportOptions::default()
+    };
+    onnx::import_file(&fixture_dir().join(file), &options, &Device::flex())
+        .unwrap_or_else(|e| panic!("{file}: {e:#}"))
+}
+
+fn probe_logits(network: &Network) -> Vec<f32> {
+    let data = embedded();
+    let (images, _) = data
+        .test
+        .batch(&(0..16).collect::<Vec<_>>(), &Device::flex(), None);
+    to_vec(network.forward(images))
+}
+
+#[test]
+fn keras_exports_import_with_kerass_logits_and_accuracy() {
+    let expected = expected();
+    let keras: Vec<f32> = expected["probe_logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let keras_accuracy = expected["keras_test_accuracy"].as_f64().unwrap();
+    for (file, layout, kind) in [
+        ("keras-nhwc.onnx", Layout::Nhwc, OutputKind::Logits),
+        ("keras-nchw.onnx", Layout::Nchw, OutputKind::Logits),
+        (
+            "keras-softmax-nhwc.onnx",
+            Layout::Nhwc,
+            OutputKind::SoftmaxDropped,
+        ),
+    ] {
+        let model = import_keras(file);
+        assert_eq!(model.layout, layout, "{file}");
+        assert_eq!(model.output_kind, kind, "{file}");
+        assert_eq!((model.input, model.outputs), ([1, 28, 28], 10), "{file}");
+        let diff = max_abs_diff(&probe_logits(&model.network), &keras);
+        assert!(diff <= 1e-4, "{file}: logits differ from Keras by {diff}");
+        let ours = accuracy(&model.network);
+        assert!(
+            (ours - keras_accuracy).abs() <= 0.1,
+            "{file}: {ours}% vs Keras {keras_accuracy}%"
+        );
+    }
+    // the graph's weights are all counted: 2 convs, the folded batch norm (2 x 16) and 2 denses
+    let model = import_keras("keras-nhwc.onnx");
+    let convs = (8 * 9 + 8) + (16 * 8 * 9 + 16);
+    let dense = (784 * 32 + 32) + (32 * 10 + 10);
+    assert!(model.params >= convs + dense + 32, "{}", model.params);
+}
+
+/// A spec with batch norm (non-trivial statistics) and global average pooling, next to the zoo.
+fn batch_norm_gap_spec() -> ModelSpec {
+    ModelSpec::from_toml_str(
+        r#"
+name = "bn-gap"
+[[layers]]
+type = "conv2d"
+filters = 6
+kernel = 3
+stride = 2
+[[layers]]
+type = "batch_norm"
+[[layers]]
+type = "relu"
+[[layers]]
+type = "conv2d"
+filters = 8
+kernel = 3
+padding = "valid"
+[[layers]]
+type = "leaky_relu"
+slope = 0.1
+[[layers]]
+type = "global_avg_pool"
+[[layers]]
+type = "batch_norm"
+[[layers]]
+type = "dense"
+units = 10
+"#,
+    )
+    .unwrap()
+}
+
+/// Random batch-norm statistics and affine terms, so the export of every term is exercised.
+fn randomize_batch_norms(network: Network, device: &Device) -> Network {
+    let mut network = network;
+    let mut k = 0.0f32;
+    for layer in &mut network.layers {
+        if let Layer::BatchNorm(norm) = layer {
+            let n = norm.gamma.val().dims()[0];
+            let ramp = |offset: f32, scale: f32| -> Tensor<1> {
+                let values: Vec<f32> = (0..n)
+                    .map(|i| offset + scale * ((i as f32 + k) * 0.7).sin())
+                    .collect();
+                Tensor::from_data(TensorData::new(values, [n]), device)
+            };
+            norm.gamma = Param::from_tensor(ramp(1.0, 0.3));
+            norm.beta = Param::from_tensor(ramp(0.0, 0.2));
+            norm.running_mean = RunningState::new(ramp(0.1, 0.3));
+            norm.running_var = RunningState::new(ramp(1.2, 0.5));
+            k += 1.0;
+        }
+    }
+    network
+}
+
+/// Every zoo model (on its usual input) and the batch-norm/GAP spec, as `(spec, input)`.
+fn export_cases() -> Vec<(ModelSpec, [usize; 3])> {
+    let mut cases: Vec<(ModelSpec, [usize; 3])> = zoo::NAMES
+        .iter()
+        .map(|name| {
+            let input = if *name == "teacher-small" {
+                [1, 28, 28]
+            } else {
+                [3, 32, 32]
+            };
+            (zoo::get(name).unwrap(), input)
+        })
+        .collect();
+    cases.push((batch_norm_gap_spec(), [3, 17, 15]));
+    cases
+}
+
+fn probe_images(input: [usize; 3], batch: usize, device: &Device) -> (Vec<f32>, Tensor<4>) {
+    let [c, h, w] = input;
+    let values: Vec<f32> = (0..batch * c * h * w)
+        .map(|i| ((i as f32 * 0.37).sin() * 0.5 + 0.5).clamp(0.0, 1.0))
+        .collect();
+    let tensor = Tensor::from_data(TensorData::new(values.clone(), [batch, c, h, w]), device);
+    (values, tensor)
+}
+
+#[test]
+fn exported_models_import_back_to_the_same_logits() {
+    let device = Device::flex();
+    let classes: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
+    for (seed, (spec, input)) in export_cases().into_iter().enumerate() {
+        let network = Network::init(&spec, input, seed as u64, &device).unwrap();
+        let network = randomize_batch_norms(network, &device).valid();
+        let bytes = onnx::to_onnx_bytes(&spec, &network, input, &classes).unwrap();
+        let options = ImportOptions {
+            expected_input: Some(input),
+            ..ImportOptions::default()
+        };
+        let back = onnx::import_bytes(&bytes, &spec.name, &options, &device)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", spec.name));
+        assert_eq!(back.layout, Layout::Nchw);
+        assert_eq!(back.classes.as_deref(), Some(&classes[..]));
+        let (_, images) = probe_images(input, 3, &device);
+        let native = to_vec(network.forward(images.clone()));
+        let imported = to_vec(back.network.valid().forward(images));
+        let diff = max_abs_diff(&native, &imported);
+        assert!(diff <= 1e-5, "{}: {diff}", spec.name);
+        // dropout is left out of the graph; the rest maps one for one
+        let without_dropout = spec.layers.iter().filter(|l| l.kind() != "dropout").count();
+        assert_eq!(back.spec.layers.len(), without_dropout, "{}", spec.name);
+    }
+}
+
+/// Exports every case to `dir` with probe inputs and native logits, for ONNX Runtime.
+fn write_onnxruntime_cases(dir: &Path) {
+    let device = Device::flex();
+    let classes: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    let mut manifest = Vec::new();
+    for (seed, (spec, input)) in export_cases().into_iter().enumerate() {
+        let network = Network::init(&spec, input, seed as u64, &device).unwrap();
+        let network = randomize_batch_norms(network, &device).valid();
+        let file = format!("{}.onnx", spec.name);
+        std::fs::write(
+            dir.join(&file),
+            onnx::to_onnx_bytes(&spec, &network, input, &classes).unwrap(),
+        )
+        .unwrap();
+        let batch = 3;
+        let (values, images) = probe_images(input, batch, &device);
+        let [c, h, w] = input;
+        manifest.push(serde_json::json!({
+            "file": file,
+            "shape": [batch, c, h, w],
+            "input": values,
+            "logits": to_vec(network.forward(images)),
+        }));
+    }
+    std::fs::write(
+        dir.join("cases.json"),
+        serde_json::to_string(&manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The Python that has ONNX Runtime: `ONNXRUNTIME_PYTHON`, else `python3`.
+fn onnxruntime_python() -> String {
+    std::env::var("ONNXRUNTIME_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[test]
+fn exported_models_run_in_onnx_runtime_with_the_native_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    write_onnxruntime_cases(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx-export/check_onnxruntime.py");
+    let python = onnxruntime_python();
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {python} (set ONNXRUNTIME_PYTHON to a Python with onnxruntime and numpy; .ci/run installs one): {e}")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "ONNX Runtime check failed ({python}; set ONNXRUNTIME_PYTHON to a Python with onnxruntime and numpy):\n{stdout}\n{stderr}"
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap();
+    let cases = report["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), export_cases().len());
+    for case in cases {
+        let diff = case["max_abs_diff"].as_f64().unwrap();
+        assert!(diff <= 1e-4, "{case}");
+    }
+}
