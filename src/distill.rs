@@ -17,8 +17,9 @@ use burn::tensor::{f16, Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
 use crate::data::{batch_order, Augmentation, Split};
-use crate::models::checkpoint::{self, write_atomic, LoadedModel};
+use crate::models::checkpoint::{self, write_atomic};
 use crate::models::Network;
+use crate::onnx::{self, ImportOptions};
 
 /// Magic bytes at the start of a logit-cache file.
 const CACHE_MAGIC: &[u8; 8] = b"DLOGIT01";
@@ -43,19 +44,53 @@ pub struct Teacher {
     pub input: [usize; 3],
     /// Its number of output classes.
     pub classes: usize,
+    /// What was found when importing an ONNX teacher, for the run's log.
+    pub note: Option<String>,
 }
 
 impl Teacher {
     /// Loads the teacher checkpoint in `dir` onto `device`, in inference mode.
     pub fn load(dir: &Path, device: &Device) -> anyhow::Result<Self> {
+        Self::load_with(dir, &ImportOptions::default(), device)
+    }
+
+    /// Loads a teacher from a checkpoint directory or an `.onnx` file (imported natively with
+    /// `options`), in inference mode.
+    pub fn load_with(
+        path: &Path,
+        options: &ImportOptions,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let plain = device.clone().without_autodiff();
-        let LoadedModel { meta, network, .. } = checkpoint::load(dir, &plain)
-            .with_context(|| format!("cannot load the teacher from {}", dir.display()))?;
+        let model = onnx::load_classifier(path, options, &plain)
+            .with_context(|| format!("cannot load the teacher from {}", path.display()))?;
+        let mut note = None;
+        if let onnx::Origin::Onnx {
+            layout,
+            output_kind,
+            params,
+        } = &model.origin
+        {
+            let output = match output_kind {
+                onnx::OutputKind::Logits => "logits",
+                onnx::OutputKind::SoftmaxDropped => {
+                    "logits (the final softmax was dropped: its input is the logits)"
+                }
+            };
+            note = Some(format!(
+                "teacher {}: ONNX, {} input {:?}, {params} parameters, {} outputs, {output}; imported natively",
+                path.display(),
+                layout.name(),
+                model.input,
+                model.outputs
+            ));
+        }
         Ok(Teacher {
-            network: network.valid(),
-            hash: checkpoint::weights_hash(dir)?,
-            input: meta.input,
-            classes: meta.classes.len(),
+            network: model.network.valid(),
+            hash: model.hash,
+            input: model.input,
+            classes: model.outputs,
+            note,
         })
     }
 
@@ -88,6 +123,7 @@ impl Teacher {
             hash: format!("{:x}", hasher.finalize()),
             input,
             classes,
+            note: None,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
 use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec, ModelSpec};
+use crate::onnx::{self, ImportOptions, Layout, Normalization};
 use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInputs, Selection};
 use crate::train::{
     fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
@@ -52,7 +53,8 @@ fn default_seed() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TeacherSetting {
-    /// `teacher = "DIR"`: a checkpoint directory from an earlier `distill train`.
+    /// `teacher = "DIR"` or `"FILE.onnx"`: a checkpoint directory from an earlier `distill train`,
+    /// or an ONNX classifier imported natively.
     Checkpoint(PathBuf),
     /// `[teacher]` table: train this model first.
     Train(TeacherConfig),
@@ -283,8 +285,15 @@ pub struct ExperimentConfig {
     /// Number of seeds for the students (mean ± std in the report).
     #[serde(default = "default_seeds")]
     pub seeds: usize,
-    /// The teacher: a checkpoint directory, or a `[teacher]` table to train one.
+    /// The teacher: a checkpoint directory or an ONNX file, or a `[teacher]` table to train one.
     pub teacher: TeacherSetting,
+    /// Input layout of an ONNX teacher (`"nchw"` or `"nhwc"`), when its declared shape fits both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_layout: Option<Layout>,
+    /// Per-channel normalisation an ONNX teacher was trained with:
+    /// `"mean=0.485,0.456,0.406,std=0.229,0.224,0.225"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_normalize: Option<String>,
     /// The student.
     #[serde(default)]
     pub student: StudentConfig,
@@ -463,6 +472,7 @@ impl ExperimentConfig {
         if self.student.epochs == 0 {
             bail!("`student.epochs` must be at least 1");
         }
+        self.teacher_import_options(None)?;
         if let TeacherSetting::Train(t) = &self.teacher {
             if t.epochs == 0 {
                 bail!("`teacher.epochs` must be at least 1");
@@ -561,6 +571,24 @@ impl ExperimentConfig {
         }
     }
 
+    /// How an ONNX teacher is read, for data of C×H×W `shape`.
+    pub fn teacher_import_options(
+        &self,
+        shape: Option<[usize; 3]>,
+    ) -> anyhow::Result<ImportOptions> {
+        let normalize = self
+            .teacher_normalize
+            .as_deref()
+            .map(str::parse::<Normalization>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("`teacher_normalize`: {e}"))?;
+        Ok(ImportOptions {
+            expected_input: shape,
+            layout: self.teacher_layout,
+            normalize,
+        })
+    }
+
     /// The teacher trains with fresh transforms each epoch: fixed views exist only so that the
     /// students' teacher logits can be cached.
     fn teacher_train_config(&self, epochs: usize) -> TrainConfig {
@@ -601,6 +629,7 @@ fn stage_seed(seed: u64, stage: usize) -> u64 {
 fn eval_result(
     name: &str,
     dirs: &[PathBuf],
+    import_options: &ImportOptions,
     spec: &ModelSpec,
     histories: Vec<Vec<EpochRecord>>,
     test: &Split,
@@ -609,7 +638,7 @@ fn eval_result(
     let mut accuracies = Vec::new();
     let mut losses = Vec::new();
     for dir in dirs {
-        let loaded = checkpoint::load(dir, device)?;
+        let loaded = onnx::load_classifier(dir, import_options, device)?;
         let (loss, accuracy) = crate::train::evaluate(&loaded.network, test, device, 256);
         accuracies.push(accuracy);
         losses.push(loss);
@@ -724,8 +753,12 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     };
 
     // Teacher: load, or train (resumable).
+    let import_options = config.teacher_import_options(Some(dataset.shape))?;
     let (teacher_dir, teacher_spec) = match &config.teacher {
-        TeacherSetting::Checkpoint(dir) => (dir.clone(), checkpoint::read_spec(dir)?),
+        TeacherSetting::Checkpoint(path) => (
+            path.clone(),
+            onnx::load_classifier(path, &import_options, device)?.spec,
+        ),
         TeacherSetting::Train(teacher) => {
             let spec = resolve_spec(&teacher.model)?;
             let dir = out.join("teacher");
@@ -740,7 +773,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             (dir, spec)
         }
     };
-    let teacher = Teacher::load(&teacher_dir, device)?;
+    let teacher = Teacher::load_with(&teacher_dir, &import_options, device)?;
     teacher
         .check_fits(dataset.shape, dataset.classes.len())
         .with_context(|| {
@@ -750,6 +783,9 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                 config.data
             )
         })?;
+    if let Some(note) = &teacher.note {
+        println!("{note}");
+    }
     let teacher_history = read_history(&teacher_dir);
     let init_from = config.student.init_from.as_deref();
 
@@ -897,6 +933,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     let teacher_result = eval_result(
         "teacher",
         std::slice::from_ref(&teacher_dir),
+        &import_options,
         &teacher_spec,
         vec![teacher_history],
         test,
@@ -905,6 +942,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     let scratch_result = eval_result(
         "scratch",
         &scratch.dirs,
+        &ImportOptions::default(),
         &scratch_spec,
         scratch.histories,
         test,
@@ -915,6 +953,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         chain_controls.push(eval_result(
             &format!("scratch-chain-stage-{}", stage + 1),
             &runs.dirs,
+            &ImportOptions::default(),
             &scratch_spec,
             runs.histories,
             test,
@@ -931,6 +970,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         let result = eval_result(
             &name,
             &runs.dirs,
+            &ImportOptions::default(),
             &student_spec,
             runs.histories,
             test,
@@ -944,7 +984,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         });
     }
     let teacher_speed = measure_speed(
-        &checkpoint::load(&teacher_dir, device)?.network,
+        &onnx::load_classifier(&teacher_dir, &import_options, device)?.network,
         dataset.shape,
         device,
     );

@@ -297,3 +297,113 @@ fn exported_models_run_in_onnx_runtime_with_the_native_logits() {
         assert!(diff <= 1e-4, "{case}");
     }
 }
+
+fn distill(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok_stdout(args: &[&str]) -> String {
+    let output = distill(args);
+    assert!(
+        output.status.success(),
+        "distill {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn cli_export_eval_predict_and_distill_from_an_onnx_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = |name: &str| dir.path().join(name).display().to_string();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let checkpoint = root
+        .join("tests/corpus/tiny-a-checkpoint")
+        .display()
+        .to_string();
+
+    // export, then the same test accuracy and loss through the file
+    ok_stdout(&["export", "--model", &checkpoint, "--out", &tmp("tiny.onnx")]);
+    let native: Value =
+        serde_json::from_str(&ok_stdout(&["eval", "--model", &checkpoint, "--json"])).unwrap();
+    let exported: Value = serde_json::from_str(&ok_stdout(&[
+        "eval",
+        "--model",
+        &tmp("tiny.onnx"),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(native["accuracy"], exported["accuracy"]);
+    let (a, b) = (
+        native["loss"].as_f64().unwrap(),
+        exported["loss"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+
+    // predict on embedded test images written as PNG agrees with the Keras logits' argmax
+    let data = embedded();
+    let keras = expected();
+    let mut files = Vec::new();
+    for i in 0..8 {
+        let path = dir.path().join(format!("image-{i}.png"));
+        image::GrayImage::from_raw(28, 28, data.test.image(i).to_vec())
+            .unwrap()
+            .save(&path)
+            .unwrap();
+        files.push(path.display().to_string());
+    }
+    let model = fixture_dir().join("keras-nhwc.onnx").display().to_string();
+    let mut args = vec!["predict", "--model", model.as_str(), "--json", "--top", "2"];
+    args.extend(files.iter().map(String::as_str));
+    let stdout = ok_stdout(&args);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    for (i, line) in lines.iter().enumerate() {
+        let logits: Vec<f64> = keras["probe_logits"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let best = (0..10)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap();
+        assert_eq!(line["file"], files[i].as_str());
+        let predictions = line["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 2);
+        assert_eq!(
+            predictions[0]["class"],
+            format!("class {best}").as_str(),
+            "{line}"
+        );
+        // softmax of the logits
+        let total: f64 = logits.iter().map(|l| (l - logits[best]).exp()).sum();
+        let p = predictions[0]["probability"].as_f64().unwrap();
+        assert!((p - 1.0 / total).abs() < 1e-4, "{p} vs {}", 1.0 / total);
+    }
+
+    // a student distilled from the Keras teacher, end to end
+    let out = tmp("student");
+    let stdout = ok_stdout(&[
+        "distill",
+        "--teacher",
+        &model,
+        "--student",
+        "student",
+        "--data",
+        "embedded",
+        "--epochs",
+        "1",
+        "--out",
+        &out,
+        "--quiet",
+    ]);
+    assert!(stdout.contains("NHWC input [1, 28, 28]"), "{stdout}");
+    assert!(dir.path().join("student/model.bpk").is_file());
+}

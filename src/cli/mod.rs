@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod data;
+mod deploy;
 mod models;
 mod run;
 mod train;
@@ -65,9 +66,11 @@ enum Command {
     Distill(train::DistillArgs),
     /// Test accuracy and cross-entropy of a trained model.
     Eval {
-        /// Model directory (the --out of a train or distill run).
+        /// Model directory (the --out of a train or distill run) or an ONNX classifier (`.onnx`).
         #[arg(long)]
         model: std::path::PathBuf,
+        #[command(flatten)]
+        import: train::TeacherImportArgs,
         /// Dataset to evaluate on (its test split).
         #[arg(long, default_value = "embedded")]
         data: String,
@@ -78,6 +81,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
         backend: crate::backend::Backend,
     },
+    /// Export a trained model for other runtimes (ONNX).
+    Export(deploy::ExportArgs),
+    /// Classify PNG/JPEG files with a checkpoint or an ONNX model.
+    Predict(deploy::PredictArgs),
     /// Per-layer summary of a model (like Keras' `model.summary()`).
     Summary {
         /// A zoo name, a spec .toml file or a checkpoint directory.
@@ -115,6 +122,8 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Export(args) => deploy::export(&args),
+        Command::Predict(args) => deploy::predict(&args),
         Command::Bench {
             json,
             threads,
@@ -130,9 +139,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval {
             model,
             data,
+            import,
             json,
             backend,
-        } => train::eval(&model, &data, json, backend),
+        } => train::eval(&model, &data, &import, json, backend),
     }
 }
 

@@ -173,12 +173,45 @@ pub enum LossKind {
     Dkd,
 }
 
+/// How an ONNX teacher reads our `[0, 1]` NCHW pixels.
+#[derive(Debug, Args)]
+pub struct TeacherImportArgs {
+    /// Input layout of an ONNX teacher, when its declared shape fits both (default: detected
+    /// from the shape against the data's C×H×W; Keras/tf2onnx exports are NHWC).
+    #[arg(long, value_enum)]
+    pub teacher_layout: Option<crate::onnx::Layout>,
+    /// Per-channel normalisation an ONNX teacher was trained with, applied to our [0, 1] pixels:
+    /// `mean=0.485,0.456,0.406,std=0.229,0.224,0.225`.
+    #[arg(long)]
+    pub teacher_normalize: Option<String>,
+}
+
+impl TeacherImportArgs {
+    /// Import options for data of C×H×W `shape` (`None`: take the model's own input shape).
+    pub fn options(&self, shape: Option<[usize; 3]>) -> anyhow::Result<crate::onnx::ImportOptions> {
+        let normalize = self
+            .teacher_normalize
+            .as_deref()
+            .map(str::parse::<crate::onnx::Normalization>)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--teacher-normalize: {e}"))?;
+        Ok(crate::onnx::ImportOptions {
+            expected_input: shape,
+            layout: self.teacher_layout,
+            normalize,
+        })
+    }
+}
+
 /// Options of `distill distill`.
 #[derive(Debug, Args)]
 pub struct DistillArgs {
-    /// Teacher checkpoint directory (the --out of a `distill train` run).
+    /// Teacher: a checkpoint directory (the --out of a `distill train` run) or an ONNX
+    /// classifier (`.onnx`, e.g. exported from PyTorch or Keras), imported natively.
     #[arg(long)]
     pub teacher: PathBuf,
+    #[command(flatten)]
+    pub teacher_import: TeacherImportArgs,
     /// Student: a zoo name or a spec .toml file.
     #[arg(long, default_value = "student")]
     pub student: String,
@@ -248,8 +281,12 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
     let config = args.train.checked_config()?;
     let spec = resolve_spec(&args.student)?;
     let device = args.train.backend.device()?;
-    let teacher = Teacher::load(&args.teacher, &device)?;
     let (dataset, train, eval) = args.train.load_data()?;
+    let teacher = Teacher::load_with(
+        &args.teacher,
+        &args.teacher_import.options(Some(dataset.shape))?,
+        &device,
+    )?;
     teacher
         .check_fits(dataset.shape, dataset.classes.len())
         .with_context(|| {
@@ -259,6 +296,9 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
                 args.train.data
             )
         })?;
+    if let Some(note) = &teacher.note {
+        println!("{note}");
+    }
     if let Some(dir) = &args.train.init_from {
         // before the teacher runs over the data: a bad --init-from should not wait for the cache
         let network = crate::models::Network::init(&spec, dataset.shape, 0, &device)?;
@@ -308,25 +348,32 @@ fn report_final(out: &Path, last: Option<&crate::train::EpochRecord>) {
     }
 }
 
-/// `distill eval`: test accuracy and cross-entropy of a checkpoint.
-pub fn eval(model: &Path, data_spec: &str, json: bool, backend: Backend) -> anyhow::Result<()> {
+/// `distill eval`: test accuracy and cross-entropy of a checkpoint or an ONNX classifier.
+pub fn eval(
+    model: &Path,
+    data_spec: &str,
+    import: &TeacherImportArgs,
+    json: bool,
+    backend: Backend,
+) -> anyhow::Result<()> {
     let device = backend.device()?;
-    let loaded = checkpoint::load(model, &device)?;
     let spec: DataSpec = data_spec.parse()?;
     let dataset = data::load(&spec)?;
-    if loaded.meta.input != dataset.shape {
+    let loaded =
+        crate::onnx::load_classifier(model, &import.options(Some(dataset.shape))?, &device)?;
+    if loaded.input != dataset.shape {
         anyhow::bail!(
             "the model in {} takes {:?} images but {data_spec} has {:?}",
             model.display(),
-            loaded.meta.input,
+            loaded.input,
             dataset.shape
         );
     }
-    if loaded.meta.classes.len() != dataset.classes.len() {
+    if loaded.outputs != dataset.classes.len() {
         anyhow::bail!(
             "the model in {} predicts {} classes but {data_spec} has {}",
             model.display(),
-            loaded.meta.classes.len(),
+            loaded.outputs,
             dataset.classes.len()
         );
     }

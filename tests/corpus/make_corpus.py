@@ -294,6 +294,42 @@ def main():
     write("logits-truncated", "logits.bin", logit_cache(teacher, "f" * 64, 50, 10, truncate=777))
     write("logits-not-a-cache", "logits.bin", b"PK\x03\x04 a zip file, not teacher logits" * 4)
 
+    onnx_cases()
+
+
+def release_binary():
+    binary = os.environ.get("DISTILL_BIN") or os.path.join(ROOT, "target", "release", "distill")
+    if not os.path.isfile(binary):
+        raise SystemExit(f"{binary} not found: run `cargo build --release` first (or set DISTILL_BIN)")
+    return binary
+
+
+def onnx_cases():
+    """ONNX teachers and `predict`: tiny-a exported by the release binary (`distill export`), and
+    the Keras/tf2onnx fixture with its LeakyRelu renamed to an operator the importer lacks."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "tiny-a.onnx")
+        subprocess.run([release_binary(), "export", "--model", os.path.join(HERE, "tiny-a-checkpoint"),
+                        "--out", out], check=True, stdout=subprocess.DEVNULL)
+        tiny = read(out)
+    write("onnx-not-a-model", "model.onnx", b"this is a text file, not an ONNX model\n")
+    write("onnx-truncated", "model.onnx", tiny[: len(tiny) // 2])
+    keras = read(os.path.join(ROOT, "tests", "fixtures", "onnx-keras", "keras-nhwc.onnx"))
+    assert b"LeakyRelu" in keras
+    # same length, so every protobuf length field stays right
+    write("onnx-unsupported-op", "model.onnx", keras.replace(b"LeakyRelu", b"HardSwish"))
+    write("onnx-fits-neither-layout", "model.onnx", tiny)
+    for split in ("train", "test"):
+        for c in range(2):
+            write("onnx-fits-neither-layout", f"data/{split}/class{c}/0.png", png(8, 8, gray=60 * c))
+    write("onnx-wrong-classes", "model.onnx", tiny)
+    for split in ("train", "test"):
+        for c in range(3):
+            write("onnx-wrong-classes", f"data/{split}/class{c}/0.png", png(28, 28, gray=60 * c))
+    write("onnx-bad-normalize", "model.onnx", tiny)
+    write("predict-undecodable-image", "model.onnx", tiny)
+    write("predict-undecodable-image", "image.jpg", b"\xff\xd8\xff\xe0 not really a JPEG" * 3)
+
 
 if __name__ == "__main__":
     main()
