@@ -62,10 +62,10 @@ impl Teacher {
         device: &Device,
     ) -> anyhow::Result<Self> {
         let plain = device.clone().without_autodiff();
-        let model = onnx::load_classifier(path, options, &plain)
+        let model = crate::classifier::load_classifier(path, options, &plain)
             .with_context(|| format!("cannot load the teacher from {}", path.display()))?;
         let mut note = None;
-        if let onnx::Origin::Onnx {
+        if let crate::classifier::Origin::Onnx {
             layout,
             output_kind,
             params,

@@ -24,7 +24,7 @@ use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
 use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec, ModelSpec};
-use crate::onnx::{self, ImportOptions, Layout, Normalization};
+use crate::onnx::{ImportOptions, Layout, Normalization};
 use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInputs, Selection};
 use crate::train::{
     fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
@@ -638,7 +638,7 @@ fn eval_result(
     let mut accuracies = Vec::new();
     let mut losses = Vec::new();
     for dir in dirs {
-        let loaded = onnx::load_classifier(dir, import_options, device)?;
+        let loaded = crate::classifier::load_classifier(dir, import_options, device)?;
         let (loss, accuracy) = crate::train::evaluate(&loaded.network, test, device, 256);
         accuracies.push(accuracy);
         losses.push(loss);
@@ -757,7 +757,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     let (teacher_dir, teacher_spec) = match &config.teacher {
         TeacherSetting::Checkpoint(path) => (
             path.clone(),
-            onnx::load_classifier(path, &import_options, device)?.spec,
+            crate::classifier::load_classifier(path, &import_options, device)?.spec,
         ),
         TeacherSetting::Train(teacher) => {
             let spec = resolve_spec(&teacher.model)?;
@@ -984,7 +984,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         });
     }
     let teacher_speed = measure_speed(
-        &onnx::load_classifier(&teacher_dir, &import_options, device)?.network,
+        &crate::classifier::load_classifier(&teacher_dir, &import_options, device)?.network,
         dataset.shape,
         device,
     );

@@ -29,6 +29,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod distill;

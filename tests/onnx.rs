@@ -407,3 +407,61 @@ fn cli_export_eval_predict_and_distill_from_an_onnx_teacher() {
     assert!(stdout.contains("NHWC input [1, 28, 28]"), "{stdout}");
     assert!(dir.path().join("student/model.bpk").is_file());
 }
+
+#[test]
+fn safetensors_export_round_trips_to_identical_logits_under_pytorch_names() {
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let classes: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    for (seed, (spec, input)) in export_cases().into_iter().enumerate() {
+        let network = Network::init(&spec, input, seed as u64, &device).unwrap();
+        let network = randomize_batch_norms(network, &device).valid();
+        let path = dir.path().join(format!("{}.safetensors", spec.name));
+        distill::models::safetensors::save(&path, &spec, &network, input, &classes).unwrap();
+        let back = distill::models::safetensors::load(&path, &device).unwrap();
+        assert_eq!((back.spec.clone(), back.input), (spec.clone(), input));
+        assert_eq!(back.classes, classes);
+        let (_, images) = probe_images(input, 2, &device);
+        assert_eq!(
+            to_vec(network.forward(images.clone())),
+            to_vec(back.network.valid().forward(images)),
+            "{}",
+            spec.name
+        );
+        // PyTorch-style names: Linear weights [out, in], batch norm weight/bias/running stats
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+        for (index, layer) in spec.layers.iter().enumerate() {
+            let names: Vec<String> = match layer.kind() {
+                "conv2d" => vec![
+                    format!("layers.{index}.weight"),
+                    format!("layers.{index}.bias"),
+                ],
+                "dense" => vec![format!("layers.{index}.linear.weight")],
+                "batch_norm" => ["weight", "bias", "running_mean", "running_var"]
+                    .iter()
+                    .map(|n| format!("layers.{index}.{n}"))
+                    .collect(),
+                _ => vec![],
+            };
+            for name in names {
+                assert!(header.get(&name).is_some(), "{}: no {name}", spec.name);
+            }
+            if let (distill::models::LayerSpec::Dense { units, .. }, Some(shape)) = (
+                layer,
+                header[format!("layers.{index}.linear.weight")]["shape"].as_array(),
+            ) {
+                assert_eq!(shape[0].as_u64().unwrap() as usize, *units, "[out, in]");
+            }
+        }
+    }
+    // not a safetensors file: a clear error
+    let bad = dir.path().join("bad.safetensors");
+    std::fs::write(&bad, b"not safetensors").unwrap();
+    let err = distill::models::safetensors::load(&bad, &device).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("is not a safetensors file"),
+        "{err:#}"
+    );
+}

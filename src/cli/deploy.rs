@@ -19,6 +19,8 @@ use crate::onnx;
 pub enum ExportFormat {
     /// ONNX, opset 13: dynamic batch, NCHW float32 input in [0, 1], logits out.
     Onnx,
+    /// safetensors: the weights under PyTorch-style names, the spec and classes in the metadata.
+    Safetensors,
 }
 
 /// Options of `distill export`.
@@ -39,30 +41,46 @@ pub struct ExportArgs {
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let device = Backend::default_compiled().device()?.without_autodiff();
     let loaded = checkpoint::load(&args.model, &device)?;
-    let bytes = match args.format {
-        ExportFormat::Onnx => onnx::to_onnx_bytes(
-            &loaded.spec,
-            &loaded.network.valid(),
-            loaded.meta.input,
-            &loaded.meta.classes,
-        )
-        .with_context(|| format!("cannot export {} to ONNX", args.model.display()))?,
-    };
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    write_atomic(&args.out, &bytes)?;
+    let network = loaded.network.valid();
     let [c, h, w] = loaded.meta.input;
-    println!(
-        "{}: ONNX opset {}, input `{}` [batch, {c}, {h}, {w}] float32 in [0, 1] (NCHW), output `{}` [batch, {}] logits; {} bytes",
-        args.out.display(),
-        onnx::export::OPSET,
-        onnx::export::INPUT_NAME,
-        onnx::export::OUTPUT_NAME,
-        loaded.meta.classes.len(),
-        bytes.len()
-    );
+    match args.format {
+        ExportFormat::Onnx => {
+            let bytes = onnx::to_onnx_bytes(
+                &loaded.spec,
+                &network,
+                loaded.meta.input,
+                &loaded.meta.classes,
+            )
+            .with_context(|| format!("cannot export {} to ONNX", args.model.display()))?;
+            write_atomic(&args.out, &bytes)?;
+            println!(
+                "{}: ONNX opset {}, input `{}` [batch, {c}, {h}, {w}] float32 in [0, 1] (NCHW), output `{}` [batch, {}] logits; {} bytes",
+                args.out.display(),
+                onnx::export::OPSET,
+                onnx::export::INPUT_NAME,
+                onnx::export::OUTPUT_NAME,
+                loaded.meta.classes.len(),
+                bytes.len()
+            );
+        }
+        ExportFormat::Safetensors => {
+            crate::models::safetensors::save(
+                &args.out,
+                &loaded.spec,
+                &network,
+                loaded.meta.input,
+                &loaded.meta.classes,
+            )?;
+            println!(
+                "{}: safetensors, PyTorch-style names (layers.<i>.weight, layers.<i>.linear.weight [out, in], ...), spec and classes in the metadata",
+                args.out.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -92,7 +110,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     }
     let device = Backend::default_compiled().device()?.without_autodiff();
     let options = args.import.options(None)?;
-    let model = onnx::load_classifier(&args.model, &options, &device)?;
+    let model = crate::classifier::load_classifier(&args.model, &options, &device)?;
     let network = model.network.valid();
     let names: Vec<String> = match &model.classes {
         Some(names) => names.clone(),

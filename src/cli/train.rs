@@ -360,7 +360,7 @@ pub fn eval(
     let spec: DataSpec = data_spec.parse()?;
     let dataset = data::load(&spec)?;
     let loaded =
-        crate::onnx::load_classifier(model, &import.options(Some(dataset.shape))?, &device)?;
+        crate::classifier::load_classifier(model, &import.options(Some(dataset.shape))?, &device)?;
     if loaded.input != dataset.shape {
         anyhow::bail!(
             "the model in {} takes {:?} images but {data_spec} has {:?}",

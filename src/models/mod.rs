@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod network;
+pub mod safetensors;
 pub mod spec;
 pub mod summary;
 pub mod zoo;

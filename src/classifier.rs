@@ -1,0 +1,113 @@
+//! A trained classifier from any of the files `distill` reads: a checkpoint directory, an ONNX
+//! model (imported natively) or a safetensors file written by `distill export`. Teachers, `eval`
+//! and `predict` load through here.
+
+/// Where a loaded classifier came from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    /// A `distill` checkpoint directory.
+    Checkpoint,
+    /// A safetensors file written by `distill export`.
+    Safetensors,
+    /// An ONNX file, imported natively.
+    Onnx {
+        /// The input layout found (or given).
+        layout: crate::onnx::Layout,
+        /// Whether a final softmax was dropped.
+        output_kind: crate::onnx::OutputKind,
+        /// Parameters: the sum of the file's initializers.
+        params: usize,
+    },
+}
+
+/// A trained classifier from a checkpoint directory or an `.onnx` file.
+#[derive(Debug)]
+pub struct Classifier {
+    /// Its architecture (for an ONNX file: the equivalent spec).
+    pub spec: crate::models::ModelSpec,
+    /// The network with its weights.
+    pub network: crate::models::Network,
+    /// Input C×H×W.
+    pub input: [usize; 3],
+    /// Class names, when known (a checkpoint, or an ONNX file exported by `distill`).
+    pub classes: Option<Vec<String>>,
+    /// Number of outputs.
+    pub outputs: usize,
+    /// Identifies the weights (and, for ONNX, the import options): keys the teacher-logit caches.
+    pub hash: String,
+    /// Checkpoint or ONNX.
+    pub origin: Origin,
+}
+
+/// Whether `path` names an ONNX file rather than a checkpoint directory.
+pub fn is_onnx(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Loads a checkpoint directory, or imports an `.onnx` file with `options`.
+pub fn load_classifier(
+    path: &std::path::Path,
+    options: &crate::onnx::ImportOptions,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<Classifier> {
+    use anyhow::Context;
+    use sha2::{Digest, Sha256};
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    {
+        let loaded = crate::models::safetensors::load(path, device)?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return Ok(Classifier {
+            outputs: loaded.classes.len(),
+            classes: Some(loaded.classes),
+            input: loaded.input,
+            spec: loaded.spec,
+            network: loaded.network,
+            hash: format!("{:x}", Sha256::digest(&bytes)),
+            origin: Origin::Safetensors,
+        });
+    }
+    if !is_onnx(path) {
+        let loaded = crate::models::checkpoint::load(path, device)?;
+        return Ok(Classifier {
+            outputs: loaded.meta.classes.len(),
+            classes: Some(loaded.meta.classes),
+            input: loaded.meta.input,
+            spec: loaded.spec,
+            network: loaded.network,
+            hash: crate::models::checkpoint::weights_hash(path)?,
+            origin: Origin::Checkpoint,
+        });
+    }
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read ONNX model {}", path.display()))?;
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "onnx".into());
+    let imported = crate::onnx::import_bytes(&bytes, &name, options, device)
+        .with_context(|| format!("ONNX model {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    hasher.update(&bytes);
+    // the same file read another way is another function of the pixels
+    if let Some(norm) = &options.normalize {
+        hasher.update(format!("normalize {:?} {:?}", norm.mean, norm.std).as_bytes());
+    }
+    hasher.update(imported.layout.name().as_bytes());
+    Ok(Classifier {
+        spec: imported.spec,
+        network: imported.network,
+        input: imported.input,
+        classes: imported.classes,
+        outputs: imported.outputs,
+        hash: format!("{:x}", hasher.finalize()),
+        origin: Origin::Onnx {
+            layout: imported.layout,
+            output_kind: imported.output_kind,
+            params: imported.params,
+        },
+    })
+}
