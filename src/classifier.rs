@@ -82,28 +82,27 @@ pub fn load_classifier(
             origin: Origin::Checkpoint,
         });
     }
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read ONNX model {}", path.display()))?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "onnx".into());
-    let imported = crate::onnx::import_bytes(&bytes, &name, options, device)
-        .with_context(|| format!("ONNX model {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    hasher.update(&bytes);
-    // the same file read another way is another function of the pixels
-    if let Some(norm) = &options.normalize {
-        hasher.update(format!("normalize {:?} {:?}", norm.mean, norm.std).as_bytes());
-    }
-    hasher.update(imported.layout.name().as_bytes());
+    let imported = crate::onnx::import_file(path, options, device)?;
+    // the file's SHA-256 keys the caches; the same file read another way (a normalisation, a
+    // forced layout) is another function of the pixels, so those are mixed in
+    let hash = if options.normalize.is_none() && options.layout.is_none() {
+        imported.sha256.clone()
+    } else {
+        let mut hasher = Sha256::new();
+        hasher.update(imported.sha256.as_bytes());
+        if let Some(norm) = &options.normalize {
+            hasher.update(format!("normalize {:?} {:?}", norm.mean, norm.std).as_bytes());
+        }
+        hasher.update(imported.layout.name().as_bytes());
+        format!("{:x}", hasher.finalize())
+    };
     Ok(Classifier {
         spec: imported.spec,
         network: imported.network,
         input: imported.input,
         classes: imported.classes,
         outputs: imported.outputs,
-        hash: format!("{:x}", hasher.finalize()),
+        hash,
         origin: Origin::Onnx {
             layout: imported.layout,
             output_kind: imported.output_kind,

@@ -18,6 +18,7 @@ use anyhow::{bail, Context};
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
 use prost::Message;
+use sha2::Digest;
 
 use super::proto::{
     data_type, AttributeProto, DimensionValue, ModelProto, NodeProto, TensorProto, ValueInfoProto,
@@ -55,6 +56,8 @@ pub struct ImportedModel {
     pub output_kind: OutputKind,
     /// Parameters: the sum of the initializers' sizes.
     pub params: usize,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
 }
 
 /// How to read the file: the data's C×H×W (to pick the layout), a forced layout, and an input
@@ -206,6 +209,7 @@ pub fn import_bytes(
         outputs,
         output_kind,
         params,
+        sha256: format!("{:x}", sha2::Sha256::digest(bytes)),
     })
 }
 
