@@ -44,6 +44,10 @@ pub struct OptimizerConfig {
     pub weight_decay: f32,
     /// Cosine decay of the learning rate from `learning_rate` to 0 over the run.
     pub cosine_schedule: bool,
+    /// Fraction of the run's steps over which the learning rate rises linearly from
+    /// `learning_rate / steps` to `learning_rate` before the schedule starts (0: none). Large
+    /// first steps kill ReLU units of a narrow layer for good; a warm-up spares them.
+    pub warmup_fraction: f64,
 }
 
 impl Default for OptimizerConfig {
@@ -55,6 +59,7 @@ impl Default for OptimizerConfig {
             epsilon: 1e-7,
             weight_decay: 0.0,
             cosine_schedule: false,
+            warmup_fraction: 0.0,
         }
     }
 }
@@ -78,12 +83,17 @@ impl OptimizerConfig {
         }
     }
 
-    /// Learning rate at global step `step` of `total` steps.
+    /// Learning rate at global step `step` of `total` steps: the linear warm-up, then constant
+    /// or cosine decay over the steps after it.
     pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
-        if !self.cosine_schedule || total == 0 {
+        let warmup = (self.warmup_fraction * total as f64).round() as usize;
+        if step < warmup {
+            return self.learning_rate * (step + 1) as f64 / warmup as f64;
+        }
+        if !self.cosine_schedule || total <= warmup {
             return self.learning_rate;
         }
-        let progress = step as f64 / total as f64;
+        let progress = (step - warmup) as f64 / (total - warmup) as f64;
         self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
     }
 }
@@ -144,6 +154,10 @@ impl TrainConfig {
                 "label smoothing must be in [0, 1), got {}",
                 self.label_smoothing
             );
+        }
+        let warmup = self.optimizer.warmup_fraction;
+        if !(0.0..1.0).contains(&warmup) {
+            bail!("optimizer.warmup_fraction must be in [0, 1), got {warmup}");
         }
         Ok(())
     }

@@ -550,6 +550,23 @@ fn cosine_schedule_decays_to_zero() {
             < 1e-12
     );
     assert!(cosine.learning_rate_at(1000, 1000) < 1e-15);
+    // a linear warm-up over the first 10% of the steps, then the cosine over the other 90%
+    let warm = distill::train::OptimizerConfig {
+        cosine_schedule: true,
+        warmup_fraction: 0.1,
+        ..Default::default()
+    };
+    assert!((warm.learning_rate_at(0, 1000) - 1e-5).abs() < 1e-15);
+    assert!((warm.learning_rate_at(49, 1000) - 5e-4).abs() < 1e-15);
+    assert_eq!(warm.learning_rate_at(100, 1000), 1e-3);
+    assert!((warm.learning_rate_at(550, 1000) - 5e-4).abs() < 1e-12);
+    assert!(warm.learning_rate_at(1000, 1000) < 1e-15);
+    let flat = distill::train::OptimizerConfig {
+        warmup_fraction: 0.5,
+        ..Default::default()
+    };
+    assert!((flat.learning_rate_at(99, 400) - 5e-4).abs() < 1e-15);
+    assert_eq!(flat.learning_rate_at(300, 400), 1e-3);
 }
 
 #[test]

@@ -46,6 +46,9 @@ pub struct TrainArgs {
     /// Cosine learning-rate decay to 0 over the run.
     #[arg(long)]
     pub cosine: bool,
+    /// Linear learning-rate warm-up over this fraction of the steps, in [0, 1).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub warmup_fraction: f64,
     /// Label smoothing of the cross-entropy, in [0, 1).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub label_smoothing: f64,
@@ -97,6 +100,7 @@ impl TrainArgs {
                 learning_rate: self.lr,
                 weight_decay: self.weight_decay,
                 cosine_schedule: self.cosine,
+                warmup_fraction: self.warmup_fraction,
                 ..OptimizerConfig::default()
             },
             label_smoothing: self.label_smoothing,
