@@ -41,8 +41,12 @@ pub struct Classifier {
 
 /// Whether `path` names an ONNX file rather than a checkpoint directory.
 pub fn is_onnx(path: &std::path::Path) -> bool {
+    has_extension(path, "onnx")
+}
+
+fn has_extension(path: &std::path::Path, extension: &str) -> bool {
     path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+        .is_some_and(|e| e.eq_ignore_ascii_case(extension))
 }
 
 /// Loads a checkpoint directory, or imports an `.onnx` file with `options`.
@@ -51,22 +55,16 @@ pub fn load_classifier(
     options: &crate::onnx::ImportOptions,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<Classifier> {
-    use anyhow::Context;
     use sha2::{Digest, Sha256};
-    if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-    {
+    if has_extension(path, "safetensors") {
         let loaded = crate::models::safetensors::load(path, device)?;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         return Ok(Classifier {
             outputs: loaded.classes.len(),
             classes: Some(loaded.classes),
             input: loaded.input,
             spec: loaded.spec,
             network: loaded.network,
-            hash: format!("{:x}", Sha256::digest(&bytes)),
+            hash: loaded.sha256,
             origin: Origin::Safetensors,
         });
     }

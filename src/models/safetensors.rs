@@ -13,6 +13,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::Device;
+use sha2::Digest;
 
 use super::{ModelSpec, Network};
 
@@ -51,6 +52,8 @@ pub struct SafetensorsModel {
     pub classes: Vec<String>,
     /// The network with the file's weights.
     pub network: Network,
+    /// SHA-256 of the file.
+    pub sha256: String,
 }
 
 /// Reads a safetensors file written by [`save`] onto `device`.
@@ -97,5 +100,6 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<SafetensorsModel> {
         input,
         classes,
         network,
+        sha256: format!("{:x}", sha2::Sha256::digest(&bytes)),
     })
 }

@@ -633,26 +633,20 @@ impl<'a> Walk<'a> {
                 bail!("{} on NHWC activations is not supported", node.op_type)
             }
         };
-        let name = node.input.get(1).map(String::as_str).unwrap_or("");
-        let Some(t) = self.initializers.get(name) else {
-            bail!("{} of `{name}`, which is not a constant", node.op_type);
-        };
-        let values = tensor_values(t).with_context(|| format!("initializer `{name}`"))?;
-        let per_channel = t.dims.iter().filter(|&&d| d != 1).count() <= 1
+        let Floats { dims, values } = self.initializer(node, 1, "per-channel constant")?;
+        let per_channel = dims.iter().filter(|&&d| d != 1).count() <= 1
             && (values.len() == features || values.len() == 1)
             && match self.shape {
                 // broadcast over [N, C, H, W]: [C, 1, 1] or [1, C, 1, 1] (or a scalar)
                 Shape::Image(_) => {
-                    values.len() == 1
-                        || t.dims.len() >= 3 && t.dims[t.dims.len() - 3] as usize == features
+                    values.len() == 1 || dims.len() >= 3 && dims[dims.len() - 3] == features
                 }
                 Shape::Flat(_) => true,
             };
         if !per_channel {
             bail!(
-                "{} by a constant of shape {:?}: only per-channel constants are supported",
-                node.op_type,
-                t.dims
+                "{} by a constant of shape {dims:?}: only per-channel constants are supported",
+                node.op_type
             );
         }
         let values = if values.len() == 1 {
@@ -812,36 +806,21 @@ impl<'a> Walk<'a> {
 
     /// `Add` of a constant bias right after a MatMul.
     fn bias_add(&mut self, node: &NodeProto) -> anyhow::Result<()> {
+        let values = self.initializer(node, 1, "bias")?.values;
         let Some(ImportedLayer {
             spec:
                 LayerSpec::Dense {
                     units,
                     activation: None,
                 },
-            weights: Weights::Dense { .. },
-        }) = self.layers.last()
+            weights: Weights::Dense { bias, .. },
+        }) = self.layers.last_mut()
         else {
             bail!("Add is only supported as the bias of a MatMul");
         };
-        let units = *units;
-        let name = node.input.get(1).map(String::as_str).unwrap_or("");
-        let Some(t) = self.initializers.get(name) else {
-            bail!("Add of `{name}`, which is not a constant");
-        };
-        let values = tensor_values(t).with_context(|| format!("initializer `{name}`"))?;
-        if values.len() != units {
-            bail!(
-                "bias `{name}` has {} values for {units} units",
-                values.len()
-            );
+        if values.len() != *units {
+            bail!("bias has {} values for {units} units", values.len());
         }
-        let Some(ImportedLayer {
-            weights: Weights::Dense { bias, .. },
-            ..
-        }) = self.layers.last_mut()
-        else {
-            unreachable!()
-        };
         for (b, v) in bias.iter_mut().zip(values) {
             *b += v;
         }
