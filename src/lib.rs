@@ -11,8 +11,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`data`] | datasets (CIFAR-10 binary, MNIST/Fashion-MNIST IDX, image folders, an embedded default), batching, augmentation |
-//! | [`models`] | a Keras-like layer spec, the reference model zoo, shape/parameter/FLOP summaries, checkpoints |
+//! | [`data`] | datasets (CIFAR-10 binary, MNIST/Fashion-MNIST IDX, image folders, an embedded default; labelled text and its tokenizer), batching, augmentation |
+//! | [`models`] | a Keras-like layer spec, the reference model zoo, shape/parameter/FLOP summaries, checkpoints; a BERT encoder for text |
 //! | [`losses`] | cross-entropy and the distillation losses (`kd`, `mse` on logits) |
 //! | [`train`] | the training loop for a teacher or a student from scratch |
 //! | [`distill`] | training a student from a frozen teacher, with the teacher-logit cache |

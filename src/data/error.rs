@@ -64,6 +64,26 @@ pub enum DataError {
         found: String,
     },
 
+    /// A text dataset specification that is not one of the accepted forms.
+    #[error("unknown text dataset `{input}`: {reason}; expected rotten-tomatoes[:DIR] or text:TRAIN_FILE[,TEST_FILE] (.tsv or .csv)")]
+    TextSpec {
+        /// The string as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A record of a labelled text file that cannot be used, with its line number.
+    #[error("{}:{line}: {message}", path.display())]
+    TextRecord {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line where the record starts (0 when the file as a whole is at fault).
+        line: u64,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+
     /// The images file and the labels file of one split hold different numbers of items.
     #[error("{} holds {images} images but {} holds {labels} labels; expected the same count", images_path.display(), labels_path.display())]
     CountMismatch {

@@ -15,6 +15,9 @@
 //! (`$DISTILL_DATA`, else `~/.cache/distill`) and downloaded there first when absent
 //! (`DISTILL_MIRROR` overrides the base URL; see [`download`]).
 //!
+//! Text datasets (`rotten-tomatoes`, `text:FILE`) live in [`text`] and are tokenised by
+//! [`tokenizer`] into padded [`tokenizer::TokenBatch`]es.
+//!
 //! Everything random — epoch order ([`batch_order`]), validation split
 //! ([`Split::split_off_validation`]) and augmentation ([`Split::batch`]) — is driven by explicit
 //! seeds through ChaCha8, so a run (or a resumed run) is reproducible.
@@ -27,6 +30,8 @@ mod error;
 pub mod folder;
 pub mod idx;
 mod progress;
+pub mod text;
+pub mod tokenizer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

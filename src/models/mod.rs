@@ -1,6 +1,8 @@
 //! Models: a Keras-like layer spec ([`spec`]), the reference zoo ([`zoo`]), the burn network
-//! built from a spec ([`network`]), per-layer summaries and checkpoints ([`checkpoint`]).
+//! built from a spec ([`network`]), per-layer summaries and checkpoints ([`checkpoint`]); for
+//! text, a BERT-family encoder loadable from Hugging Face files ([`bert`]).
 
+pub mod bert;
 pub mod checkpoint;
 pub mod network;
 pub mod safetensors;

@@ -1,0 +1,429 @@
+//! Text data, tokenizer and BERT encoder against independent references.
+//!
+//! References come from `tests/fixtures/text/make_fixture.py` (a plain-Python BERT tokenizer and a
+//! float64 numpy BERT, no shared code with the `tokenizers` crate or burn):
+//! - `tiny-bert/`: a 2-layer random BERT under PyTorch names, committed, so it runs everywhere;
+//! - `minilm-expected.json`: all-MiniLM-L6-v2, whose 87 MB weights `scripts/fetch-text-data.sh`
+//!   puts in the cache (`.ci/run` runs it).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, Tensor};
+use distill::data::text::{load_text, TextSpec};
+use distill::data::tokenizer::{TextTokenizer, TokenBatch};
+use distill::data::DataError;
+use distill::models::bert::{self, mean_pool, Bert};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")
+}
+
+fn cache() -> PathBuf {
+    distill::data::download::cache_dir().unwrap()
+}
+
+fn expected(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn ids_of(value: &Value) -> Vec<Vec<u32>> {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    match value {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap()],
+        other => panic!("not a number: {other}"),
+    }
+}
+
+fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f64> {
+    tensor
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+fn assert_close(actual: &[f64], expected: &[f64], tolerance: f64, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: length");
+    let worst = actual
+        .iter()
+        .zip(expected)
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst <= tolerance,
+        "{what}: max abs diff {worst:e} > {tolerance:e}"
+    );
+}
+
+fn batch(tokenizer: &TextTokenizer, ids: &[Vec<u32>], device: &Device) -> TokenBatch {
+    let refs: Vec<&[u32]> = ids.iter().map(|s| s.as_slice()).collect();
+    TokenBatch::new(&refs, tokenizer.pad_id(), device)
+}
+
+fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("DISTILL_MINILM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join("all-MiniLM-L6-v2"));
+    assert!(
+        dir.join(bert::WEIGHTS_FILE).is_file(),
+        "{} has no MiniLM weights: run scripts/fetch-text-data.sh (or set DISTILL_MINILM)",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn tiny_bert_tokenizer_matches_the_reference_tokenizer() {
+    let dir = fixtures().join("tiny-bert");
+    let reference = expected(&dir.join("expected.json"));
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 32).unwrap();
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    assert_eq!(
+        tokenizer.encode_all(&sentences).unwrap(),
+        ids_of(&reference["ids"])
+    );
+    // The file pads to 32; padding is off here, so lengths follow the text.
+    assert_eq!(tokenizer.encode("Awful plot.").unwrap().len(), 5);
+}
+
+#[test]
+fn tiny_bert_reloads_from_pytorch_names_with_the_reference_outputs() {
+    let device = Device::default();
+    let dir = fixtures().join("tiny-bert");
+    let reference = expected(&dir.join("expected.json"));
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 32).unwrap();
+    let (model, config) = bert::load_pretrained(&dir, &device).unwrap();
+    assert_eq!(config.num_hidden_layers, 2);
+    assert_eq!(model.num_layers(), 2);
+
+    let ids = ids_of(&reference["ids"]);
+    let tokens = batch(&tokenizer, &ids, &device);
+    let states = model.hidden_states(&tokens);
+    let expected_states = reference["hidden_states"].as_array().unwrap();
+    assert_eq!(states.len(), expected_states.len());
+    let [rows, len] = tokens.dims();
+    for (layer, (state, want)) in states.iter().zip(expected_states).enumerate() {
+        // Padding positions hold values too, but nothing reads them: compare real tokens only.
+        let got = values(state.clone());
+        let want = floats(want);
+        let width = got.len() / (rows * len);
+        for (row, seq) in ids.iter().enumerate() {
+            let span = row * len * width..(row * len + seq.len()) * width;
+            assert_close(
+                &got[span.clone()],
+                &want[span],
+                1e-4,
+                &format!("hidden state {layer}, sentence {row}"),
+            );
+        }
+    }
+    let pooled = values(mean_pool(states[2].clone(), tokens.padding.clone()));
+    assert_close(
+        &pooled,
+        &floats(&reference["mean_pooled"]),
+        1e-4,
+        "mean pooled",
+    );
+    // forward() is the last hidden state.
+    let last = values(model.forward(&tokens));
+    assert_eq!(last, values(states[2].clone()));
+}
+
+#[test]
+fn tiny_bert_gives_each_sentence_the_same_embedding_alone_and_padded_in_a_batch() {
+    let device = Device::default();
+    let dir = fixtures().join("tiny-bert");
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 32).unwrap();
+    let (model, _) = bert::load_pretrained(&dir, &device).unwrap();
+    let ids = ids_of(&expected(&dir.join("expected.json"))["ids"]);
+    let together = batch(&tokenizer, &ids, &device);
+    let pooled = values(mean_pool(
+        model.forward(&together),
+        together.padding.clone(),
+    ));
+    let width = pooled.len() / ids.len();
+    for (row, seq) in ids.iter().enumerate() {
+        let alone = batch(&tokenizer, std::slice::from_ref(seq), &device);
+        let single = values(mean_pool(model.forward(&alone), alone.padding.clone()));
+        assert_close(
+            &pooled[row * width..(row + 1) * width],
+            &single,
+            1e-5,
+            "alone vs batch",
+        );
+    }
+}
+
+#[test]
+fn bert_loading_names_what_does_not_fit() {
+    let device = Device::default();
+    let dir = fixtures().join("tiny-bert");
+    let work = tempfile::tempdir().unwrap();
+    let config: Value = expected(&dir.join("config.json"));
+    let weights = dir.join(bert::WEIGHTS_FILE);
+
+    // One layer more than the file holds: the missing tensors are named.
+    let mut deeper = config.clone();
+    deeper["num_hidden_layers"] = 3.into();
+    let mut model: Bert = serde_json::from_value::<bert::BertConfig>(deeper)
+        .unwrap()
+        .init(&device);
+    let err = bert::load_weights(&mut model, &weights)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("encoder.layers.2"), "{err}");
+
+    // A wider model: shapes do not fit.
+    let mut wider = config.clone();
+    wider["hidden_size"] = 16.into();
+    let mut model = serde_json::from_value::<bert::BertConfig>(wider)
+        .unwrap()
+        .init(&device);
+    assert!(bert::load_weights(&mut model, &weights).is_err());
+
+    // Unsupported activation and impossible head count are refused by name.
+    for (field, value, needle) in [
+        ("hidden_act", Value::from("relu"), "hidden_act"),
+        ("num_attention_heads", Value::from(3), "num_attention_heads"),
+    ] {
+        let mut bad = config.clone();
+        bad[field] = value;
+        let path = work.path().join("config.json");
+        std::fs::write(&path, bad.to_string()).unwrap();
+        let err = format!("{:#}", bert::BertConfig::from_file(&path).unwrap_err());
+        assert!(err.contains(needle) && err.contains("config.json"), "{err}");
+    }
+    // No weights file.
+    let err = bert::load_weights(&mut model, &work.path().join("model.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[test]
+fn minilm_tokenizer_matches_the_reference_tokenizer() {
+    let reference = expected(&fixtures().join("minilm-expected.json"));
+    let tokenizer =
+        TextTokenizer::from_file(&minilm_dir().join(bert::TOKENIZER_FILE), 128).unwrap();
+    let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
+    assert_eq!(
+        tokenizer.encode_all(&sentences).unwrap(),
+        ids_of(&reference["ids"])
+    );
+    assert_eq!(tokenizer.vocab_size(), 30_522);
+    assert_eq!(tokenizer.pad_id(), 0);
+    // Truncation keeps [CLS] … [SEP] within max_len.
+    let short = TextTokenizer::from_file(&minilm_dir().join(bert::TOKENIZER_FILE), 8).unwrap();
+    let ids = short.encode(&sentences[0]).unwrap();
+    assert_eq!(ids.len(), 8);
+    assert_eq!((ids[0], ids[7]), (101, 102));
+}
+
+#[test]
+fn minilm_mean_pooled_embeddings_match_a_float64_reference_alone_and_in_a_padded_batch() {
+    let device = Device::default();
+    let reference = expected(&fixtures().join("minilm-expected.json"));
+    let dir = minilm_dir();
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 128).unwrap();
+    let (model, config) = bert::load_pretrained(&dir, &device).unwrap();
+    // The encoder tensors of the file, pooler excluded (counted from its safetensors header).
+    assert_eq!(config.num_params(), 22_565_376);
+    let ids = ids_of(&reference["ids"]);
+    let want = floats(&reference["mean_pooled"]);
+    let width = config.hidden_size;
+    for (row, seq) in ids.iter().enumerate() {
+        let alone = batch(&tokenizer, std::slice::from_ref(seq), &device);
+        let pooled = values(mean_pool(model.forward(&alone), alone.padding.clone()));
+        assert_close(
+            &pooled,
+            &want[row * width..(row + 1) * width],
+            1e-4,
+            "alone",
+        );
+    }
+    let together = batch(&tokenizer, &ids, &device);
+    let pooled = values(mean_pool(
+        model.forward(&together),
+        together.padding.clone(),
+    ));
+    assert_close(&pooled, &want, 1e-4, "padded batch");
+}
+
+#[test]
+fn rotten_tomatoes_is_split_by_movie_into_the_documented_sizes() {
+    let data = load_text(&"rotten-tomatoes".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e} (run scripts/fetch-text-data.sh to fill the cache)"));
+    assert_eq!(data.classes, ["rotten", "fresh"]);
+    assert_eq!((data.train.len(), data.test.len()), (10_300, 2_452));
+    let fresh = data.test.iter().filter(|e| e.label == 1).count();
+    assert_eq!(fresh, 1_371);
+    let words: usize = data
+        .train
+        .iter()
+        .map(|e| e.text.split_whitespace().count())
+        .sum();
+    let mean = words as f64 / data.train.len() as f64;
+    assert!((15.0..22.0).contains(&mean), "{mean} words per snippet");
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn text_error(spec: &str) -> String {
+    match load_text(&spec.parse::<TextSpec>().unwrap()) {
+        Ok(_) => panic!("{spec} loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn labelled_text_files_load_with_sorted_classes_and_an_md5_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tsv = String::from("text\tlabel\n");
+    for i in 0..200 {
+        tsv.push_str(&format!(
+            "review number {i}\t{}\n",
+            ["neg", "pos", "neutral"][i % 3]
+        ));
+    }
+    let train = write(dir.path(), "reviews.tsv", tsv.as_bytes());
+    let data = load_text(&format!("text:{}", train.display()).parse().unwrap()).unwrap();
+    assert_eq!(data.name, "reviews");
+    assert_eq!(data.classes, ["neg", "neutral", "pos"]);
+    assert_eq!(data.train.len() + data.test.len(), 200);
+    assert!((20..60).contains(&data.test.len()), "{}", data.test.len());
+    let first = data
+        .train
+        .iter()
+        .chain(&data.test)
+        .find(|e| e.text == "review number 1")
+        .unwrap();
+    assert_eq!(data.classes[first.label], "pos");
+
+    // An explicit test file, CSV with quoted multi-line text, numeric labels sorted as numbers.
+    let train = write(
+        dir.path(),
+        "a.csv",
+        b"label,text\n10,\"ten, with a comma\"\n2,two\n9,\"nine\nlines\"\n",
+    );
+    let test = write(dir.path(), "b.csv", b"label,text\n2,deux\n");
+    let data = load_text(
+        &format!("text:{},{}", train.display(), test.display())
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(data.classes, ["2", "9", "10"]);
+    assert_eq!(data.train[2].text, "nine\nlines");
+    assert_eq!((data.test.len(), data.test[0].label), (1, 0));
+}
+
+#[test]
+fn bad_text_files_name_the_file_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = write(d, "train.tsv", b"label\ttext\npos\tgood\nneg\tbad\n");
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!(
+                "text:{}",
+                write(d, "nolabel.tsv", b"sentiment\ttext\npos\tgood\n").display()
+            ),
+            vec!["nolabel.tsv:1", "no `label` column"],
+        ),
+        (
+            format!(
+                "text:{}",
+                write(d, "empty.tsv", b"label\ttext\npos\tgood\nneg\t  \n").display()
+            ),
+            vec!["empty.tsv:3", "empty text"],
+        ),
+        (
+            format!(
+                "text:{},{}",
+                train.display(),
+                write(d, "unknown.tsv", b"label\ttext\npos\tok\nmeh\tso-so\n").display()
+            ),
+            vec!["unknown.tsv:3", "unknown label `meh`", "neg, pos"],
+        ),
+        (
+            format!(
+                "text:{}",
+                write(d, "latin1.tsv", b"label\ttext\npos\tgood\nneg\tna\xefve\n").display()
+            ),
+            vec!["latin1.tsv:3", "UTF-8"],
+        ),
+        (
+            format!(
+                "text:{}",
+                write(d, "ragged.csv", b"label,text\npos,good\nneg,bad,extra\n").display()
+            ),
+            vec!["ragged.csv:3", "3 fields where the header has 2"],
+        ),
+        (
+            format!(
+                "text:{}",
+                write(d, "one-class.tsv", b"label\ttext\npos\tgood\npos\tfine\n").display()
+            ),
+            vec!["one-class.tsv", "1 class(es)"],
+        ),
+        (
+            format!(
+                "text:{}",
+                write(d, "reviews.txt", b"label\ttext\n").display()
+            ),
+            vec!["reviews.txt", ".tsv or .csv"],
+        ),
+        (
+            format!("text:{}", d.join("absent.tsv").display()),
+            vec!["absent.tsv", "not found"],
+        ),
+        (
+            format!("rotten-tomatoes:{}", d.display()),
+            vec!["rotten_tomatoes_corpus_full.csv", "fetch-text-data.sh"],
+        ),
+    ];
+    for (spec, needles) in cases {
+        let err = text_error(&spec);
+        for needle in needles {
+            assert!(err.contains(needle), "{spec}: `{needle}` not in: {err}");
+        }
+    }
+    assert!(matches!(
+        "texts:x".parse::<TextSpec>(),
+        Err(DataError::TextSpec { .. })
+    ));
+}
+
+#[test]
+fn tokenizer_files_that_are_not_tokenizers_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = write(dir.path(), "tokenizer.json", b"{\"model\": 3}");
+    let err = TextTokenizer::from_file(&bogus, 32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("not a Hugging Face"),
+        "{err}"
+    );
+    let err = TextTokenizer::from_file(&dir.path().join("absent.json"), 32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("absent.json") && err.contains("not found"),
+        "{err}"
+    );
+    let real = fixtures().join("tiny-bert").join(bert::TOKENIZER_FILE);
+    let err = TextTokenizer::from_file(&real, 2).unwrap_err().to_string();
+    assert!(err.contains("max_len 2"), "{err}");
+}
