@@ -8,11 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use distill::data::text::{load_text, TextSpec};
 use distill::data::tokenizer::{TextTokenizer, TokenBatch};
 use distill::data::DataError;
-use distill::models::bert::{self, mean_pool, Bert};
+use distill::losses::{hidden_cosine, DistillLoss};
+use distill::models::bert::{self, mean_pool, Bert, BertConfig};
+use distill::models::text::{with_fresh_params, TextClassifier, TextModelSpec};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -426,4 +430,167 @@ fn tokenizer_files_that_are_not_tokenizers_are_refused_by_name() {
     let real = fixtures().join("tiny-bert").join(bert::TOKENIZER_FILE);
     let err = TextTokenizer::from_file(&real, 2).unwrap_err().to_string();
     assert!(err.contains("max_len 2"), "{err}");
+}
+
+fn tiny_teacher(device: &Device) -> (TextClassifier, BertConfig) {
+    let spec = TextModelSpec::Pretrained {
+        dir: fixtures().join("tiny-bert"),
+    };
+    TextClassifier::init(&spec, 3, None, 7, device).unwrap()
+}
+
+#[test]
+fn distilbert_student_from_layers_0_2_4_reproduces_those_teacher_layers_exactly() {
+    let device = Device::default();
+    let dir = minilm_dir();
+    let reference = expected(&fixtures().join("minilm-expected.json"));
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 128).unwrap();
+    let (teacher, teacher_config) = bert::load_pretrained(&dir, &device).unwrap();
+    let spec: TextModelSpec = toml::from_str(
+        "kind = \"transformer\"\nlayers = 3\nwidth = 384\nheads = 12\nffn = 1536\nteacher_layers = [0, 2, 4]\n",
+    )
+    .unwrap();
+    let (student, config) =
+        TextClassifier::init(&spec, 2, Some((&teacher, &teacher_config)), 1, &device).unwrap();
+    assert_eq!(config.num_hidden_layers, 3);
+    let tokens = batch(&tokenizer, &ids_of(&reference["ids"]), &device);
+    let teacher_states = teacher.hidden_states(&tokens);
+    let student_states = student.encoder.hidden_states(&tokens);
+    assert_eq!(
+        values(student_states[0].clone()),
+        values(teacher_states[0].clone())
+    );
+    for (j, &i) in [0usize, 2, 4].iter().enumerate() {
+        // Student layer j on teacher layer i's input gives teacher layer i's output, bit for bit.
+        let out = student.encoder.encoder.layers[j].forward(
+            teacher_states[i].clone(),
+            Some(tokens.padding.clone()),
+            None,
+        );
+        assert_eq!(
+            values(out),
+            values(teacher_states[i + 1].clone()),
+            "layer {j} <- {i}"
+        );
+    }
+    // The copy owns its parameters: none shares an id with the teacher's.
+    let ids = |m: &Bert| {
+        let mut ids = Vec::new();
+        m.visit(&mut ParamIds(&mut ids));
+        ids
+    };
+    let teacher_ids = ids(&teacher);
+    assert!(ids(&student.encoder)
+        .iter()
+        .all(|id| !teacher_ids.contains(id)));
+}
+
+struct ParamIds<'a>(&'a mut Vec<burn::module::ParamId>);
+
+impl burn::module::ModuleVisitor for ParamIds<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        self.0.push(param.id);
+    }
+}
+
+#[test]
+fn transformer_student_specs_are_checked_by_name() {
+    let device = Device::default();
+    let (teacher, config) = bert::load_pretrained(&fixtures().join("tiny-bert"), &device).unwrap();
+    let cases = [
+        (
+            "layers = 2\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [0, 2]",
+            "layer 2 does not exist",
+        ),
+        (
+            "layers = 2\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [1, 0]",
+            "strictly increasing",
+        ),
+        (
+            "layers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [0, 1]",
+            "names 2 layers",
+        ),
+        (
+            "layers = 1\nwidth = 8\nheads = 2\nffn = 32\nteacher_layers = [1]",
+            "ffn 32",
+        ),
+        (
+            "layers = 1\nwidth = 8\nheads = 3\nffn = 16",
+            "num_attention_heads 3",
+        ),
+        ("layers = 0\nwidth = 8\nheads = 2\nffn = 16", "layers is 0"),
+    ];
+    for (body, needle) in cases {
+        let spec: TextModelSpec =
+            toml::from_str(&format!("kind = \"transformer\"\n{body}\n")).unwrap();
+        let err = TextClassifier::init(&spec, 2, Some((&teacher, &config)), 0, &device)
+            .map(|_| ())
+            .unwrap_err();
+        let err = format!("{err:#}");
+        assert!(err.contains(needle), "{body}: `{needle}` not in {err}");
+    }
+    // A scratch student of another shape is fine, and takes the teacher's vocabulary.
+    let spec: TextModelSpec =
+        toml::from_str("kind = \"transformer\"\nlayers = 1\nwidth = 4\nheads = 1\nffn = 8\n")
+            .unwrap();
+    let (_, student) =
+        TextClassifier::init(&spec, 2, Some((&teacher, &config)), 0, &device).unwrap();
+    assert_eq!(
+        (student.vocab_size, student.hidden_size),
+        (config.vocab_size, 4)
+    );
+    assert!(TextClassifier::init(&spec, 2, None, 0, &device).is_err());
+}
+
+#[test]
+fn kd_and_cosine_vanish_when_the_student_is_the_teacher_and_no_gradient_reaches_the_teacher() {
+    let device = Device::default().autodiff();
+    let (teacher, _) = tiny_teacher(&device);
+    let student = with_fresh_params(teacher.clone());
+    let dir = fixtures().join("tiny-bert");
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 32).unwrap();
+    let tokens = batch(
+        &tokenizer,
+        &ids_of(&expected(&dir.join("expected.json"))["ids"]),
+        &device,
+    );
+    // Same dropout draws for both passes, so the two networks compute the same function.
+    device.seed(11);
+    let teacher_out = teacher.forward_all(&tokens);
+    device.seed(11);
+    let student_out = student.forward_all(&tokens);
+    let labels = Tensor::<1, burn::tensor::Int>::from_data([0i64, 1, 2, 1], &device);
+    let kd = DistillLoss::Kd {
+        alpha: 0.5,
+        temperature: 2.0,
+        t2_scaling: true,
+    }
+    .forward(
+        student_out.logits.clone(),
+        teacher_out.logits.clone(),
+        labels,
+        0.0,
+        1,
+    );
+    let cosine = hidden_cosine(
+        student_out.hidden_states[2].clone(),
+        teacher_out.hidden_states[2].clone(),
+        tokens.padding.clone(),
+    );
+    let soft: f32 = kd.soft.clone().into_scalar();
+    let cos: f32 = cosine.clone().into_scalar();
+    assert!(
+        soft.abs() < 1e-6 && cos.abs() < 1e-6,
+        "KL {soft}, cosine {cos}"
+    );
+    // The label term keeps a gradient for the student; the teacher gets none at all.
+    let mut grads = (kd.total + cosine).backward();
+    let teacher_grads = GradientsParams::from_module(&mut grads, &teacher);
+    let student_grads = GradientsParams::from_module(&mut grads, &student);
+    assert!(
+        student_grads.len() > 10,
+        "{} student gradients",
+        student_grads.len()
+    );
+    assert_eq!(teacher_grads.len(), 0);
 }

@@ -3,9 +3,11 @@
 //!
 //! All take raw logits (`[batch, classes]`) and return a scalar (shape `[1]`) averaged over the batch.
 //! One file per method: [`ce`](cross_entropy), [`kd`](soft_kl), [`mse`](logit_mse) and `dkd`
-//! ([`tckd`], [`nckd`]); [`DistillLoss`] picks and weights them.
+//! ([`tckd`], [`nckd`]); [`DistillLoss`] picks and weights them. For text students,
+//! [`cosine`](hidden_cosine) compares hidden states (DistilBERT's cosine loss).
 
 mod ce;
+mod cosine;
 mod dkd;
 mod kd;
 mod mse;
@@ -14,6 +16,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use ce::cross_entropy;
+pub use cosine::hidden_cosine;
 pub use dkd::{dkd_warmup, nckd, tckd};
 pub use kd::soft_kl;
 pub use mse::logit_mse;
@@ -135,6 +138,9 @@ impl DistillLoss {
         label_smoothing: f64,
         epoch: usize,
     ) -> DistillLossParts {
+        // The teacher is frozen: whatever device its logits come from, none of the gradient of
+        // this loss flows back into it.
+        let teacher_logits = teacher_logits.detach();
         let hard = cross_entropy(student_logits.clone(), labels.clone(), label_smoothing);
         let (soft, hard_weight, soft_weight) = match *self {
             DistillLoss::Kd {

@@ -8,6 +8,7 @@ pub mod network;
 pub mod safetensors;
 pub mod spec;
 pub mod summary;
+pub mod text;
 pub mod zoo;
 
 pub use network::Network;
