@@ -288,15 +288,23 @@ impl TeacherLogits {
             }
             TeacherLogits::Cached {
                 classes, values, ..
-            } => {
-                let mut rows = Vec::with_capacity(indices.len() * classes);
-                for &i in indices {
-                    rows.extend_from_slice(&values[i * classes..(i + 1) * classes]);
-                }
-                Tensor::from_data(TensorData::new(rows, [indices.len(), *classes]), device)
-            }
+            } => cached_rows(values, *classes, indices, device),
         })
     }
+}
+
+/// The rows `indices` of a row-major `[len, classes]` logit buffer, as a `[indices, classes]` tensor.
+pub fn cached_rows(
+    values: &[f32],
+    classes: usize,
+    indices: &[usize],
+    device: &Device,
+) -> Tensor<2> {
+    let mut rows = Vec::with_capacity(indices.len() * classes);
+    for &i in indices {
+        rows.extend_from_slice(&values[i * classes..(i + 1) * classes]);
+    }
+    Tensor::from_data(TensorData::new(rows, [indices.len(), classes]), device)
 }
 
 /// The cache file for a teacher and a training split.

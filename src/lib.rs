@@ -14,7 +14,8 @@
 //! | [`data`] | datasets (CIFAR-10 binary, MNIST/Fashion-MNIST IDX, image folders, an embedded default; labelled text and its tokenizer), batching, augmentation |
 //! | [`models`] | a Keras-like layer spec, the reference model zoo, shape/parameter/FLOP summaries, checkpoints; a BERT encoder for text |
 //! | [`losses`] | cross-entropy and the distillation losses (`kd`, `mse` on logits) |
-//! | [`train`] | the training loop for a teacher or a student from scratch |
+//! | [`train`] | the one training loop (teacher, scratch or distilled student, any modality) |
+//! | [`modality`] | what the loop needs from a kind of data: images (CNNs) or text (BERT-family classifiers) |
 //! | [`distill`] | training a student from a frozen teacher, with the teacher-logit cache |
 //! | [`experiment`] | `distill run`: teacher, scratch student and the distillation sweep as one resumable job |
 //! | [`report`] | the report: Markdown, JSON and plots answering "was it worth it?" |
@@ -36,6 +37,7 @@ pub mod distill;
 pub mod experiment;
 pub mod kernels;
 pub mod losses;
+pub mod modality;
 pub mod models;
 pub mod onnx;
 pub mod progress;

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::{augmentation_seed, batch_order, view_of, Augmentation, Split};
 use crate::distill::TeacherLogits;
 use crate::losses::{cross_entropy, DistillLoss};
-use crate::models::checkpoint::{self, write_atomic, ModelMeta};
+use crate::modality::image::{ImageArchitecture, Images};
+use crate::modality::{Architecture, Modality, ModelOf, SoftTargets};
+use crate::models::checkpoint::{self, write_atomic};
 use crate::models::{ModelSpec, Network};
 
 /// Adam(W) settings; the defaults are Keras' Adam.
@@ -182,8 +184,8 @@ pub struct EpochRecord {
     pub seconds: f64,
 }
 
-/// What a student is trained against.
-pub enum Objective<'a> {
+/// What a student is trained against; `T` supplies the teacher's logits ([`SoftTargets`]).
+pub enum Objective<'a, T: ?Sized = TeacherLogits> {
     /// Labels only (a teacher, or a student from scratch).
     Labels,
     /// Labels and a teacher's logits.
@@ -191,7 +193,7 @@ pub enum Objective<'a> {
         /// How the two are combined.
         loss: DistillLoss,
         /// Where the teacher's logits come from.
-        teacher: &'a TeacherLogits,
+        teacher: &'a T,
     },
 }
 
@@ -222,6 +224,40 @@ pub struct TrainJob<'a> {
     pub verbose: bool,
 }
 
+/// A training job for any modality: the architecture builds and stores the model, the splits
+/// hold that modality's examples. [`TrainJob`] is the image form of it.
+pub struct ModelJob<'a, A: Architecture, T: ?Sized = TeacherLogits> {
+    /// Builds, sizes and stores the model.
+    pub architecture: A,
+    /// Training split.
+    pub train: &'a <A::Modality as Modality>::Split,
+    /// Evaluation split (test, or a validation split carved from train).
+    pub eval: &'a <A::Modality as Modality>::Split,
+    /// Hyper-parameters.
+    pub config: &'a TrainConfig,
+    /// Labels only, or distillation.
+    pub objective: Objective<'a, T>,
+    /// Run directory.
+    pub out: &'a Path,
+    /// Continue from the newest checkpoint in `out` if there is one.
+    pub resume: bool,
+    /// Start from the model saved in this directory (with a fresh optimizer); ignored when resuming.
+    pub init_from: Option<&'a Path>,
+    /// Show progress bars (they are hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// Print one line per epoch on stdout.
+    pub verbose: bool,
+}
+
+/// The result of a finished run of a [`ModelJob`].
+#[derive(Debug)]
+pub struct ModelOutcome<M> {
+    /// The trained model (on the training device, autodiff enabled).
+    pub model: M,
+    /// Per-epoch history, including epochs from before a resume.
+    pub history: Vec<EpochRecord>,
+}
+
 /// The result of a finished run.
 #[derive(Debug)]
 pub struct TrainOutcome {
@@ -246,7 +282,7 @@ const CHECKPOINTS_DIR: &str = "checkpoints";
 const STATE_FILE: &str = "state.json";
 const OPTIMIZER_FILE: &str = "optimizer.bpk";
 
-fn objective_label(objective: &Objective) -> String {
+fn objective_label<I, T: SoftTargets<I> + ?Sized>(objective: &Objective<T>) -> String {
     match objective {
         Objective::Labels => "labels".to_string(),
         Objective::Distill { loss, teacher } => {
@@ -273,18 +309,29 @@ pub fn evaluate(
     device: &Device,
     batch_size: usize,
 ) -> (f64, f64) {
-    let model = network.valid();
+    evaluate_model::<Images>(network, split, device, batch_size)
+}
+
+/// Mean cross-entropy and accuracy of a model of any modality on `split`, in inference mode.
+pub fn evaluate_model<M: Modality>(
+    model: &M::Model,
+    split: &M::Split,
+    device: &Device,
+    batch_size: usize,
+) -> (f64, f64) {
+    let model = model.valid();
     let plain = device.clone().without_autodiff();
     let mut loss_sum = 0.0;
     let mut correct = 0i64;
-    for indices in batch_order(split.len(), batch_size, false, 0, 0) {
-        let (images, labels) = split.batch(&indices, &plain, None);
-        let logits = model.forward(images);
+    let len = M::len(split);
+    for indices in batch_order(len, batch_size, false, 0, 0) {
+        let (input, labels) = M::batch(split, &indices, &plain, None);
+        let logits = M::logits(&model, input);
         let loss: f32 = cross_entropy(logits.clone(), labels.clone(), 0.0).into_scalar();
         loss_sum += loss as f64 * indices.len() as f64;
         correct += count_correct(logits, labels);
     }
-    let n = split.len().max(1) as f64;
+    let n = len.max(1) as f64;
     (loss_sum / n, correct as f64 / n)
 }
 
@@ -370,11 +417,10 @@ fn write_history(out: &Path, history: &[EpochRecord]) -> anyhow::Result<()> {
 /// Writes a complete training state as `checkpoints/epoch-NNNN/` (built under a temporary name and
 /// renamed, so a partial one is never picked up), refreshes the model at the top of `out`, and
 /// keeps the two newest states.
-fn save_checkpoint(
+fn save_checkpoint<A: Architecture>(
     out: &Path,
-    spec: &ModelSpec,
-    meta: &ModelMeta,
-    network: &Network,
+    architecture: &A,
+    model: &ModelOf<A>,
     optimizer: &ModuleOptimizer,
     state: &TrainState,
 ) -> anyhow::Result<()> {
@@ -382,7 +428,7 @@ fn save_checkpoint(
     let final_dir = root.join(format!("epoch-{:04}", state.epochs_done));
     let tmp_dir = root.join(format!(".epoch-{:04}.partial", state.epochs_done));
     let _ = fs::remove_dir_all(&tmp_dir);
-    checkpoint::save(&tmp_dir, spec, meta, network)?;
+    architecture.save(&tmp_dir, model)?;
     let optimizer_bytes = optimizer
         .into_bytes()
         .map_err(|e| anyhow::anyhow!("cannot serialise the optimizer state: {e}"))?;
@@ -391,17 +437,9 @@ fn save_checkpoint(
         &tmp_dir.join(STATE_FILE),
         serde_json::to_string_pretty(state)?.as_bytes(),
     )?;
-    let [spec_file, weights_file, meta_file] = checkpoint::MODEL_FILES;
-    checkpoint::write_manifest(
-        &tmp_dir,
-        &[
-            spec_file,
-            weights_file,
-            meta_file,
-            OPTIMIZER_FILE,
-            STATE_FILE,
-        ],
-    )?;
+    let mut files = architecture.model_files();
+    files.extend([OPTIMIZER_FILE, STATE_FILE]);
+    checkpoint::write_manifest(&tmp_dir, &files)?;
     let _ = fs::remove_dir_all(&final_dir);
     fs::rename(&tmp_dir, &final_dir).with_context(|| {
         format!(
@@ -409,7 +447,7 @@ fn save_checkpoint(
             final_dir.display()
         )
     })?;
-    checkpoint::save(out, spec, meta, network)?;
+    architecture.save(out, model)?;
     write_history(out, &state.history)?;
     let dirs = checkpoint_dirs(out);
     for (_, old) in dirs.iter().take(dirs.len().saturating_sub(2)) {
@@ -443,24 +481,64 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         progress,
         verbose,
     } = job;
-    config.validate(train.len())?;
-    if let Objective::Distill { loss, teacher } = &objective {
-        loss.validate()
-            .map_err(|e| anyhow::anyhow!("distillation loss: {e}"))?;
+    if let Objective::Distill { teacher, .. } = &objective {
         teacher.check_compatible(train, classes.len())?;
     }
-    let input = train.shape;
-    let outputs = spec
-        .num_outputs(input)
-        .with_context(|| format!("model `{}`", spec.name))?;
-    if outputs != classes.len() {
-        bail!(
-            "model `{}` has {outputs} outputs but the dataset has {} classes; its last dense layer must have {} units",
-            spec.name,
-            classes.len(),
-            classes.len()
-        );
+    let outcome = fit_model(
+        ModelJob {
+            architecture: ImageArchitecture {
+                spec,
+                input: train.shape,
+                classes,
+            },
+            train,
+            eval,
+            config,
+            objective,
+            out,
+            resume,
+            init_from,
+            progress,
+            verbose,
+        },
+        device,
+    )?;
+    Ok(TrainOutcome {
+        network: outcome.model,
+        history: outcome.history,
+    })
+}
+
+/// Trains a model of any modality on `device` (an autodiff device is derived from it): the one
+/// training loop behind [`fit`] and the text path.
+pub fn fit_model<A, T>(
+    job: ModelJob<A, T>,
+    device: &Device,
+) -> anyhow::Result<ModelOutcome<ModelOf<A>>>
+where
+    A: Architecture,
+    T: SoftTargets<<A::Modality as Modality>::Input> + ?Sized,
+{
+    let ModelJob {
+        architecture,
+        train,
+        eval,
+        config,
+        objective,
+        out,
+        resume,
+        init_from,
+        progress,
+        verbose,
+    } = job;
+    let train_len = <A::Modality as Modality>::len(train);
+    config.validate(train_len)?;
+    if let Objective::Distill { loss, .. } = &objective {
+        loss.validate()
+            .map_err(|e| anyhow::anyhow!("distillation loss: {e}"))?;
     }
+    architecture.check()?;
+    let identity = architecture.identity();
     fs::create_dir_all(out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let probe = out.join(".write-test");
@@ -469,7 +547,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     let _ = fs::remove_file(probe);
     // An epoch checkpoint holds the weights and Adam's two moments (4 bytes each); the final
     // model is written next to it, and the previous checkpoint is only removed afterwards.
-    let params = spec.stats(input)?.params as u64;
+    let params = architecture.params()? as u64;
     checkpoint::ensure_room(
         out,
         2 * (params * 4 * 3 + (1 << 20)),
@@ -477,21 +555,15 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
     )?;
 
     let train_device = device.clone().autodiff();
-    let meta = ModelMeta {
-        format: 1,
-        input,
-        classes: classes.to_vec(),
-        params: spec.stats(input)?.params,
-    };
     let objective_name = objective_label(&objective);
-    let mut network = Network::init(spec, input, config.seed, &train_device)?;
+    let mut model = architecture.init(config.seed, &train_device)?;
     let mut optimizer = config.optimizer.build();
     let mut history = Vec::new();
 
     let existing = checkpoint_dirs(out);
     let resuming = newest_valid_checkpoint(&existing, resume)?;
     if let (Some(dir), None) = (init_from, resuming) {
-        network = checkpoint::load_for_warm_start(dir, spec, input, classes.len(), network)?;
+        model = architecture.warm_start(dir, model)?;
         append_log(out, &format!("warm start from {}", dir.display()));
     }
     if let Some((epochs_done, dir)) = resuming {
@@ -507,7 +579,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                 .with_context(|| format!("cannot read {}", state_path.display()))?,
         )
         .with_context(|| format!("{} is not a valid training state", state_path.display()))?;
-        if state.model != spec.to_toml_string() {
+        if state.model != identity {
             bail!(
                 "cannot resume from {}: it was made for a different model spec",
                 dir.display()
@@ -527,7 +599,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                 state.objective
             );
         }
-        network = checkpoint::load_weights(&dir.join(checkpoint::WEIGHTS_FILE), network)?;
+        model = architecture.load_weights(dir, model)?;
         optimizer = optimizer.load(dir.join(OPTIMIZER_FILE)).map_err(|e| {
             anyhow::anyhow!(
                 "cannot load optimizer state {}: {e}",
@@ -544,13 +616,13 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         }
     }
 
-    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let steps_per_epoch = train_len.div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
     let plain_device = device.clone().without_autodiff();
     for epoch in history.len()..config.epochs {
         let started = Instant::now();
         train_device.seed(dropout_seed(config.seed, epoch));
-        let order = batch_order(train.len(), config.batch_size, true, config.seed, epoch);
+        let order = batch_order(train_len, config.batch_size, true, config.seed, epoch);
         let bar = crate::progress::bar(
             order.len() as u64,
             &format!("Epoch {}/{}", epoch + 1, config.epochs),
@@ -564,14 +636,14 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             .as_ref()
             .map(|aug| (aug, augmentation_seed(config.seed, epoch)));
         for (step, indices) in order.iter().enumerate() {
-            let batch = train.batch(indices, &train_device, augment);
+            let batch = <A::Modality as Modality>::batch(train, indices, &train_device, augment);
             let views: Option<Vec<usize>> = augment
                 .and_then(|(aug, seed)| indices.iter().map(|&i| view_of(aug, seed, i)).collect());
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
-            let (next, loss_value, batch_correct) = train_step(
-                network,
+            let (next, loss_value, batch_correct) = model_step::<A::Modality, T>(
+                model,
                 &mut optimizer,
                 &objective,
                 batch,
@@ -582,7 +654,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
                 epoch + 1,
                 &plain_device,
             )?;
-            network = next;
+            model = next;
             if !loss_value.is_finite() {
                 bar.abandon();
                 let kept = checkpoint_dirs(out)
@@ -614,7 +686,8 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        let (val_loss, val_accuracy) = evaluate(&network, eval, device, 256.max(config.batch_size));
+        let (val_loss, val_accuracy) =
+            evaluate_model::<A::Modality>(&model, eval, device, 256.max(config.batch_size));
         let record = EpochRecord {
             epoch: epoch + 1,
             loss: loss_sum / seen as f64,
@@ -638,10 +711,10 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             epochs_done: epoch + 1,
             config: config.clone(),
             objective: objective_name.clone(),
-            model: spec.to_toml_string(),
+            model: identity.clone(),
             history: history.clone(),
         };
-        save_checkpoint(out, spec, &meta, &network, &optimizer, &state)?;
+        save_checkpoint(out, &architecture, &model, &optimizer, &state)?;
     }
     if history.len() == config.epochs
         && existing.last().map(|(e, _)| *e) == Some(config.epochs)
@@ -653,7 +726,7 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
             config.epochs
         );
     }
-    Ok(TrainOutcome { network, history })
+    Ok(ModelOutcome { model, history })
 }
 
 /// One optimisation step on a batch: forward, the objective's loss, backward, Adam update.
@@ -666,7 +739,7 @@ pub fn train_step(
     network: Network,
     optimizer: &mut ModuleOptimizer,
     objective: &Objective,
-    (images, labels): (Tensor<4>, Tensor<1, Int>),
+    batch: (Tensor<4>, Tensor<1, Int>),
     indices: &[usize],
     views: Option<&[usize]>,
     learning_rate: f64,
@@ -674,12 +747,44 @@ pub fn train_step(
     epoch: usize,
     plain_device: &Device,
 ) -> anyhow::Result<(Network, f32, i64)> {
-    let logits = network.forward(images.clone());
+    model_step::<Images, TeacherLogits>(
+        network,
+        optimizer,
+        objective,
+        batch,
+        indices,
+        views,
+        learning_rate,
+        label_smoothing,
+        epoch,
+        plain_device,
+    )
+}
+
+/// [`train_step`] for a model of any modality.
+#[allow(clippy::too_many_arguments)]
+pub fn model_step<M, T>(
+    model: M::Model,
+    optimizer: &mut ModuleOptimizer,
+    objective: &Objective<T>,
+    (input, labels): (M::Input, Tensor<1, Int>),
+    indices: &[usize],
+    views: Option<&[usize]>,
+    learning_rate: f64,
+    label_smoothing: f64,
+    epoch: usize,
+    plain_device: &Device,
+) -> anyhow::Result<(M::Model, f32, i64)>
+where
+    M: Modality,
+    T: SoftTargets<M::Input> + ?Sized,
+{
+    let logits = M::logits(&model, input.clone());
     let loss = match objective {
         Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
         Objective::Distill { loss, teacher } => {
             let teacher_logits = teacher
-                .logits_at(indices, views, images, plain_device)?
+                .logits_at(indices, views, &input, plain_device)?
                 .autodiff();
             loss.forward(
                 logits.clone(),
@@ -693,12 +798,12 @@ pub fn train_step(
     };
     let loss_value: f32 = loss.clone().into_scalar();
     if !loss_value.is_finite() {
-        return Ok((network, loss_value, 0));
+        return Ok((model, loss_value, 0));
     }
     let correct = count_correct(logits.detach(), labels);
-    let grads = GradientsParams::from_grads(loss.backward(), &network);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
     Ok((
-        optimizer.step(learning_rate, network, grads),
+        optimizer.step(learning_rate, model, grads),
         loss_value,
         correct,
     ))

@@ -594,3 +594,184 @@ fn kd_and_cosine_vanish_when_the_student_is_the_teacher_and_no_gradient_reaches_
     );
     assert_eq!(teacher_grads.len(), 0);
 }
+
+/// A two-class task over the tiny vocabulary: a text is positive when it holds more praise
+/// words than complaints. Deterministic (an LCG), so every run sees the same data.
+fn synthetic_reviews(n: usize, seed: u64) -> Vec<distill::data::text::TextExample> {
+    let praise = ["good", "great", "fun"];
+    let complaints = ["bad", "awful", "boring"];
+    let filler = [
+        "the", "film", "movie", "was", "plot", "acting", "and", "it", "very", "story",
+    ];
+    let mut state = seed;
+    let mut next = |m: usize| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 33) as usize) % m
+    };
+    (0..n)
+        .map(|_| {
+            let label = next(2);
+            let (majority, minority) = if label == 1 {
+                (&praise, &complaints)
+            } else {
+                (&complaints, &praise)
+            };
+            let mut words: Vec<&str> = (0..3 + next(5))
+                .map(|_| filler[next(filler.len())])
+                .collect();
+            for _ in 0..1 + next(2) {
+                words.insert(next(words.len() + 1), majority[next(3)]);
+            }
+            if next(3) == 0 {
+                words.insert(next(words.len() + 1), minority[next(3)]);
+                words.insert(next(words.len() + 1), majority[next(3)]);
+            }
+            distill::data::text::TextExample {
+                text: words.join(" "),
+                label,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
+    use distill::modality::text::{text_teacher_logits, TextArchitecture, TokenizedSplit};
+    use distill::train::{fit_model, ModelJob, Objective, OptimizerConfig, TrainConfig};
+
+    let device = Device::default();
+    let work = tempfile::tempdir().unwrap();
+    let dir = fixtures().join("tiny-bert");
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 32).unwrap();
+    let train = TokenizedSplit::new(&synthetic_reviews(320, 1), &tokenizer).unwrap();
+    let test = TokenizedSplit::new(&synthetic_reviews(120, 2), &tokenizer).unwrap();
+    let classes = vec!["neg".to_string(), "pos".to_string()];
+    let config = |epochs| TrainConfig {
+        epochs,
+        batch_size: 16,
+        seed: 3,
+        optimizer: OptimizerConfig {
+            learning_rate: 1e-2,
+            ..Default::default()
+        },
+        label_smoothing: 0.0,
+        augmentation: None,
+    };
+    let teacher_spec = TextModelSpec::Pretrained { dir: dir.clone() };
+    let teacher_config = config(10);
+    let teacher = fit_model(
+        ModelJob::<_> {
+            architecture: TextArchitecture {
+                spec: &teacher_spec,
+                classes: &classes,
+                teacher: None,
+            },
+            train: &train,
+            eval: &test,
+            config: &teacher_config,
+            objective: Objective::Labels,
+            out: &work.path().join("teacher"),
+            resume: false,
+            init_from: None,
+            progress: false,
+            verbose: false,
+        },
+        &device,
+    )
+    .unwrap();
+    let teacher_accuracy = teacher.history.last().unwrap().val_accuracy;
+    assert!(teacher_accuracy > 0.9, "teacher {teacher_accuracy}");
+    for file in [
+        "text_model.toml",
+        "model.bpk",
+        "text_meta.json",
+        "history.csv",
+    ] {
+        assert!(work.path().join("teacher").join(file).is_file(), "{file}");
+    }
+
+    // DistilBERT's initialisation from the fine-tuned teacher's embeddings and first layer.
+    let teacher_encoder = teacher.model.encoder.valid();
+    let teacher_encoder_config = BertConfig::from_file(&dir.join(bert::CONFIG_FILE)).unwrap();
+    let logits = text_teacher_logits(&teacher.model, "tiny-teacher", &train, &device, false);
+    let student_spec: TextModelSpec = toml::from_str(
+        "kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [0]\n",
+    )
+    .unwrap();
+    let student_config = config(8);
+    let distilled = |out: &Path, resume: bool| {
+        fit_model(
+            ModelJob::<_> {
+                architecture: TextArchitecture {
+                    spec: &student_spec,
+                    classes: &classes,
+                    teacher: Some((&teacher_encoder, &teacher_encoder_config)),
+                },
+                train: &train,
+                eval: &test,
+                config: &student_config,
+                objective: Objective::Distill {
+                    loss: DistillLoss::Kd {
+                        alpha: 0.5,
+                        temperature: 2.0,
+                        t2_scaling: true,
+                    },
+                    teacher: &logits,
+                },
+                out,
+                resume,
+                init_from: None,
+                progress: false,
+                verbose: false,
+            },
+            &device,
+        )
+    };
+    let out = work.path().join("distilled");
+    let student = distilled(&out, false).unwrap();
+    let accuracy = student.history.last().unwrap().val_accuracy;
+    assert!(accuracy > 0.85, "distilled student {accuracy}");
+    assert_eq!(student.history.len(), 8);
+
+    // Killed during epoch 8: the newest checkpoint is gone; resuming reproduces the weights.
+    let weights = std::fs::read(out.join("model.bpk")).unwrap();
+    std::fs::remove_dir_all(out.join("checkpoints/epoch-0008")).unwrap();
+    let resumed = distilled(&out, true).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("model.bpk")).unwrap(),
+        weights,
+        "resumed weights differ"
+    );
+    assert_eq!(resumed.history.len(), 8);
+    assert_eq!(
+        resumed.history[7].val_accuracy,
+        student.history[7].val_accuracy
+    );
+    // Another student architecture cannot resume this run.
+    let other: TextModelSpec =
+        toml::from_str("kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\n")
+            .unwrap();
+    let err = fit_model(
+        ModelJob::<_> {
+            architecture: TextArchitecture {
+                spec: &other,
+                classes: &classes,
+                teacher: Some((&teacher_encoder, &teacher_encoder_config)),
+            },
+            train: &train,
+            eval: &test,
+            config: &student_config,
+            objective: Objective::<distill::distill::TeacherLogits>::Labels,
+            out: &out,
+            resume: true,
+            init_from: None,
+            progress: false,
+            verbose: false,
+        },
+        &device,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot resume"), "{err}");
+}

@@ -1,0 +1,245 @@
+//! The text modality: [`TextClassifier`]s trained on tokenised texts, padded per batch.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use burn::module::Module;
+use burn::store::ModuleRecord;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use super::{Architecture, Modality, SoftTargets};
+use crate::data::text::TextExample;
+use crate::data::tokenizer::{TextTokenizer, TokenBatch};
+use crate::data::Augmentation;
+use crate::distill::{cached_rows, TeacherLogits};
+use crate::models::bert::{Bert, BertConfig};
+use crate::models::checkpoint::{write_atomic, write_manifest};
+use crate::models::text::{TextClassifier, TextModelSpec};
+
+/// File holding the [`TextModelSpec`] in a text model directory.
+pub const TEXT_SPEC_FILE: &str = "text_model.toml";
+/// File holding the weights (burnpack) in a text model directory.
+pub const TEXT_WEIGHTS_FILE: &str = "model.bpk";
+/// File holding [`TextMeta`] in a text model directory.
+pub const TEXT_META_FILE: &str = "text_meta.json";
+
+/// A split of tokenised texts: token ids (special tokens included, not padded) and labels.
+#[derive(Debug, Clone)]
+pub struct TokenizedSplit {
+    /// One id sequence per text.
+    pub ids: Vec<Vec<u32>>,
+    /// Class index per text.
+    pub labels: Vec<usize>,
+    /// The id batches are padded with.
+    pub pad_id: u32,
+}
+
+impl TokenizedSplit {
+    /// Tokenises `examples` with `tokenizer`.
+    pub fn new(examples: &[TextExample], tokenizer: &TextTokenizer) -> anyhow::Result<Self> {
+        let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+        Ok(Self {
+            ids: tokenizer.encode_all(&texts)?,
+            labels: examples.iter().map(|e| e.label).collect(),
+            pad_id: tokenizer.pad_id(),
+        })
+    }
+
+    /// Number of texts.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when the split holds no text.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// Token batches read by a [`TextClassifier`].
+#[derive(Debug, Clone, Copy)]
+pub struct Text;
+
+impl Modality for Text {
+    type Split = TokenizedSplit;
+    type Input = TokenBatch;
+    type Model = TextClassifier;
+
+    fn len(split: &TokenizedSplit) -> usize {
+        split.len()
+    }
+
+    fn batch(
+        split: &TokenizedSplit,
+        indices: &[usize],
+        device: &Device,
+        _augment: Option<(&Augmentation, u64)>,
+    ) -> (TokenBatch, Tensor<1, Int>) {
+        let sequences: Vec<&[u32]> = indices.iter().map(|&i| split.ids[i].as_slice()).collect();
+        let labels: Vec<i64> = indices.iter().map(|&i| split.labels[i] as i64).collect();
+        (
+            TokenBatch::new(&sequences, split.pad_id, device),
+            Tensor::from_data(TensorData::new(labels, [indices.len()]), device),
+        )
+    }
+
+    fn logits(model: &TextClassifier, input: TokenBatch) -> Tensor<2> {
+        model.forward(&input)
+    }
+
+    fn example_noun() -> &'static str {
+        "text"
+    }
+}
+
+/// What a text model directory records besides the spec and the weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TextMeta {
+    /// Class names (index = logit).
+    pub classes: Vec<String>,
+    /// The encoder configuration the weights fit.
+    pub encoder: BertConfig,
+    /// Trainable parameters.
+    pub params: usize,
+}
+
+/// A text classifier spec for one class list; a student's vocabulary (and with
+/// `teacher_layers`, its initial weights) come from `teacher`.
+#[derive(Debug, Clone, Copy)]
+pub struct TextArchitecture<'a> {
+    /// The encoder.
+    pub spec: &'a TextModelSpec,
+    /// Class names.
+    pub classes: &'a [String],
+    /// The pretrained encoder a student is built from.
+    pub teacher: Option<(&'a Bert, &'a BertConfig)>,
+}
+
+impl TextArchitecture<'_> {
+    fn encoder_config(&self) -> anyhow::Result<BertConfig> {
+        self.spec.bert_config(self.teacher.map(|(_, c)| c))
+    }
+}
+
+impl Architecture for TextArchitecture<'_> {
+    type Modality = Text;
+
+    fn identity(&self) -> String {
+        format!(
+            "{}classes = {}\n",
+            toml::to_string(self.spec).unwrap_or_default(),
+            self.classes.len()
+        )
+    }
+
+    fn params(&self) -> anyhow::Result<usize> {
+        let config = self.encoder_config()?;
+        Ok(config.num_params() + (config.hidden_size + 1) * self.classes.len())
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.classes.len() < 2 {
+            bail!(
+                "a text classifier needs at least 2 classes, got {}",
+                self.classes.len()
+            );
+        }
+        self.encoder_config().map(|_| ())
+    }
+
+    fn init(&self, seed: u64, device: &Device) -> anyhow::Result<TextClassifier> {
+        Ok(TextClassifier::init(self.spec, self.classes.len(), self.teacher, seed, device)?.0)
+    }
+
+    fn save(&self, dir: &Path, model: &TextClassifier) -> anyhow::Result<()> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create model directory {}", dir.display()))?;
+        let weights =
+            model.clone().into_record().into_bytes().map_err(|e| {
+                anyhow::anyhow!("cannot serialise weights for {}: {e}", dir.display())
+            })?;
+        write_atomic(&dir.join(TEXT_WEIGHTS_FILE), &weights)?;
+        write_atomic(
+            &dir.join(TEXT_SPEC_FILE),
+            toml::to_string(self.spec)?.as_bytes(),
+        )?;
+        let meta = TextMeta {
+            classes: self.classes.to_vec(),
+            encoder: self.encoder_config()?,
+            params: self.params()?,
+        };
+        write_atomic(
+            &dir.join(TEXT_META_FILE),
+            serde_json::to_string_pretty(&meta)?.as_bytes(),
+        )?;
+        write_manifest(dir, &self.model_files())
+    }
+
+    fn model_files(&self) -> Vec<&'static str> {
+        vec![TEXT_SPEC_FILE, TEXT_WEIGHTS_FILE, TEXT_META_FILE]
+    }
+
+    fn load_weights(&self, dir: &Path, model: TextClassifier) -> anyhow::Result<TextClassifier> {
+        let path = dir.join(TEXT_WEIGHTS_FILE);
+        let record = ModuleRecord::load(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
+        model.try_load_record(record).map_err(|e| {
+            anyhow::anyhow!(
+                "weights {} do not fit the text model spec: {e}",
+                path.display()
+            )
+        })
+    }
+}
+
+impl SoftTargets<TokenBatch> for TeacherLogits {
+    fn teacher_id(&self) -> &str {
+        TeacherLogits::teacher_id(self)
+    }
+
+    fn logits_at(
+        &self,
+        indices: &[usize],
+        _views: Option<&[usize]>,
+        _input: &TokenBatch,
+        device: &Device,
+    ) -> anyhow::Result<Tensor<2>> {
+        match self {
+            TeacherLogits::Cached {
+                classes, values, ..
+            } => Ok(cached_rows(values, *classes, indices, device)),
+            _ => bail!("a text student is taught from cached teacher logits; an image teacher cannot teach it"),
+        }
+    }
+}
+
+/// The logits of `teacher` for every text of `split`, in order, as cached [`TeacherLogits`]
+/// (`teacher_id` names the teacher in checkpoints).
+pub fn text_teacher_logits(
+    teacher: &TextClassifier,
+    teacher_id: &str,
+    split: &TokenizedSplit,
+    device: &Device,
+    progress: bool,
+) -> TeacherLogits {
+    let model = teacher.valid();
+    let plain = device.clone().without_autodiff();
+    let order = crate::data::batch_order(split.len(), 64, false, 0, 0);
+    let bar = crate::progress::bar(order.len() as u64, "Teacher logits", progress);
+    let mut values = Vec::new();
+    let mut classes = 0;
+    for indices in order {
+        let (input, _) = Text::batch(split, &indices, &plain, None);
+        let logits = model.forward(&input);
+        classes = logits.dims()[1];
+        values.extend(logits.into_data().iter::<f32>());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    TeacherLogits::Cached {
+        teacher_hash: teacher_id.to_string(),
+        classes,
+        values,
+    }
+}
