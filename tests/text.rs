@@ -667,6 +667,8 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                 spec: &teacher_spec,
                 classes: &classes,
                 teacher: None,
+                tokenizer: &dir.join(bert::TOKENIZER_FILE),
+                freeze_word_embeddings: false,
             },
             train: &train,
             eval: &test,
@@ -708,6 +710,8 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                     spec: &student_spec,
                     classes: &classes,
                     teacher: Some((&teacher_encoder, &teacher_encoder_config)),
+                    tokenizer: &dir.join(bert::TOKENIZER_FILE),
+                    freeze_word_embeddings: false,
                 },
                 train: &train,
                 eval: &test,
@@ -759,6 +763,8 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                 spec: &other,
                 classes: &classes,
                 teacher: Some((&teacher_encoder, &teacher_encoder_config)),
+                tokenizer: &dir.join(bert::TOKENIZER_FILE),
+                freeze_word_embeddings: false,
             },
             train: &train,
             eval: &test,
@@ -774,4 +780,96 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("cannot resume"), "{err}");
+}
+
+#[test]
+fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
+    let work = tempfile::tempdir().unwrap();
+    let write_tsv = |name: &str, examples: &[distill::data::text::TextExample]| {
+        let mut tsv = String::from("label\ttext\n");
+        for e in examples {
+            tsv.push_str(&format!("{}\t{}\n", ["neg", "pos"][e.label], e.text));
+        }
+        write(work.path(), name, tsv.as_bytes())
+    };
+    let train = write_tsv("train.tsv", &synthetic_reviews(320, 1));
+    let test = write_tsv("test.tsv", &synthetic_reviews(120, 2));
+    let data = format!("text:{},{}", train.display(), test.display());
+    let out = work.path().join("teacher");
+    let model = fixtures().join("tiny-bert");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = run(&[
+        "train",
+        "--data",
+        &data,
+        "--model",
+        model.to_str().unwrap(),
+        "--epochs",
+        "10",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--seed",
+        "3",
+        "--max-len",
+        "32",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("train: 320 train / 120 test texts, 2 classes"),
+        "{printed}"
+    );
+    let history: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("history.json")).unwrap()).unwrap();
+    let last = history.last().unwrap()["val_accuracy"].as_f64().unwrap();
+    assert!(last > 0.9, "{last}");
+    // The saved directory is self-contained (spec, weights, metadata, tokenizer) and evaluates
+    // to the accuracy its last epoch reported.
+    let eval: Value = serde_json::from_str(
+        run(&[
+            "eval",
+            "--model",
+            out.to_str().unwrap(),
+            "--data",
+            &data,
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(eval["samples"], 120);
+    assert!(
+        (eval["accuracy"].as_f64().unwrap() - last).abs() < 1e-9,
+        "{eval} vs {last}"
+    );
+    // Image-only flags are refused by name.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args([
+            "train",
+            "--data",
+            &data,
+            "--model",
+            model.to_str().unwrap(),
+            "--augment",
+            "--out",
+        ])
+        .arg(work.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--augment applies to images"));
 }

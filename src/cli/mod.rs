@@ -9,6 +9,7 @@ mod data;
 mod deploy;
 mod models;
 mod run;
+mod text;
 mod train;
 
 /// Knowledge distillation of image classifiers.

@@ -15,7 +15,8 @@ use crate::train::{evaluate, fit, Objective, OptimizerConfig, TrainConfig, Train
 /// Options shared by every training command.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`.
+    /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`;
+    /// text: `rotten-tomatoes[:DIR]` or `text:TRAIN[,TEST]` (.tsv/.csv with label and text columns).
     #[arg(long, default_value = "embedded")]
     pub data: String,
     /// Passes over the training split.
@@ -62,6 +63,12 @@ pub struct TrainArgs {
     /// Evaluate on this fraction of the training split (held out) instead of the test split.
     #[arg(long, allow_negative_numbers = true)]
     pub val_split: Option<f64>,
+    /// Text: most tokens kept per text, special tokens included.
+    #[arg(long, default_value_t = 128)]
+    pub max_len: usize,
+    /// Text: keep the word embeddings fixed while fine-tuning (a faster backward pass).
+    #[arg(long)]
+    pub freeze_word_embeddings: bool,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::default_compiled())]
     pub backend: Backend,
@@ -72,7 +79,7 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// The training settings, checked before any data is loaded; the errors name the flags.
-    fn checked_config(&self) -> anyhow::Result<TrainConfig> {
+    pub(super) fn checked_config(&self) -> anyhow::Result<TrainConfig> {
         let config = self.config();
         config.validate(usize::MAX)?;
         if self.views == Some(0) {
@@ -158,6 +165,9 @@ impl TrainArgs {
 
 /// `distill train`.
 pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
+    if super::text::is_text_data(&args.data) {
+        return super::text::train(model, args);
+    }
     // Settings first, so a typo fails before a large dataset is loaded.
     args.checked_config()?;
     let spec = resolve_spec(model)?;
@@ -341,7 +351,7 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
     )
 }
 
-fn report_final(out: &Path, last: Option<&crate::train::EpochRecord>) {
+pub(super) fn report_final(out: &Path, last: Option<&crate::train::EpochRecord>) {
     if let Some(last) = last {
         println!(
             "Final val_accuracy {:.4} (val_loss {:.4}); model saved in {}",
@@ -361,6 +371,9 @@ pub fn eval(
     backend: Backend,
 ) -> anyhow::Result<()> {
     let device = backend.device()?;
+    if super::text::is_text_data(data_spec) {
+        return super::text::eval(model, data_spec, json, &device);
+    }
     let spec: DataSpec = data_spec.parse()?;
     let dataset = data::load(&spec)?;
     let loaded =

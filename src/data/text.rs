@@ -142,6 +142,38 @@ pub fn load_text(spec: &TextSpec) -> Result<TextDataset, DataError> {
     }
 }
 
+impl TextDataset {
+    /// Moves a random `fraction` of the training texts (drawn from `seed`) into a validation
+    /// split, which is returned; hyper-parameters are chosen on it, the test split stays unseen.
+    pub fn split_off_validation(
+        &mut self,
+        fraction: f64,
+        seed: u64,
+    ) -> Result<Vec<TextExample>, DataError> {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let count = (self.train.len() as f64 * fraction).round() as usize;
+        if !(fraction > 0.0 && fraction < 1.0) || count == 0 || count == self.train.len() {
+            return Err(DataError::TextSpec {
+                input: self.name.clone(),
+                reason: format!(
+                    "a validation fraction of {fraction} leaves no text on one side of {} training texts",
+                    self.train.len()
+                ),
+            });
+        }
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        order.shuffle(&mut rand::rngs::ChaCha8Rng::seed_from_u64(seed ^ 0x7E57));
+        let held: std::collections::HashSet<usize> = order[..count].iter().copied().collect();
+        let (validation, train): (Vec<_>, Vec<_>) = std::mem::take(&mut self.train)
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| held.contains(i));
+        self.train = train.into_iter().map(|(_, e)| e).collect();
+        Ok(validation.into_iter().map(|(_, e)| e).collect())
+    }
+}
+
 /// A row of a labelled text file, before labels become indices.
 #[derive(Debug, Clone)]
 struct Row {

@@ -114,11 +114,24 @@ pub struct TextArchitecture<'a> {
     pub classes: &'a [String],
     /// The pretrained encoder a student is built from.
     pub teacher: Option<(&'a Bert, &'a BertConfig)>,
+    /// The `tokenizer.json` the model reads; saved with it, so a model directory is complete.
+    pub tokenizer: &'a Path,
+    /// Keep the word embeddings fixed (most of a small BERT's parameters, and of its backward
+    /// pass: MiniLM's 30,522 x 384 table is half the model).
+    pub freeze_word_embeddings: bool,
 }
 
 impl TextArchitecture<'_> {
     fn encoder_config(&self) -> anyhow::Result<BertConfig> {
         self.spec.bert_config(self.teacher.map(|(_, c)| c))
+    }
+
+    fn apply_freeze(&self, mut model: TextClassifier) -> TextClassifier {
+        if self.freeze_word_embeddings {
+            let words = &mut model.encoder.embeddings.word_embeddings;
+            words.weight = words.weight.clone().set_require_grad(false);
+        }
+        model
     }
 }
 
@@ -127,9 +140,10 @@ impl Architecture for TextArchitecture<'_> {
 
     fn identity(&self) -> String {
         format!(
-            "{}classes = {}\n",
+            "{}classes = {}\nfreeze_word_embeddings = {}\n",
             toml::to_string(self.spec).unwrap_or_default(),
-            self.classes.len()
+            self.classes.len(),
+            self.freeze_word_embeddings
         )
     }
 
@@ -149,7 +163,9 @@ impl Architecture for TextArchitecture<'_> {
     }
 
     fn init(&self, seed: u64, device: &Device) -> anyhow::Result<TextClassifier> {
-        Ok(TextClassifier::init(self.spec, self.classes.len(), self.teacher, seed, device)?.0)
+        let (model, _) =
+            TextClassifier::init(self.spec, self.classes.len(), self.teacher, seed, device)?;
+        Ok(self.apply_freeze(model))
     }
 
     fn save(&self, dir: &Path, model: &TextClassifier) -> anyhow::Result<()> {
@@ -173,23 +189,32 @@ impl Architecture for TextArchitecture<'_> {
             &dir.join(TEXT_META_FILE),
             serde_json::to_string_pretty(&meta)?.as_bytes(),
         )?;
+        let tokenizer = std::fs::read(self.tokenizer)
+            .with_context(|| format!("cannot read the tokenizer {}", self.tokenizer.display()))?;
+        write_atomic(&dir.join(crate::models::bert::TOKENIZER_FILE), &tokenizer)?;
         write_manifest(dir, &self.model_files())
     }
 
     fn model_files(&self) -> Vec<&'static str> {
-        vec![TEXT_SPEC_FILE, TEXT_WEIGHTS_FILE, TEXT_META_FILE]
+        vec![
+            TEXT_SPEC_FILE,
+            TEXT_WEIGHTS_FILE,
+            TEXT_META_FILE,
+            crate::models::bert::TOKENIZER_FILE,
+        ]
     }
 
     fn load_weights(&self, dir: &Path, model: TextClassifier) -> anyhow::Result<TextClassifier> {
         let path = dir.join(TEXT_WEIGHTS_FILE);
         let record = ModuleRecord::load(&path)
             .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
-        model.try_load_record(record).map_err(|e| {
+        let model = model.try_load_record(record).map_err(|e| {
             anyhow::anyhow!(
                 "weights {} do not fit the text model spec: {e}",
                 path.display()
             )
-        })
+        })?;
+        Ok(self.apply_freeze(model))
     }
 }
 
@@ -242,4 +267,39 @@ pub fn text_teacher_logits(
         classes,
         values,
     }
+}
+
+/// A text classifier saved by [`TextArchitecture::save`] (a run directory or its checkpoint),
+/// rebuilt from its recorded encoder configuration: no pretrained directory is needed.
+pub fn load_text_model(dir: &Path, device: &Device) -> anyhow::Result<(TextClassifier, TextMeta)> {
+    let meta_path = dir.join(TEXT_META_FILE);
+    let meta: TextMeta = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path).with_context(|| {
+            format!(
+                "cannot read {}: not a text model directory (expected {TEXT_SPEC_FILE}, {TEXT_WEIGHTS_FILE}, {TEXT_META_FILE})",
+                meta_path.display()
+            )
+        })?,
+    )
+    .with_context(|| format!("{} is not a text model's metadata", meta_path.display()))?;
+    let spec = TextModelSpec::Transformer {
+        layers: meta.encoder.num_hidden_layers,
+        width: meta.encoder.hidden_size,
+        heads: meta.encoder.num_attention_heads,
+        ffn: meta.encoder.intermediate_size,
+        teacher_layers: None,
+        dropout: meta.encoder.hidden_dropout_prob,
+    };
+    let scaffold = meta.encoder.init(device);
+    let tokenizer = dir.join(crate::models::bert::TOKENIZER_FILE);
+    let architecture = TextArchitecture {
+        spec: &spec,
+        classes: &meta.classes,
+        teacher: Some((&scaffold, &meta.encoder)),
+        tokenizer: &tokenizer,
+        freeze_word_embeddings: false,
+    };
+    let model = architecture.init(0, device)?;
+    let model = architecture.load_weights(dir, model)?;
+    Ok((model, meta))
 }
