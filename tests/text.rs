@@ -16,7 +16,7 @@ use distill::data::tokenizer::{TextTokenizer, TokenBatch};
 use distill::data::DataError;
 use distill::losses::{hidden_cosine, DistillLoss};
 use distill::models::bert::{self, mean_pool, Bert, BertConfig};
-use distill::models::text::{with_fresh_params, TextClassifier, TextModelSpec};
+use distill::models::text::{with_fresh_params, EncoderConfig, TextClassifier, TextModelSpec};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -432,7 +432,7 @@ fn tokenizer_files_that_are_not_tokenizers_are_refused_by_name() {
     assert!(err.contains("max_len 2"), "{err}");
 }
 
-fn tiny_teacher(device: &Device) -> (TextClassifier, BertConfig) {
+fn tiny_teacher(device: &Device) -> (TextClassifier, EncoderConfig) {
     let spec = TextModelSpec::Pretrained {
         dir: fixtures().join("tiny-bert"),
     };
@@ -452,17 +452,21 @@ fn distilbert_student_from_layers_0_2_4_reproduces_those_teacher_layers_exactly(
     .unwrap();
     let (student, config) =
         TextClassifier::init(&spec, 2, Some((&teacher, &teacher_config)), 1, &device).unwrap();
+    let EncoderConfig::Transformer(config) = config else {
+        panic!("{config:?}")
+    };
     assert_eq!(config.num_hidden_layers, 3);
     let tokens = batch(&tokenizer, &ids_of(&reference["ids"]), &device);
     let teacher_states = teacher.hidden_states(&tokens);
-    let student_states = student.encoder.hidden_states(&tokens);
+    let student_bert = student.encoder.bert().unwrap();
+    let student_states = student_bert.hidden_states(&tokens);
     assert_eq!(
         values(student_states[0].clone()),
         values(teacher_states[0].clone())
     );
     for (j, &i) in [0usize, 2, 4].iter().enumerate() {
         // Student layer j on teacher layer i's input gives teacher layer i's output, bit for bit.
-        let out = student.encoder.encoder.layers[j].forward(
+        let out = student_bert.encoder.layers[j].forward(
             teacher_states[i].clone(),
             Some(tokens.padding.clone()),
             None,
@@ -480,9 +484,7 @@ fn distilbert_student_from_layers_0_2_4_reproduces_those_teacher_layers_exactly(
         ids
     };
     let teacher_ids = ids(&teacher);
-    assert!(ids(&student.encoder)
-        .iter()
-        .all(|id| !teacher_ids.contains(id)));
+    assert!(ids(student_bert).iter().all(|id| !teacher_ids.contains(id)));
 }
 
 struct ParamIds<'a>(&'a mut Vec<burn::module::ParamId>);
@@ -535,11 +537,105 @@ fn transformer_student_specs_are_checked_by_name() {
             .unwrap();
     let (_, student) =
         TextClassifier::init(&spec, 2, Some((&teacher, &config)), 0, &device).unwrap();
+    let EncoderConfig::Transformer(student) = student else {
+        panic!("{student:?}")
+    };
     assert_eq!(
         (student.vocab_size, student.hidden_size),
         (config.vocab_size, 4)
     );
     assert!(TextClassifier::init(&spec, 2, None, 0, &device).is_err());
+    // CNN students: positive sizes, at least one kernel width.
+    for (body, needle) in [
+        (
+            "embedding = 0\nfilters = 4\nkernel_sizes = [3]",
+            "must be positive",
+        ),
+        (
+            "embedding = 4\nfilters = 4\nkernel_sizes = []",
+            "kernel_sizes",
+        ),
+        (
+            "embedding = 4\nfilters = 4\nkernel_sizes = [2, 0]",
+            "kernel_sizes",
+        ),
+    ] {
+        let spec: TextModelSpec = toml::from_str(&format!("kind = \"cnn\"\n{body}\n")).unwrap();
+        let err = TextClassifier::init(&spec, 2, Some((&teacher, &config)), 0, &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{body}: {err}");
+    }
+}
+
+#[test]
+fn kim_cnn_features_match_a_hand_computation_and_ignore_padding() {
+    let device = Device::default();
+    let spec: TextModelSpec =
+        toml::from_str("kind = \"cnn\"\nembedding = 3\nfilters = 2\nkernel_sizes = [1, 2]\n")
+            .unwrap();
+    let (_, config) = bert::load_pretrained(&fixtures().join("tiny-bert"), &device).unwrap();
+    let (model, encoder) = TextClassifier::init(
+        &spec,
+        2,
+        Some((
+            &Bert::clone(
+                &bert::load_pretrained(&fixtures().join("tiny-bert"), &device)
+                    .unwrap()
+                    .0,
+            ),
+            &config,
+        )),
+        5,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(encoder.features(), 4);
+    assert_eq!(
+        encoder.num_params(),
+        config.vocab_size * 3 + (3 * 2 + 2) + (2 * 3 * 2 + 2)
+    );
+    let distill::models::text::TextEncoder::Cnn(cnn) = &model.encoder else {
+        panic!("not a CNN")
+    };
+    let seq = [2u32, 7, 9, 3];
+    let alone = TokenBatch::new(&[&seq], 0, &device);
+    let padded = TokenBatch::new(&[&seq, &[2, 5, 6, 8, 11, 12, 3]], 0, &device);
+    let features = values(cnn.pooled(&alone));
+    assert_eq!(features, values(cnn.pooled(&padded))[..4].to_vec());
+    // By hand: embeddings e_t, filter (w, b); width 1: max_t relu(w.e_t + b); width 2 with full
+    // zero padding: max over windows [0, e_0], [e_0, e_1], ..., [e_3, 0].
+    let table = values(cnn.embeddings.weight.val());
+    let emb = |id: u32| table[id as usize * 3..id as usize * 3 + 3].to_vec();
+    let e: Vec<Vec<f64>> = seq.iter().map(|&id| emb(id)).collect();
+    let w1 = values(cnn.convs[0].weight.val()); // [2, 3, 1]
+    let b1 = values(cnn.convs[0].bias.as_ref().unwrap().val());
+    let w2 = values(cnn.convs[1].weight.val()); // [2, 3, 2]
+    let b2 = values(cnn.convs[1].bias.as_ref().unwrap().val());
+    let zero = vec![0.0; 3];
+    let mut expected = Vec::new();
+    for f in 0..2 {
+        let best = e
+            .iter()
+            .map(|x| (0..3).map(|c| w1[f * 3 + c] * x[c]).sum::<f64>() + b1[f])
+            .fold(f64::NEG_INFINITY, f64::max);
+        expected.push(best.max(0.0));
+    }
+    for f in 0..2 {
+        let mut best = f64::NEG_INFINITY;
+        for p in 0..seq.len() + 1 {
+            let left = if p == 0 { &zero } else { &e[p - 1] };
+            let right = if p == seq.len() { &zero } else { &e[p] };
+            let value = (0..3)
+                .map(|c| w2[(f * 3 + c) * 2] * left[c] + w2[(f * 3 + c) * 2 + 1] * right[c])
+                .sum::<f64>()
+                + b2[f];
+            best = best.max(value);
+        }
+        expected.push(best.max(0.0));
+    }
+    assert_close(&features, &expected, 1e-5, "Kim CNN features");
 }
 
 #[test]
@@ -556,9 +652,9 @@ fn kd_and_cosine_vanish_when_the_student_is_the_teacher_and_no_gradient_reaches_
     );
     // Same dropout draws for both passes, so the two networks compute the same function.
     device.seed(11);
-    let teacher_out = teacher.forward_all(&tokens);
+    let teacher_out = teacher.forward_all(&tokens).unwrap();
     device.seed(11);
-    let student_out = student.forward_all(&tokens);
+    let student_out = student.forward_all(&tokens).unwrap();
     let labels = Tensor::<1, burn::tensor::Int>::from_data([0i64, 1, 2, 1], &device);
     let kd = DistillLoss::Kd {
         alpha: 0.5,
@@ -695,7 +791,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
     }
 
     // DistilBERT's initialisation from the fine-tuned teacher's embeddings and first layer.
-    let teacher_encoder = teacher.model.encoder.valid();
+    let teacher_encoder = teacher.model.encoder.bert().unwrap().valid();
     let teacher_encoder_config = BertConfig::from_file(&dir.join(bert::CONFIG_FILE)).unwrap();
     let logits = text_teacher_logits(&teacher.model, "tiny-teacher", &train, &device, false);
     let student_spec: TextModelSpec = toml::from_str(
@@ -753,6 +849,49 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
         resumed.history[7].val_accuracy,
         student.history[7].val_accuracy
     );
+    // Kim's CNN over the teacher's vocabulary, distilled from the same cached logits.
+    let cnn_spec: TextModelSpec =
+        toml::from_str("kind = \"cnn\"\nembedding = 16\nfilters = 8\nkernel_sizes = [1, 2, 3]\n")
+            .unwrap();
+    let cnn = fit_model(
+        ModelJob::<_> {
+            architecture: TextArchitecture {
+                spec: &cnn_spec,
+                classes: &classes,
+                teacher: Some((&teacher_encoder, &teacher_encoder_config)),
+                tokenizer: &dir.join(bert::TOKENIZER_FILE),
+                freeze_word_embeddings: false,
+            },
+            train: &train,
+            eval: &test,
+            config: &student_config,
+            objective: Objective::Distill {
+                loss: DistillLoss::Kd {
+                    alpha: 0.5,
+                    temperature: 2.0,
+                    t2_scaling: true,
+                },
+                teacher: &logits,
+            },
+            out: &work.path().join("cnn"),
+            resume: false,
+            init_from: None,
+            progress: false,
+            verbose: false,
+        },
+        &device,
+    )
+    .unwrap();
+    let cnn_accuracy = cnn.history.last().unwrap().val_accuracy;
+    assert!(cnn_accuracy > 0.85, "CNN student {cnn_accuracy}");
+    let (reloaded, meta) =
+        distill::modality::text::load_text_model(&work.path().join("cnn"), &device).unwrap();
+    assert!(matches!(meta.encoder, EncoderConfig::Cnn(_)));
+    let (_, reloaded_accuracy) = distill::train::evaluate_model::<distill::modality::text::Text>(
+        &reloaded, &test, &device, 64,
+    );
+    assert_eq!(reloaded_accuracy, cnn_accuracy);
+
     // Another student architecture cannot resume this run.
     let other: TextModelSpec =
         toml::from_str("kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\n")

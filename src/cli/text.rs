@@ -108,10 +108,9 @@ pub fn eval(
             dataset.classes.join(", ")
         );
     }
-    let tokenizer = TextTokenizer::from_file(
-        &model.join(TOKENIZER_FILE),
-        meta.encoder.max_position_embeddings,
-    )?;
+    // The encoder's own limit (a CNN has none: BERT's usual 512).
+    let max_len = meta.encoder.max_len().unwrap_or(512);
+    let tokenizer = TextTokenizer::from_file(&model.join(TOKENIZER_FILE), max_len)?;
     let test = TokenizedSplit::new(&dataset.test, &tokenizer)?;
     let (loss, accuracy) = evaluate_model::<Text>(&classifier, &test, device, 64);
     if json {

@@ -15,7 +15,7 @@ use crate::data::Augmentation;
 use crate::distill::{cached_rows, TeacherLogits};
 use crate::models::bert::{Bert, BertConfig};
 use crate::models::checkpoint::{write_atomic, write_manifest};
-use crate::models::text::{TextClassifier, TextModelSpec};
+use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
 
 /// File holding the [`TextModelSpec`] in a text model directory.
 pub const TEXT_SPEC_FILE: &str = "text_model.toml";
@@ -99,7 +99,7 @@ pub struct TextMeta {
     /// Class names (index = logit).
     pub classes: Vec<String>,
     /// The encoder configuration the weights fit.
-    pub encoder: BertConfig,
+    pub encoder: EncoderConfig,
     /// Trainable parameters.
     pub params: usize,
 }
@@ -122,13 +122,13 @@ pub struct TextArchitecture<'a> {
 }
 
 impl TextArchitecture<'_> {
-    fn encoder_config(&self) -> anyhow::Result<BertConfig> {
-        self.spec.bert_config(self.teacher.map(|(_, c)| c))
+    fn encoder_config(&self) -> anyhow::Result<EncoderConfig> {
+        self.spec.encoder_config(self.teacher.map(|(_, c)| c))
     }
 
     fn apply_freeze(&self, mut model: TextClassifier) -> TextClassifier {
         if self.freeze_word_embeddings {
-            let words = &mut model.encoder.embeddings.word_embeddings;
+            let words = model.encoder.word_embeddings_mut();
             words.weight = words.weight.clone().set_require_grad(false);
         }
         model
@@ -149,7 +149,7 @@ impl Architecture for TextArchitecture<'_> {
 
     fn params(&self) -> anyhow::Result<usize> {
         let config = self.encoder_config()?;
-        Ok(config.num_params() + (config.hidden_size + 1) * self.classes.len())
+        Ok(config.num_params() + (config.features() + 1) * self.classes.len())
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -282,24 +282,16 @@ pub fn load_text_model(dir: &Path, device: &Device) -> anyhow::Result<(TextClass
         })?,
     )
     .with_context(|| format!("{} is not a text model's metadata", meta_path.display()))?;
-    let spec = TextModelSpec::Transformer {
-        layers: meta.encoder.num_hidden_layers,
-        width: meta.encoder.hidden_size,
-        heads: meta.encoder.num_attention_heads,
-        ffn: meta.encoder.intermediate_size,
-        teacher_layers: None,
-        dropout: meta.encoder.hidden_dropout_prob,
-    };
-    let scaffold = meta.encoder.init(device);
-    let tokenizer = dir.join(crate::models::bert::TOKENIZER_FILE);
-    let architecture = TextArchitecture {
-        spec: &spec,
-        classes: &meta.classes,
-        teacher: Some((&scaffold, &meta.encoder)),
-        tokenizer: &tokenizer,
-        freeze_word_embeddings: false,
-    };
-    let model = architecture.init(0, device)?;
-    let model = architecture.load_weights(dir, model)?;
+    let model = TextClassifier::from_config(&meta.encoder, meta.classes.len(), device);
+    let path = dir.join(TEXT_WEIGHTS_FILE);
+    let record = ModuleRecord::load(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
+    let model = model.try_load_record(record).map_err(|e| {
+        anyhow::anyhow!(
+            "weights {} do not fit {}: {e}",
+            path.display(),
+            meta_path.display()
+        )
+    })?;
     Ok((model, meta))
 }

@@ -3,7 +3,8 @@
 //! The architecture is a [`TextModelSpec`] (TOML, like the CNN specs): a pretrained encoder from a
 //! Hugging Face directory (the teacher), or a BERT-style transformer of any size, from scratch or
 //! with DistilBERT's initialisation (the teacher's embeddings and a chosen subset of its layers,
-//! e.g. `teacher_layers = [0, 2, 4]`).
+//! e.g. `teacher_layers = [0, 2, 4]`), or Kim's (2014) CNN over word embeddings. Students read
+//! the teacher's token ids, so they share its vocabulary.
 //!
 //! ```toml
 //! kind = "transformer"
@@ -18,8 +19,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::{Device, Tensor};
+use burn::nn::conv::{Conv1d, Conv1dConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, PaddingConfig1d,
+};
+use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::bert::{self, mean_pool, Bert, BertConfig};
@@ -57,6 +61,15 @@ pub enum TextModelSpec {
         #[serde(default = "default_dropout")]
         dropout: f64,
     },
+    /// Kim (2014): word embeddings, 1-D convolutions of several widths, ReLU, max over time.
+    Cnn {
+        /// Embedding width.
+        embedding: usize,
+        /// Filters per kernel width.
+        filters: usize,
+        /// Kernel widths, in tokens.
+        kernel_sizes: Vec<usize>,
+    },
 }
 
 fn default_dropout() -> f64 {
@@ -78,8 +91,37 @@ impl TextModelSpec {
 
     /// The encoder configuration this spec builds, given the teacher's (for the vocabulary and
     /// positions a student shares with it).
+    pub fn encoder_config(&self, teacher: Option<&BertConfig>) -> anyhow::Result<EncoderConfig> {
+        match self {
+            TextModelSpec::Cnn {
+                embedding,
+                filters,
+                kernel_sizes,
+            } => {
+                let Some(teacher) = teacher else {
+                    bail!("a CNN student takes its vocabulary from a pretrained teacher; none was given");
+                };
+                if *embedding == 0 || *filters == 0 {
+                    bail!("embedding and filters must be positive, got {embedding} and {filters}");
+                }
+                if kernel_sizes.is_empty() || kernel_sizes.contains(&0) {
+                    bail!("kernel_sizes {kernel_sizes:?}: expected one or more positive widths");
+                }
+                Ok(EncoderConfig::Cnn(CnnConfig {
+                    vocab_size: teacher.vocab_size,
+                    embedding: *embedding,
+                    filters: *filters,
+                    kernel_sizes: kernel_sizes.clone(),
+                }))
+            }
+            _ => self.bert_config(teacher).map(EncoderConfig::Transformer),
+        }
+    }
+
+    /// The transformer configuration of a pretrained or transformer spec.
     pub fn bert_config(&self, teacher: Option<&BertConfig>) -> anyhow::Result<BertConfig> {
         match self {
+            TextModelSpec::Cnn { .. } => bail!("a CNN spec has no transformer configuration"),
             TextModelSpec::Pretrained { dir } => {
                 BertConfig::from_file(&dir.join(bert::CONFIG_FILE))
             }
@@ -155,18 +197,174 @@ fn check_layer_map(
     Ok(())
 }
 
-/// Encoder, mean pooling over the tokens, dropout, dense head.
+/// The resolved configuration of a text encoder (what a saved model records).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EncoderConfig {
+    /// A BERT-family transformer.
+    Transformer(BertConfig),
+    /// Kim's CNN.
+    Cnn(CnnConfig),
+}
+
+impl EncoderConfig {
+    /// A randomly initialised encoder (draws from the device's generator).
+    pub fn init(&self, device: &Device) -> TextEncoder {
+        match self {
+            EncoderConfig::Transformer(config) => TextEncoder::Transformer(config.init(device)),
+            EncoderConfig::Cnn(config) => TextEncoder::Cnn(config.init(device)),
+        }
+    }
+
+    /// Width of the pooled vector the head reads.
+    pub fn features(&self) -> usize {
+        match self {
+            EncoderConfig::Transformer(config) => config.hidden_size,
+            EncoderConfig::Cnn(config) => config.filters * config.kernel_sizes.len(),
+        }
+    }
+
+    /// Parameters of the encoder.
+    pub fn num_params(&self) -> usize {
+        match self {
+            EncoderConfig::Transformer(config) => config.num_params(),
+            EncoderConfig::Cnn(c) => {
+                c.vocab_size * c.embedding
+                    + c.kernel_sizes
+                        .iter()
+                        .map(|k| k * c.embedding * c.filters + c.filters)
+                        .sum::<usize>()
+            }
+        }
+    }
+
+    /// Longest text (in tokens) the encoder reads, if it has a limit.
+    pub fn max_len(&self) -> Option<usize> {
+        match self {
+            EncoderConfig::Transformer(config) => Some(config.max_position_embeddings),
+            EncoderConfig::Cnn(_) => None,
+        }
+    }
+}
+
+/// Kim's CNN, resolved against a vocabulary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CnnConfig {
+    /// Token vocabulary size (the teacher's).
+    pub vocab_size: usize,
+    /// Embedding width.
+    pub embedding: usize,
+    /// Filters per kernel width.
+    pub filters: usize,
+    /// Kernel widths.
+    pub kernel_sizes: Vec<usize>,
+}
+
+impl CnnConfig {
+    /// A randomly initialised CNN encoder.
+    pub fn init(&self, device: &Device) -> KimCnn {
+        KimCnn {
+            embeddings: EmbeddingConfig::new(self.vocab_size, self.embedding).init(device),
+            convs: self
+                .kernel_sizes
+                .iter()
+                .map(|&k| {
+                    // "Full" padding: every window that touches a real token exists, so a text's
+                    // features do not depend on how much padding its batch adds.
+                    Conv1dConfig::new(self.embedding, self.filters, k)
+                        .with_padding(PaddingConfig1d::Explicit(k - 1, k - 1))
+                        .init(device)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Word embeddings, one 1-D convolution per kernel width, ReLU, max over the windows that touch
+/// a real token; the pooled features of all widths are concatenated.
+#[derive(Module, Debug)]
+pub struct KimCnn {
+    /// One vector per token id.
+    pub embeddings: Embedding,
+    /// One convolution per kernel width.
+    pub convs: Vec<Conv1d>,
+}
+
+impl KimCnn {
+    /// `[batch, filters x widths]` features of a batch.
+    pub fn pooled(&self, batch: &TokenBatch) -> Tensor<2> {
+        let [rows, len] = batch.dims();
+        let keep = batch.padding.clone().bool_not();
+        // Padding positions embed to zero, exactly like the convolution's own zero padding.
+        let embedded =
+            self.embeddings.forward(batch.ids.clone()) * keep.clone().float().unsqueeze_dim::<3>(2);
+        let embedded = embedded.swap_dims(1, 2);
+        let lengths = keep.int().sum_dim(1);
+        let device = embedded.device();
+        let features = self
+            .convs
+            .iter()
+            .map(|conv| {
+                let k = conv.weight.dims()[2];
+                let out = burn::tensor::activation::relu(conv.forward(embedded.clone()));
+                let windows = len + k - 1;
+                // Window p covers tokens p-k+1..=p: it touches a real token when p < length + k - 1.
+                let position = Tensor::<1, Int>::arange(0..windows as i64, &device)
+                    .unsqueeze::<2>()
+                    .expand([rows, windows]);
+                let limit = lengths
+                    .clone()
+                    .add_scalar(k as i64 - 1)
+                    .expand([rows, windows]);
+                let outside = position.greater_equal(limit);
+                out.mask_fill(outside.unsqueeze_dim::<3>(1), f32::NEG_INFINITY)
+                    .max_dim(2)
+                    .squeeze_dim::<2>(2)
+            })
+            .collect();
+        Tensor::cat(features, 1)
+    }
+}
+
+/// The encoder of a text classifier.
+#[derive(Module, Debug)]
+pub enum TextEncoder {
+    /// A BERT-family transformer (pooled by the mean over the real tokens).
+    Transformer(Bert),
+    /// Kim's CNN (pooled by max over time).
+    Cnn(KimCnn),
+}
+
+impl TextEncoder {
+    /// The transformer, if this encoder is one.
+    pub fn bert(&self) -> Option<&Bert> {
+        match self {
+            TextEncoder::Transformer(bert) => Some(bert),
+            TextEncoder::Cnn(_) => None,
+        }
+    }
+
+    /// The word embedding table.
+    pub fn word_embeddings_mut(&mut self) -> &mut Embedding {
+        match self {
+            TextEncoder::Transformer(bert) => &mut bert.embeddings.word_embeddings,
+            TextEncoder::Cnn(cnn) => &mut cnn.embeddings,
+        }
+    }
+}
+
+/// Encoder, pooling over the tokens, dropout, dense head.
 #[derive(Module, Debug)]
 pub struct TextClassifier {
-    /// The BERT-family encoder.
-    pub encoder: Bert,
+    /// The encoder.
+    pub encoder: TextEncoder,
     /// Dropout on the pooled vector while training.
     pub dropout: Dropout,
     /// Pooled vector to class logits.
     pub head: Linear,
 }
 
-/// Hidden states and logits of one forward pass.
+/// Hidden states and logits of one forward pass of a transformer classifier.
 #[derive(Debug, Clone)]
 pub struct TextOutput {
     /// Every hidden state (embeddings first), `[batch, len, width]`.
@@ -186,27 +384,30 @@ impl TextClassifier {
         teacher: Option<(&Bert, &BertConfig)>,
         seed: u64,
         device: &Device,
-    ) -> anyhow::Result<(Self, BertConfig)> {
+    ) -> anyhow::Result<(Self, EncoderConfig)> {
         if classes < 2 {
             bail!("a classifier needs at least 2 classes, got {classes}");
         }
-        let config = spec.bert_config(teacher.map(|(_, c)| c))?;
+        let config = spec.encoder_config(teacher.map(|(_, c)| c))?;
         device.seed(seed);
         let mut encoder = config.init(device);
-        match spec {
-            TextModelSpec::Pretrained { dir } => {
-                bert::load_weights(&mut encoder, &dir.join(bert::WEIGHTS_FILE))?;
+        match (spec, &mut encoder) {
+            (TextModelSpec::Pretrained { dir }, TextEncoder::Transformer(bert)) => {
+                bert::load_weights(bert, &dir.join(bert::WEIGHTS_FILE))?;
             }
-            TextModelSpec::Transformer {
-                teacher_layers: Some(map),
-                ..
-            } => {
-                let (teacher, _) = teacher.expect("checked by bert_config");
-                encoder = teacher.with_layers(map);
+            (
+                TextModelSpec::Transformer {
+                    teacher_layers: Some(map),
+                    ..
+                },
+                TextEncoder::Transformer(bert),
+            ) => {
+                let (teacher, _) = teacher.expect("checked by encoder_config");
+                *bert = teacher.with_layers(map);
             }
-            TextModelSpec::Transformer { .. } => {}
+            _ => {}
         }
-        let head = LinearConfig::new(config.hidden_size, classes).init(device);
+        let head = LinearConfig::new(config.features(), classes).init(device);
         let dropout = DropoutConfig::new(HEAD_DROPOUT).init();
         Ok((
             TextClassifier {
@@ -218,27 +419,41 @@ impl TextClassifier {
         ))
     }
 
-    /// Class logits, `[batch, classes]`.
-    pub fn forward(&self, batch: &TokenBatch) -> Tensor<2> {
-        let hidden = self.encoder.forward(batch);
-        self.classify(hidden, batch)
+    /// A randomly initialised classifier with the encoder `config` describes (the scaffold a
+    /// saved model's weights are loaded into).
+    pub fn from_config(config: &EncoderConfig, classes: usize, device: &Device) -> Self {
+        TextClassifier {
+            encoder: config.init(device),
+            dropout: DropoutConfig::new(HEAD_DROPOUT).init(),
+            head: LinearConfig::new(config.features(), classes).init(device),
+        }
     }
 
-    /// Every hidden state and the logits (for losses on hidden states).
-    pub fn forward_all(&self, batch: &TokenBatch) -> TextOutput {
-        let hidden_states = self.encoder.hidden_states(batch);
+    /// Class logits, `[batch, classes]`.
+    pub fn forward(&self, batch: &TokenBatch) -> Tensor<2> {
+        let pooled = match &self.encoder {
+            TextEncoder::Transformer(bert) => mean_pool(bert.forward(batch), batch.padding.clone()),
+            TextEncoder::Cnn(cnn) => cnn.pooled(batch),
+        };
+        self.classify(pooled)
+    }
+
+    /// Every hidden state and the logits (for losses on hidden states); `None` for an encoder
+    /// without hidden states per token (the CNN).
+    pub fn forward_all(&self, batch: &TokenBatch) -> Option<TextOutput> {
+        let bert = self.encoder.bert()?;
+        let hidden_states = bert.hidden_states(batch);
         let last = hidden_states
             .last()
             .expect("embeddings are always a state")
             .clone();
-        TextOutput {
-            logits: self.classify(last, batch),
+        Some(TextOutput {
+            logits: self.classify(mean_pool(last, batch.padding.clone())),
             hidden_states,
-        }
+        })
     }
 
-    fn classify(&self, hidden: Tensor<3>, batch: &TokenBatch) -> Tensor<2> {
-        let pooled = mean_pool(hidden, batch.padding.clone());
+    fn classify(&self, pooled: Tensor<2>) -> Tensor<2> {
         self.head.forward(self.dropout.forward(pooled))
     }
 }
