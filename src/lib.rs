@@ -1,4 +1,4 @@
-//! # distill — knowledge distillation of image classifiers, in Rust
+//! # distill — knowledge distillation of image and text classifiers, in Rust
 //!
 //! A small *student* network is trained to match a large, already trained *teacher* (its
 //! temperature-softened logits) as well as the true labels:

@@ -1,4 +1,5 @@
-//! Text data, tokenizer and BERT encoder against independent references.
+//! Text data, tokenizer, BERT encoder and text students against independent references, and text
+//! training in the one loop (teacher fine-tune, distilled students, resume, the CLI).
 //!
 //! References come from `tests/fixtures/text/make_fixture.py` (a plain-Python BERT tokenizer and a
 //! float64 numpy BERT, no shared code with the `tokenizers` crate or burn):
