@@ -4,7 +4,6 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use burn::module::Module;
-use burn::store::ModuleRecord;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +13,7 @@ use crate::data::tokenizer::{TextTokenizer, TokenBatch};
 use crate::data::Augmentation;
 use crate::distill::{cached_rows, TeacherLogits};
 use crate::models::bert::{Bert, BertConfig};
-use crate::models::checkpoint::{write_atomic, write_manifest};
+use crate::models::checkpoint::{load_weights, write_atomic, write_manifest, write_weights};
 use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
 
 /// File holding the [`TextModelSpec`] in a text model directory.
@@ -171,11 +170,7 @@ impl Architecture for TextArchitecture<'_> {
     fn save(&self, dir: &Path, model: &TextClassifier) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create model directory {}", dir.display()))?;
-        let weights =
-            model.clone().into_record().into_bytes().map_err(|e| {
-                anyhow::anyhow!("cannot serialise weights for {}: {e}", dir.display())
-            })?;
-        write_atomic(&dir.join(TEXT_WEIGHTS_FILE), &weights)?;
+        write_weights(&dir.join(TEXT_WEIGHTS_FILE), model)?;
         write_atomic(
             &dir.join(TEXT_SPEC_FILE),
             toml::to_string(self.spec)?.as_bytes(),
@@ -205,15 +200,7 @@ impl Architecture for TextArchitecture<'_> {
     }
 
     fn load_weights(&self, dir: &Path, model: TextClassifier) -> anyhow::Result<TextClassifier> {
-        let path = dir.join(TEXT_WEIGHTS_FILE);
-        let record = ModuleRecord::load(&path)
-            .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
-        let model = model.try_load_record(record).map_err(|e| {
-            anyhow::anyhow!(
-                "weights {} do not fit the text model spec: {e}",
-                path.display()
-            )
-        })?;
+        let model = load_weights(&dir.join(TEXT_WEIGHTS_FILE), model)?;
         Ok(self.apply_freeze(model))
     }
 }
@@ -283,15 +270,7 @@ pub fn load_text_model(dir: &Path, device: &Device) -> anyhow::Result<(TextClass
     )
     .with_context(|| format!("{} is not a text model's metadata", meta_path.display()))?;
     let model = TextClassifier::from_config(&meta.encoder, meta.classes.len(), device);
-    let path = dir.join(TEXT_WEIGHTS_FILE);
-    let record = ModuleRecord::load(&path)
-        .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
-    let model = model.try_load_record(record).map_err(|e| {
-        anyhow::anyhow!(
-            "weights {} do not fit {}: {e}",
-            path.display(),
-            meta_path.display()
-        )
-    })?;
+    let model = load_weights(&dir.join(TEXT_WEIGHTS_FILE), model)
+        .with_context(|| format!("the model described by {}", meta_path.display()))?;
     Ok((model, meta))
 }

@@ -63,12 +63,7 @@ pub fn save(
 ) -> anyhow::Result<()> {
     fs::create_dir_all(dir)
         .with_context(|| format!("cannot create checkpoint directory {}", dir.display()))?;
-    let weights = network
-        .clone()
-        .into_record()
-        .into_bytes()
-        .map_err(|e| anyhow::anyhow!("cannot serialise weights for {}: {e}", dir.display()))?;
-    write_atomic(&dir.join(WEIGHTS_FILE), &weights)?;
+    write_weights(&dir.join(WEIGHTS_FILE), network)?;
     write_atomic(&dir.join(SPEC_FILE), spec.to_toml_string().as_bytes())?;
     write_atomic(
         &dir.join(META_FILE),
@@ -214,12 +209,23 @@ pub fn weights_hash(dir: &Path) -> anyhow::Result<String> {
     Ok(format!("{:x}", Sha256::digest(&bytes)))
 }
 
-/// Loads weights from a burnpack file into a network built from `spec`. Shape disagreements name
-/// the tensor and both shapes.
-pub fn load_weights(path: &Path, network: Network) -> anyhow::Result<Network> {
+/// Writes a module's weights as a burnpack file (atomically).
+pub fn write_weights<M: Module>(path: &Path, model: &M) -> anyhow::Result<()> {
+    let weights = model
+        .clone()
+        .into_record()
+        .into_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot serialise weights for {}: {e}", path.display()))?;
+    write_atomic(path, &weights)
+}
+
+/// Loads weights from a burnpack file into a module of the same architecture (a network built
+/// from its spec, a text classifier built from its config). Shape disagreements name the tensor
+/// and both shapes.
+pub fn load_weights<M: Module>(path: &Path, model: M) -> anyhow::Result<M> {
     let record = ModuleRecord::load(path)
         .map_err(|e| anyhow::anyhow!("cannot read weights {}: {e}", path.display()))?;
-    network
+    model
         .try_load_record(record)
         .map_err(|e| anyhow::anyhow!("weights {} do not fit the model spec: {e}", path.display()))
 }
