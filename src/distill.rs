@@ -518,77 +518,120 @@ pub fn cached_logits(
     device: &Device,
     progress: bool,
 ) -> anyhow::Result<TeacherLogits> {
-    // one SHA-256 pass over the whole split: computed once, passed down
-    let fingerprint = train.fingerprint();
+    let plain = device.clone().without_autodiff();
+    let values = load_or_compute_logits(
+        LogitKey {
+            teacher_hash: &teacher.hash,
+            // one SHA-256 pass over the whole split: computed once, passed down
+            data_fingerprint: &train.fingerprint(),
+            rows: train.len(),
+            classes: teacher.classes,
+        },
+        location,
+        |sample| {
+            teacher
+                .logits_for(train, sample, &plain)
+                .into_data()
+                .iter::<f32>()
+                .collect()
+        },
+        || teacher.logits_all(train, &plain, progress),
+    )?;
+    Ok(TeacherLogits::Cached {
+        teacher_hash: teacher.hash.clone(),
+        classes: teacher.classes,
+        values,
+    })
+}
+
+/// What a plain logit cache is made for: one teacher on one training split.
+#[derive(Debug, Clone, Copy)]
+pub struct LogitKey<'a> {
+    /// Identifies the teacher (the SHA-256 of its weights).
+    pub teacher_hash: &'a str,
+    /// Identifies the examples, in order.
+    pub data_fingerprint: &'a str,
+    /// Examples.
+    pub rows: usize,
+    /// Logits per example.
+    pub classes: usize,
+}
+
+/// The `[rows, classes]` logits `key` names, for any modality: from `location` when a valid file
+/// is there (its checksum and keys checked, and [`VERIFY_SAMPLE`] rows re-computed by `live_rows`
+/// within [`VERIFY_TOLERANCE`]), else computed by `compute_all` and written there.
+pub fn load_or_compute_logits(
+    key: LogitKey<'_>,
+    location: CacheLocation<'_>,
+    live_rows: impl Fn(&[usize]) -> Vec<f32>,
+    compute_all: impl FnOnce() -> Vec<f32>,
+) -> anyhow::Result<Vec<f32>> {
     let path = match location {
         CacheLocation::Memory => None,
-        CacheLocation::Dir(dir) => Some(cache_path(dir, &teacher.hash, &fingerprint)),
+        CacheLocation::Dir(dir) => Some(cache_path(dir, key.teacher_hash, key.data_fingerprint)),
         CacheLocation::File(file) => Some(file.to_path_buf()),
     };
     if let Some(path) = path.as_ref().filter(|p| p.is_file()) {
-        match read_verified(path, teacher, train, &fingerprint, device) {
-            Ok(values) => return Ok(cached(teacher, values)),
+        match read_verified(path, key, &live_rows) {
+            Ok(values) => return Ok(values),
             Err(err) if matches!(location, CacheLocation::File(_)) => {
-                return Err(err.context(named_cache_mismatch(path, teacher, "")))
+                return Err(err.context(named_cache_mismatch(path, key.teacher_hash, "")))
             }
             Err(err) => eprintln!("warning: {err:#}; recomputing"),
         }
     }
-    compute_and_store(
-        teacher,
-        train,
-        &fingerprint,
-        path.as_deref(),
-        device,
-        progress,
-    )
+    let values = compute_all();
+    if let Some(path) = path {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create cache directory {}", parent.display()))?;
+        }
+        let bytes = encode_cache(
+            key.teacher_hash,
+            key.data_fingerprint,
+            key.rows,
+            key.classes,
+            &values,
+        );
+        write_atomic(&path, &bytes)?;
+    }
+    Ok(values)
 }
 
 /// The paragraph for a named cache file that belongs to another run.
-fn named_cache_mismatch(path: &Path, teacher: &Teacher, settings: &str) -> String {
+fn named_cache_mismatch(path: &Path, teacher_hash: &str, settings: &str) -> String {
     format!(
         "--teacher-logits {} cannot be used with teacher {}{settings}; delete it or name a new file to recompute",
         path.display(),
-        &teacher.hash[..16.min(teacher.hash.len())]
+        &teacher_hash[..16.min(teacher_hash.len())]
     )
-}
-
-fn cached(teacher: &Teacher, values: Vec<f32>) -> TeacherLogits {
-    TeacherLogits::Cached {
-        teacher_hash: teacher.hash.clone(),
-        classes: teacher.classes,
-        values,
-    }
 }
 
 /// Decodes a cache file and re-checks [`VERIFY_SAMPLE`] of its rows against the live teacher.
 fn read_verified(
     path: &Path,
-    teacher: &Teacher,
-    train: &Split,
-    fingerprint: &str,
-    device: &Device,
+    key: LogitKey<'_>,
+    live_rows: &dyn Fn(&[usize]) -> Vec<f32>,
 ) -> anyhow::Result<Vec<f32>> {
-    let classes = teacher.classes;
+    let classes = key.classes;
     let bytes = read_cache_file(path)?;
     let values = decode_logits(
         &bytes,
         path,
-        &teacher.hash,
-        fingerprint,
-        train.len(),
+        key.teacher_hash,
+        key.data_fingerprint,
+        key.rows,
         classes,
     )?;
-    let sample: Vec<usize> = (0..train.len())
-        .step_by((train.len() / VERIFY_SAMPLE).max(1))
+    let sample: Vec<usize> = (0..key.rows)
+        .step_by((key.rows / VERIFY_SAMPLE).max(1))
         .take(VERIFY_SAMPLE)
         .collect();
-    let plain = device.clone().without_autodiff();
-    let live = teacher.logits_for(train, &sample, &plain).into_data();
+    let live = live_rows(&sample);
     let max_diff = sample
         .iter()
         .flat_map(|&i| values[i * classes..(i + 1) * classes].iter())
-        .zip(live.iter::<f32>())
+        .zip(live.iter())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     if max_diff > VERIFY_TOLERANCE {
@@ -598,33 +641,6 @@ fn read_verified(
         );
     }
     Ok(values)
-}
-
-fn compute_and_store(
-    teacher: &Teacher,
-    train: &Split,
-    fingerprint: &str,
-    path: Option<&Path>,
-    device: &Device,
-    progress: bool,
-) -> anyhow::Result<TeacherLogits> {
-    let plain = device.clone().without_autodiff();
-    let values = teacher.logits_all(train, &plain, progress);
-    if let Some(path) = path {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create cache directory {}", parent.display()))?;
-        }
-        let bytes = encode_cache(
-            &teacher.hash,
-            fingerprint,
-            train.len(),
-            teacher.classes,
-            &values,
-        );
-        write_atomic(path, &bytes)?;
-    }
-    Ok(cached(teacher, values))
 }
 
 /// The augmented-view cache file for a teacher and a training split. The augmentation settings
@@ -684,7 +700,7 @@ pub fn view_logits(
             Err(err) if strict => {
                 return Err(err.context(named_cache_mismatch(
                     path,
-                    teacher,
+                    &teacher.hash,
                     " and these augmentation settings",
                 )))
             }

@@ -570,6 +570,101 @@ fn transformer_student_specs_are_checked_by_name() {
     }
 }
 
+/// One LSTM direction in f64 over `inputs`, from burn's gate weights (`[d_in, d_out]` input and
+/// hidden transforms with biases; gates i, f, o, c): the hidden state after every step.
+fn reference_lstm(lstm: &burn::nn::Lstm, inputs: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let gate = |g: &burn::nn::GateController| {
+        (
+            values(g.input_transform.weight.val()),
+            values(g.input_transform.bias.as_ref().unwrap().val()),
+            values(g.hidden_transform.weight.val()),
+            values(g.hidden_transform.bias.as_ref().unwrap().val()),
+        )
+    };
+    let gates = [
+        gate(&lstm.input_gate),
+        gate(lstm.forget_gate.as_ref().unwrap()),
+        gate(&lstm.output_gate),
+        gate(&lstm.cell_gate),
+    ];
+    let hidden = lstm.d_hidden;
+    let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let (mut h, mut c) = (vec![0.0; hidden], vec![0.0; hidden]);
+    let mut out = Vec::new();
+    for x in inputs {
+        let pre: Vec<Vec<f64>> = gates
+            .iter()
+            .map(|(wi, bi, wh, bh)| {
+                (0..hidden)
+                    .map(|j| {
+                        (0..x.len()).map(|k| x[k] * wi[k * hidden + j]).sum::<f64>()
+                            + bi[j]
+                            + (0..hidden).map(|k| h[k] * wh[k * hidden + j]).sum::<f64>()
+                            + bh[j]
+                    })
+                    .collect()
+            })
+            .collect();
+        for j in 0..hidden {
+            c[j] = sigmoid(pre[1][j]) * c[j] + sigmoid(pre[0][j]) * pre[3][j].tanh();
+            h[j] = sigmoid(pre[2][j]) * c[j].tanh();
+        }
+        out.push(h.clone());
+    }
+    out
+}
+
+#[test]
+fn bilstm_features_match_a_reference_lstm_and_ignore_padding() {
+    let device = Device::default();
+    let (teacher, config) = bert::load_pretrained(&fixtures().join("tiny-bert"), &device).unwrap();
+    let spec: TextModelSpec =
+        toml::from_str("kind = \"bilstm\"\nembedding = 3\nhidden = 2\n").unwrap();
+    let (model, encoder) =
+        TextClassifier::init(&spec, 2, Some((&teacher, &config)), 9, &device).unwrap();
+    assert_eq!(encoder.features(), 4);
+    assert_eq!(encoder.num_params(), model.encoder.num_params());
+    let distill::models::text::TextEncoder::Bilstm(lstm) = &model.encoder else {
+        panic!("not a BiLSTM")
+    };
+    let seq = [2u32, 7, 9, 11, 3];
+    let alone = TokenBatch::new(&[&seq], 0, &device);
+    let padded = TokenBatch::new(&[&[2, 5, 6, 8, 11, 12, 13, 3], &seq], 0, &device);
+    let features = values(lstm.pooled(&alone));
+    assert_close(
+        &values(lstm.pooled(&padded))[4..],
+        &features,
+        1e-6,
+        "BiLSTM features alone and padded",
+    );
+    let table = values(lstm.embeddings.weight.val());
+    let e: Vec<Vec<f64>> = seq
+        .iter()
+        .map(|&id| table[id as usize * 3..id as usize * 3 + 3].to_vec())
+        .collect();
+    let reversed: Vec<Vec<f64>> = e.iter().rev().cloned().collect();
+    let mut expected = Vec::new();
+    for (direction, inputs) in [(&lstm.forward, &e), (&lstm.backward, &reversed)] {
+        let states = reference_lstm(direction, inputs);
+        for j in 0..2 {
+            expected.push(
+                states
+                    .iter()
+                    .map(|h| h[j])
+                    .fold(f64::NEG_INFINITY, f64::max),
+            );
+        }
+    }
+    assert_close(&features, &expected, 1e-5, "BiLSTM features");
+    // Impossible sizes are named.
+    let zero: TextModelSpec =
+        toml::from_str("kind = \"bilstm\"\nembedding = 0\nhidden = 2\n").unwrap();
+    let err = TextClassifier::init(&zero, 2, Some((&teacher, &config)), 0, &device)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(err.to_string().contains("must be positive"), "{err}");
+}
+
 #[test]
 fn kim_cnn_features_match_a_hand_computation_and_ignore_padding() {
     let device = Device::default();
@@ -794,7 +889,15 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
     // DistilBERT's initialisation from the fine-tuned teacher's embeddings and first layer.
     let teacher_encoder = teacher.model.encoder.bert().unwrap().valid();
     let teacher_encoder_config = BertConfig::from_file(&dir.join(bert::CONFIG_FILE)).unwrap();
-    let logits = text_teacher_logits(&teacher.model, "tiny-teacher", &train, &device, false);
+    let logits = text_teacher_logits(
+        &teacher.model,
+        "tiny-teacher",
+        &train,
+        distill::distill::CacheLocation::Memory,
+        &device,
+        false,
+    )
+    .unwrap();
     let student_spec: TextModelSpec = toml::from_str(
         "kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [0]\n",
     )
@@ -1012,4 +1115,106 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--augment applies to images"));
+
+    // Students over the teacher's tokenizer: a BiLSTM on labels alone (--base-model), then the
+    // same seed distilled on the training texts plus a transfer set the teacher labels.
+    let spec = write(
+        work.path(),
+        "bilstm.toml",
+        b"kind = \"bilstm\"\nembedding = 16\nhidden = 12\n",
+    );
+    let student_args = |out: &Path| -> Vec<String> {
+        [
+            "--data",
+            &data,
+            "--epochs",
+            "6",
+            "--batch-size",
+            "16",
+            "--lr",
+            "1e-2",
+            "--seed",
+            "5",
+            "--max-len",
+            "32",
+            "--quiet",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let scratch = work.path().join("scratch");
+    let mut args = vec![
+        "train".to_string(),
+        "--model".into(),
+        spec.display().to_string(),
+    ];
+    args.extend(student_args(&scratch));
+    args.extend(["--base-model".into(), out.display().to_string()]);
+    let printed = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(printed.contains("320 train / 120 test texts"), "{printed}");
+    let cache = work.path().join("logits");
+    let distilled = work.path().join("distilled");
+    let mut args = vec![
+        "distill".to_string(),
+        "--teacher".into(),
+        out.display().to_string(),
+        "--student".into(),
+        spec.display().to_string(),
+        "--alpha".into(),
+        "0.5".into(),
+        "--temperature".into(),
+        "2".into(),
+        "--transfer-copies".into(),
+        "2".into(),
+        "--logit-cache".into(),
+        cache.display().to_string(),
+    ];
+    args.extend(student_args(&distilled));
+    let printed = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        printed.contains("transfer texts (2 copies per text"),
+        "{printed}"
+    );
+    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one logit cache for train + transfer set");
+    for (dir, floor) in [(&scratch, 0.8), (&distilled, 0.8)] {
+        let eval: Value = serde_json::from_str(
+            run(&[
+                "eval",
+                "--model",
+                dir.to_str().unwrap(),
+                "--data",
+                &data,
+                "--json",
+            ])
+            .trim(),
+        )
+        .unwrap();
+        let accuracy = eval["accuracy"].as_f64().unwrap();
+        assert!(accuracy > floor, "{}: {eval}", dir.display());
+    }
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(distilled.join("text_meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["encoder"]["kind"], "bilstm", "{meta}");
+    // A student spec without a tokenizer to read is refused by name.
+    let mut args = vec![
+        "train".to_string(),
+        "--model".into(),
+        spec.display().to_string(),
+    ];
+    args.extend(student_args(&work.path().join("x")));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--base-model"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }

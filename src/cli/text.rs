@@ -1,62 +1,174 @@
-//! `distill train` and `distill eval` on a text dataset (`--data rotten-tomatoes` or `text:FILE`).
+//! `distill train`, `distill distill` and `distill eval` on a text dataset (`--data
+//! rotten-tomatoes` or `text:FILE`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use burn::tensor::Device;
 
-use super::train::{report_final, TrainArgs};
-use crate::data::text::{load_text, TextSpec};
+use super::train::{report_final, DistillArgs, TrainArgs};
+use crate::data::text::{load_text, TextDataset, TextSpec};
 use crate::data::tokenizer::TextTokenizer;
-use crate::modality::text::{load_text_model, Text, TextArchitecture, TokenizedSplit};
-use crate::models::bert::{self, CONFIG_FILE, TOKENIZER_FILE};
-use crate::models::text::TextModelSpec;
-use crate::train::{evaluate_model, fit_model, ModelJob, Objective};
+use crate::data::transfer::{transfer_set, TransferConfig};
+use crate::distill::{LogitSource, TeacherLogits};
+use crate::losses::DistillLoss;
+use crate::modality::text::{
+    load_text_model, text_teacher_logits, Text, TextArchitecture, TextMeta, TokenizedSplit,
+    TEXT_META_FILE, TEXT_WEIGHTS_FILE,
+};
+use crate::models::bert::{self, Bert, BertConfig, CONFIG_FILE, TOKENIZER_FILE};
+use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
+use crate::train::{evaluate_model, fit_model, ModelJob, Objective, TrainConfig};
 
 /// True when `data` names a text dataset rather than an image one.
 pub fn is_text_data(data: &str) -> bool {
     data.parse::<TextSpec>().is_ok()
 }
 
-/// `distill train --data <text dataset> --model <pretrained dir>`: fine-tunes a pretrained
-/// encoder with a classification head (a text teacher).
-pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
-    if args.augment {
-        bail!("--augment applies to images; text datasets have no augmentation");
-    }
-    if args.init_from.is_some() {
-        bail!("--init-from applies to image models; a text model starts from its pretrained --model directory");
-    }
-    let config = args.checked_config()?;
-    let dir = PathBuf::from(model);
-    if !dir.join(CONFIG_FILE).is_file() {
+/// The transformer a text student is built on: its tokenizer and vocabulary, and with
+/// `teacher_layers`, its initial layers. A trained text classifier also keeps its head (a
+/// teacher).
+struct BaseModel {
+    bert: Bert,
+    config: BertConfig,
+    tokenizer: PathBuf,
+    classifier: Option<(TextClassifier, TextMeta)>,
+}
+
+impl BaseModel {
+    /// A pretrained Hugging Face directory or a text model trained here.
+    fn load(dir: &Path, flag: &str, device: &Device) -> anyhow::Result<Self> {
+        let tokenizer = dir.join(TOKENIZER_FILE);
+        if dir.join(TEXT_META_FILE).is_file() {
+            let (classifier, meta) = load_text_model(dir, device)?;
+            let EncoderConfig::Transformer(config) = meta.encoder.clone() else {
+                bail!(
+                    "{flag} {}: a text model without a transformer encoder; a student's tokenizer and vocabulary come from a transformer",
+                    dir.display()
+                );
+            };
+            let bert = classifier
+                .encoder
+                .bert()
+                .expect("a transformer config")
+                .clone();
+            return Ok(Self {
+                bert,
+                config,
+                tokenizer,
+                classifier: Some((classifier, meta)),
+            });
+        }
+        if dir.join(CONFIG_FILE).is_file() {
+            let (bert, config) = bert::load_pretrained(dir, device)?;
+            return Ok(Self {
+                bert,
+                config,
+                tokenizer,
+                classifier: None,
+            });
+        }
         bail!(
-            "--model {model}: expected a pretrained text encoder directory holding {CONFIG_FILE}, {} and {TOKENIZER_FILE} (e.g. the all-MiniLM-L6-v2 directory from scripts/fetch-text-data.sh)",
+            "{flag} {}: expected a pretrained text encoder directory ({CONFIG_FILE}, {}, {TOKENIZER_FILE}) or a text model trained by distill ({TEXT_META_FILE}, {TEXT_WEIGHTS_FILE}, {TOKENIZER_FILE})",
+            dir.display(),
             bert::WEIGHTS_FILE
-        );
+        )
     }
-    let spec = TextModelSpec::Pretrained { dir: dir.clone() };
-    let tokenizer_path = dir.join(TOKENIZER_FILE);
-    let tokenizer = TextTokenizer::from_file(&tokenizer_path, args.max_len)?;
+}
+
+/// The dataset, tokenised: (dataset, train, evaluation split, the evaluation split's name).
+fn load_splits(
+    args: &TrainArgs,
+    tokenizer: &TextTokenizer,
+) -> anyhow::Result<(TextDataset, TokenizedSplit, TokenizedSplit, &'static str)> {
     let data_spec: TextSpec = args.data.parse()?;
     let mut dataset = load_text(&data_spec)?;
-    let eval_examples = match args.val_split {
-        Some(fraction) => dataset.split_off_validation(fraction, args.seed)?,
-        None => dataset.test.clone(),
+    let (eval_examples, eval_name) = match args.val_split {
+        Some(fraction) => (
+            dataset.split_off_validation(fraction, args.seed)?,
+            "validation",
+        ),
+        None => (dataset.test.clone(), "test"),
     };
-    let train = TokenizedSplit::new(&dataset.train, &tokenizer)?;
-    let eval = TokenizedSplit::new(&eval_examples, &tokenizer)?;
+    let train = TokenizedSplit::new(&dataset.train, tokenizer)?;
+    let eval = TokenizedSplit::new(&eval_examples, tokenizer)?;
+    Ok((dataset, train, eval, eval_name))
+}
+
+fn reject_image_options(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    if args.augment {
+        bail!("--augment applies to images; text datasets have no augmentation (see --transfer-copies for distillation)");
+    }
+    if args.init_from.is_some() {
+        bail!("--init-from applies to image models; a text model starts from its pretrained --model directory or from teacher_layers");
+    }
+    args.checked_config()
+}
+
+/// Trains `architecture` on `train` with `objective` and prints the final line.
+fn fit_text(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    architecture: TextArchitecture<'_>,
+    (train, eval): (&TokenizedSplit, &TokenizedSplit),
+    objective: Objective<'_, TeacherLogits>,
+    device: &Device,
+) -> anyhow::Result<()> {
+    let outcome = fit_model(
+        ModelJob::<_> {
+            architecture,
+            train,
+            eval,
+            config,
+            objective,
+            out: &args.out,
+            resume: args.resume,
+            init_from: None,
+            progress: !args.quiet,
+            verbose: true,
+        },
+        device,
+    )?;
+    report_final(&args.out, outcome.history.last());
+    Ok(())
+}
+
+/// `distill train --data <text dataset> --model <pretrained dir | student spec .toml>`:
+/// fine-tunes a pretrained encoder with a classification head (a teacher), or trains a student
+/// spec on labels over the tokenizer of `--base-model`.
+pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
+    let config = reject_image_options(args)?;
+    let device = args.backend.device()?;
+    let dir = PathBuf::from(model);
+    let (spec, base) = if dir.join(CONFIG_FILE).is_file() {
+        (TextModelSpec::Pretrained { dir: dir.clone() }, None)
+    } else if model.ends_with(".toml") {
+        let Some(base_dir) = &args.base_model else {
+            bail!("--model {model}: a student spec reads the tokenizer of a pretrained or trained transformer; name it with --base-model DIR");
+        };
+        let spec = TextModelSpec::from_file(&dir)?;
+        (
+            spec,
+            Some(BaseModel::load(base_dir, "--base-model", &device)?),
+        )
+    } else {
+        bail!(
+            "--model {model}: expected a pretrained text encoder directory holding {CONFIG_FILE}, {} and {TOKENIZER_FILE} (e.g. the all-MiniLM-L6-v2 directory from scripts/fetch-text-data.sh) or a text student spec (.toml)",
+            bert::WEIGHTS_FILE
+        );
+    };
+    let tokenizer_path = match &base {
+        Some(base) => base.tokenizer.clone(),
+        None => dir.join(TOKENIZER_FILE),
+    };
+    let tokenizer = TextTokenizer::from_file(&tokenizer_path, args.max_len)?;
+    let (dataset, train, eval, eval_name) = load_splits(args, &tokenizer)?;
     println!(
-        "{}: {} train / {} {} texts, {} classes; {} (max {} tokens{})",
+        "{}: {} train / {} {eval_name} texts, {} classes; {model} (max {} tokens{})",
         dataset.name,
         train.len(),
         eval.len(),
-        if args.val_split.is_some() {
-            "validation"
-        } else {
-            "test"
-        },
         dataset.classes.len(),
-        dir.display(),
         args.max_len,
         if args.freeze_word_embeddings {
             ", word embeddings frozen"
@@ -64,39 +176,154 @@ pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    let device = args.backend.device()?;
-    let outcome = fit_model(
-        ModelJob::<_> {
-            architecture: TextArchitecture {
-                spec: &spec,
-                classes: &dataset.classes,
-                teacher: None,
-                tokenizer: &tokenizer_path,
-                freeze_word_embeddings: args.freeze_word_embeddings,
-            },
-            train: &train,
-            eval: &eval,
-            config: &config,
-            objective: Objective::<crate::distill::TeacherLogits>::Labels,
-            out: &args.out,
-            resume: args.resume,
-            init_from: None,
-            progress: !args.quiet,
-            verbose: true,
+    let architecture = TextArchitecture {
+        spec: &spec,
+        classes: &dataset.classes,
+        teacher: base.as_ref().map(|b| (&b.bert, &b.config)),
+        tokenizer: &tokenizer_path,
+        freeze_word_embeddings: args.freeze_word_embeddings,
+    };
+    fit_text(
+        args,
+        &config,
+        architecture,
+        (&train, &eval),
+        Objective::Labels,
+        &device,
+    )
+}
+
+/// `distill distill --data <text dataset> --teacher <trained text model> --student <spec.toml>`:
+/// the student learns from the teacher's cached logits on the training texts and, with
+/// `--transfer-copies`, on an augmented transfer set the teacher labels.
+pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
+    let train_args = &args.train;
+    let config = reject_image_options(train_args)?;
+    if args.train.base_model.is_some() {
+        bail!("--base-model is for `distill train`; a distilled student is built on its --teacher");
+    }
+    let transfer = TransferConfig {
+        copies: args.transfer_copies,
+        seed: args.transfer_seed,
+        ..TransferConfig::default()
+    };
+    transfer.validate().map_err(anyhow::Error::msg)?;
+    let device = train_args.backend.device()?;
+    let spec = TextModelSpec::from_file(Path::new(&args.student))?;
+    let base = BaseModel::load(&args.teacher, "--teacher", &device)?;
+    let Some((teacher, meta)) = &base.classifier else {
+        bail!(
+            "--teacher {}: a pretrained encoder without a trained head; fine-tune it first (`distill train --data {} --model {}`)",
+            args.teacher.display(),
+            train_args.data,
+            args.teacher.display()
+        );
+    };
+    let tokenizer = TextTokenizer::from_file(&base.tokenizer, train_args.max_len)?;
+    let (dataset, mut train, eval, eval_name) = load_splits(train_args, &tokenizer)?;
+    if dataset.classes != meta.classes {
+        bail!(
+            "--teacher {} was trained on classes [{}] but {} has [{}]",
+            args.teacher.display(),
+            meta.classes.join(", "),
+            train_args.data,
+            dataset.classes.join(", ")
+        );
+    }
+    let labelled = train.len();
+    if transfer.copies > 0 {
+        let mask = tokenizer
+            .token_id("[MASK]")
+            .context("the teacher's tokenizer has no [MASK] token, which the transfer set needs")?;
+        let special: Vec<u32> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t))
+            .collect();
+        train
+            .ids
+            .extend(transfer_set(&train.ids, &transfer, mask, &special));
+        // placeholders until the teacher has labelled the transfer set
+        train.labels.resize(train.ids.len(), 0);
+    }
+    let mut cache_dir = PathBuf::new();
+    let LogitSource::Cache(location) = args.logit_source(&mut cache_dir)? else {
+        bail!("--no-logit-cache: a text teacher's logits are always computed once per run (in memory at least); leave the flag out");
+    };
+    let teacher_id = crate::models::checkpoint::weights_hash(&args.teacher)?;
+    let logits = text_teacher_logits(
+        teacher,
+        &teacher_id,
+        &train,
+        location,
+        &device,
+        !train_args.quiet,
+    )?;
+    let TeacherLogits::Cached {
+        values, classes, ..
+    } = &logits
+    else {
+        unreachable!("text teacher logits are cached")
+    };
+    // The transfer set has no labels: the teacher's predictions stand in for them.
+    let predictions: Vec<usize> = values.chunks_exact(*classes).map(argmax).collect();
+    let agreement = predictions[..labelled]
+        .iter()
+        .zip(&train.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    train.labels[labelled..].copy_from_slice(&predictions[labelled..]);
+    println!(
+        "{}: {labelled} train{} / {} {eval_name} texts; teacher {} agrees with {:.1}% of the training labels; student {}",
+        dataset.name,
+        if train.len() > labelled {
+            format!(
+                " + {} transfer texts ({} copies per text, labelled by the teacher)",
+                train.len() - labelled,
+                transfer.copies
+            )
+        } else {
+            String::new()
+        },
+        eval.len(),
+        args.teacher.display(),
+        100.0 * agreement as f64 / labelled as f64,
+        args.student
+    );
+    let architecture = TextArchitecture {
+        spec: &spec,
+        classes: &dataset.classes,
+        teacher: Some((&base.bert, &base.config)),
+        tokenizer: &base.tokenizer,
+        freeze_word_embeddings: train_args.freeze_word_embeddings,
+    };
+    fit_text(
+        train_args,
+        &config,
+        architecture,
+        (&train, &eval),
+        Objective::Distill {
+            loss,
+            teacher: &logits,
         },
         &device,
-    )?;
-    report_final(&args.out, outcome.history.last());
-    Ok(())
+    )
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
 }
 
 /// `distill eval --model <text model dir> --data <text dataset>`: test accuracy and loss.
-pub fn eval(
-    model: &Path,
-    data: &str,
-    json: bool,
-    device: &burn::tensor::Device,
-) -> anyhow::Result<()> {
+pub fn eval(model: &Path, data: &str, json: bool, device: &Device) -> anyhow::Result<()> {
     let (classifier, meta) = load_text_model(model, device)
         .with_context(|| format!("cannot load the text model in {}", model.display()))?;
     let dataset = load_text(&data.parse()?)?;

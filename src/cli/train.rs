@@ -69,6 +69,11 @@ pub struct TrainArgs {
     /// Text: keep the word embeddings fixed while fine-tuning (a faster backward pass).
     #[arg(long)]
     pub freeze_word_embeddings: bool,
+    /// Text, with a student spec as --model: the pretrained directory or trained text model whose
+    /// tokenizer and vocabulary the student uses (and, with `teacher_layers`, whose layers it
+    /// starts from). `distill distill` uses its --teacher.
+    #[arg(long)]
+    pub base_model: Option<PathBuf>,
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = Backend::default_compiled())]
     pub backend: Backend,
@@ -265,6 +270,14 @@ pub struct DistillArgs {
     /// a file made by another teacher or for another training split is an error.
     #[arg(long, conflicts_with_all = ["logit_cache", "no_logit_cache"])]
     pub teacher_logits: Option<PathBuf>,
+    /// Text: augmented copies per training text in Tang et al.'s transfer set (masking, random
+    /// token swaps, n-gram sampling), labelled by the teacher; 0: none.
+    #[arg(long, default_value_t = 0)]
+    pub transfer_copies: usize,
+    /// Text: seed of the transfer set (fixed by default, so paired seeds share one set and one
+    /// teacher pass).
+    #[arg(long, default_value_t = 0)]
+    pub transfer_seed: u64,
     #[command(flatten)]
     pub train: TrainArgs,
 }
@@ -272,6 +285,26 @@ pub struct DistillArgs {
 /// Default directory of the on-disk teacher-logit cache.
 pub fn default_logit_cache() -> anyhow::Result<PathBuf> {
     Ok(crate::data::download::cache_dir()?.join("teacher-logits"))
+}
+
+impl DistillArgs {
+    /// Where this run's teacher logits live (`cache_dir` holds the default directory's path).
+    pub(super) fn logit_source<'a>(
+        &'a self,
+        cache_dir: &'a mut PathBuf,
+    ) -> anyhow::Result<LogitSource<'a>> {
+        Ok(if self.no_logit_cache {
+            LogitSource::Live
+        } else if let Some(file) = &self.teacher_logits {
+            LogitSource::Cache(CacheLocation::File(file))
+        } else {
+            *cache_dir = match &self.logit_cache {
+                Some(dir) => dir.clone(),
+                None => default_logit_cache()?,
+            };
+            LogitSource::Cache(CacheLocation::Dir(cache_dir))
+        })
+    }
 }
 
 /// `distill distill`.
@@ -292,6 +325,12 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
         },
     };
     loss.validate().map_err(anyhow::Error::msg)?;
+    if super::text::is_text_data(&args.train.data) {
+        return super::text::distill(args, loss);
+    }
+    if args.transfer_copies > 0 {
+        anyhow::bail!("--transfer-copies applies to text datasets; images have --augment");
+    }
     let config = args.train.checked_config()?;
     let spec = resolve_spec(&args.student)?;
     let device = args.train.backend.device()?;
@@ -318,18 +357,8 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
         let network = crate::models::Network::init(&spec, dataset.shape, 0, &device)?;
         checkpoint::load_for_warm_start(dir, &spec, dataset.shape, dataset.classes.len(), network)?;
     }
-    let cache_dir;
-    let source = if args.no_logit_cache {
-        LogitSource::Live
-    } else if let Some(file) = &args.teacher_logits {
-        LogitSource::Cache(CacheLocation::File(file))
-    } else {
-        cache_dir = match &args.logit_cache {
-            Some(dir) => dir.clone(),
-            None => default_logit_cache()?,
-        };
-        LogitSource::Cache(CacheLocation::Dir(&cache_dir))
-    };
+    let mut cache_dir = PathBuf::new();
+    let source = args.logit_source(&mut cache_dir)?;
     let logits = teacher_logits(
         teacher,
         &train,

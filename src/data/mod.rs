@@ -32,6 +32,7 @@ pub mod idx;
 mod progress;
 pub mod text;
 pub mod tokenizer;
+pub mod transfer;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

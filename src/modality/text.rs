@@ -11,7 +11,7 @@ use super::{Architecture, Modality, SoftTargets};
 use crate::data::text::TextExample;
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
 use crate::data::Augmentation;
-use crate::distill::{cached_rows, TeacherLogits};
+use crate::distill::{cached_rows, load_or_compute_logits, CacheLocation, LogitKey, TeacherLogits};
 use crate::models::bert::{Bert, BertConfig};
 use crate::models::checkpoint::{load_weights, write_atomic, write_manifest, write_weights};
 use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
@@ -53,6 +53,22 @@ impl TokenizedSplit {
     /// True when the split holds no text.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
+    }
+
+    /// SHA-256 (hex) of the token ids, in order: keys caches of per-text teacher outputs (which
+    /// do not depend on the labels).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"distill-tokens-v1");
+        hasher.update((self.ids.len() as u64).to_le_bytes());
+        for ids in &self.ids {
+            hasher.update((ids.len() as u64).to_le_bytes());
+            for id in ids {
+                hasher.update(id.to_le_bytes());
+            }
+        }
+        crate::data::hex(&hasher.finalize())
     }
 }
 
@@ -226,34 +242,66 @@ impl SoftTargets<TokenBatch> for TeacherLogits {
     }
 }
 
-/// The logits of `teacher` for every text of `split`, in order, as cached [`TeacherLogits`]
-/// (`teacher_id` names the teacher in checkpoints).
+/// The logits of `model` for the texts of `split` at `indices`, `[indices.len(), classes]`
+/// row-major in that order. Texts are batched by length, so a batch pads little.
+pub fn text_logits(
+    model: &TextClassifier,
+    split: &TokenizedSplit,
+    indices: &[usize],
+    device: &Device,
+    progress: bool,
+) -> Vec<f32> {
+    let model = model.valid();
+    let plain = device.clone().without_autodiff();
+    let mut by_length: Vec<usize> = (0..indices.len()).collect();
+    by_length.sort_by_key(|&j| std::cmp::Reverse(split.ids[indices[j]].len()));
+    let batches: Vec<&[usize]> = by_length.chunks(64).collect();
+    let bar = crate::progress::bar(batches.len() as u64, "Teacher logits", progress);
+    let mut rows: Vec<Vec<f32>> = vec![Vec::new(); indices.len()];
+    for positions in batches {
+        let batch: Vec<usize> = positions.iter().map(|&j| indices[j]).collect();
+        let (input, _) = Text::batch(split, &batch, &plain, None);
+        let logits = model.forward(&input);
+        let classes = logits.dims()[1];
+        let values: Vec<f32> = logits.into_data().iter::<f32>().collect();
+        for (&j, row) in positions.iter().zip(values.chunks_exact(classes)) {
+            rows[j] = row.to_vec();
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    rows.concat()
+}
+
+/// The logits of `teacher` for every text of `split`, in order, as cached [`TeacherLogits`]:
+/// read from `location` when a file made by this teacher (`teacher_id`, e.g. the SHA-256 of its
+/// weights) for these token ids is there, else computed and stored there.
 pub fn text_teacher_logits(
     teacher: &TextClassifier,
     teacher_id: &str,
     split: &TokenizedSplit,
+    location: CacheLocation<'_>,
     device: &Device,
     progress: bool,
-) -> TeacherLogits {
-    let model = teacher.valid();
-    let plain = device.clone().without_autodiff();
-    let order = crate::data::batch_order(split.len(), 64, false, 0, 0);
-    let bar = crate::progress::bar(order.len() as u64, "Teacher logits", progress);
-    let mut values = Vec::new();
-    let mut classes = 0;
-    for indices in order {
-        let (input, _) = Text::batch(split, &indices, &plain, None);
-        let logits = model.forward(&input);
-        classes = logits.dims()[1];
-        values.extend(logits.into_data().iter::<f32>());
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    TeacherLogits::Cached {
+) -> anyhow::Result<TeacherLogits> {
+    let classes = teacher.head.weight.dims()[1];
+    let all: Vec<usize> = (0..split.len()).collect();
+    let values = load_or_compute_logits(
+        LogitKey {
+            teacher_hash: teacher_id,
+            data_fingerprint: &split.fingerprint(),
+            rows: split.len(),
+            classes,
+        },
+        location,
+        |sample| text_logits(teacher, split, sample, device, false),
+        || text_logits(teacher, split, &all, device, progress),
+    )?;
+    Ok(TeacherLogits::Cached {
         teacher_hash: teacher_id.to_string(),
         classes,
         values,
-    }
+    })
 }
 
 /// A text classifier saved by [`TextArchitecture::save`] (a run directory or its checkpoint),

@@ -3,6 +3,7 @@
 //! text, a BERT-family encoder loadable from Hugging Face files ([`bert`]).
 
 pub mod bert;
+pub mod bilstm;
 pub mod checkpoint;
 pub mod network;
 pub mod safetensors;

@@ -3,7 +3,8 @@
 //! The architecture is a [`TextModelSpec`] (TOML, like the CNN specs): a pretrained encoder from a
 //! Hugging Face directory (the teacher), or a BERT-style transformer of any size, from scratch or
 //! with DistilBERT's initialisation (the teacher's embeddings and a chosen subset of its layers,
-//! e.g. `teacher_layers = [0, 2, 4]`), or Kim's (2014) CNN over word embeddings. Students read
+//! e.g. `teacher_layers = [0, 2, 4]`), Kim's (2014) CNN over word embeddings, or Tang et al.'s
+//! (2019) BiLSTM. Students read
 //! the teacher's token ids, so they share its vocabulary.
 //!
 //! ```toml
@@ -27,6 +28,7 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::bert::{self, mean_pool, Bert, BertConfig};
+use super::bilstm::{BiLstmEncoder, BiLstmEncoderConfig};
 use crate::data::tokenizer::TokenBatch;
 
 /// Dropout before the classification head (BERT's classifier dropout).
@@ -70,6 +72,13 @@ pub enum TextModelSpec {
         /// Kernel widths, in tokens.
         kernel_sizes: Vec<usize>,
     },
+    /// Tang et al. (2019): word embeddings, a bidirectional LSTM, max over the real tokens.
+    Bilstm {
+        /// Embedding width.
+        embedding: usize,
+        /// Hidden width of each direction.
+        hidden: usize,
+    },
 }
 
 fn default_dropout() -> f64 {
@@ -83,7 +92,7 @@ impl TextModelSpec {
             .with_context(|| format!("cannot read text model spec {}", path.display()))?;
         toml::from_str(&text).with_context(|| {
             format!(
-                "{}: not a text model spec (expected kind = \"pretrained\" with dir, or kind = \"transformer\" with layers, width, heads, ffn)",
+                "{}: not a text model spec (expected kind = \"pretrained\" with dir, \"transformer\" with layers, width, heads, ffn, \"cnn\" with embedding, filters, kernel_sizes, or \"bilstm\" with embedding, hidden)",
                 path.display()
             )
         })
@@ -114,6 +123,19 @@ impl TextModelSpec {
                     kernel_sizes: kernel_sizes.clone(),
                 }))
             }
+            TextModelSpec::Bilstm { embedding, hidden } => {
+                let Some(teacher) = teacher else {
+                    bail!("a BiLSTM student takes its vocabulary from a pretrained teacher; none was given");
+                };
+                if *embedding == 0 || *hidden == 0 {
+                    bail!("embedding and hidden must be positive, got {embedding} and {hidden}");
+                }
+                Ok(EncoderConfig::Bilstm(BiLstmEncoderConfig {
+                    vocab_size: teacher.vocab_size,
+                    embedding: *embedding,
+                    hidden: *hidden,
+                }))
+            }
             _ => self.bert_config(teacher).map(EncoderConfig::Transformer),
         }
     }
@@ -121,7 +143,9 @@ impl TextModelSpec {
     /// The transformer configuration of a pretrained or transformer spec.
     pub fn bert_config(&self, teacher: Option<&BertConfig>) -> anyhow::Result<BertConfig> {
         match self {
-            TextModelSpec::Cnn { .. } => bail!("a CNN spec has no transformer configuration"),
+            TextModelSpec::Cnn { .. } | TextModelSpec::Bilstm { .. } => {
+                bail!("only pretrained and transformer specs have a transformer configuration")
+            }
             TextModelSpec::Pretrained { dir } => {
                 BertConfig::from_file(&dir.join(bert::CONFIG_FILE))
             }
@@ -205,6 +229,8 @@ pub enum EncoderConfig {
     Transformer(BertConfig),
     /// Kim's CNN.
     Cnn(CnnConfig),
+    /// A bidirectional LSTM.
+    Bilstm(BiLstmEncoderConfig),
 }
 
 impl EncoderConfig {
@@ -213,6 +239,7 @@ impl EncoderConfig {
         match self {
             EncoderConfig::Transformer(config) => TextEncoder::Transformer(config.init(device)),
             EncoderConfig::Cnn(config) => TextEncoder::Cnn(config.init(device)),
+            EncoderConfig::Bilstm(config) => TextEncoder::Bilstm(config.init(device)),
         }
     }
 
@@ -221,6 +248,7 @@ impl EncoderConfig {
         match self {
             EncoderConfig::Transformer(config) => config.hidden_size,
             EncoderConfig::Cnn(config) => config.filters * config.kernel_sizes.len(),
+            EncoderConfig::Bilstm(config) => config.features(),
         }
     }
 
@@ -235,6 +263,7 @@ impl EncoderConfig {
                         .map(|k| k * c.embedding * c.filters + c.filters)
                         .sum::<usize>()
             }
+            EncoderConfig::Bilstm(config) => config.num_params(),
         }
     }
 
@@ -242,7 +271,7 @@ impl EncoderConfig {
     pub fn max_len(&self) -> Option<usize> {
         match self {
             EncoderConfig::Transformer(config) => Some(config.max_position_embeddings),
-            EncoderConfig::Cnn(_) => None,
+            EncoderConfig::Cnn(_) | EncoderConfig::Bilstm(_) => None,
         }
     }
 }
@@ -336,6 +365,8 @@ pub enum TextEncoder {
     Transformer(Bert),
     /// Kim's CNN (pooled by max over time).
     Cnn(KimCnn),
+    /// A bidirectional LSTM (pooled by max over time).
+    Bilstm(BiLstmEncoder),
 }
 
 impl TextEncoder {
@@ -343,7 +374,7 @@ impl TextEncoder {
     pub fn bert(&self) -> Option<&Bert> {
         match self {
             TextEncoder::Transformer(bert) => Some(bert),
-            TextEncoder::Cnn(_) => None,
+            TextEncoder::Cnn(_) | TextEncoder::Bilstm(_) => None,
         }
     }
 
@@ -352,6 +383,7 @@ impl TextEncoder {
         match self {
             TextEncoder::Transformer(bert) => &mut bert.embeddings.word_embeddings,
             TextEncoder::Cnn(cnn) => &mut cnn.embeddings,
+            TextEncoder::Bilstm(lstm) => &mut lstm.embeddings,
         }
     }
 }
@@ -437,6 +469,7 @@ impl TextClassifier {
         let pooled = match &self.encoder {
             TextEncoder::Transformer(bert) => mean_pool(bert.forward(batch), batch.padding.clone()),
             TextEncoder::Cnn(cnn) => cnn.pooled(batch),
+            TextEncoder::Bilstm(lstm) => lstm.pooled(batch),
         };
         self.classify(pooled)
     }
