@@ -212,6 +212,7 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
         &Objective::Distill {
             loss,
             teacher: &cached,
+            hidden: None,
         },
     )?;
     let live = TeacherLogits::Live(teacher);
@@ -220,6 +221,7 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
         &Objective::Distill {
             loss,
             teacher: &live,
+            hidden: None,
         },
     )?;
     let teacher_train = train_ms("teacher-v3", &Objective::Labels)?;

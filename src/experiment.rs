@@ -856,6 +856,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                     Objective::Distill {
                         loss: point.loss,
                         teacher: &logits,
+                        hidden: None,
                     },
                     &dir,
                     previous_distilled[k].as_deref(),
@@ -916,6 +917,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                     Objective::Distill {
                         loss: point.loss,
                         teacher: &logits,
+                        hidden: None,
                     },
                     &dir,
                     init_from,

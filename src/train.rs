@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{augmentation_seed, batch_order, view_of, Augmentation, Split};
 use crate::distill::TeacherLogits;
-use crate::losses::{cross_entropy, DistillLoss};
+use crate::losses::{cross_entropy, mapped_hidden_cosine, DistillLoss, HiddenTerm};
 use crate::modality::image::{ImageArchitecture, Images};
 use crate::modality::{Architecture, Modality, ModelOf, SoftTargets};
 use crate::models::checkpoint::{self, write_atomic};
@@ -194,6 +194,8 @@ pub enum Objective<'a, T: ?Sized = TeacherLogits> {
         loss: DistillLoss,
         /// Where the teacher's logits come from.
         teacher: &'a T,
+        /// A cosine term on hidden states (the teacher must offer them), if any.
+        hidden: Option<HiddenTerm>,
     },
 }
 
@@ -285,8 +287,15 @@ const OPTIMIZER_FILE: &str = "optimizer.bpk";
 fn objective_label<I, T: SoftTargets<I> + ?Sized>(objective: &Objective<T>) -> String {
     match objective {
         Objective::Labels => "labels".to_string(),
-        Objective::Distill { loss, teacher } => {
-            format!("{loss:?} teacher={}", teacher.teacher_id())
+        Objective::Distill {
+            loss,
+            teacher,
+            hidden,
+        } => {
+            let hidden = hidden
+                .map(|h| format!(" cosine={}", h.weight))
+                .unwrap_or_default();
+            format!("{loss:?}{hidden} teacher={}", teacher.teacher_id())
         }
     }
 }
@@ -533,9 +542,12 @@ where
     } = job;
     let train_len = <A::Modality as Modality>::len(train);
     config.validate(train_len)?;
-    if let Objective::Distill { loss, .. } = &objective {
+    if let Objective::Distill { loss, hidden, .. } = &objective {
         loss.validate()
             .map_err(|e| anyhow::anyhow!("distillation loss: {e}"))?;
+        if let Some(term) = hidden {
+            term.validate().map_err(anyhow::Error::msg)?;
+        }
     }
     architecture.check()?;
     let identity = architecture.identity();
@@ -779,21 +791,51 @@ where
     M: Modality,
     T: SoftTargets<M::Input> + ?Sized,
 {
-    let logits = M::logits(&model, input.clone());
+    let wants_states = matches!(
+        objective,
+        Objective::Distill {
+            hidden: Some(_),
+            ..
+        }
+    );
+    let (logits, student_states) = if wants_states {
+        M::logits_and_states(&model, input.clone())
+    } else {
+        (M::logits(&model, input.clone()), None)
+    };
     let loss = match objective {
         Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
-        Objective::Distill { loss, teacher } => {
+        Objective::Distill {
+            loss,
+            teacher,
+            hidden,
+        } => {
             let teacher_logits = teacher
                 .logits_at(indices, views, &input, plain_device)?
                 .autodiff();
-            loss.forward(
-                logits.clone(),
-                teacher_logits,
-                labels.clone(),
-                label_smoothing,
-                epoch,
-            )
-            .total
+            let total = loss
+                .forward(
+                    logits.clone(),
+                    teacher_logits,
+                    labels.clone(),
+                    label_smoothing,
+                    epoch,
+                )
+                .total;
+            match hidden {
+                None => total,
+                Some(term) => {
+                    let student = student_states.context(
+                        "the cosine term needs a student with hidden states (a transformer)",
+                    )?;
+                    let teacher_states = teacher.states_at(&input, plain_device)?.context(
+                        "the cosine term needs a teacher that runs live and offers hidden states",
+                    )?;
+                    let teacher_states: Vec<Tensor<3>> =
+                        teacher_states.into_iter().map(|t| t.autodiff()).collect();
+                    total + mapped_hidden_cosine(&student, &teacher_states)? * term.weight
+                }
+            }
         }
     };
     let loss_value: f32 = loss.clone().into_scalar();

@@ -111,6 +111,7 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
             Objective::Distill {
                 loss,
                 teacher: &logits,
+                hidden: None,
             },
             &distilled_dir,
             false,
@@ -136,6 +137,7 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
             Objective::Distill {
                 loss,
                 teacher: &live,
+                hidden: None,
             },
             &dir.path().join("live"),
             false,
@@ -171,6 +173,7 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
             Objective::Distill {
                 loss,
                 teacher: &logits,
+                hidden: None,
             },
             &distilled_dir,
             false,
@@ -187,6 +190,7 @@ fn teacher_scratch_and_distilled_students_learn_and_resume_exactly() {
             Objective::Distill {
                 loss,
                 teacher: &logits,
+                hidden: None,
             },
             &distilled_dir,
             true,
@@ -470,6 +474,7 @@ fn bad_settings_fail_before_training() {
             Objective::Distill {
                 loss: bad_alpha,
                 teacher: &logits,
+                hidden: None,
             },
             dir.path(),
             false,
@@ -493,6 +498,7 @@ fn bad_settings_fail_before_training() {
             Objective::Distill {
                 loss,
                 teacher: &wrong_shape,
+                hidden: None,
             },
             dir.path(),
             false,
@@ -599,6 +605,7 @@ fn opt_in_extras_train_with_a_live_teacher() {
                 Objective::Distill {
                     loss,
                     teacher: &live,
+                    hidden: None,
                 },
                 out,
                 false,

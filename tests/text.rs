@@ -923,6 +923,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                         t2_scaling: true,
                     },
                     teacher: &logits,
+                    hidden: None,
                 },
                 out,
                 resume,
@@ -976,6 +977,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                     t2_scaling: true,
                 },
                 teacher: &logits,
+                hidden: None,
             },
             out: &work.path().join("cnn"),
             resume: false,
@@ -1200,6 +1202,38 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
         serde_json::from_str(&std::fs::read_to_string(distilled.join("text_meta.json")).unwrap())
             .unwrap();
     assert_eq!(meta["encoder"]["kind"], "bilstm", "{meta}");
+    // DistilBERT's recipe: a one-layer student from the teacher's last layer, soft targets +
+    // labels + the cosine term on hidden states (the teacher runs live for those).
+    let small = write(
+        work.path(),
+        "small.toml",
+        b"kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [1]\n",
+    );
+    let cosine_run = work.path().join("cosine");
+    let mut args = vec![
+        "distill".to_string(),
+        "--teacher".into(),
+        out.display().to_string(),
+        "--student".into(),
+        small.display().to_string(),
+        "--alpha".into(),
+        "0.5".into(),
+        "--temperature".into(),
+        "2".into(),
+        "--cosine-weight".into(),
+        "1".into(),
+        "--logit-cache".into(),
+        cache.display().to_string(),
+    ];
+    args.extend(student_args(&cosine_run));
+    run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let history: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(cosine_run.join("history.json")).unwrap())
+            .unwrap();
+    assert!(history.last().unwrap()["val_accuracy"].as_f64().unwrap() > 0.8);
+    let state =
+        std::fs::read_to_string(cosine_run.join("checkpoints/epoch-0006/state.json")).unwrap();
+    assert!(state.contains("cosine=1"), "{state}");
     // A student spec without a tokenizer to read is refused by name.
     let mut args = vec![
         "train".to_string(),
@@ -1217,4 +1251,153 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+#[test]
+fn the_cosine_term_adds_its_weighted_distance_on_mapped_layers_and_spares_the_teacher() {
+    use distill::distill::{CacheLocation, TeacherLogits};
+    use distill::losses::{mapped_hidden_cosine, HiddenStates, HiddenTerm};
+    use distill::modality::text::{text_teacher_logits, LiveTextTeacher, Text, TokenizedSplit};
+    use distill::train::{model_step, Objective, OptimizerConfig};
+
+    let device = Device::default();
+    let (teacher, teacher_config) = tiny_teacher(&device);
+    let EncoderConfig::Transformer(bert_config) = teacher_config else {
+        panic!("{teacher_config:?}")
+    };
+    let tokenizer =
+        TextTokenizer::from_file(&fixtures().join("tiny-bert").join(bert::TOKENIZER_FILE), 32)
+            .unwrap();
+    let mut examples = synthetic_reviews(12, 4);
+    for e in &mut examples {
+        e.label %= 3;
+    }
+    let split = TokenizedSplit::new(&examples, &tokenizer).unwrap();
+    let cached = text_teacher_logits(
+        &teacher,
+        "tiny",
+        &split,
+        CacheLocation::Memory,
+        &device,
+        false,
+    )
+    .unwrap();
+    let TeacherLogits::Cached { values, .. } = &cached else {
+        panic!("cached")
+    };
+    let values = values.clone();
+    let live = LiveTextTeacher::new(cached, &teacher);
+    // A one-layer student (no encoder dropout) started from the teacher's layer 0: its single
+    // layer meets the teacher's last layer.
+    let spec: TextModelSpec = toml::from_str(
+        "kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [0]\ndropout = 0.0\n",
+    )
+    .unwrap();
+    let teacher_bert = teacher.encoder.bert().unwrap();
+    let autodiff = device.clone().autodiff();
+    let (student, _) =
+        TextClassifier::init(&spec, 3, Some((teacher_bert, &bert_config)), 2, &autodiff).unwrap();
+    let loss = DistillLoss::Kd {
+        alpha: 0.5,
+        temperature: 2.0,
+        t2_scaling: true,
+    };
+    let indices: Vec<usize> = (0..6).collect();
+    let step = |objective: &Objective<LiveTextTeacher>| {
+        let batch = <Text as distill::modality::Modality>::batch(&split, &indices, &autodiff, None);
+        // Same dropout mask on the head in both calls; learning rate 0 leaves the weights alone.
+        autodiff.seed(11);
+        let mut optimizer = OptimizerConfig::default().build();
+        model_step::<Text, _>(
+            student.clone(),
+            &mut optimizer,
+            objective,
+            batch,
+            &indices,
+            None,
+            0.0,
+            0.0,
+            0,
+            &device,
+        )
+        .unwrap()
+        .1
+    };
+    let without = step(&Objective::Distill {
+        loss,
+        teacher: &live,
+        hidden: None,
+    });
+    let with = step(&Objective::Distill {
+        loss,
+        teacher: &live,
+        hidden: Some(HiddenTerm { weight: 3.0 }),
+    });
+    // Independent pieces: the student's states against the teacher's, plain tensors.
+    let (input, _) = <Text as distill::modality::Modality>::batch(&split, &indices, &device, None);
+    let student_states = student
+        .valid()
+        .encoder
+        .bert()
+        .unwrap()
+        .hidden_states(&input);
+    let teacher_states = teacher_bert.hidden_states(&input);
+    let distance: f32 = mapped_hidden_cosine(
+        &HiddenStates {
+            states: student_states,
+            padding: input.padding.clone(),
+        },
+        &teacher_states,
+    )
+    .unwrap()
+    .into_scalar();
+    assert!(
+        distance > 1e-3,
+        "layer 0 differs from the last layer: {distance}"
+    );
+    assert!(
+        ((with - without) - 3.0 * distance).abs() < 1e-4,
+        "{with} - {without} != 3 x {distance}"
+    );
+    // The teacher's cached logits are untouched by training (no gradient reaches them).
+    assert_eq!(
+        text_teacher_logits(
+            &teacher,
+            "tiny",
+            &split,
+            CacheLocation::Memory,
+            &device,
+            false
+        )
+        .map(|t| match t {
+            TeacherLogits::Cached { values, .. } => values,
+            _ => unreachable!(),
+        })
+        .unwrap(),
+        values
+    );
+    // A student without hidden states cannot take the term: a clear error, not a panic.
+    let cnn: TextModelSpec =
+        toml::from_str("kind = \"cnn\"\nembedding = 4\nfilters = 2\nkernel_sizes = [2]\n").unwrap();
+    let (cnn, _) =
+        TextClassifier::init(&cnn, 3, Some((teacher_bert, &bert_config)), 2, &autodiff).unwrap();
+    let batch = <Text as distill::modality::Modality>::batch(&split, &indices, &autodiff, None);
+    let err = model_step::<Text, _>(
+        cnn,
+        &mut OptimizerConfig::default().build(),
+        &Objective::Distill {
+            loss,
+            teacher: &live,
+            hidden: Some(HiddenTerm { weight: 1.0 }),
+        },
+        batch,
+        &indices,
+        None,
+        0.0,
+        0.0,
+        0,
+        &device,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("hidden states"), "{err}");
 }

@@ -9,13 +9,15 @@ use burn::tensor::Device;
 use super::train::{report_final, DistillArgs, TrainArgs};
 use crate::data::text::{load_text, TextDataset, TextSpec};
 use crate::data::tokenizer::TextTokenizer;
+use crate::data::tokenizer::TokenBatch;
 use crate::data::transfer::{transfer_set, TransferConfig};
 use crate::distill::{LogitSource, TeacherLogits};
-use crate::losses::DistillLoss;
+use crate::losses::{DistillLoss, HiddenTerm};
 use crate::modality::text::{
-    load_text_model, text_teacher_logits, Text, TextArchitecture, TextMeta, TokenizedSplit,
-    TEXT_META_FILE, TEXT_WEIGHTS_FILE,
+    load_text_model, text_teacher_logits, LiveTextTeacher, Text, TextArchitecture, TextMeta,
+    TokenizedSplit, TEXT_META_FILE, TEXT_WEIGHTS_FILE,
 };
+use crate::modality::SoftTargets;
 use crate::models::bert::{self, Bert, BertConfig, CONFIG_FILE, TOKENIZER_FILE};
 use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
 use crate::train::{evaluate_model, fit_model, ModelJob, Objective, TrainConfig};
@@ -106,16 +108,16 @@ fn reject_image_options(args: &TrainArgs) -> anyhow::Result<TrainConfig> {
 }
 
 /// Trains `architecture` on `train` with `objective` and prints the final line.
-fn fit_text(
+fn fit_text<T: SoftTargets<TokenBatch>>(
     args: &TrainArgs,
     config: &TrainConfig,
     architecture: TextArchitecture<'_>,
     (train, eval): (&TokenizedSplit, &TokenizedSplit),
-    objective: Objective<'_, TeacherLogits>,
+    objective: Objective<'_, T>,
     device: &Device,
 ) -> anyhow::Result<()> {
     let outcome = fit_model(
-        ModelJob::<_> {
+        ModelJob::<_, T> {
             architecture,
             train,
             eval,
@@ -188,7 +190,7 @@ pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
         &config,
         architecture,
         (&train, &eval),
-        Objective::Labels,
+        Objective::<TeacherLogits>::Labels,
         &device,
     )
 }
@@ -208,6 +210,13 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         ..TransferConfig::default()
     };
     transfer.validate().map_err(anyhow::Error::msg)?;
+    let hidden = (args.cosine_weight != 0.0).then_some(HiddenTerm {
+        weight: args.cosine_weight,
+    });
+    if let Some(term) = &hidden {
+        term.validate()
+            .map_err(|e| anyhow::anyhow!("--cosine-weight: {e}"))?;
+    }
     let device = train_args.backend.device()?;
     let spec = TextModelSpec::from_file(Path::new(&args.student))?;
     let base = BaseModel::load(&args.teacher, "--teacher", &device)?;
@@ -296,17 +305,32 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         tokenizer: &base.tokenizer,
         freeze_word_embeddings: train_args.freeze_word_embeddings,
     };
-    fit_text(
-        train_args,
-        &config,
-        architecture,
-        (&train, &eval),
-        Objective::Distill {
-            loss,
-            teacher: &logits,
-        },
-        &device,
-    )
+    match hidden {
+        None => fit_text(
+            train_args,
+            &config,
+            architecture,
+            (&train, &eval),
+            Objective::Distill {
+                loss,
+                teacher: &logits,
+                hidden,
+            },
+            &device,
+        ),
+        Some(_) => fit_text(
+            train_args,
+            &config,
+            architecture,
+            (&train, &eval),
+            Objective::Distill {
+                loss,
+                teacher: &LiveTextTeacher::new(logits, teacher),
+                hidden,
+            },
+            &device,
+        ),
+    }
 }
 
 fn argmax(row: &[f32]) -> usize {

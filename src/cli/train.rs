@@ -274,6 +274,10 @@ pub struct DistillArgs {
     /// token swaps, n-gram sampling), labelled by the teacher; 0: none.
     #[arg(long, default_value_t = 0)]
     pub transfer_copies: usize,
+    /// Text: weight of DistilBERT's cosine loss between the student's hidden states and the
+    /// teacher's (mapped layers; the teacher runs live for it); 0: none.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub cosine_weight: f64,
     /// Text: seed of the transfer set (fixed by default, so paired seeds share one set and one
     /// teacher pass).
     #[arg(long, default_value_t = 0)]
@@ -328,8 +332,8 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
     if super::text::is_text_data(&args.train.data) {
         return super::text::distill(args, loss);
     }
-    if args.transfer_copies > 0 {
-        anyhow::bail!("--transfer-copies applies to text datasets; images have --augment");
+    if args.transfer_copies > 0 || args.cosine_weight != 0.0 {
+        anyhow::bail!("--transfer-copies and --cosine-weight apply to text datasets");
     }
     let config = args.train.checked_config()?;
     let spec = resolve_spec(&args.student)?;
@@ -375,6 +379,7 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
         Objective::Distill {
             loss,
             teacher: &logits,
+            hidden: None,
         },
         &device,
     )

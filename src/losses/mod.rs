@@ -16,7 +16,7 @@ use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use ce::cross_entropy;
-pub use cosine::hidden_cosine;
+pub use cosine::{hidden_cosine, layer_map, mapped_hidden_cosine, HiddenStates, HiddenTerm};
 pub use dkd::{dkd_warmup, nckd, tckd};
 pub use kd::soft_kl;
 pub use mse::logit_mse;

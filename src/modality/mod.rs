@@ -17,6 +17,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::data::Augmentation;
+use crate::losses::HiddenStates;
 
 /// A kind of labelled data and the models that read it.
 pub trait Modality {
@@ -41,6 +42,15 @@ pub trait Modality {
 
     /// Class logits of a batch, `[batch, classes]`.
     fn logits(model: &Self::Model, input: Self::Input) -> Tensor<2>;
+
+    /// Class logits and the hidden states a hidden-state loss compares; `None` for a model
+    /// without per-token states (an image CNN, a text CNN).
+    fn logits_and_states(
+        model: &Self::Model,
+        input: Self::Input,
+    ) -> (Tensor<2>, Option<HiddenStates>) {
+        (Self::logits(model, input), None)
+    }
 
     /// What one example is called in messages ("image", "text").
     fn example_noun() -> &'static str;
@@ -98,4 +108,11 @@ pub trait SoftTargets<I> {
         input: &I,
         device: &Device,
     ) -> anyhow::Result<Tensor<2>>;
+
+    /// The teacher's hidden states for the batch `input` (embeddings first), plain tensors on
+    /// `device`; `None` when this teacher offers none (cached logits only).
+    fn states_at(&self, input: &I, device: &Device) -> anyhow::Result<Option<Vec<Tensor<3>>>> {
+        let _ = (input, device);
+        Ok(None)
+    }
 }

@@ -12,6 +12,7 @@ use crate::data::text::TextExample;
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
 use crate::data::Augmentation;
 use crate::distill::{cached_rows, load_or_compute_logits, CacheLocation, LogitKey, TeacherLogits};
+use crate::losses::HiddenStates;
 use crate::models::bert::{Bert, BertConfig};
 use crate::models::checkpoint::{load_weights, write_atomic, write_manifest, write_weights};
 use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
@@ -101,6 +102,22 @@ impl Modality for Text {
 
     fn logits(model: &TextClassifier, input: TokenBatch) -> Tensor<2> {
         model.forward(&input)
+    }
+
+    fn logits_and_states(
+        model: &TextClassifier,
+        input: TokenBatch,
+    ) -> (Tensor<2>, Option<HiddenStates>) {
+        match model.forward_all(&input) {
+            Some(output) => (
+                output.logits,
+                Some(HiddenStates {
+                    states: output.hidden_states,
+                    padding: input.padding,
+                }),
+            ),
+            None => (model.forward(&input), None),
+        }
     }
 
     fn example_noun() -> &'static str {
@@ -239,6 +256,55 @@ impl SoftTargets<TokenBatch> for TeacherLogits {
             } => Ok(cached_rows(values, *classes, indices, device)),
             _ => bail!("a text student is taught from cached teacher logits; an image teacher cannot teach it"),
         }
+    }
+}
+
+/// A text teacher for a hidden-state loss: its logits from a cache, its hidden states computed
+/// live for each batch (in inference mode, never trained).
+pub struct LiveTextTeacher {
+    logits: TeacherLogits,
+    model: TextClassifier,
+}
+
+impl LiveTextTeacher {
+    /// `model` (kept in inference mode: no dropout, no gradients) with its cached `logits` for the
+    /// training texts.
+    pub fn new(logits: TeacherLogits, model: &TextClassifier) -> Self {
+        Self {
+            logits,
+            model: model.valid(),
+        }
+    }
+}
+
+impl SoftTargets<TokenBatch> for LiveTextTeacher {
+    fn teacher_id(&self) -> &str {
+        self.logits.teacher_id()
+    }
+
+    fn logits_at(
+        &self,
+        indices: &[usize],
+        views: Option<&[usize]>,
+        input: &TokenBatch,
+        device: &Device,
+    ) -> anyhow::Result<Tensor<2>> {
+        SoftTargets::logits_at(&self.logits, indices, views, input, device)
+    }
+
+    fn states_at(
+        &self,
+        input: &TokenBatch,
+        _device: &Device,
+    ) -> anyhow::Result<Option<Vec<Tensor<3>>>> {
+        let Some(bert) = self.model.encoder.bert() else {
+            bail!("the cosine term needs a transformer teacher");
+        };
+        let plain = TokenBatch {
+            ids: input.ids.clone().without_autodiff(),
+            padding: input.padding.clone().without_autodiff(),
+        };
+        Ok(Some(bert.hidden_states(&plain)))
     }
 }
 

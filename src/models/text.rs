@@ -439,6 +439,10 @@ impl TextClassifier {
             ) => {
                 let (teacher, _) = teacher.expect("checked by encoder_config");
                 *bert = teacher.with_layers(map);
+                // The copied layers carry the teacher's dropout; the spec sets the student's.
+                if let EncoderConfig::Transformer(student) = &config {
+                    bert.set_dropout(student.hidden_dropout_prob);
+                }
             }
             _ => {}
         }
@@ -512,6 +516,22 @@ impl Bert {
             embeddings: self.embeddings.clone(),
             encoder,
         })
+    }
+}
+
+impl Bert {
+    /// Sets every dropout rate of the encoder layers (residual, attention, feed-forward) to
+    /// `prob`.
+    pub fn set_dropout(&mut self, prob: f64) {
+        for layer in &mut self.encoder.layers {
+            for dropout in [
+                &mut layer.dropout,
+                &mut layer.mha.dropout,
+                &mut layer.pwff.dropout,
+            ] {
+                dropout.prob = prob;
+            }
+        }
     }
 }
 
