@@ -356,6 +356,53 @@ pub fn count_correct(logits: Tensor<2>, labels: Tensor<1, Int>) -> i64 {
         .into_scalar()
 }
 
+/// What a run directory records about its training, read back from its newest checkpoint.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// The run's seed.
+    pub seed: u64,
+    /// The objective ("labels", or the distillation loss and its teacher).
+    pub objective: String,
+    /// One record per finished epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+impl RunRecord {
+    /// Reads the newest checkpoint of the run in `dir`; errors name the directory.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let Some((_, newest)) = checkpoint_dirs(dir).pop() else {
+            bail!(
+                "{}: no training checkpoint (expected {CHECKPOINTS_DIR}/epoch-NNNN/{STATE_FILE}); is it the --out of a train or distill run?",
+                dir.display()
+            );
+        };
+        let path = newest.join(STATE_FILE);
+        let state: TrainState = serde_json::from_str(
+            &fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+        )
+        .with_context(|| format!("{} is not a valid training state", path.display()))?;
+        if state.history.is_empty() {
+            bail!("{}: the run has no finished epoch", dir.display());
+        }
+        Ok(Self {
+            seed: state.config.seed,
+            objective: state.objective,
+            history: state.history,
+        })
+    }
+
+    /// Accuracy on the evaluation split after the last epoch.
+    pub fn final_accuracy(&self) -> f64 {
+        self.history.last().map_or(f64::NAN, |r| r.val_accuracy)
+    }
+
+    /// Wall time of all epochs.
+    pub fn seconds(&self) -> f64 {
+        self.history.iter().map(|r| r.seconds).sum()
+    }
+}
+
 fn checkpoint_dirs(out: &Path) -> Vec<(usize, PathBuf)> {
     let mut dirs: Vec<(usize, PathBuf)> = fs::read_dir(out.join(CHECKPOINTS_DIR))
         .into_iter()

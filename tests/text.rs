@@ -1198,6 +1198,44 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
         let accuracy = eval["accuracy"].as_f64().unwrap();
         assert!(accuracy > floor, "{}: {eval}", dir.display());
     }
+    // The two arms, paired by seed: one seed gives the difference but no interval.
+    let compared: Value = serde_json::from_str(&run(&[
+        "compare",
+        "--control",
+        scratch.to_str().unwrap(),
+        "--treatment",
+        distilled.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    let final_accuracy = |dir: &Path| {
+        let history: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("history.json")).unwrap())
+                .unwrap();
+        history.last().unwrap()["val_accuracy"].as_f64().unwrap()
+    };
+    assert_eq!(compared["control"]["seeds"][0], 5);
+    assert_eq!(
+        compared["control"]["accuracies"][0].as_f64().unwrap(),
+        final_accuracy(&scratch)
+    );
+    let difference = 100.0 * (final_accuracy(&distilled) - final_accuracy(&scratch));
+    assert!(
+        (compared["paired_points"]["mean"].as_f64().unwrap() - difference).abs() < 1e-9,
+        "{compared}"
+    );
+    assert!(compared["paired_points"]["ci95"].is_null());
+    let unpaired = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(["compare", "--control"])
+        .arg(&scratch)
+        .arg(&distilled)
+        .arg("--treatment")
+        .arg(&distilled)
+        .output()
+        .unwrap();
+    assert!(!unpaired.status.success());
+    assert!(String::from_utf8_lossy(&unpaired.stderr)
+        .contains("--control names 2 runs but --treatment 1"));
     let meta: Value =
         serde_json::from_str(&std::fs::read_to_string(distilled.join("text_meta.json")).unwrap())
             .unwrap();

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod data;
 mod deploy;
 mod models;
@@ -82,6 +83,9 @@ enum Command {
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
         backend: crate::backend::Backend,
     },
+    /// Paired comparison of two arms of finished runs (one run directory per seed): mean ± std,
+    /// the per-seed difference and its 95% interval.
+    Compare(compare::CompareArgs),
     /// Export a trained model for other runtimes (ONNX).
     Export(deploy::ExportArgs),
     /// Classify PNG/JPEG files with a checkpoint or an ONNX model.
@@ -137,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Summary { model, input } => models::summary(&model, input),
         Command::Train { model, args } => train::train(&model, &args),
         Command::Distill(args) => train::distill(&args),
+        Command::Compare(args) => compare::compare(&args),
         Command::Eval {
             model,
             data,
