@@ -1198,6 +1198,29 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
         let accuracy = eval["accuracy"].as_f64().unwrap();
         assert!(accuracy > floor, "{}: {eval}", dir.display());
     }
+    let timed: Value = serde_json::from_str(
+        run(&[
+            "eval",
+            "--model",
+            distilled.to_str().unwrap(),
+            "--data",
+            &data,
+            "--json",
+            "--speed",
+            "--threads",
+            "1",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert!(timed["latency_ms"].as_f64().unwrap() > 0.0, "{timed}");
+    assert!(timed["throughput_per_s"].as_f64().unwrap() > 0.0, "{timed}");
+    assert_eq!(
+        timed["weight_bytes"].as_u64().unwrap(),
+        std::fs::metadata(distilled.join("model.bpk"))
+            .unwrap()
+            .len()
+    );
     // The two arms, paired by seed: one seed gives the difference but no interval.
     let compared: Value = serde_json::from_str(&run(&[
         "compare",

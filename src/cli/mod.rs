@@ -79,6 +79,13 @@ enum Command {
         /// Print one JSON object {"accuracy", "loss", "samples"}.
         #[arg(long)]
         json: bool,
+        /// Text models: also time inference (median latency of one text; throughput over the
+        /// test split in batches of 64).
+        #[arg(long)]
+        speed: bool,
+        /// Worker threads for the compute pool (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
         /// Compute backend.
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
         backend: crate::backend::Backend,
@@ -147,9 +154,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             import,
             json,
+            speed,
+            threads,
             backend,
-        } => train::eval(&model, &data, &import, json, backend),
+        } => {
+            set_threads(threads)?;
+            train::eval(&model, &data, &import, json, speed, backend)
+        }
     }
+}
+
+/// Bounds the compute pool to `threads` workers (Flex runs its kernels on rayon's global pool).
+fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
+    if let Some(threads) = threads {
+        if threads == 0 {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))?;
+    }
+    Ok(())
 }
 
 fn bench(
@@ -162,16 +188,7 @@ fn bench(
     if steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
-    if let Some(threads) = threads {
-        if threads == 0 {
-            anyhow::bail!("--threads must be at least 1");
-        }
-        // Flex runs its kernels on rayon's global pool, so this bounds the backend too.
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))?;
-    }
+    set_threads(threads)?;
     let device = backend.device()?;
     if !json {
         eprintln!(

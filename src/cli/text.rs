@@ -347,7 +347,13 @@ fn argmax(row: &[f32]) -> usize {
 }
 
 /// `distill eval --model <text model dir> --data <text dataset>`: test accuracy and loss.
-pub fn eval(model: &Path, data: &str, json: bool, device: &Device) -> anyhow::Result<()> {
+pub fn eval(
+    model: &Path,
+    data: &str,
+    json: bool,
+    speed: bool,
+    device: &Device,
+) -> anyhow::Result<()> {
     let (classifier, meta) = load_text_model(model, device)
         .with_context(|| format!("cannot load the text model in {}", model.display()))?;
     let dataset = load_text(&data.parse()?)?;
@@ -364,15 +370,37 @@ pub fn eval(model: &Path, data: &str, json: bool, device: &Device) -> anyhow::Re
     let tokenizer = TextTokenizer::from_file(&model.join(TOKENIZER_FILE), max_len)?;
     let test = TokenizedSplit::new(&dataset.test, &tokenizer)?;
     let (loss, accuracy) = evaluate_model::<Text>(&classifier, &test, device, 64);
+    let timing = speed.then(|| crate::bench::measure_text_speed(&classifier, &test, device));
+    let weight_bytes = std::fs::metadata(model.join(TEXT_WEIGHTS_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
     if json {
-        let out = serde_json::json!({"accuracy": accuracy, "loss": loss, "samples": test.len()});
+        let mut out = serde_json::json!({
+            "accuracy": accuracy,
+            "loss": loss,
+            "samples": test.len(),
+            "params": meta.params,
+            "weight_bytes": weight_bytes,
+        });
+        if let Some(timing) = timing {
+            out["latency_ms"] = timing.latency_ms.into();
+            out["throughput_per_s"] = timing.throughput_ips.into();
+        }
         println!("{out}");
     } else {
         println!(
-            "{}: test accuracy {accuracy:.4}, loss {loss:.4} on {} texts of {data}",
+            "{}: test accuracy {accuracy:.4}, loss {loss:.4} on {} texts of {data}; {} parameters, {:.1} MB",
             model.display(),
-            test.len()
+            test.len(),
+            meta.params,
+            weight_bytes as f64 / 1e6
         );
+        if let Some(timing) = timing {
+            println!(
+                "inference: {:.2} ms per text (batch 1, median), {:.1} texts/s (batches of 64 over the test split)",
+                timing.latency_ms, timing.throughput_ips
+            );
+        }
     }
     Ok(())
 }

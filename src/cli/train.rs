@@ -402,11 +402,17 @@ pub fn eval(
     data_spec: &str,
     import: &TeacherImportArgs,
     json: bool,
+    speed: bool,
     backend: Backend,
 ) -> anyhow::Result<()> {
     let device = backend.device()?;
     if super::text::is_text_data(data_spec) {
-        return super::text::eval(model, data_spec, json, &device);
+        return super::text::eval(model, data_spec, json, speed, &device);
+    }
+    if speed {
+        anyhow::bail!(
+            "--speed times text models; for image models use `distill bench` or the study report"
+        );
     }
     let spec: DataSpec = data_spec.parse()?;
     let dataset = data::load(&spec)?;
