@@ -226,3 +226,35 @@ pub fn logit_cache(data: &[u8]) {
         assert_eq!(values.len(), CACHE_ROWS * 2 * CACHE_CLASSES);
     }
 }
+
+/// `text_table`: byte 0 picks the format (even: `.tsv`, odd: `.csv`), the rest is one labelled
+/// text file, split on the MD5 of each text into train and test. An `Ok` dataset has at least two
+/// sorted, distinct classes, every label in range and no empty text.
+pub fn text_table(data: &[u8]) {
+    use distill::data::text::{load_text, TextSpec};
+    let [selector, file @ ..] = data else {
+        return;
+    };
+    let extension = if selector % 2 == 0 { "tsv" } else { "csv" };
+    let path =
+        std::env::temp_dir().join(format!("distill-fuzz-{}.{extension}", std::process::id()));
+    std::fs::write(&path, file).expect("temporary file");
+    let loaded = load_text(&TextSpec::Files {
+        train: path.clone(),
+        test: None,
+    });
+    let _ = std::fs::remove_file(&path);
+    if let Ok(dataset) = loaded {
+        assert!(dataset.classes.len() >= 2, "one class must be an error");
+        let mut unique = dataset.classes.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), dataset.classes.len(), "duplicate classes");
+        for example in dataset.train.iter().chain(&dataset.test) {
+            assert!(example.label < dataset.classes.len());
+            assert!(
+                !example.text.trim().is_empty(),
+                "an empty text must be an error"
+            );
+        }
+    }
+}

@@ -21,12 +21,13 @@ use sha2::{Digest, Sha256};
 type Harness = fn(&[u8]);
 
 /// The fuzz targets and the harness function each runs.
-const TARGETS: [(&str, Harness); 5] = [
+const TARGETS: [(&str, Harness); 6] = [
     ("cifar_bin", harness::cifar_bin),
     ("idx", harness::idx),
     ("experiment_config", harness::experiment_config),
     ("model_spec", harness::model_spec),
     ("logit_cache", harness::logit_cache),
+    ("text_table", harness::text_table),
 ];
 
 fn root() -> PathBuf {
@@ -77,7 +78,7 @@ fn every_seed_and_saved_finding_gives_ok_or_err() {
             .iter()
             .find(|(t, _)| name.starts_with(&format!("{t}-")))
             .unwrap_or_else(|| {
-                panic!("{name}: a saved finding must be named <target>-<name>, target one of cifar_bin, idx, experiment_config, model_spec, logit_cache")
+                panic!("{name}: a saved finding must be named <target>-<name>, target one of cifar_bin, idx, experiment_config, model_spec, logit_cache, text_table")
             });
         replay(target, *run, &path);
         count += 1;
@@ -152,6 +153,19 @@ fn seeds_are_accepted_by_their_parsers() {
             decode_view_logits(&file, &path, teacher, data, &aug, rows, classes).map(|_| ())
         };
         ok.unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    }
+    for path in seeds("text_table") {
+        let bytes = fs::read(&path).unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let file = work
+            .path()
+            .join(if bytes[0] % 2 == 0 { "t.tsv" } else { "t.csv" });
+        fs::write(&file, &bytes[1..]).unwrap();
+        distill::data::text::load_text(&distill::data::text::TextSpec::Files {
+            train: file,
+            test: None,
+        })
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
 

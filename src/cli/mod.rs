@@ -111,7 +111,7 @@ enum Command {
 enum DataCommand {
     /// Print the number of images per split, the classes and the image shape.
     Info {
-        /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`.
+        /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]`, `folder:DIR`, or text: `rotten-tomatoes[:DIR]`, `text:TRAIN[,TEST]`.
         spec: String,
         /// Print exactly one JSON object on stdout.
         #[arg(long)]

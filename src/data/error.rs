@@ -74,7 +74,7 @@ pub enum DataError {
     },
 
     /// A record of a labelled text file that cannot be used, with its line number.
-    #[error("{}:{line}: {message}", path.display())]
+    #[error("{}: {message}", record_location(path, *line))]
     TextRecord {
         /// The file.
         path: PathBuf,
@@ -201,5 +201,13 @@ impl DataError {
             expected: expected.into(),
             found: found.into(),
         }
+    }
+}
+
+/// `file:line`, or just the file when the file as a whole is at fault (line 0).
+fn record_location(path: &std::path::Path, line: u64) -> String {
+    match line {
+        0 => path.display().to_string(),
+        line => format!("{}:{line}", path.display()),
     }
 }

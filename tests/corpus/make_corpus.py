@@ -295,6 +295,24 @@ def main():
     write("logits-not-a-cache", "logits.bin", b"PK\x03\x04 a zip file, not teacher logits" * 4)
 
     onnx_cases()
+    text_cases()
+
+
+def text_cases():
+    """Labelled text tables (`distill data info text:train.tsv,test.tsv`)."""
+    good_test = "label\ttext\npos\tfine film\nneg\tdull film\n"
+    cases = {
+        "text-missing-label-column": ("train.tsv", b"sentiment\ttext\npos\tgood\nneg\tbad\n"),
+        "text-empty-text": ("train.tsv", b"label\ttext\npos\tgood\nneg\t  \n"),
+        "text-not-utf8": ("train.tsv", b"label\ttext\npos\tgood\nneg\tna\xefve\n"),
+        "text-one-class": ("train.tsv", b"label\ttext\npos\tgood\npos\tfine\n"),
+        "text-ragged-row": ("train.tsv", b"label\ttext\npos\tgood\nneg\tbad\textra\n"),
+    }
+    for case, (name, data) in cases.items():
+        write(case, name, data)
+        write(case, "test.tsv", good_test)
+    write("text-unknown-test-label", "train.tsv", "label\ttext\npos\tgood\nneg\tbad\n")
+    write("text-unknown-test-label", "test.tsv", "label\ttext\npos\tok\nmeh\tso-so\n")
 
 
 def release_binary():
