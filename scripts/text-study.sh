@@ -22,6 +22,8 @@ SEEDS=${SEEDS:-"1 2 3"}
 STAGES=${STAGES:-"teacher tang distilbert speed report"}
 TRANSFER_COPIES=${TRANSFER_COPIES:-4}
 TANG_EPOCHS=${TANG_EPOCHS:-6}
+# over the training texts plus the transfer set (5x as many texts with 4 copies)
+TANG_DISTILLED_EPOCHS=${TANG_DISTILLED_EPOCHS:-2}
 DISTILBERT_EPOCHS=${DISTILBERT_EPOCHS:-1}
 DATA="--data rotten-tomatoes --max-len 64 --quiet"
 TEACHER=$OUT/teacher
@@ -50,7 +52,7 @@ for stage in $STAGES; do
                 --cosine --seed "$seed"
             train "$OUT/tang/distilled/seed-$seed" distill $DATA --teacher "$TEACHER" \
                 --student configs/text/bilstm.toml --alpha 0.5 --temperature 2 \
-                --transfer-copies "$TRANSFER_COPIES" --epochs "$TANG_EPOCHS" --batch-size 64 \
+                --transfer-copies "$TRANSFER_COPIES" --epochs "$TANG_DISTILLED_EPOCHS" --batch-size 64 \
                 --lr 1e-3 --cosine --seed "$seed"
         done
         ;;
