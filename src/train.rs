@@ -376,12 +376,7 @@ impl RunRecord {
                 dir.display()
             );
         };
-        let path = newest.join(STATE_FILE);
-        let state: TrainState = serde_json::from_str(
-            &fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?,
-        )
-        .with_context(|| format!("{} is not a valid training state", path.display()))?;
+        let state = read_state(&newest)?;
         if state.history.is_empty() {
             bail!("{}: the run has no finished epoch", dir.display());
         }
@@ -401,6 +396,15 @@ impl RunRecord {
     pub fn seconds(&self) -> f64 {
         self.history.iter().map(|r| r.seconds).sum()
     }
+}
+
+/// The training state saved in the checkpoint directory `dir`.
+fn read_state(dir: &Path) -> anyhow::Result<TrainState> {
+    let path = dir.join(STATE_FILE);
+    serde_json::from_str(
+        &fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+    )
+    .with_context(|| format!("{} is not a valid training state", path.display()))
 }
 
 fn checkpoint_dirs(out: &Path) -> Vec<(usize, PathBuf)> {
@@ -632,12 +636,7 @@ where
                 out.display()
             );
         }
-        let state_path = dir.join(STATE_FILE);
-        let state: TrainState = serde_json::from_str(
-            &fs::read_to_string(&state_path)
-                .with_context(|| format!("cannot read {}", state_path.display()))?,
-        )
-        .with_context(|| format!("{} is not a valid training state", state_path.display()))?;
+        let state = read_state(dir)?;
         if state.model != identity {
             bail!(
                 "cannot resume from {}: it was made for a different model spec",

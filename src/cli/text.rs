@@ -305,32 +305,20 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         tokenizer: &base.tokenizer,
         freeze_word_embeddings: train_args.freeze_word_embeddings,
     };
-    match hidden {
-        None => fit_text(
-            train_args,
-            &config,
-            architecture,
-            (&train, &eval),
-            Objective::Distill {
-                loss,
-                teacher: &logits,
-                hidden,
-            },
-            &device,
-        ),
-        Some(_) => fit_text(
-            train_args,
-            &config,
-            architecture,
-            (&train, &eval),
-            Objective::Distill {
-                loss,
-                teacher: &LiveTextTeacher::new(logits, teacher),
-                hidden,
-            },
-            &device,
-        ),
-    }
+    // Its hidden states are computed only when the cosine term asks for them.
+    let teacher = LiveTextTeacher::new(logits, teacher);
+    fit_text(
+        train_args,
+        &config,
+        architecture,
+        (&train, &eval),
+        Objective::Distill {
+            loss,
+            teacher: &teacher,
+            hidden,
+        },
+        &device,
+    )
 }
 
 fn argmax(row: &[f32]) -> usize {

@@ -259,8 +259,8 @@ impl SoftTargets<TokenBatch> for TeacherLogits {
     }
 }
 
-/// A text teacher for a hidden-state loss: its logits from a cache, its hidden states computed
-/// live for each batch (in inference mode, never trained).
+/// A text teacher: its logits from a cache, its hidden states (for the cosine term, only when
+/// asked) computed live for each batch in inference mode, never trained.
 pub struct LiveTextTeacher {
     logits: TeacherLogits,
     model: TextClassifier,
