@@ -19,6 +19,9 @@ use crate::losses::DistillLoss;
 use crate::models::{zoo, Network};
 use crate::train::{train_step, Objective, OptimizerConfig};
 
+mod text;
+pub use text::{measure_text_speed, run_text, text_table, TextBenchOptions, TextBenchResult};
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -402,37 +405,5 @@ pub fn measure_speed(network: &Network, input: [usize; 3], device: &Device) -> S
     Speed {
         latency_ms: latency * 1e3,
         throughput_ips: 256.0 / batch,
-    }
-}
-
-/// Times a text classifier in inference mode on real texts: the median latency of one text (the
-/// first 21 texts of `split`, after 3 warm-up calls) and the throughput of one pass over all of
-/// `split` in batches of 64, in split order (so batches pad as they would in use).
-pub fn measure_text_speed(
-    model: &crate::models::text::TextClassifier,
-    split: &crate::modality::text::TokenizedSplit,
-    device: &Device,
-) -> Speed {
-    use crate::modality::{text::Text, Modality};
-    let plain = device.clone().without_autodiff();
-    let model = model.valid();
-    let run = |indices: &[usize]| {
-        let (input, _) = Text::batch(split, indices, &plain, None);
-        let start = Instant::now();
-        let _ = model.forward(&input).into_data();
-        start.elapsed().as_secs_f64()
-    };
-    let singles = split.len().min(21);
-    for i in 0..split.len().min(3) {
-        run(&[i]);
-    }
-    let mut times: Vec<f64> = (0..singles).map(|i| run(&[i])).collect();
-    times.sort_by(f64::total_cmp);
-    let latency = times.get(times.len() / 2).copied().unwrap_or(f64::NAN);
-    let all: Vec<usize> = (0..split.len()).collect();
-    let total: f64 = all.chunks(64).map(run).sum();
-    Speed {
-        latency_ms: latency * 1e3,
-        throughput_ips: split.len() as f64 / total,
     }
 }

@@ -279,3 +279,67 @@ fn local_dropout_keeps_scales_repeats_and_backpropagates_its_mask() {
         expected.into_data().try_to_vec::<f32>().unwrap()
     );
 }
+
+/// Every hidden state of `model` on `batch`, through the local encoder kernel or burn's layers.
+fn bert_states(
+    model: &distill::models::bert::Bert,
+    batch: &distill::data::tokenizer::TokenBatch,
+    local: bool,
+) -> Vec<Vec<f32>> {
+    kernels::set_enabled(local);
+    let states = model
+        .hidden_states(batch)
+        .into_iter()
+        .map(|s| s.into_data().try_to_vec::<f32>().unwrap())
+        .collect();
+    kernels::set_enabled(true);
+    states
+}
+
+#[test]
+fn bert_inference_kernel_matches_burn_layers_at_every_position() {
+    use distill::data::tokenizer::TokenBatch;
+    use distill::models::bert::{self, BertConfig};
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tiny-bert");
+    let (tiny, _) = bert::load_pretrained(&dir, &device).unwrap();
+    // A wider random encoder too, so the matrix kernels take their vectorised paths.
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(bert::CONFIG_FILE)).unwrap())
+            .unwrap();
+    config["hidden_size"] = 64.into();
+    config["num_attention_heads"] = 4.into();
+    config["intermediate_size"] = 256.into();
+    config["num_hidden_layers"] = 3.into();
+    let config: BertConfig = serde_json::from_value(config).unwrap();
+    device.seed(5);
+    let mut wide = config.init(&device);
+    // BERT's initialisation (std 0.02) makes near-constant layers; spread the weights out.
+    wide = wide.map(&mut Spread);
+    for (name, model) in [("tiny-bert", &tiny), ("64-wide", &wide)] {
+        let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
+        let batch = TokenBatch::new(&texts, 0, &device);
+        let want = bert_states(model, &batch, false);
+        let got = bert_states(model, &batch, true);
+        assert_eq!(got.len(), want.len());
+        for (layer, (got, want)) in got.iter().zip(&want).enumerate() {
+            // padding positions included: they attend to the real tokens in both paths
+            assert_close(&format!("{name} hidden state {layer}"), got, want);
+        }
+    }
+}
+
+/// Multiplies every float parameter by 5 (weights of std 0.1 instead of 0.02; much more and
+/// attention scores pass burn's padding fill of -10⁴, which then no longer masks).
+struct Spread;
+
+impl burn::module::ModuleMapper for Spread {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        param.map(|t| t * 5.0)
+    }
+}

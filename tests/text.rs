@@ -467,11 +467,7 @@ fn distilbert_student_from_layers_0_2_4_reproduces_those_teacher_layers_exactly(
     );
     for (j, &i) in [0usize, 2, 4].iter().enumerate() {
         // Student layer j on teacher layer i's input gives teacher layer i's output, bit for bit.
-        let out = student_bert.encoder.layers[j].forward(
-            teacher_states[i].clone(),
-            Some(tokens.padding.clone()),
-            None,
-        );
+        let out = student_bert.layer_forward(j, teacher_states[i].clone(), &tokens.padding);
         assert_eq!(
             values(out),
             values(teacher_states[i + 1].clone()),
@@ -1461,4 +1457,74 @@ fn the_cosine_term_adds_its_weighted_distance_on_mapped_layers_and_spares_the_te
     )
     .unwrap_err();
     assert!(err.to_string().contains("hidden states"), "{err}");
+}
+
+#[test]
+fn cli_bench_text_times_a_pretrained_encoder_and_names_bad_shapes() {
+    let model = fixtures().join("tiny-bert");
+    let distill = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let output = distill(&[
+        "bench",
+        "--text",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "12",
+        "--steps",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let config = bert::BertConfig::from_file(&model.join(bert::CONFIG_FILE)).unwrap();
+    // the encoder plus a 2-class head over its width
+    let head = config.hidden_size * 2 + 2;
+    assert_eq!(
+        result["params"].as_u64().unwrap() as usize,
+        config.num_params() + head
+    );
+    assert_eq!(result["batch_size"], 4);
+    assert_eq!(result["seq_len"], 12);
+    assert_eq!(result["threads"], 1);
+    let per_batch_ms = result["spread"]["infer"][2].as_f64().unwrap();
+    assert!(
+        (result["infer_texts_per_s"].as_f64().unwrap() - 4e3 / per_batch_ms).abs() < 1e-6,
+        "{result}"
+    );
+    assert!(result["latency_ms"].as_f64().unwrap() > 0.0);
+
+    // Longer texts than the model has positions for, and a directory that is not a model.
+    let too_long = distill(&[
+        "bench",
+        "--text",
+        model.to_str().unwrap(),
+        "--seq-len",
+        "33",
+    ]);
+    assert!(!too_long.status.success());
+    let err = String::from_utf8_lossy(&too_long.stderr);
+    assert!(
+        err.contains("--seq-len 33") && err.contains("at most 32 tokens"),
+        "{err}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let not_a_model = distill(&["bench", "--text", empty.path().to_str().unwrap()]);
+    assert!(!not_a_model.status.success());
+    let err = String::from_utf8_lossy(&not_a_model.stderr);
+    assert!(
+        err.contains("expected a pretrained text encoder directory"),
+        "{err}"
+    );
 }

@@ -43,6 +43,16 @@ enum Command {
         /// same process, and print the speed-up of each workload.
         #[arg(long)]
         compare_burn: bool,
+        /// Time a text classifier instead: a Hugging Face encoder directory (with a fresh
+        /// 2-class head) or a text model trained by distill, on batches of random token ids.
+        #[arg(long, value_name = "MODEL_DIR")]
+        text: Option<std::path::PathBuf>,
+        /// With --text: texts per batch of the throughput workload.
+        #[arg(long, default_value_t = 64, requires = "text")]
+        batch_size: usize,
+        /// With --text: tokens per text.
+        #[arg(long, default_value_t = 32, requires = "text")]
+        seq_len: usize,
     },
     /// Inspect datasets.
     #[command(subcommand)]
@@ -142,6 +152,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             steps,
             backend,
             compare_burn,
+            text: Some(model),
+            batch_size,
+            seq_len,
+        } => {
+            if compare_burn {
+                anyhow::bail!(
+                    "--compare-burn times the image kernels; it does not apply to --text"
+                );
+            }
+            set_threads(threads)?;
+            let options = crate::bench::TextBenchOptions {
+                batch_size,
+                seq_len,
+                steps,
+                warmup: 3,
+            };
+            text::bench(&model, &options, json, backend)
+        }
+        Command::Bench {
+            json,
+            threads,
+            steps,
+            backend,
+            compare_burn,
+            text: None,
+            ..
         } => bench(json, threads, steps, backend, compare_burn),
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),

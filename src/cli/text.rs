@@ -7,6 +7,8 @@ use anyhow::{bail, Context};
 use burn::tensor::Device;
 
 use super::train::{report_final, DistillArgs, TrainArgs};
+use crate::backend::Backend;
+use crate::bench::{run_text, text_table, TextBenchOptions};
 use crate::data::text::{load_text, TextDataset, TextSpec};
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::tokenizer::TokenBatch;
@@ -389,6 +391,70 @@ pub fn eval(
                 timing.latency_ms, timing.throughput_ips
             );
         }
+    }
+    Ok(())
+}
+
+/// `distill bench --text MODEL_DIR`: inference speed of a trained text model, or of a pretrained
+/// Hugging Face encoder with a fresh 2-class head (the same computation a fine-tuned one does).
+pub fn bench(
+    dir: &Path,
+    options: &TextBenchOptions,
+    json: bool,
+    backend: Backend,
+) -> anyhow::Result<()> {
+    if options.batch_size == 0 || options.seq_len == 0 || options.steps == 0 {
+        bail!(
+            "--batch-size, --seq-len and --steps must be at least 1, got {}, {} and {}",
+            options.batch_size,
+            options.seq_len,
+            options.steps
+        );
+    }
+    let device = backend.device()?;
+    let (classifier, encoder) = if dir.join(TEXT_META_FILE).is_file() {
+        let (classifier, meta) = load_text_model(dir, &device)?;
+        (classifier, meta.encoder)
+    } else if dir.join(CONFIG_FILE).is_file() {
+        let spec = TextModelSpec::Pretrained {
+            dir: dir.to_path_buf(),
+        };
+        TextClassifier::init(&spec, 2, None, 0, &device)?
+    } else {
+        bail!(
+            "--text {}: expected a pretrained text encoder directory ({CONFIG_FILE}, {}) or a text model trained by distill ({TEXT_META_FILE}, {TEXT_WEIGHTS_FILE})",
+            dir.display(),
+            bert::WEIGHTS_FILE
+        );
+    };
+    if let Some(max_len) = encoder.max_len() {
+        if options.seq_len > max_len {
+            bail!(
+                "--seq-len {}: {} reads at most {max_len} tokens",
+                options.seq_len,
+                dir.display()
+            );
+        }
+    }
+    if !json {
+        eprintln!(
+            "benchmarking {} ({} timed batches per workload)...",
+            dir.display(),
+            options.steps
+        );
+    }
+    let result = run_text(
+        &classifier,
+        &dir.display().to_string(),
+        encoder.vocab_size(),
+        options,
+        &device,
+        backend.name(),
+    );
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        print!("{}", text_table(&result));
     }
     Ok(())
 }

@@ -8,12 +8,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Flex};
+use burn::backend::{backend_extension, Autodiff, Backend, ExtensionType, Flex};
 use burn::tensor::TensorData;
 
 use std::sync::Arc;
 
 use super::conv::{self, ConvShape, Patches};
+use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
 use super::{dropout, pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
@@ -30,6 +31,99 @@ pub trait CnnKernels: Backend {
     ) -> FloatTensor<Self>;
     /// See [`super::dropout`].
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
+}
+
+/// One BERT layer's parameters as backend tensors (burn's `Linear` weights are `[in, out]`).
+#[derive(ExtensionType)]
+pub struct EncoderLayerParams<B: Backend> {
+    pub query_weight: FloatTensor<B>,
+    pub query_bias: FloatTensor<B>,
+    pub key_weight: FloatTensor<B>,
+    pub key_bias: FloatTensor<B>,
+    pub value_weight: FloatTensor<B>,
+    pub value_bias: FloatTensor<B>,
+    pub output_weight: FloatTensor<B>,
+    pub output_bias: FloatTensor<B>,
+    pub attention_norm_gamma: FloatTensor<B>,
+    pub attention_norm_beta: FloatTensor<B>,
+    pub inner_weight: FloatTensor<B>,
+    pub inner_bias: FloatTensor<B>,
+    pub outer_weight: FloatTensor<B>,
+    pub outer_bias: FloatTensor<B>,
+    pub output_norm_gamma: FloatTensor<B>,
+    pub output_norm_beta: FloatTensor<B>,
+}
+
+/// Inference-only kernels of the text encoders (no autodiff implementation: the caller checks
+/// that the device does not track gradients).
+#[backend_extension(Flex)]
+pub trait TextKernels: Backend {
+    /// See [`super::encoder_layer`].
+    fn text_encoder_layer(
+        x: FloatTensor<Self>,
+        #[extension_type] params: EncoderLayerParams<Self>,
+        padding: Vec<bool>,
+        heads: usize,
+        eps: f32,
+    ) -> FloatTensor<Self>;
+}
+
+impl TextKernels for Flex {
+    fn text_encoder_layer(
+        x: FloatTensor<Self>,
+        params: EncoderLayerParams<Self>,
+        padding: Vec<bool>,
+        heads: usize,
+        eps: f32,
+    ) -> FloatTensor<Self> {
+        let [batch, len, width] = dims::<3>(&x);
+        let [_, ffn] = dims::<2>(&params.inner_weight);
+        let p = &params;
+        let (query_weight, query_bias) = (values(&p.query_weight), values(&p.query_bias));
+        let (key_weight, key_bias) = (values(&p.key_weight), values(&p.key_bias));
+        let (value_weight, value_bias) = (values(&p.value_weight), values(&p.value_bias));
+        let (output_weight, output_bias) = (values(&p.output_weight), values(&p.output_bias));
+        let (inner_weight, inner_bias) = (values(&p.inner_weight), values(&p.inner_bias));
+        let (outer_weight, outer_bias) = (values(&p.outer_weight), values(&p.outer_bias));
+        let (attention_gamma, attention_beta) = (
+            values(&p.attention_norm_gamma),
+            values(&p.attention_norm_beta),
+        );
+        let (output_gamma, output_beta) =
+            (values(&p.output_norm_gamma), values(&p.output_norm_beta));
+        fn dense<'a>(weight: &'a [f32], bias: &'a [f32]) -> Dense<'a> {
+            Dense { weight, bias }
+        }
+        let weights = EncoderLayerWeights {
+            query: dense(&query_weight, &query_bias),
+            key: dense(&key_weight, &key_bias),
+            value: dense(&value_weight, &value_bias),
+            output: dense(&output_weight, &output_bias),
+            attention_norm: Norm {
+                gamma: &attention_gamma,
+                beta: &attention_beta,
+                eps,
+            },
+            inner: dense(&inner_weight, &inner_bias),
+            outer: dense(&outer_weight, &outer_bias),
+            output_norm: Norm {
+                gamma: &output_gamma,
+                beta: &output_beta,
+                eps,
+            },
+        };
+        let shape = EncoderShape {
+            batch,
+            len,
+            width,
+            heads,
+            ffn,
+        };
+        tensor(
+            encoder::forward(&values(&x), &padding, &weights, &shape),
+            vec![batch, len, width],
+        )
+    }
 }
 
 /// The tensor's values in row-major order (copied only when it is a strided view).

@@ -10,6 +10,7 @@
 
 pub mod conv;
 pub mod dropout;
+pub mod encoder;
 pub mod pool;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -126,6 +127,90 @@ fn is_flex(device: &Device) -> bool {
 #[cfg(not(feature = "flex"))]
 fn is_flex(_device: &Device) -> bool {
     false
+}
+
+/// Whether inference-only kernels may run on `device`: [`active`], and gradients are not tracked.
+pub fn inference_active(device: &Device) -> bool {
+    active(device) && !device.is_autodiff()
+}
+
+/// One post-norm BERT layer with exact GELU, inference only: `x` is `[batch, len, width]`,
+/// `padding` `[batch, len]` (true on padding), `eps` the layer norms' epsilon (Flex only: check
+/// [`inference_active`]).
+#[cfg(feature = "flex")]
+pub fn encoder_layer(
+    layer: &burn::nn::transformer::TransformerEncoderLayer,
+    x: Tensor<3>,
+    padding: &Tensor<2, burn::tensor::Bool>,
+    eps: f64,
+) -> Tensor<3> {
+    use burn::backend::Dispatch;
+    use burn::nn::{LayerNorm, Linear};
+    let linear = |l: &Linear| {
+        let bias = l
+            .bias
+            .as_ref()
+            .expect("BERT's dense layers have biases")
+            .val();
+        (l.weight.val().into_dispatch(), bias.into_dispatch())
+    };
+    let norm = |n: &LayerNorm| {
+        let beta = n
+            .beta
+            .as_ref()
+            .expect("BERT's layer norms have shifts")
+            .val();
+        (n.gamma.val().into_dispatch(), beta.into_dispatch())
+    };
+    let (query_weight, query_bias) = linear(&layer.mha.query);
+    let (key_weight, key_bias) = linear(&layer.mha.key);
+    let (value_weight, value_bias) = linear(&layer.mha.value);
+    let (output_weight, output_bias) = linear(&layer.mha.output);
+    let (attention_norm_gamma, attention_norm_beta) = norm(&layer.norm_1);
+    let (inner_weight, inner_bias) = linear(&layer.pwff.linear_inner);
+    let (outer_weight, outer_bias) = linear(&layer.pwff.linear_outer);
+    let (output_norm_gamma, output_norm_beta) = norm(&layer.norm_2);
+    let params = flex::EncoderLayerParams {
+        query_weight,
+        query_bias,
+        key_weight,
+        key_bias,
+        value_weight,
+        value_bias,
+        output_weight,
+        output_bias,
+        attention_norm_gamma,
+        attention_norm_beta,
+        inner_weight,
+        inner_bias,
+        outer_weight,
+        outer_bias,
+        output_norm_gamma,
+        output_norm_beta,
+    };
+    let padding = padding
+        .clone()
+        .into_data()
+        .try_to_vec::<bool>()
+        .expect("a bool mask");
+    Tensor::from_dispatch(<Dispatch as flex::TextKernels>::text_encoder_layer(
+        x.into_dispatch(),
+        params,
+        padding,
+        layer.mha.n_heads,
+        eps as f32,
+    ))
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`inference_active`] is always false.
+pub fn encoder_layer(
+    _layer: &burn::nn::transformer::TransformerEncoderLayer,
+    _x: Tensor<3>,
+    _padding: &Tensor<2, burn::tensor::Bool>,
+    _eps: f64,
+) -> Tensor<3> {
+    unreachable!("local kernels need the flex feature")
 }
 
 /// Max pooling of `[batch, channels, h, w]` over `window` (Flex only: check [`active`]).

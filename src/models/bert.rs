@@ -15,9 +15,7 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use burn::module::Module;
 use burn::nn::activation::ActivationConfig;
-use burn::nn::transformer::{
-    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
-};
+use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
 use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
 use burn::tensor::{Bool, Device, Int, Tensor};
@@ -189,6 +187,7 @@ impl BertConfig {
             .with_layer_norm_eps(self.layer_norm_eps)
             .with_initializer(initializer)
             .init(device),
+            layer_norm_eps: self.layer_norm_eps,
         }
     }
 
@@ -241,6 +240,10 @@ pub struct Bert {
     pub embeddings: BertEmbeddings,
     /// The transformer layers (`encoder.layers[i]` is Hugging Face's `encoder.layer.i`).
     pub encoder: TransformerEncoder,
+    /// The layer norms' epsilon (burn's `LayerNorm` keeps its own private), for the inference
+    /// kernel.
+    #[module(skip)]
+    pub layer_norm_eps: f64,
 }
 
 impl Bert {
@@ -255,8 +258,8 @@ impl Bert {
         let mut x = self.embeddings.forward(batch.ids.clone());
         let mut states = Vec::with_capacity(self.encoder.layers.len() + 1);
         states.push(x.clone());
-        for layer in &self.encoder.layers {
-            x = layer.forward(x, Some(batch.padding.clone()), None);
+        for index in 0..self.encoder.layers.len() {
+            x = self.layer_forward(index, x, &batch.padding);
             states.push(x.clone());
         }
         states
@@ -264,9 +267,25 @@ impl Bert {
 
     /// The last hidden state, `[batch, len, hidden]`.
     pub fn forward(&self, batch: &TokenBatch) -> Tensor<3> {
-        let input = TransformerEncoderInput::new(self.embeddings.forward(batch.ids.clone()))
-            .mask_pad(batch.padding.clone());
-        self.encoder.forward(input)
+        let x = self.embeddings.forward(batch.ids.clone());
+        (0..self.encoder.layers.len())
+            .fold(x, |x, index| self.layer_forward(index, x, &batch.padding))
+    }
+
+    /// Encoder layer `index` on `x` (`[batch, len, hidden]`; `padding` true on padding): the
+    /// local inference kernel when gradients are not tracked on Flex, burn's layer otherwise.
+    pub fn layer_forward(
+        &self,
+        index: usize,
+        x: Tensor<3>,
+        padding: &Tensor<2, Bool>,
+    ) -> Tensor<3> {
+        let layer = &self.encoder.layers[index];
+        if crate::kernels::inference_active(&x.device()) {
+            crate::kernels::encoder_layer(layer, x, padding, self.layer_norm_eps)
+        } else {
+            layer.forward(x, Some(padding.clone()), None)
+        }
     }
 
     /// Number of encoder layers.

@@ -267,6 +267,15 @@ impl EncoderConfig {
         }
     }
 
+    /// Size of the vocabulary the encoder embeds.
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            EncoderConfig::Transformer(config) => config.vocab_size,
+            EncoderConfig::Cnn(config) => config.vocab_size,
+            EncoderConfig::Bilstm(config) => config.vocab_size,
+        }
+    }
+
     /// Longest text (in tokens) the encoder reads, if it has a limit.
     pub fn max_len(&self) -> Option<usize> {
         match self {
@@ -515,6 +524,7 @@ impl Bert {
         with_fresh_params(Bert {
             embeddings: self.embeddings.clone(),
             encoder,
+            layer_norm_eps: self.layer_norm_eps,
         })
     }
 }

@@ -1,0 +1,530 @@
+//! The inference pass of one BERT encoder layer (post-norm: self-attention, add & norm, GELU
+//! feed-forward, add & norm) on `f32` slices: teacher logits, evaluation and serving.
+//!
+//! burn's layer is some forty tensor ops; on Flex its exact GELU calls libm's scalar `erf` (a
+//! quarter of a MiniLM pass here) and its attention is two batched products of 32×32 matrices
+//! with masking and a softmax in separate passes between them. Here the projections are one
+//! matrix product each with the bias folded in, each text does its attention for all heads while
+//! its rows are in cache, and GELU, softmax and layer norm run on vectorised polynomial `exp` and
+//! `erf` (no libm calls). Dropout is absent: this is the inference pass only.
+
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Sizes of one layer's input `[batch, len, width]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncoderShape {
+    /// Texts in the batch.
+    pub batch: usize,
+    /// Tokens per text (padding included).
+    pub len: usize,
+    /// Hidden width.
+    pub width: usize,
+    /// Attention heads (divides `width`).
+    pub heads: usize,
+    /// Feed-forward width.
+    pub ffn: usize,
+}
+
+/// A dense layer: `weight` is `[inputs, outputs]` row-major (burn's `Linear` layout).
+#[derive(Clone, Copy, Debug)]
+pub struct Dense<'a> {
+    /// `[inputs, outputs]`.
+    pub weight: &'a [f32],
+    /// `[outputs]`.
+    pub bias: &'a [f32],
+}
+
+/// A layer norm over the last axis.
+#[derive(Clone, Copy, Debug)]
+pub struct Norm<'a> {
+    /// Scale, `[width]`.
+    pub gamma: &'a [f32],
+    /// Shift, `[width]`.
+    pub beta: &'a [f32],
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+/// One layer's parameters.
+#[derive(Clone, Copy, Debug)]
+pub struct EncoderLayerWeights<'a> {
+    /// Query projection.
+    pub query: Dense<'a>,
+    /// Key projection.
+    pub key: Dense<'a>,
+    /// Value projection.
+    pub value: Dense<'a>,
+    /// Attention output projection.
+    pub output: Dense<'a>,
+    /// Norm after the attention block (burn's `norm_1`).
+    pub attention_norm: Norm<'a>,
+    /// Feed-forward expansion (followed by GELU).
+    pub inner: Dense<'a>,
+    /// Feed-forward contraction.
+    pub outer: Dense<'a>,
+    /// Norm after the feed-forward block (burn's `norm_2`).
+    pub output_norm: Norm<'a>,
+}
+
+/// The layer's output for `x` (`[batch, len, width]` row-major); `padding[b * len + t]` marks
+/// token `t` of text `b` as padding, which no token attends to.
+pub fn forward(
+    x: &[f32],
+    padding: &[bool],
+    weights: &EncoderLayerWeights,
+    shape: &EncoderShape,
+) -> Vec<f32> {
+    let EncoderShape {
+        batch,
+        len,
+        width,
+        heads,
+        ffn,
+    } = *shape;
+    let rows = batch * len;
+    assert_eq!(
+        x.len(),
+        rows * width,
+        "encoder input is not [batch, len, width]"
+    );
+    assert_eq!(padding.len(), rows, "padding mask is not [batch, len]");
+    assert!(
+        heads > 0 && width % heads == 0,
+        "{heads} heads do not divide width {width}"
+    );
+    let query = dense(x, rows, width, &weights.query, width);
+    let key = dense(x, rows, width, &weights.key, width);
+    let value = dense(x, rows, width, &weights.value, width);
+    let context = attention(&query, &key, &value, padding, shape);
+    // The later products leave their bias to the pass that follows them.
+    let mut hidden = matmul(&context, rows, width, weights.output.weight, width);
+    add_norm(
+        &mut hidden,
+        x,
+        weights.output.bias,
+        &weights.attention_norm,
+        width,
+    );
+    let mut inner = matmul(&hidden, rows, width, weights.inner.weight, ffn);
+    bias_gelu(&mut inner, weights.inner.bias);
+    let mut out = matmul(&inner, rows, ffn, weights.outer.weight, width);
+    add_norm(
+        &mut out,
+        &hidden,
+        weights.outer.bias,
+        &weights.output_norm,
+        width,
+    );
+    out
+}
+
+fn parallelism() -> Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => Parallelism::None,
+        n => Parallelism::Rayon(n),
+    }
+}
+
+/// `x · weight + bias` for `rows` rows of `inputs` values.
+fn dense(x: &[f32], rows: usize, inputs: usize, layer: &Dense, outputs: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * inputs);
+    assert_eq!(
+        layer.weight.len(),
+        inputs * outputs,
+        "dense weight is not [inputs, outputs]"
+    );
+    assert_eq!(layer.bias.len(), outputs, "dense bias is not [outputs]");
+    let mut out = Vec::with_capacity(rows * outputs);
+    for _ in 0..rows {
+        out.extend_from_slice(layer.bias);
+    }
+    // SAFETY: `out` is rows×outputs, `x` rows×inputs and `weight` inputs×outputs, all row-major
+    // with the strides given (asserted above); `out` does not alias the inputs.
+    unsafe {
+        gemm(
+            rows,
+            outputs,
+            inputs,
+            out.as_mut_ptr(),
+            1,
+            outputs as isize,
+            true,
+            x.as_ptr(),
+            1,
+            inputs as isize,
+            layer.weight.as_ptr(),
+            1,
+            outputs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+    }
+    out
+}
+
+/// `x · weight` for `rows` rows of `inputs` values (`weight` is `[inputs, outputs]`).
+fn matmul(x: &[f32], rows: usize, inputs: usize, weight: &[f32], outputs: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * inputs);
+    assert_eq!(
+        weight.len(),
+        inputs * outputs,
+        "dense weight is not [inputs, outputs]"
+    );
+    let mut out = Vec::with_capacity(rows * outputs);
+    // SAFETY: as in `dense`; with `read_dst` false gemm writes every element of the rows×outputs
+    // destination without reading it, so the length can be set after it (f32 has no invalid
+    // bit patterns).
+    unsafe {
+        gemm(
+            rows,
+            outputs,
+            inputs,
+            out.as_mut_ptr(),
+            1,
+            outputs as isize,
+            false,
+            x.as_ptr(),
+            1,
+            inputs as isize,
+            weight.as_ptr(),
+            1,
+            outputs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        );
+        out.set_len(rows * outputs);
+    }
+    out
+}
+
+/// Scaled dot-product attention of every head, `[batch, len, width]` in and out (head `h` owns
+/// columns `h * d .. (h + 1) * d`).
+fn attention(
+    query: &[f32],
+    key: &[f32],
+    value: &[f32],
+    padding: &[bool],
+    shape: &EncoderShape,
+) -> Vec<f32> {
+    let EncoderShape {
+        len, width, heads, ..
+    } = *shape;
+    let d = width / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let text_size = len * width;
+    let mut context = vec![0.0f32; query.len()];
+    context
+        .par_chunks_mut(text_size)
+        .enumerate()
+        .for_each(|(b, context)| {
+            let rows = b * text_size..(b + 1) * text_size;
+            let (query, key, value) = (&query[rows.clone()], &key[rows.clone()], &value[rows]);
+            let padding = &padding[b * len..(b + 1) * len];
+            let mut scores = vec![0.0f32; len * len];
+            for h in 0..heads {
+                let column = h * d;
+                // SAFETY: every operand is a len×d block of a len×width row-major text (row
+                // stride `width`, starting at `column`, column + d ≤ width) or the len×len
+                // `scores`; the destination does not alias the sources.
+                unsafe {
+                    // scores = q · kᵀ: kᵀ's element (i, j) is key[j * width + column + i].
+                    gemm(
+                        len,
+                        len,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        query[column..].as_ptr(),
+                        1,
+                        width as isize,
+                        key[column..].as_ptr(),
+                        width as isize,
+                        1,
+                        0.0,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(len) {
+                    masked_softmax(row, padding);
+                }
+                // SAFETY: as above.
+                unsafe {
+                    gemm(
+                        len,
+                        d,
+                        len,
+                        context[column..].as_mut_ptr(),
+                        1,
+                        width as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        value[column..].as_ptr(),
+                        1,
+                        width as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    );
+                }
+            }
+        });
+    context
+}
+
+/// Softmax of `row` over the positions `padding` leaves; padded positions get weight 0 (burn
+/// fills them with -10⁴ before its softmax, whose exponential is 0 in `f32` as well).
+fn masked_softmax(row: &mut [f32], padding: &[bool]) {
+    let max = row
+        .iter()
+        .zip(padding)
+        .filter(|(_, &pad)| !pad)
+        .map(|(&v, _)| v)
+        .fold(f32::NEG_INFINITY, f32::max);
+    for (v, &pad) in row.iter_mut().zip(padding) {
+        *v = if pad { f32::NEG_INFINITY } else { *v - max };
+    }
+    simd::exp_in_place(row);
+    let sum: f32 = row.iter().sum();
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `out = layer_norm(out + bias + residual)` row by row.
+fn add_norm(out: &mut [f32], residual: &[f32], bias: &[f32], norm: &Norm, width: usize) {
+    assert_eq!(out.len(), residual.len());
+    assert_eq!(bias.len(), width, "dense bias is not [outputs]");
+    assert_eq!(norm.gamma.len(), width, "layer norm scale is not [width]");
+    assert_eq!(norm.beta.len(), width, "layer norm shift is not [width]");
+    const ROWS_PER_TASK: usize = 64;
+    out.par_chunks_mut(width * ROWS_PER_TASK)
+        .zip(residual.par_chunks(width * ROWS_PER_TASK))
+        .for_each(|(out, residual)| {
+            for (row, residual) in out
+                .chunks_exact_mut(width)
+                .zip(residual.chunks_exact(width))
+            {
+                simd::add_norm_row(row, residual, bias, norm.gamma, norm.beta, norm.eps);
+            }
+        });
+}
+
+/// `values = gelu(values + bias)` row by row, with the exact (erf) GELU.
+fn bias_gelu(values: &mut [f32], bias: &[f32]) {
+    const ROWS_PER_TASK: usize = 16;
+    assert_eq!(values.len() % bias.len(), 0, "dense bias is not [outputs]");
+    values
+        .par_chunks_mut(bias.len() * ROWS_PER_TASK)
+        .for_each(|rows| {
+            for row in rows.chunks_exact_mut(bias.len()) {
+                simd::bias_gelu_row(row, bias);
+            }
+        });
+}
+
+/// The element-wise loops, compiled twice: for AVX2 + FMA (chosen at run time) and for the
+/// baseline target. The math is written so that LLVM vectorises it (no libm calls, no branches).
+mod simd {
+    /// Picks the AVX2 + FMA build of `$body` when the CPU has them.
+    macro_rules! dispatch {
+        ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+            pub fn $name($($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2")
+                        && std::arch::is_x86_feature_detected!("fma")
+                    {
+                        #[target_feature(enable = "avx2,fma")]
+                        unsafe fn avx2($($arg: $ty),*) {
+                            $generic($($arg),*)
+                        }
+                        // SAFETY: the CPU supports the features `avx2` was compiled for.
+                        return unsafe { avx2($($arg),*) };
+                    }
+                }
+                $generic($($arg),*)
+            }
+        };
+    }
+
+    dispatch!(exp_in_place, exp_slice, (values: &mut [f32]));
+    dispatch!(bias_gelu_row, bias_gelu_slice, (values: &mut [f32], bias: &[f32]));
+    dispatch!(
+        add_norm_row,
+        add_norm_slice,
+        (row: &mut [f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32)
+    );
+
+    #[inline(always)]
+    fn exp_slice(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = super::exp(*v);
+        }
+    }
+
+    #[inline(always)]
+    fn bias_gelu_slice(values: &mut [f32], bias: &[f32]) {
+        for (v, b) in values.iter_mut().zip(bias) {
+            *v = super::gelu_scalar(*v + b);
+        }
+    }
+
+    #[inline(always)]
+    fn add_norm_slice(
+        row: &mut [f32],
+        residual: &[f32],
+        bias: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+    ) {
+        for ((v, r), b) in row.iter_mut().zip(residual).zip(bias) {
+            *v += r + b;
+        }
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        let inv = 1.0 / (variance + eps).sqrt();
+        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+            *v = (*v - mean) * inv * g + b;
+        }
+    }
+}
+
+/// `e^x` in `f32` (Cephes' `expf`: relative error below 2e-7) for `x` up to 88.3; 0 below
+/// -87.3 and for -∞.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split in two so that n · LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let underflow = x < -87.3;
+    let x = x.clamp(-87.3, 88.3);
+    let n = (x * LOG2E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if underflow {
+        0.0
+    } else {
+        y * scale
+    }
+}
+
+/// `erf(x)`: Eigen's rational approximation (odd degree-13 over even degree-8 polynomial on
+/// [-4, 4], where `f32` erf reaches ±1), a few ulp; no `exp`, one division.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    let p = x2 * p + -2.101_024e-6;
+    let p = x2 * p + -5.692_506_4e-5;
+    let p = x2 * p + -7.349_906_3e-4;
+    let p = x2 * p + -2.954_600_1e-3;
+    let p = x2 * p + -1.609_603_3e-2;
+    let q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    let q = x2 * q + -1.682_827e-3;
+    let q = x2 * q + -7.373_329e-3;
+    let q = x2 * q + -1.426_473_9e-2;
+    x * p / q
+}
+
+/// `x · Φ(x)`, BERT's exact GELU.
+#[inline(always)]
+pub fn gelu_scalar(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std_to_float_rounding() {
+        let mut worst = 0.0f64;
+        // (the kernels only take exp of values ≤ 0; above 88.3, 2ⁿ overflows)
+        for i in -8700..=8830 {
+            let x = i as f32 * 0.01;
+            let want = (x as f64).exp();
+            let got = exp(x) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-100.0), 0.0);
+    }
+
+    #[test]
+    fn gelu_matches_a_float64_erf_gelu() {
+        // erf(x) = 2/√π · e^(-x²) · Σ 2ⁿ x^(2n+1) / (1·3·…·(2n+1)): every term positive, so
+        // no cancellation in f64 (the alternating Taylor series loses 1e-4 near x = 4).
+        fn erf64(x: f64) -> f64 {
+            let (mut term, mut sum, mut n) = (x, x, 0.0);
+            while term.abs() > 1e-18 * sum.abs() {
+                n += 1.0;
+                term *= 2.0 * x * x / (2.0 * n + 1.0);
+                sum += term;
+            }
+            2.0 / std::f64::consts::PI.sqrt() * (-x * x).exp() * sum
+        }
+        let mut worst = 0.0f64;
+        for i in -800..=800 {
+            let x = i as f64 * 0.01;
+            let want = 0.5 * x * (1.0 + erf64(x / std::f64::consts::SQRT_2));
+            let got = gelu_scalar(x as f32) as f64;
+            worst = worst.max((got - want).abs());
+        }
+        assert!(worst < 2e-6, "worst absolute error {worst}");
+        // and the dispatched slice version agrees with the scalar one
+        let mut values: Vec<f32> = (-300..300).map(|i| i as f32 * 0.02).collect();
+        let want: Vec<f32> = values.iter().map(|&x| gelu_scalar(x + 0.5)).collect();
+        simd::bias_gelu_row(&mut values, &[0.5; 600]);
+        for (g, w) in values.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn masked_softmax_ignores_padding_and_sums_to_one() {
+        let mut row = vec![1.0, 2.0, 50.0, 3.0];
+        masked_softmax(&mut row, &[false, false, true, false]);
+        let e = [1.0f64.exp(), 2.0f64.exp(), 3.0f64.exp()];
+        let total: f64 = e.iter().sum();
+        for (got, want) in [row[0], row[1], row[3]]
+            .iter()
+            .zip(e.iter().map(|v| v / total))
+        {
+            assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(row[2], 0.0);
+    }
+}
