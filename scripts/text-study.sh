@@ -24,7 +24,10 @@ TRANSFER_COPIES=${TRANSFER_COPIES:-4}
 TANG_EPOCHS=${TANG_EPOCHS:-6}
 # over the training texts plus the transfer set (5x as many texts with 4 copies)
 TANG_DISTILLED_EPOCHS=${TANG_DISTILLED_EPOCHS:-2}
-DISTILBERT_EPOCHS=${DISTILBERT_EPOCHS:-1}
+# 1 epoch at 5e-5 left the 3-layer student at 70% (seed 1, both arms); on a validation split
+# 1e-4 reached 72.4% and 77.0% after epochs 1 and 2
+DISTILBERT_EPOCHS=${DISTILBERT_EPOCHS:-2}
+DISTILBERT_LR=${DISTILBERT_LR:-1e-4}
 DATA="--data rotten-tomatoes --max-len 64 --quiet"
 TEACHER=$OUT/teacher
 mkdir -p "$OUT"
@@ -60,11 +63,11 @@ for stage in $STAGES; do
         for seed in $SEEDS; do
             train "$OUT/distilbert/labels/seed-$seed" train $DATA \
                 --model configs/text/distilbert-3layer.toml --base-model "$TEACHER" \
-                --epochs "$DISTILBERT_EPOCHS" --batch-size 32 --lr 5e-5 --cosine \
+                --epochs "$DISTILBERT_EPOCHS" --batch-size 32 --lr "$DISTILBERT_LR" --cosine \
                 --warmup-fraction 0.1 --freeze-word-embeddings --seed "$seed"
             train "$OUT/distilbert/distilled/seed-$seed" distill $DATA --teacher "$TEACHER" \
                 --student configs/text/distilbert-3layer.toml --alpha 0.5 --temperature 2 \
-                --cosine-weight 1 --epochs "$DISTILBERT_EPOCHS" --batch-size 32 --lr 5e-5 \
+                --cosine-weight 1 --epochs "$DISTILBERT_EPOCHS" --batch-size 32 --lr "$DISTILBERT_LR" \
                 --cosine --warmup-fraction 0.1 --freeze-word-embeddings --seed "$seed"
         done
         ;;

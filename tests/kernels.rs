@@ -340,6 +340,113 @@ impl burn::module::ModuleMapper for Spread {
         &mut self,
         param: burn::module::Param<Tensor<D>>,
     ) -> burn::module::Param<Tensor<D>> {
-        param.map(|t| t * 5.0)
+        param.map(|t| {
+            let t = (t * 5.0).detach();
+            if t.is_autodiff() {
+                t.require_grad()
+            } else {
+                t
+            }
+        })
+    }
+}
+
+/// The wider random test encoder of the inference comparison above, on `device`, dropout off.
+fn wide_bert(device: &Device) -> distill::models::bert::Bert {
+    use distill::models::bert::{self, BertConfig};
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tiny-bert");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(bert::CONFIG_FILE)).unwrap())
+            .unwrap();
+    config["hidden_size"] = 64.into();
+    config["num_attention_heads"] = 4.into();
+    config["intermediate_size"] = 256.into();
+    config["num_hidden_layers"] = 2.into();
+    config["hidden_dropout_prob"] = 0.0.into();
+    let config: BertConfig = serde_json::from_value(config).unwrap();
+    device.seed(5);
+    let mut model = config.init(device).map(&mut Spread);
+    model.set_dropout(0.0);
+    model
+}
+
+/// The last hidden state and, per layer parameter (projections, feed-forward, norms), its
+/// gradient of `sum(state ⊙ r)`, through the local kernels or burn's layers.
+fn bert_state_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
+    use distill::data::tokenizer::TokenBatch;
+    kernels::set_enabled(local);
+    let device = Device::flex().autodiff();
+    let model = wide_bert(&device);
+    let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
+    let batch = TokenBatch::new(&texts, 0, &device);
+    let state = model.forward(&batch);
+    let [b, l, w] = state.dims();
+    let r = Tensor::<3>::from_data(TensorData::new(values(b * l * w, 9), [b, l, w]), &device);
+    let grads = (state.clone() * r).sum().backward();
+    let flat = |t: Option<Tensor<1>>| {
+        t.expect("gradient")
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let mut out = Vec::new();
+    for layer in &model.encoder.layers {
+        let linears = [
+            &layer.mha.query,
+            &layer.mha.key,
+            &layer.mha.value,
+            &layer.mha.output,
+            &layer.pwff.linear_inner,
+            &layer.pwff.linear_outer,
+        ];
+        for linear in linears {
+            out.push(flat(
+                linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1)),
+            ));
+            out.push(flat(
+                linear.bias.as_ref().and_then(|b| b.val().grad(&grads)),
+            ));
+        }
+        for norm in [&layer.norm_1, &layer.norm_2] {
+            out.push(flat(norm.gamma.val().grad(&grads)));
+            out.push(flat(norm.beta.as_ref().and_then(|b| b.val().grad(&grads))));
+        }
+    }
+    out.push(flat(
+        model
+            .embeddings
+            .word_embeddings
+            .weight
+            .val()
+            .grad(&grads)
+            .map(|g| g.flatten(0, 1)),
+    ));
+    kernels::set_enabled(true);
+    (state.into_data().try_to_vec::<f32>().unwrap(), out)
+}
+
+#[test]
+fn bert_training_layers_match_burn_layers_forward_and_backward() {
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let (want_state, want_grads) = bert_state_and_grads(false);
+    let (state, grads) = bert_state_and_grads(true);
+    assert_close("last hidden state", &state, &want_state);
+    assert_eq!(grads.len(), want_grads.len());
+    // One scale for all gradients: the key bias's is zero in exact arithmetic (softmax ignores a
+    // shift shared by a row of scores), so both paths give rounding noise there.
+    let scale = want_grads
+        .iter()
+        .flatten()
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 1e-2, "gradients too small to compare: {scale}");
+    for (i, (got, want)) in grads.iter().zip(&want_grads).enumerate() {
+        assert_eq!(got.len(), want.len());
+        for (j, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-4 * scale,
+                "gradient {i}[{j}]: local kernels give {g}, burn gives {w} (scale {scale})"
+            );
+        }
     }
 }

@@ -848,7 +848,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
         augmentation: None,
     };
     let teacher_spec = TextModelSpec::Pretrained { dir: dir.clone() };
-    let teacher_config = config(10);
+    let teacher_config = config(20);
     let teacher = fit_model(
         ModelJob::<_> {
             architecture: TextArchitecture {
@@ -1057,7 +1057,7 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
         "--model",
         model.to_str().unwrap(),
         "--epochs",
-        "10",
+        "20",
         "--batch-size",
         "16",
         "--lr",

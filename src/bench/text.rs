@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
@@ -24,6 +25,8 @@ pub struct TextBenchOptions {
     pub batch_size: usize,
     /// Tokens per text (special tokens included); no padding.
     pub seq_len: usize,
+    /// Texts per training step (forward and backward of the cross-entropy).
+    pub train_batch_size: usize,
     /// Timed batches per workload.
     pub steps: usize,
     /// Untimed warm-up batches.
@@ -45,8 +48,13 @@ pub struct TextBenchResult {
     pub infer_texts_per_s: f64,
     /// Median milliseconds for one text alone.
     pub latency_ms: f64,
-    /// Per workload (`infer`, `latency`): [min, 25th percentile, median, 75th percentile, max]
-    /// milliseconds per batch.
+    /// Texts per training step.
+    pub train_batch_size: usize,
+    /// Median milliseconds of one training step (forward, cross-entropy, backward; no optimizer;
+    /// word embeddings frozen).
+    pub train_step_ms: f64,
+    /// Per workload (`infer`, `latency`, `train`): [min, 25th percentile, median, 75th
+    /// percentile, max] milliseconds per batch.
     pub spread: BTreeMap<String, [f64; 5]>,
     /// Worker threads of the compute pool.
     pub threads: usize,
@@ -54,6 +62,30 @@ pub struct TextBenchResult {
     pub backend: String,
     /// Peak resident memory of the process (MiB).
     pub peak_rss_mb: f64,
+    /// Which layer implementations ran: `local` (the kernels in [`crate::kernels`]) or `burn`.
+    pub layers: String,
+    /// With `--compare-burn`: the same workloads timed first with burn's own layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burn_layers: Option<Box<TextBenchResult>>,
+    /// With `--compare-burn`: per workload, burn's median time over ours.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub speedup: BTreeMap<String, f64>,
+}
+
+impl TextBenchResult {
+    /// This result with `baseline` attached and the speed-up of each workload over it.
+    pub fn compared_with(mut self, baseline: TextBenchResult) -> Self {
+        self.speedup = self
+            .spread
+            .iter()
+            .filter_map(|(name, ours)| {
+                let theirs = baseline.spread.get(name)?;
+                Some((name.clone(), theirs[2] / ours[2]))
+            })
+            .collect();
+        self.burn_layers = Some(Box::new(baseline));
+        self
+    }
 }
 
 /// A `[batch, len]` batch of token ids drawn from `first_id..vocab_size` (ids below `first_id`
@@ -79,30 +111,51 @@ pub fn random_token_batch(
     }
 }
 
-/// Times `model` in inference mode: batches of `options.batch_size` texts and single texts, both
+/// Times `model` (on an autodiff device): inference on batches of `options.batch_size` texts and
+/// on single texts, and training steps on `options.train_batch_size` texts, all
 /// `options.seq_len` tokens long.
 pub fn run_text(
     model: &TextClassifier,
     name: &str,
     vocab_size: usize,
     options: &TextBenchOptions,
-    device: &Device,
     backend: &str,
 ) -> TextBenchResult {
+    let device = model.head.weight.device();
     let plain = device.clone().without_autodiff();
-    let model = model.valid();
+    let inference = model.valid();
     let mut spread = BTreeMap::new();
-    let mut median_ms = |workload: &str, batch: usize| {
-        let input = random_token_batch(batch, options.seq_len, vocab_size, 0, &plain);
-        let mut samples = time_ms(options.warmup, options.steps, || {
-            let _ = model.forward(&input).into_data();
-        });
+    let mut record = |workload: &str, mut samples: Vec<f64>| {
         let summary = summarize(&mut samples);
         spread.insert(workload.to_string(), summary);
         summary[2]
     };
-    let batch_ms = median_ms("infer", options.batch_size);
-    let latency_ms = median_ms("latency", 1);
+    let mut infer_ms = |workload: &str, batch: usize| {
+        let input = random_token_batch(batch, options.seq_len, vocab_size, 0, &plain);
+        let samples = time_ms(options.warmup, options.steps, || {
+            let _ = inference.forward(&input).into_data();
+        });
+        record(workload, samples)
+    };
+    let batch_ms = infer_ms("infer", options.batch_size);
+    let latency_ms = infer_ms("latency", 1);
+    let batch = options.train_batch_size;
+    let input = random_token_batch(batch, options.seq_len, vocab_size, 1, &device);
+    let labels: Vec<i64> = (0..batch as i64).map(|i| i % 2).collect();
+    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), &device);
+    let loss = CrossEntropyLossConfig::new().init(&device);
+    // The word embeddings frozen, as the text study fine-tunes (their dense gradient would
+    // otherwise dominate the step).
+    let mut trainable = model.clone();
+    let words = trainable.encoder.word_embeddings_mut();
+    words.weight = words.weight.clone().set_require_grad(false);
+    let train_step_ms = record(
+        "train",
+        time_ms(options.warmup, options.steps, || {
+            let logits = trainable.forward(&input);
+            let _ = loss.forward(logits, labels.clone()).backward();
+        }),
+    );
     TextBenchResult {
         model: name.to_string(),
         params: model.num_params(),
@@ -110,10 +163,20 @@ pub fn run_text(
         seq_len: options.seq_len,
         infer_texts_per_s: options.batch_size as f64 * 1e3 / batch_ms,
         latency_ms,
+        train_batch_size: batch,
+        train_step_ms,
         spread,
         threads: rayon::current_num_threads(),
         backend: backend.to_string(),
         peak_rss_mb: peak_rss_mb(),
+        layers: if crate::kernels::active(&device) {
+            "local"
+        } else {
+            "burn"
+        }
+        .to_string(),
+        burn_layers: None,
+        speedup: BTreeMap::new(),
     }
 }
 
@@ -151,6 +214,26 @@ pub fn text_table(result: &TextBenchResult) -> String {
         format!("{:.2} ms", result.latency_ms),
         spread("latency")
     ));
+    out.push_str(&format!(
+        "{:<40} {:>16}  {}\n",
+        format!(
+            "training step, {} x {} tokens",
+            result.train_batch_size, result.seq_len
+        ),
+        format!("{:.1} ms", result.train_step_ms),
+        spread("train")
+    ));
+    if let Some(burn) = &result.burn_layers {
+        out.push_str(&format!(
+            "\nwith burn's layers (same run): {:.1} texts/s, {:.2} ms latency, {:.1} ms per training step\n",
+            burn.infer_texts_per_s, burn.latency_ms, burn.train_step_ms
+        ));
+        for (name, speedup) in &result.speedup {
+            out.push_str(&format!(
+                "speed-up of the local kernels, {name}: {speedup:.2}x\n"
+            ));
+        }
+    }
     out
 }
 

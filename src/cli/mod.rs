@@ -39,8 +39,9 @@ enum Command {
         /// Compute backend.
         #[arg(long, value_enum, default_value_t = crate::backend::Backend::default_compiled())]
         backend: crate::backend::Backend,
-        /// Also time burn's own conv/pool layers in place of the local kernels (Flex), in the
-        /// same process, and print the speed-up of each workload.
+        /// Also time burn's own layers in place of the local kernels (Flex), in the same
+        /// process, and print the speed-up of each workload (conv/pool/dropout for the image
+        /// workloads; the encoder layers, GELU and dropout with --text).
         #[arg(long)]
         compare_burn: bool,
         /// Time a text classifier instead: a Hugging Face encoder directory (with a fresh
@@ -53,6 +54,9 @@ enum Command {
         /// With --text: tokens per text.
         #[arg(long, default_value_t = 32, requires = "text")]
         seq_len: usize,
+        /// With --text: texts per training step.
+        #[arg(long, default_value_t = 32, requires = "text")]
+        train_batch_size: usize,
     },
     /// Inspect datasets.
     #[command(subcommand)]
@@ -155,20 +159,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             text: Some(model),
             batch_size,
             seq_len,
+            train_batch_size,
         } => {
-            if compare_burn {
-                anyhow::bail!(
-                    "--compare-burn times the image kernels; it does not apply to --text"
-                );
-            }
             set_threads(threads)?;
             let options = crate::bench::TextBenchOptions {
                 batch_size,
                 seq_len,
+                train_batch_size,
                 steps,
                 warmup: 3,
             };
-            text::bench(&model, &options, json, backend)
+            text::bench(&model, &options, json, compare_burn, backend)
         }
         Command::Bench {
             json,

@@ -401,17 +401,23 @@ pub fn bench(
     dir: &Path,
     options: &TextBenchOptions,
     json: bool,
+    compare_burn: bool,
     backend: Backend,
 ) -> anyhow::Result<()> {
-    if options.batch_size == 0 || options.seq_len == 0 || options.steps == 0 {
+    if options.batch_size == 0
+        || options.train_batch_size == 0
+        || options.seq_len == 0
+        || options.steps == 0
+    {
         bail!(
-            "--batch-size, --seq-len and --steps must be at least 1, got {}, {} and {}",
+            "--batch-size, --train-batch-size, --seq-len and --steps must be at least 1, got {}, {}, {} and {}",
             options.batch_size,
+            options.train_batch_size,
             options.seq_len,
             options.steps
         );
     }
-    let device = backend.device()?;
+    let device = backend.device()?.autodiff();
     let (classifier, encoder) = if dir.join(TEXT_META_FILE).is_file() {
         let (classifier, meta) = load_text_model(dir, &device)?;
         (classifier, meta.encoder)
@@ -443,14 +449,29 @@ pub fn bench(
             options.steps
         );
     }
-    let result = run_text(
-        &classifier,
-        &dir.display().to_string(),
-        encoder.vocab_size(),
-        options,
-        &device,
-        backend.name(),
-    );
+    let run = || {
+        run_text(
+            &classifier,
+            &dir.display().to_string(),
+            encoder.vocab_size(),
+            options,
+            backend.name(),
+        )
+    };
+    let result = if compare_burn {
+        if !crate::kernels::active(&device) {
+            bail!(
+                "--compare-burn compares the local Flex kernels with burn's layers; backend `{}` does not use them",
+                backend.name()
+            );
+        }
+        crate::kernels::set_enabled(false);
+        let baseline = run();
+        crate::kernels::set_enabled(true);
+        run().compared_with(baseline)
+    } else {
+        run()
+    };
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {

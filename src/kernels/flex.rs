@@ -15,10 +15,10 @@ use std::sync::Arc;
 
 use super::conv::{self, ConvShape, Patches};
 use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
-use super::{dropout, pool, Window2d};
+use super::{dropout, elementwise, pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
-pub trait CnnKernels: Backend {
+pub trait LayerKernels: Backend {
     /// See [`super::max_pool2d`].
     fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self>;
     /// See [`super::conv2d`].
@@ -31,6 +31,8 @@ pub trait CnnKernels: Backend {
     ) -> FloatTensor<Self>;
     /// See [`super::dropout`].
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
+    /// See [`super::gelu`].
+    fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// One BERT layer's parameters as backend tensors (burn's `Linear` weights are `[in, out]`).
@@ -193,7 +195,7 @@ fn conv_forward(
     tensor(y, vec![shape.batch, shape.filters, oh, ow])
 }
 
-impl CnnKernels for Flex {
+impl LayerKernels for Flex {
     fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
         pool_forward(&x, window)
     }
@@ -210,6 +212,39 @@ impl CnnKernels for Flex {
 
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
         dropout_apply(&x, keep, seed)
+    }
+
+    fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        gelu_forward(&x)
+    }
+}
+
+fn gelu_forward(x: &FlexTensor) -> FlexTensor {
+    let shape = x.layout().shape().to_vec();
+    tensor(elementwise::gelu(&values(x)), shape)
+}
+
+#[derive(Debug)]
+struct GeluBackward;
+
+impl Backward<Flex, 1> for GeluBackward {
+    /// The input.
+    type State = FlexTensor;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let x = ops.state;
+        if let Some(node) = node_x {
+            let shape = x.layout().shape().to_vec();
+            let grad_x = elementwise::gelu_backward(&values(&x), &values(&grad));
+            grads.register::<Flex>(node.id, tensor(grad_x, shape));
+        }
     }
 }
 
@@ -321,7 +356,7 @@ impl Backward<Flex, 3> for ConvBackward {
     }
 }
 
-impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
+impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
     fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
         match MaxPoolBackward
             .prepare::<C>([x.node()])
@@ -334,6 +369,18 @@ impl<C: CheckpointStrategy> CnnKernels for Autodiff<Flex, C> {
                 prep.finish((x_state, window), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.primitive(), window)),
+        }
+    }
+
+    fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let y = gelu_forward(x.primitive());
+        match GeluBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(x.primitive().clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod conv;
 pub mod dropout;
+pub mod elementwise;
 pub mod encoder;
 pub mod pool;
 
@@ -217,7 +218,7 @@ pub fn encoder_layer(
 #[cfg(feature = "flex")]
 pub fn max_pool2d(x: Tensor<4>, window: Window2d) -> Tensor<4> {
     use burn::backend::Dispatch;
-    Tensor::from_dispatch(<Dispatch as flex::CnnKernels>::cnn_max_pool2d(
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_max_pool2d(
         x.into_dispatch(),
         window,
     ))
@@ -234,7 +235,7 @@ pub fn conv2d(
     slope: Option<f32>,
 ) -> Tensor<4> {
     use burn::backend::Dispatch;
-    Tensor::from_dispatch(<Dispatch as flex::CnnKernels>::cnn_conv2d(
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_conv2d(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
@@ -259,11 +260,27 @@ pub fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
         (s << 24) | ((u * (1u32 << 24) as f32) as u64 & 0xFF_FFFF)
     });
     let keep = (1.0 - rate) as f32;
-    Tensor::from_dispatch(<Dispatch as flex::CnnKernels>::cnn_dropout(
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_dropout(
         x.into_dispatch(),
         keep,
         seed,
     ))
+}
+
+/// BERT's exact GELU, `x · Φ(x)`, with its derivative for the backward pass (Flex only: check
+/// [`active`]).
+#[cfg(feature = "flex")]
+pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::layer_gelu(
+        x.into_dispatch(),
+    ))
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+    unreachable!("local kernels need the flex feature")
 }
 
 #[cfg(not(feature = "flex"))]

@@ -15,9 +15,13 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use burn::module::Module;
 use burn::nn::activation::ActivationConfig;
+use burn::nn::transformer::TransformerEncoderLayer;
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::nn::{
+    Dropout, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
+};
 use burn::store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::tensor::activation::{quiet_softmax, softmax};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -281,13 +285,70 @@ impl Bert {
         padding: &Tensor<2, Bool>,
     ) -> Tensor<3> {
         let layer = &self.encoder.layers[index];
-        if crate::kernels::inference_active(&x.device()) {
+        let device = x.device();
+        if crate::kernels::inference_active(&device) {
             crate::kernels::encoder_layer(layer, x, padding, self.layer_norm_eps)
+        } else if crate::kernels::active(&device) {
+            layer_with_local_kernels(layer, x, padding)
         } else {
             layer.forward(x, Some(padding.clone()), None)
         }
     }
+}
 
+/// burn's post-norm `TransformerEncoderLayer::forward` op for op, except that GELU and dropout run
+/// on the local kernels: burn's dropout draws its masks one ChaCha sample at a time (a third of a
+/// fine-tuning step on Flex) and its GELU calls libm's scalar `erf` (a tenth).
+fn layer_with_local_kernels(
+    layer: &TransformerEncoderLayer,
+    x: Tensor<3>,
+    padding: &Tensor<2, Bool>,
+) -> Tensor<3> {
+    let [batch, len, width] = x.dims();
+    let mha = &layer.mha;
+    let heads = |linear: &Linear, x: Tensor<3>| {
+        linear
+            .forward(x)
+            .reshape([batch, len, mha.n_heads, mha.d_k])
+            .swap_dims(1, 2)
+    };
+    let query = heads(&mha.query, x.clone());
+    let key = heads(&mha.key, x.clone());
+    let value = heads(&mha.value, x.clone());
+    let scores = query
+        .matmul(key.transpose())
+        .div_scalar((mha.d_k as f32).sqrt())
+        .mask_fill(padding.clone().reshape([batch, 1, 1, len]), mha.min_float);
+    let weights = if mha.quiet_softmax {
+        quiet_softmax(scores, 3)
+    } else {
+        softmax(scores, 3)
+    };
+    let context = dropout(&mha.dropout, weights)
+        .matmul(value)
+        .swap_dims(1, 2)
+        .reshape([batch, len, width]);
+    let attended = mha.output.forward(context);
+    let x = layer.norm_1.forward(x + dropout(&layer.dropout, attended));
+    let inner = crate::kernels::gelu(layer.pwff.linear_inner.forward(x.clone()));
+    let outer = layer
+        .pwff
+        .linear_outer
+        .forward(dropout(&layer.pwff.dropout, inner));
+    layer.norm_2.forward(x + dropout(&layer.dropout, outer))
+}
+
+/// `drop` applied as burn applies it (only while training, on an autodiff device), with the
+/// local kernel's mask.
+fn dropout<const D: usize>(drop: &Dropout, x: Tensor<D>) -> Tensor<D> {
+    if drop.prob > 0.0 && drop.training.is_enabled() && x.is_autodiff() {
+        crate::kernels::dropout(x, drop.prob)
+    } else {
+        drop.forward(x)
+    }
+}
+
+impl Bert {
     /// Number of encoder layers.
     pub fn num_layers(&self) -> usize {
         self.encoder.layers.len()
