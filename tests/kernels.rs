@@ -450,3 +450,71 @@ fn bert_training_layers_match_burn_layers_forward_and_backward() {
         }
     }
 }
+
+/// A BiLSTM encoder's pooled features and, per parameter, its gradient of `sum(features ⊙ r)`,
+/// through the local kernels or burn's LSTM.
+fn bilstm_features_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
+    use distill::data::tokenizer::TokenBatch;
+    use distill::models::bilstm::BiLstmEncoderConfig;
+    kernels::set_enabled(local);
+    let device = Device::flex().autodiff();
+    device.seed(8);
+    let config = BiLstmEncoderConfig {
+        vocab_size: 50,
+        embedding: 16,
+        hidden: 12,
+    };
+    let model = config.init(&device).map(&mut Spread);
+    let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
+    let batch = TokenBatch::new(&texts, 0, &device);
+    let features = model.pooled(&batch);
+    let [b, w] = features.dims();
+    let r = Tensor::<2>::from_data(TensorData::new(values(b * w, 4), [b, w]), &device);
+    let grads = (features.clone() * r).sum().backward();
+    let flat = |t: Option<Tensor<1>>| {
+        t.expect("gradient")
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    };
+    let mut out = vec![flat(
+        model
+            .embeddings
+            .weight
+            .val()
+            .grad(&grads)
+            .map(|g| g.flatten(0, 1)),
+    )];
+    for lstm in [&model.forward, &model.backward] {
+        let gates = [
+            &lstm.input_gate,
+            lstm.forget_gate.as_ref().unwrap(),
+            &lstm.output_gate,
+            &lstm.cell_gate,
+        ];
+        for gate in gates {
+            for linear in [&gate.input_transform, &gate.hidden_transform] {
+                out.push(flat(
+                    linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1)),
+                ));
+                out.push(flat(
+                    linear.bias.as_ref().and_then(|b| b.val().grad(&grads)),
+                ));
+            }
+        }
+    }
+    kernels::set_enabled(true);
+    (features.into_data().try_to_vec::<f32>().unwrap(), out)
+}
+
+#[test]
+fn bilstm_on_local_kernels_matches_burn_lstm_forward_and_backward() {
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let (want_features, want_grads) = bilstm_features_and_grads(false);
+    let (features, grads) = bilstm_features_and_grads(true);
+    assert_close("pooled features", &features, &want_features);
+    assert_eq!(grads.len(), want_grads.len());
+    for (i, (got, want)) in grads.iter().zip(&want_grads).enumerate() {
+        assert_close(&format!("gradient {i}"), got, want);
+    }
+}

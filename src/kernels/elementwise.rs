@@ -38,6 +38,38 @@ mod simd {
     dispatch!(bias_gelu_row, bias_gelu_slice, (values: &mut [f32], bias: &[f32]));
     dispatch!(gelu_in_place, gelu_slice, (values: &mut [f32]));
     dispatch!(gelu_grad_in_place, gelu_grad_slice, (grad: &mut [f32], x: &[f32]));
+    dispatch!(sigmoid_in_place, sigmoid_slice, (values: &mut [f32]));
+    dispatch!(tanh_in_place, tanh_slice, (values: &mut [f32]));
+    dispatch!(sigmoid_grad_in_place, sigmoid_grad_slice, (grad: &mut [f32], y: &[f32]));
+    dispatch!(tanh_grad_in_place, tanh_grad_slice, (grad: &mut [f32], y: &[f32]));
+
+    #[inline(always)]
+    fn sigmoid_slice(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = super::sigmoid_scalar(*v);
+        }
+    }
+
+    #[inline(always)]
+    fn tanh_slice(values: &mut [f32]) {
+        for v in values.iter_mut() {
+            *v = super::tanh_scalar(*v);
+        }
+    }
+
+    #[inline(always)]
+    fn sigmoid_grad_slice(grad: &mut [f32], y: &[f32]) {
+        for (g, y) in grad.iter_mut().zip(y) {
+            *g *= y * (1.0 - y);
+        }
+    }
+
+    #[inline(always)]
+    fn tanh_grad_slice(grad: &mut [f32], y: &[f32]) {
+        for (g, y) in grad.iter_mut().zip(y) {
+            *g *= 1.0 - y * y;
+        }
+    }
     dispatch!(
         add_norm_row,
         add_norm_slice,
@@ -169,6 +201,60 @@ pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
 
 const CHUNK: usize = 1 << 14;
 
+/// An element-wise activation with a derivative expressible through its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+}
+
+impl Activation {
+    /// The activation of every value, in parallel chunks.
+    pub fn forward(self, values: &[f32]) -> Vec<f32> {
+        let mut out = values.to_vec();
+        let apply = match self {
+            Activation::Sigmoid => simd::sigmoid_in_place,
+            Activation::Tanh => simd::tanh_in_place,
+        };
+        out.par_chunks_mut(CHUNK).for_each(apply);
+        out
+    }
+
+    /// The input's gradient from the output `y` and the output's gradient.
+    pub fn backward(self, y: &[f32], grad: &[f32]) -> Vec<f32> {
+        assert_eq!(
+            y.len(),
+            grad.len(),
+            "activation backward: output and gradient differ in size"
+        );
+        let mut out = grad.to_vec();
+        let apply = match self {
+            Activation::Sigmoid => simd::sigmoid_grad_in_place,
+            Activation::Tanh => simd::tanh_grad_in_place,
+        };
+        out.par_chunks_mut(CHUNK)
+            .zip(y.par_chunks(CHUNK))
+            .for_each(|(grad, y)| apply(grad, y));
+        out
+    }
+}
+
+/// `1 / (1 + e^-x)` (relative error below 3e-7).
+#[inline(always)]
+pub fn sigmoid_scalar(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x.max(-88.0)))
+}
+
+/// `tanh(x)` as `sign(x) · (1 - e^-2|x|) / (1 + e^-2|x|)` (no cancellation near 0 beyond
+/// `exp`'s own rounding: absolute error below 3e-7).
+#[inline(always)]
+pub fn tanh_scalar(x: f32) -> f32 {
+    let e = exp(-2.0 * x.abs());
+    ((1.0 - e) / (1.0 + e)).copysign(x)
+}
+
 /// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`.
 #[inline(always)]
 pub fn gelu_derivative(x: f32) -> f32 {
@@ -223,6 +309,37 @@ mod tests {
         bias_gelu_row(&mut values, &[0.5; 600]);
         for (g, w) in values.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+    }
+
+    #[test]
+    fn sigmoid_and_tanh_match_std_and_their_derivatives() {
+        let x: Vec<f32> = (-2000..2000).map(|i| i as f32 * 0.01).collect();
+        let sig = Activation::Sigmoid.forward(&x);
+        let tanh = Activation::Tanh.forward(&x);
+        for ((x, s), t) in x.iter().zip(&sig).zip(&tanh) {
+            let xf = *x as f64;
+            let want_s = 1.0 / (1.0 + (-xf).exp());
+            assert!(
+                (*s as f64 - want_s).abs() < 3e-7,
+                "sigmoid({x}) = {s}, want {want_s}"
+            );
+            assert!((*t as f64 - xf.tanh()).abs() < 3e-7, "tanh({x}) = {t}");
+        }
+        let grad = vec![3.0f32; x.len()];
+        let ds = Activation::Sigmoid.backward(&sig, &grad);
+        let dt = Activation::Tanh.backward(&tanh, &grad);
+        for ((x, ds), dt) in x.iter().zip(&ds).zip(&dt) {
+            let xf = *x as f64;
+            let s = 1.0 / (1.0 + (-xf).exp());
+            assert!(
+                (*ds as f64 - 3.0 * s * (1.0 - s)).abs() < 2e-6,
+                "sigmoid'({x})"
+            );
+            assert!(
+                (*dt as f64 - 3.0 * (1.0 - xf.tanh().powi(2))).abs() < 2e-6,
+                "tanh'({x})"
+            );
         }
     }
 

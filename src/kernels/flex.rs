@@ -14,6 +14,7 @@ use burn::tensor::TensorData;
 use std::sync::Arc;
 
 use super::conv::{self, ConvShape, Patches};
+use super::elementwise::Activation;
 use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
 use super::{dropout, elementwise, pool, Window2d};
 
@@ -33,6 +34,8 @@ pub trait LayerKernels: Backend {
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
     /// See [`super::gelu`].
     fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// See [`super::sigmoid`] and [`super::tanh`].
+    fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self>;
 }
 
 /// One BERT layer's parameters as backend tensors (burn's `Linear` weights are `[in, out]`).
@@ -217,6 +220,39 @@ impl LayerKernels for Flex {
     fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         gelu_forward(&x)
     }
+
+    fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self> {
+        activation_forward(&x, activation)
+    }
+}
+
+fn activation_forward(x: &FlexTensor, activation: Activation) -> FlexTensor {
+    let shape = x.layout().shape().to_vec();
+    tensor(activation.forward(&values(x)), shape)
+}
+
+#[derive(Debug)]
+struct ActivationBackward;
+
+impl Backward<Flex, 1> for ActivationBackward {
+    /// The output and the activation.
+    type State = (FlexTensor, Activation);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (y, activation) = ops.state;
+        if let Some(node) = node_x {
+            let shape = y.layout().shape().to_vec();
+            let grad_x = activation.backward(&values(&y), &values(&grad));
+            grads.register::<Flex>(node.id, tensor(grad_x, shape));
+        }
+    }
 }
 
 fn gelu_forward(x: &FlexTensor) -> FlexTensor {
@@ -380,6 +416,18 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => prep.finish(x.primitive().clone(), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
+    fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self> {
+        let y = activation_forward(x.primitive(), activation);
+        match ActivationBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((y.clone(), activation), y),
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }

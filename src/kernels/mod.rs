@@ -277,6 +277,40 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     ))
 }
 
+/// The logistic sigmoid, with its derivative for the backward pass (Flex only: check
+/// [`active`]).
+#[cfg(feature = "flex")]
+pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation(x, elementwise::Activation::Sigmoid)
+}
+
+/// `tanh`, with its derivative for the backward pass (Flex only: check [`active`]).
+#[cfg(feature = "flex")]
+pub fn tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    activation(x, elementwise::Activation::Tanh)
+}
+
+#[cfg(feature = "flex")]
+fn activation<const D: usize>(x: Tensor<D>, activation: elementwise::Activation) -> Tensor<D> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::layer_activation(
+        x.into_dispatch(),
+        activation,
+    ))
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn sigmoid<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+    unreachable!("local kernels need the flex feature")
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn tanh<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+    unreachable!("local kernels need the flex feature")
+}
+
 #[cfg(not(feature = "flex"))]
 /// Unreachable without the `flex` feature: [`active`] is always false.
 pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
