@@ -10,6 +10,7 @@
 # made with `python3 -m venv ~/.cache/distill-torch/venv && ~/.cache/distill-torch/venv/bin/pip
 # install torch transformers` (the Linux torch wheel from PyPI pulls CUDA libraries it does not use
 # on CPU; about 3 GB). Run on an otherwise idle machine. Raw JSON lines go to $OUT/raw.jsonl.
+# DISTILL=path/to/distill times that binary instead of building this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-${DISTILL_DATA:-$HOME/.cache/distill}/all-MiniLM-L6-v2}
@@ -19,8 +20,10 @@ ROUNDS=${ROUNDS:-3}
 STEPS=${STEPS:-10}
 SHAPES=${SHAPES:-"64x32 64x64"}
 mkdir -p "$OUT"
-cargo build --release --quiet
-DISTILL=target/release/distill
+if [ -z "${DISTILL:-}" ]; then
+    cargo build --release --quiet
+    DISTILL=target/release/distill
+fi
 : >"$OUT/raw.jsonl"
 
 for round in $(seq "$ROUNDS"); do

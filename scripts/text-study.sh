@@ -19,6 +19,9 @@ OUT=${1:-runs/text-study}
 DISTILL=${DISTILL:-target/release/distill}
 MINILM=${DISTILL_MINILM:-${DISTILL_DATA:-$HOME/.cache/distill}/all-MiniLM-L6-v2}
 SEEDS=${SEEDS:-"1 2 3"}
+# the report pairs these seeds per recipe (default: SEEDS)
+TANG_SEEDS=${TANG_SEEDS:-$SEEDS}
+DISTILBERT_SEEDS=${DISTILBERT_SEEDS:-$SEEDS}
 STAGES=${STAGES:-"teacher tang distilbert speed report"}
 TRANSFER_COPIES=${TRANSFER_COPIES:-4}
 TANG_EPOCHS=${TANG_EPOCHS:-6}
@@ -86,8 +89,12 @@ for stage in $STAGES; do
     report)
         for recipe in tang distilbert; do
             control=labels
-            [ "$recipe" = tang ] && control=scratch
-            dirs() { for seed in $SEEDS; do echo "$OUT/$recipe/$1/seed-$seed"; done; }
+            seeds=$DISTILBERT_SEEDS
+            if [ "$recipe" = tang ]; then
+                control=scratch
+                seeds=$TANG_SEEDS
+            fi
+            dirs() { for seed in $seeds; do echo "$OUT/$recipe/$1/seed-$seed"; done; }
             [ -d "$OUT/$recipe/distilled" ] || continue
             "$DISTILL" compare --control $(dirs $control) --treatment $(dirs distilled) \
                 --control-name "$control" --treatment-name distilled >"$OUT/$recipe.md"
