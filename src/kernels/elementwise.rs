@@ -12,10 +12,13 @@ pub(crate) use simd::{add_norm_row, bias_gelu_row, exp_in_place};
 /// The element-wise loops, compiled twice: for AVX2 + FMA (chosen at run time) and for the
 /// baseline target. The math is written so that LLVM vectorises it (no libm calls, no branches).
 mod simd {
-    /// Picks the AVX2 + FMA build of `$generic` when the CPU has them.
+    /// Defines `pub fn $name`, which runs `$body` compiled for AVX2 + FMA when the CPU has them
+    /// and for the baseline target otherwise.
     macro_rules! dispatch {
-        ($name:ident, $generic:ident, ($($arg:ident: $ty:ty),*)) => {
+        (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
             pub fn $name($($arg: $ty),*) {
+                #[inline(always)]
+                fn generic($($arg: $ty),*) $body
                 #[cfg(target_arch = "x86_64")]
                 {
                     if std::arch::is_x86_feature_detected!("avx2")
@@ -23,107 +26,97 @@ mod simd {
                     {
                         #[target_feature(enable = "avx2,fma")]
                         unsafe fn avx2($($arg: $ty),*) {
-                            $generic($($arg),*)
+                            generic($($arg),*)
                         }
                         // SAFETY: the CPU supports the features `avx2` was compiled for.
                         return unsafe { avx2($($arg),*) };
                     }
                 }
-                $generic($($arg),*)
+                generic($($arg),*)
             }
         };
     }
 
-    dispatch!(exp_in_place, exp_slice, (values: &mut [f32]));
-    dispatch!(bias_gelu_row, bias_gelu_slice, (values: &mut [f32], bias: &[f32]));
-    dispatch!(gelu_in_place, gelu_slice, (values: &mut [f32]));
-    dispatch!(gelu_grad_in_place, gelu_grad_slice, (grad: &mut [f32], x: &[f32]));
-    dispatch!(sigmoid_in_place, sigmoid_slice, (values: &mut [f32]));
-    dispatch!(tanh_in_place, tanh_slice, (values: &mut [f32]));
-    dispatch!(sigmoid_grad_in_place, sigmoid_grad_slice, (grad: &mut [f32], y: &[f32]));
-    dispatch!(tanh_grad_in_place, tanh_grad_slice, (grad: &mut [f32], y: &[f32]));
-
+    /// `values[i] = f(values[i])`.
     #[inline(always)]
-    fn sigmoid_slice(values: &mut [f32]) {
+    fn map(values: &mut [f32], f: impl Fn(f32) -> f32) {
         for v in values.iter_mut() {
-            *v = super::sigmoid_scalar(*v);
+            *v = f(*v);
         }
     }
 
+    /// `grad[i] *= derivative(saved[i])`.
     #[inline(always)]
-    fn tanh_slice(values: &mut [f32]) {
-        for v in values.iter_mut() {
-            *v = super::tanh_scalar(*v);
+    fn chain(grad: &mut [f32], saved: &[f32], derivative: impl Fn(f32) -> f32) {
+        for (g, s) in grad.iter_mut().zip(saved) {
+            *g *= derivative(*s);
         }
     }
 
-    #[inline(always)]
-    fn sigmoid_grad_slice(grad: &mut [f32], y: &[f32]) {
-        for (g, y) in grad.iter_mut().zip(y) {
-            *g *= y * (1.0 - y);
-        }
-    }
-
-    #[inline(always)]
-    fn tanh_grad_slice(grad: &mut [f32], y: &[f32]) {
-        for (g, y) in grad.iter_mut().zip(y) {
-            *g *= 1.0 - y * y;
-        }
-    }
     dispatch!(
-        add_norm_row,
-        add_norm_slice,
-        (row: &mut [f32], residual: &[f32], bias: &[f32], gamma: &[f32], beta: &[f32], eps: f32)
+        fn exp_in_place(values: &mut [f32]) {
+            map(values, super::exp)
+        }
     );
-
-    #[inline(always)]
-    fn exp_slice(values: &mut [f32]) {
-        for v in values.iter_mut() {
-            *v = super::exp(*v);
+    dispatch!(
+        fn gelu_in_place(values: &mut [f32]) {
+            map(values, super::gelu_scalar)
         }
-    }
-
-    #[inline(always)]
-    fn gelu_slice(values: &mut [f32]) {
-        for v in values.iter_mut() {
-            *v = super::gelu_scalar(*v);
+    );
+    dispatch!(
+        fn sigmoid_in_place(values: &mut [f32]) {
+            map(values, super::sigmoid_scalar)
         }
-    }
-
-    #[inline(always)]
-    fn gelu_grad_slice(grad: &mut [f32], x: &[f32]) {
-        for (g, x) in grad.iter_mut().zip(x) {
-            *g *= super::gelu_derivative(*x);
+    );
+    dispatch!(
+        fn tanh_in_place(values: &mut [f32]) {
+            map(values, super::tanh_scalar)
         }
-    }
-
-    #[inline(always)]
-    fn bias_gelu_slice(values: &mut [f32], bias: &[f32]) {
-        for (v, b) in values.iter_mut().zip(bias) {
-            *v = super::gelu_scalar(*v + b);
+    );
+    // GELU's derivative reads the input; sigmoid's and tanh's read the output `y`.
+    dispatch!(
+        fn gelu_grad_in_place(grad: &mut [f32], x: &[f32]) {
+            chain(grad, x, super::gelu_derivative)
         }
-    }
-
-    #[inline(always)]
-    fn add_norm_slice(
-        row: &mut [f32],
-        residual: &[f32],
-        bias: &[f32],
-        gamma: &[f32],
-        beta: &[f32],
-        eps: f32,
-    ) {
-        for ((v, r), b) in row.iter_mut().zip(residual).zip(bias) {
-            *v += r + b;
+    );
+    dispatch!(
+        fn sigmoid_grad_in_place(grad: &mut [f32], y: &[f32]) {
+            chain(grad, y, |y| y * (1.0 - y))
         }
-        let n = row.len() as f32;
-        let mean = row.iter().sum::<f32>() / n;
-        let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-        let inv = 1.0 / (variance + eps).sqrt();
-        for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
-            *v = (*v - mean) * inv * g + b;
+    );
+    dispatch!(
+        fn tanh_grad_in_place(grad: &mut [f32], y: &[f32]) {
+            chain(grad, y, |y| 1.0 - y * y)
         }
-    }
+    );
+    dispatch!(
+        fn bias_gelu_row(values: &mut [f32], bias: &[f32]) {
+            for (v, b) in values.iter_mut().zip(bias) {
+                *v = super::gelu_scalar(*v + b);
+            }
+        }
+    );
+    dispatch!(
+        fn add_norm_row(
+            row: &mut [f32],
+            residual: &[f32],
+            bias: &[f32],
+            gamma: &[f32],
+            beta: &[f32],
+            eps: f32,
+        ) {
+            for ((v, r), b) in row.iter_mut().zip(residual).zip(bias) {
+                *v += r + b;
+            }
+            let n = row.len() as f32;
+            let mean = row.iter().sum::<f32>() / n;
+            let variance = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let inv = 1.0 / (variance + eps).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    );
 }
 
 /// `e^x` in `f32` (Cephes' `expf`: relative error below 2e-7) for `x` up to 88.3; 0 below
@@ -178,32 +171,14 @@ pub fn gelu_scalar(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-/// GELU of every value, in parallel chunks.
-pub fn gelu(values: &[f32]) -> Vec<f32> {
-    let mut out = values.to_vec();
-    out.par_chunks_mut(CHUNK).for_each(simd::gelu_in_place);
-    out
-}
-
-/// `grad ⊙ GELU'(x)`: the gradient of GELU's input from its output's.
-pub fn gelu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
-    assert_eq!(
-        x.len(),
-        grad.len(),
-        "gelu backward: input and gradient differ in size"
-    );
-    let mut out = grad.to_vec();
-    out.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(grad, x)| simd::gelu_grad_in_place(grad, x));
-    out
-}
-
 const CHUNK: usize = 1 << 14;
 
-/// An element-wise activation with a derivative expressible through its output.
+/// An element-wise activation whose derivative is a function of one saved tensor: the input
+/// for GELU, the output for sigmoid and tanh (see [`Activation::saves_input`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
+    /// `x · Φ(x)`, BERT's exact GELU.
+    Gelu,
     /// `1 / (1 + e^-x)`.
     Sigmoid,
     /// `tanh(x)`.
@@ -211,10 +186,16 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// Whether the backward pass reads the input (else the output).
+    pub fn saves_input(self) -> bool {
+        self == Activation::Gelu
+    }
+
     /// The activation of every value, in parallel chunks.
     pub fn forward(self, values: &[f32]) -> Vec<f32> {
         let mut out = values.to_vec();
         let apply = match self {
+            Activation::Gelu => simd::gelu_in_place,
             Activation::Sigmoid => simd::sigmoid_in_place,
             Activation::Tanh => simd::tanh_in_place,
         };
@@ -222,21 +203,23 @@ impl Activation {
         out
     }
 
-    /// The input's gradient from the output `y` and the output's gradient.
-    pub fn backward(self, y: &[f32], grad: &[f32]) -> Vec<f32> {
+    /// The input's gradient from the output's, `grad`, and the saved tensor (the input or the
+    /// output, as [`Activation::saves_input`] says).
+    pub fn backward(self, saved: &[f32], grad: &[f32]) -> Vec<f32> {
         assert_eq!(
-            y.len(),
+            saved.len(),
             grad.len(),
-            "activation backward: output and gradient differ in size"
+            "activation backward: saved tensor and gradient differ in size"
         );
         let mut out = grad.to_vec();
         let apply = match self {
+            Activation::Gelu => simd::gelu_grad_in_place,
             Activation::Sigmoid => simd::sigmoid_grad_in_place,
             Activation::Tanh => simd::tanh_grad_in_place,
         };
         out.par_chunks_mut(CHUNK)
-            .zip(y.par_chunks(CHUNK))
-            .for_each(|(grad, y)| apply(grad, y));
+            .zip(saved.par_chunks(CHUNK))
+            .for_each(|(grad, saved)| apply(grad, saved));
         out
     }
 }
@@ -346,13 +329,13 @@ mod tests {
     #[test]
     fn gelu_slices_and_derivative_match_the_scalar_function() {
         let x: Vec<f32> = (-500..500).map(|i| i as f32 * 0.013).collect();
-        let y = gelu(&x);
+        let y = Activation::Gelu.forward(&x);
         for (x, y) in x.iter().zip(&y) {
             assert_eq!(*y, gelu_scalar(*x));
         }
         // central differences in f64 of the f32 function, step 1e-3
         let grad = vec![2.0f32; x.len()];
-        let back = gelu_backward(&x, &grad);
+        let back = Activation::Gelu.backward(&x, &grad);
         for (x, g) in x.iter().zip(&back) {
             let h = 1e-3f64;
             let f = |v: f64| gelu_scalar(v as f32) as f64;

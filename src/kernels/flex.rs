@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::conv::{self, ConvShape, Patches};
 use super::elementwise::Activation;
 use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
-use super::{dropout, elementwise, pool, Window2d};
+use super::{dropout, pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait LayerKernels: Backend {
@@ -32,9 +32,7 @@ pub trait LayerKernels: Backend {
     ) -> FloatTensor<Self>;
     /// See [`super::dropout`].
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
-    /// See [`super::gelu`].
-    fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// See [`super::sigmoid`] and [`super::tanh`].
+    /// See [`super::gelu`], [`super::sigmoid`] and [`super::tanh`].
     fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self>;
 }
 
@@ -217,10 +215,6 @@ impl LayerKernels for Flex {
         dropout_apply(&x, keep, seed)
     }
 
-    fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        gelu_forward(&x)
-    }
-
     fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self> {
         activation_forward(&x, activation)
     }
@@ -235,7 +229,8 @@ fn activation_forward(x: &FlexTensor, activation: Activation) -> FlexTensor {
 struct ActivationBackward;
 
 impl Backward<Flex, 1> for ActivationBackward {
-    /// The output and the activation.
+    /// The tensor the derivative reads (the input or the output, as
+    /// [`Activation::saves_input`] says) and the activation.
     type State = (FlexTensor, Activation);
 
     fn backward(
@@ -246,39 +241,10 @@ impl Backward<Flex, 1> for ActivationBackward {
     ) {
         let [node_x] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (y, activation) = ops.state;
+        let (saved, activation) = ops.state;
         if let Some(node) = node_x {
-            let shape = y.layout().shape().to_vec();
-            let grad_x = activation.backward(&values(&y), &values(&grad));
-            grads.register::<Flex>(node.id, tensor(grad_x, shape));
-        }
-    }
-}
-
-fn gelu_forward(x: &FlexTensor) -> FlexTensor {
-    let shape = x.layout().shape().to_vec();
-    tensor(elementwise::gelu(&values(x)), shape)
-}
-
-#[derive(Debug)]
-struct GeluBackward;
-
-impl Backward<Flex, 1> for GeluBackward {
-    /// The input.
-    type State = FlexTensor;
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 1>,
-        grads: &mut Gradients,
-        _checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let x = ops.state;
-        if let Some(node) = node_x {
-            let shape = x.layout().shape().to_vec();
-            let grad_x = elementwise::gelu_backward(&values(&x), &values(&grad));
+            let shape = saved.layout().shape().to_vec();
+            let grad_x = activation.backward(&values(&saved), &values(&grad));
             grads.register::<Flex>(node.id, tensor(grad_x, shape));
         }
     }
@@ -408,18 +374,6 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         }
     }
 
-    fn layer_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        let y = gelu_forward(x.primitive());
-        match GeluBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(x.primitive().clone(), y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
-    }
-
     fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self> {
         let y = activation_forward(x.primitive(), activation);
         match ActivationBackward
@@ -427,7 +381,14 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish((y.clone(), activation), y),
+            OpsKind::Tracked(prep) => {
+                let saved = if activation.saves_input() {
+                    x.primitive().clone()
+                } else {
+                    y.clone()
+                };
+                prep.finish((saved, activation), y)
+            }
             OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }

@@ -269,23 +269,17 @@ pub fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
 
 /// BERT's exact GELU, `x · Φ(x)`, with its derivative for the backward pass (Flex only: check
 /// [`active`]).
-#[cfg(feature = "flex")]
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    use burn::backend::Dispatch;
-    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::layer_gelu(
-        x.into_dispatch(),
-    ))
+    activation(x, elementwise::Activation::Gelu)
 }
 
 /// The logistic sigmoid, with its derivative for the backward pass (Flex only: check
 /// [`active`]).
-#[cfg(feature = "flex")]
 pub fn sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation(x, elementwise::Activation::Sigmoid)
 }
 
 /// `tanh`, with its derivative for the backward pass (Flex only: check [`active`]).
-#[cfg(feature = "flex")]
 pub fn tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     activation(x, elementwise::Activation::Tanh)
 }
@@ -300,20 +294,7 @@ fn activation<const D: usize>(x: Tensor<D>, activation: elementwise::Activation)
 }
 
 #[cfg(not(feature = "flex"))]
-/// Unreachable without the `flex` feature: [`active`] is always false.
-pub fn sigmoid<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
-    unreachable!("local kernels need the flex feature")
-}
-
-#[cfg(not(feature = "flex"))]
-/// Unreachable without the `flex` feature: [`active`] is always false.
-pub fn tanh<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
-    unreachable!("local kernels need the flex feature")
-}
-
-#[cfg(not(feature = "flex"))]
-/// Unreachable without the `flex` feature: [`active`] is always false.
-pub fn gelu<const D: usize>(_x: Tensor<D>) -> Tensor<D> {
+fn activation<const D: usize>(_x: Tensor<D>, _activation: elementwise::Activation) -> Tensor<D> {
     unreachable!("local kernels need the flex feature")
 }
 
