@@ -8,9 +8,9 @@
 //! convolution over swapped batch and channel axes. Here the backward pass is two `gemm`s per group
 //! on the same im2col matrix the forward pass built.
 
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::matmul::{Layout, Product};
 use super::{valid_outputs, Window2d};
 
 /// Shapes of one convolution: input `[batch, channels, h, w]`, weight `[filters, channels, kh, kw]`.
@@ -134,46 +134,6 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
     }
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, each given by (row stride, column stride), one thread.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
-    rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
-) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the assertions above keep every index gemm forms, `i*rs + j*cs` for i, j below
-    // the stated sizes, inside the three slices; `dst` does not alias the inputs (`&mut`).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        );
-    }
-}
-
 /// The im2col matrices of a forward pass, one per group of images, kept for the backward pass so
 /// it does not gather the patches again (the teacher's largest costs about 38 MB per batch of 64).
 #[derive(Debug, Clone)]
@@ -234,14 +194,12 @@ fn forward_impl(
                 product.resize(filters * columns, 0.0);
                 &mut product[..]
             };
-            matmul(
+            Product::new(
                 [filters, columns, patch],
-                dst,
-                weight,
-                (patch, 1),
-                &col,
-                (columns, 1),
-            );
+                Layout::rows(patch),
+                Layout::rows(columns),
+            )
+            .write_into(dst, columns, weight, &col);
             if images > 1 {
                 for g in 0..images {
                     for f in 0..filters {
@@ -410,25 +368,21 @@ fn group_backward(
     };
     let mut grad_w = vec![0.0f32; filters * patch];
     // grad_w (filters × patch) = grad_z (filters × columns) · colᵀ (columns × patch)
-    matmul(
+    Product::new(
         [filters, patch, columns],
-        &mut grad_w,
-        &grad_z,
-        (columns, 1),
-        col,
-        (1, columns),
-    );
+        Layout::rows(columns),
+        Layout::columns(columns),
+    )
+    .write_into(&mut grad_w, patch, &grad_z, col);
     if let Some(grad_x) = grad_x {
         // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns)
         let mut grad_col = vec![0.0f32; patch * columns];
-        matmul(
+        Product::new(
             [patch, columns, filters],
-            &mut grad_col,
-            weight,
-            (1, patch),
-            &grad_z,
-            (columns, 1),
-        );
+            Layout::columns(patch),
+            Layout::rows(columns),
+        )
+        .write_into(&mut grad_col, columns, weight, &grad_z);
         col2im(&grad_col, shape, images, grad_x);
     }
     (grad_w, grad_b)

@@ -8,10 +8,10 @@
 //! its rows are in cache, and GELU, softmax and layer norm run on vectorised polynomial `exp` and
 //! `erf` (no libm calls). Dropout is absent: this is the inference pass only.
 
-use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::elementwise;
+use super::matmul::{Layout, Product};
 
 /// Sizes of one layer's input `[batch, len, width]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,91 +121,39 @@ pub fn forward(
     out
 }
 
-fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
-/// `x · weight + bias` for `rows` rows of `inputs` values.
+/// `x · weight + bias` for `rows` rows of `inputs` values (`weight` is `[inputs, outputs]`).
 fn dense(x: &[f32], rows: usize, inputs: usize, layer: &Dense, outputs: usize) -> Vec<f32> {
-    assert_eq!(x.len(), rows * inputs);
-    assert_eq!(
-        layer.weight.len(),
-        inputs * outputs,
-        "dense weight is not [inputs, outputs]"
-    );
     assert_eq!(layer.bias.len(), outputs, "dense bias is not [outputs]");
     let mut out = Vec::with_capacity(rows * outputs);
     for _ in 0..rows {
         out.extend_from_slice(layer.bias);
     }
-    // SAFETY: `out` is rows×outputs, `x` rows×inputs and `weight` inputs×outputs, all row-major
-    // with the strides given (asserted above); `out` does not alias the inputs.
-    unsafe {
-        gemm(
-            rows,
-            outputs,
-            inputs,
-            out.as_mut_ptr(),
-            1,
-            outputs as isize,
-            true,
-            x.as_ptr(),
-            1,
-            inputs as isize,
-            layer.weight.as_ptr(),
-            1,
-            outputs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
-    }
+    projection(x, rows, inputs, layer.weight, outputs)
+        .accumulating()
+        .write_into(&mut out, outputs, x, layer.weight);
     out
 }
 
-/// `x · weight` for `rows` rows of `inputs` values (`weight` is `[inputs, outputs]`).
+/// `x · weight` for `rows` rows of `inputs` values, the bias left to the pass that follows.
 fn matmul(x: &[f32], rows: usize, inputs: usize, weight: &[f32], outputs: usize) -> Vec<f32> {
-    assert_eq!(x.len(), rows * inputs);
+    projection(x, rows, inputs, weight, outputs).new_matrix(x, weight)
+}
+
+/// The product of `x`'s `rows` row-major rows with a row-major `[inputs, outputs]` weight, on
+/// all of rayon's threads.
+fn projection(x: &[f32], rows: usize, inputs: usize, weight: &[f32], outputs: usize) -> Product {
+    assert_eq!(x.len(), rows * inputs, "dense input is not [rows, inputs]");
     assert_eq!(
         weight.len(),
         inputs * outputs,
         "dense weight is not [inputs, outputs]"
     );
-    let mut out = Vec::with_capacity(rows * outputs);
-    // SAFETY: as in `dense`; with `read_dst` false gemm writes every element of the rows×outputs
-    // destination without reading it, so the length can be set after it (f32 has no invalid
-    // bit patterns).
-    unsafe {
-        gemm(
-            rows,
-            outputs,
-            inputs,
-            out.as_mut_ptr(),
-            1,
-            outputs as isize,
-            false,
-            x.as_ptr(),
-            1,
-            inputs as isize,
-            weight.as_ptr(),
-            1,
-            outputs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        );
-        out.set_len(rows * outputs);
-    }
-    out
+    Product::new(
+        [rows, outputs, inputs],
+        Layout::rows(inputs),
+        Layout::rows(outputs),
+    )
+    .parallel()
 }
 
 /// Scaled dot-product attention of every head, `[batch, len, width]` in and out (head `h` owns
@@ -234,60 +182,19 @@ fn attention(
             let mut scores = vec![0.0f32; len * len];
             for h in 0..heads {
                 let column = h * d;
-                // SAFETY: every operand is a len×d block of a len×width row-major text (row
-                // stride `width`, starting at `column`, column + d ≤ width) or the len×len
-                // `scores`; the destination does not alias the sources.
-                unsafe {
-                    // scores = q · kᵀ: kᵀ's element (i, j) is key[j * width + column + i].
-                    gemm(
-                        len,
-                        len,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        len as isize,
-                        false,
-                        query[column..].as_ptr(),
-                        1,
-                        width as isize,
-                        key[column..].as_ptr(),
-                        width as isize,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                // scores = q · kᵀ: kᵀ's element (i, j) is key[j * width + column + i].
+                Product::new([len, len, d], Layout::rows(width), Layout::columns(width))
+                    .scaled(scale)
+                    .write_into(&mut scores, len, &query[column..], &key[column..]);
                 for row in scores.chunks_exact_mut(len) {
                     masked_softmax(row, padding);
                 }
-                // SAFETY: as above.
-                unsafe {
-                    gemm(
-                        len,
-                        d,
-                        len,
-                        context[column..].as_mut_ptr(),
-                        1,
-                        width as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        len as isize,
-                        value[column..].as_ptr(),
-                        1,
-                        width as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        Parallelism::None,
-                    );
-                }
+                Product::new([len, d, len], Layout::rows(len), Layout::rows(width)).write_into(
+                    &mut context[column..],
+                    width,
+                    &scores,
+                    &value[column..],
+                );
             }
         });
     context

@@ -12,6 +12,7 @@ pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod encoder;
+mod matmul;
 pub mod pool;
 
 use std::sync::atomic::{AtomicBool, Ordering};
