@@ -199,30 +199,32 @@ pub fn text_table(result: &TextBenchResult) -> String {
         "{:<40} {:>16}  spread per batch\n",
         "workload", "median"
     ));
-    out.push_str(&format!(
-        "{:<40} {:>16}  {}\n",
-        format!(
-            "inference, {} x {} tokens",
-            result.batch_size, result.seq_len
+    let rows = [
+        (
+            format!(
+                "inference, {} x {} tokens",
+                result.batch_size, result.seq_len
+            ),
+            format!("{:.1} texts/s", result.infer_texts_per_s),
+            "infer",
         ),
-        format!("{:.1} texts/s", result.infer_texts_per_s),
-        spread("infer")
-    ));
-    out.push_str(&format!(
-        "{:<40} {:>16}  {}\n",
-        format!("latency, 1 x {} tokens", result.seq_len),
-        format!("{:.2} ms", result.latency_ms),
-        spread("latency")
-    ));
-    out.push_str(&format!(
-        "{:<40} {:>16}  {}\n",
-        format!(
-            "training step, {} x {} tokens",
-            result.train_batch_size, result.seq_len
+        (
+            format!("latency, 1 x {} tokens", result.seq_len),
+            format!("{:.2} ms", result.latency_ms),
+            "latency",
         ),
-        format!("{:.1} ms", result.train_step_ms),
-        spread("train")
-    ));
+        (
+            format!(
+                "training step, {} x {} tokens",
+                result.train_batch_size, result.seq_len
+            ),
+            format!("{:.1} ms", result.train_step_ms),
+            "train",
+        ),
+    ];
+    for (workload, median, key) in rows {
+        out.push_str(&format!("{workload:<40} {median:>16}  {}\n", spread(key)));
+    }
     if let Some(burn) = &result.burn_layers {
         out.push_str(&format!(
             "\nwith burn's layers (same run): {:.1} texts/s, {:.2} ms latency, {:.1} ms per training step\n",

@@ -156,30 +156,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             steps,
             backend,
             compare_burn,
-            text: Some(model),
+            text,
             batch_size,
             seq_len,
             train_batch_size,
-        } => {
-            set_threads(threads)?;
-            let options = crate::bench::TextBenchOptions {
-                batch_size,
-                seq_len,
-                train_batch_size,
-                steps,
-                warmup: 3,
-            };
-            text::bench(&model, &options, json, compare_burn, backend)
-        }
-        Command::Bench {
-            json,
-            threads,
-            steps,
-            backend,
-            compare_burn,
-            text: None,
-            ..
-        } => bench(json, threads, steps, backend, compare_burn),
+        } => match text {
+            Some(model) => {
+                set_threads(threads)?;
+                let options = crate::bench::TextBenchOptions {
+                    batch_size,
+                    seq_len,
+                    train_batch_size,
+                    steps,
+                    warmup: 3,
+                };
+                text::bench(&model, &options, json, compare_burn, backend)
+            }
+            None => bench(json, threads, steps, backend, compare_burn),
+        },
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),
         Command::Summary { model, input } => models::summary(&model, input),
