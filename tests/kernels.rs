@@ -28,6 +28,32 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `param`'s gradient in `grads`, flattened.
+fn grad_values<const D: usize>(
+    param: &burn::module::Param<Tensor<D>>,
+    grads: &burn::tensor::Gradients,
+) -> Vec<f32> {
+    param
+        .val()
+        .grad(grads)
+        .expect("gradient")
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap()
+}
+
+/// A linear layer's weight and bias gradients.
+fn linear_grads(linear: &burn::nn::Linear, grads: &burn::tensor::Gradients) -> [Vec<f32>; 2] {
+    let bias = linear.bias.as_ref().expect("a bias");
+    [grad_values(&linear.weight, grads), grad_values(bias, grads)]
+}
+
+/// Three token-id texts of 8, 3 and 5 tokens, padded into one batch.
+fn three_texts(device: &Device) -> distill::data::tokenizer::TokenBatch {
+    let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
+    distill::data::tokenizer::TokenBatch::new(&texts, 0, device)
+}
+
 /// Logits and, per parameter tensor in layer order, its gradient of `sum(logits ⊙ r)`.
 fn logits_and_grads(
     network: &Network,
@@ -43,30 +69,14 @@ fn logits_and_grads(
     let [b, k] = logits.dims();
     let r = Tensor::<2>::from_data(TensorData::new(values(b * k, 5), [b, k]), &device);
     let grads = (logits.clone() * r).sum().backward();
-    let flat = |t: Option<Tensor<1>>| {
-        t.expect("gradient")
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-    };
     let mut out = Vec::new();
     for layer in &network.layers {
         match layer {
             Layer::Conv2d(conv) => {
-                out.push(flat(
-                    conv.weight.val().grad(&grads).map(|g| g.flatten(0, 3)),
-                ));
-                out.push(flat(conv.bias.as_ref().and_then(|b| b.val().grad(&grads))));
+                out.push(grad_values(&conv.weight, &grads));
+                out.push(grad_values(conv.bias.as_ref().expect("a bias"), &grads));
             }
-            Layer::Dense(dense) => {
-                let linear = &dense.linear;
-                out.push(flat(
-                    linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1)),
-                ));
-                out.push(flat(
-                    linear.bias.as_ref().and_then(|b| b.val().grad(&grads)),
-                ));
-            }
+            Layer::Dense(dense) => out.extend(linear_grads(&dense.linear, &grads)),
             _ => {}
         }
     }
@@ -298,29 +308,14 @@ fn bert_states(
 
 #[test]
 fn bert_inference_kernel_matches_burn_layers_at_every_position() {
-    use distill::data::tokenizer::TokenBatch;
-    use distill::models::bert::{self, BertConfig};
+    use distill::models::bert;
     let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex();
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tiny-bert");
-    let (tiny, _) = bert::load_pretrained(&dir, &device).unwrap();
+    let (tiny, _) = bert::load_pretrained(&tiny_bert_dir(), &device).unwrap();
     // A wider random encoder too, so the matrix kernels take their vectorised paths.
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(bert::CONFIG_FILE)).unwrap())
-            .unwrap();
-    config["hidden_size"] = 64.into();
-    config["num_attention_heads"] = 4.into();
-    config["intermediate_size"] = 256.into();
-    config["num_hidden_layers"] = 3.into();
-    let config: BertConfig = serde_json::from_value(config).unwrap();
-    device.seed(5);
-    let mut wide = config.init(&device);
-    // BERT's initialisation (std 0.02) makes near-constant layers; spread the weights out.
-    wide = wide.map(&mut Spread);
+    let wide = wide_bert(&device, 3);
     for (name, model) in [("tiny-bert", &tiny), ("64-wide", &wide)] {
-        let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
-        let batch = TokenBatch::new(&texts, 0, &device);
+        let batch = three_texts(&device);
         let want = bert_states(model, &batch, false);
         let got = bert_states(model, &batch, true);
         assert_eq!(got.len(), want.len());
@@ -351,18 +346,21 @@ impl burn::module::ModuleMapper for Spread {
     }
 }
 
-/// The wider random test encoder of the inference comparison above, on `device`, dropout off.
-fn wide_bert(device: &Device) -> distill::models::bert::Bert {
+fn tiny_bert_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tiny-bert")
+}
+
+/// A random encoder of `layers` layers, 64 wide (4 heads, feed-forward 256), with tiny-bert's
+/// vocabulary, dropout off, and its weights spread out: BERT's initialisation (std 0.02) makes
+/// near-constant layers.
+fn wide_bert(device: &Device, layers: usize) -> distill::models::bert::Bert {
     use distill::models::bert::{self, BertConfig};
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text/tiny-bert");
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(bert::CONFIG_FILE)).unwrap())
-            .unwrap();
+    let text = std::fs::read_to_string(tiny_bert_dir().join(bert::CONFIG_FILE)).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
     config["hidden_size"] = 64.into();
     config["num_attention_heads"] = 4.into();
     config["intermediate_size"] = 256.into();
-    config["num_hidden_layers"] = 2.into();
+    config["num_hidden_layers"] = layers.into();
     config["hidden_dropout_prob"] = 0.0.into();
     let config: BertConfig = serde_json::from_value(config).unwrap();
     device.seed(5);
@@ -374,22 +372,14 @@ fn wide_bert(device: &Device) -> distill::models::bert::Bert {
 /// The last hidden state and, per layer parameter (projections, feed-forward, norms), its
 /// gradient of `sum(state ⊙ r)`, through the local kernels or burn's layers.
 fn bert_state_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
-    use distill::data::tokenizer::TokenBatch;
     kernels::set_enabled(local);
     let device = Device::flex().autodiff();
-    let model = wide_bert(&device);
-    let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
-    let batch = TokenBatch::new(&texts, 0, &device);
+    let model = wide_bert(&device, 2);
+    let batch = three_texts(&device);
     let state = model.forward(&batch);
     let [b, l, w] = state.dims();
     let r = Tensor::<3>::from_data(TensorData::new(values(b * l * w, 9), [b, l, w]), &device);
     let grads = (state.clone() * r).sum().backward();
-    let flat = |t: Option<Tensor<1>>| {
-        t.expect("gradient")
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-    };
     let mut out = Vec::new();
     for layer in &model.encoder.layers {
         let linears = [
@@ -401,26 +391,16 @@ fn bert_state_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
             &layer.pwff.linear_outer,
         ];
         for linear in linears {
-            out.push(flat(
-                linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1)),
-            ));
-            out.push(flat(
-                linear.bias.as_ref().and_then(|b| b.val().grad(&grads)),
-            ));
+            out.extend(linear_grads(linear, &grads));
         }
         for norm in [&layer.norm_1, &layer.norm_2] {
-            out.push(flat(norm.gamma.val().grad(&grads)));
-            out.push(flat(norm.beta.as_ref().and_then(|b| b.val().grad(&grads))));
+            out.push(grad_values(&norm.gamma, &grads));
+            out.push(grad_values(norm.beta.as_ref().expect("a shift"), &grads));
         }
     }
-    out.push(flat(
-        model
-            .embeddings
-            .word_embeddings
-            .weight
-            .val()
-            .grad(&grads)
-            .map(|g| g.flatten(0, 1)),
+    out.push(grad_values(
+        &model.embeddings.word_embeddings.weight,
+        &grads,
     ));
     kernels::set_enabled(true);
     (state.into_data().try_to_vec::<f32>().unwrap(), out)
@@ -454,7 +434,6 @@ fn bert_training_layers_match_burn_layers_forward_and_backward() {
 /// A BiLSTM encoder's pooled features and, per parameter, its gradient of `sum(features ⊙ r)`,
 /// through the local kernels or burn's LSTM.
 fn bilstm_features_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
-    use distill::data::tokenizer::TokenBatch;
     use distill::models::bilstm::BiLstmEncoderConfig;
     kernels::set_enabled(local);
     let device = Device::flex().autodiff();
@@ -465,26 +444,12 @@ fn bilstm_features_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
         hidden: 12,
     };
     let model = config.init(&device).map(&mut Spread);
-    let texts: [&[u32]; 3] = [&[2, 5, 6, 8, 11, 12, 13, 3], &[2, 40, 3], &[2, 7, 9, 30, 3]];
-    let batch = TokenBatch::new(&texts, 0, &device);
+    let batch = three_texts(&device);
     let features = model.pooled(&batch);
     let [b, w] = features.dims();
     let r = Tensor::<2>::from_data(TensorData::new(values(b * w, 4), [b, w]), &device);
     let grads = (features.clone() * r).sum().backward();
-    let flat = |t: Option<Tensor<1>>| {
-        t.expect("gradient")
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-    };
-    let mut out = vec![flat(
-        model
-            .embeddings
-            .weight
-            .val()
-            .grad(&grads)
-            .map(|g| g.flatten(0, 1)),
-    )];
+    let mut out = vec![grad_values(&model.embeddings.weight, &grads)];
     for lstm in [&model.forward, &model.backward] {
         let gates = [
             &lstm.input_gate,
@@ -493,14 +458,8 @@ fn bilstm_features_and_grads(local: bool) -> (Vec<f32>, Vec<Vec<f32>>) {
             &lstm.cell_gate,
         ];
         for gate in gates {
-            for linear in [&gate.input_transform, &gate.hidden_transform] {
-                out.push(flat(
-                    linear.weight.val().grad(&grads).map(|g| g.flatten(0, 1)),
-                ));
-                out.push(flat(
-                    linear.bias.as_ref().and_then(|b| b.val().grad(&grads)),
-                ));
-            }
+            out.extend(linear_grads(&gate.input_transform, &grads));
+            out.extend(linear_grads(&gate.hidden_transform, &grads));
         }
     }
     kernels::set_enabled(true);
