@@ -1504,6 +1504,40 @@ fn cli_bench_text_times_a_pretrained_encoder_and_names_bad_shapes() {
         "{result}"
     );
     assert!(result["latency_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(result["layers"], "local");
+    assert!(result.get("burn_layers").is_none(), "{result}");
+
+    // --compare-burn times burn's layers first, in the same process.
+    let compared = distill(&[
+        "bench",
+        "--text",
+        model.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "12",
+        "--steps",
+        "2",
+        "--threads",
+        "1",
+        "--compare-burn",
+        "--json",
+    ]);
+    assert!(compared.status.success());
+    let compared: Value = serde_json::from_slice(&compared.stdout).unwrap();
+    assert_eq!(compared["layers"], "local");
+    assert_eq!(compared["burn_layers"]["layers"], "burn");
+    for workload in ["infer", "latency", "train"] {
+        let ours = compared["spread"][workload][2].as_f64().unwrap();
+        let burns = compared["burn_layers"]["spread"][workload][2]
+            .as_f64()
+            .unwrap();
+        let speedup = compared["speedup"][workload].as_f64().unwrap();
+        assert!(
+            (speedup - burns / ours).abs() < 1e-9,
+            "{workload}: {compared}"
+        );
+    }
 
     // Longer texts than the model has positions for, and a directory that is not a model.
     let too_long = distill(&[

@@ -227,30 +227,50 @@ fn bench(
         );
     }
     let options = crate::bench::BenchOptions { steps, warmup: 3 };
-    let baseline = if compare_burn {
-        if !crate::kernels::active(&device) {
-            anyhow::bail!(
-                "--compare-burn compares the local Flex kernels with burn's layers; backend `{}` does not use them",
-                backend.name()
-            );
-        }
-        crate::kernels::set_enabled(false);
-        let baseline = crate::bench::run(&options, &device, backend.name());
-        crate::kernels::set_enabled(true);
-        Some(baseline?)
-    } else {
-        None
-    };
-    let mut result = crate::bench::run(&options, &device, backend.name())?;
-    if let Some(baseline) = baseline {
-        result = result.compared_with(baseline);
-    }
+    let result = measure_against_burn(
+        compare_burn,
+        &device,
+        backend,
+        || crate::bench::run(&options, &device, backend.name()),
+        crate::bench::BenchResult::compared_with,
+    )?;
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         print!("{}", crate::bench::table(&result));
     }
     Ok(())
+}
+
+/// `measure()` with the local kernels; with `compare_burn`, first with burn's layers in the same
+/// process, the two joined by `compare(result, baseline)`. The comparison needs a backend that
+/// uses the kernels.
+fn measure_against_burn<R>(
+    compare_burn: bool,
+    device: &burn::tensor::Device,
+    backend: crate::backend::Backend,
+    measure: impl Fn() -> anyhow::Result<R>,
+    compare: impl FnOnce(R, R) -> R,
+) -> anyhow::Result<R> {
+    let baseline = if compare_burn {
+        if !crate::kernels::active(device) {
+            anyhow::bail!(
+                "--compare-burn compares the local Flex kernels with burn's layers; backend `{}` does not use them",
+                backend.name()
+            );
+        }
+        crate::kernels::set_enabled(false);
+        let baseline = measure();
+        crate::kernels::set_enabled(true);
+        Some(baseline?)
+    } else {
+        None
+    };
+    let result = measure()?;
+    Ok(match baseline {
+        Some(baseline) => compare(result, baseline),
+        None => result,
+    })
 }
 
 /// The error and its causes as one paragraph: "outer: cause: root cause".

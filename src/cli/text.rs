@@ -8,7 +8,7 @@ use burn::tensor::Device;
 
 use super::train::{report_final, DistillArgs, TrainArgs};
 use crate::backend::Backend;
-use crate::bench::{run_text, text_table, TextBenchOptions};
+use crate::bench::{run_text, text_table, TextBenchOptions, TextBenchResult};
 use crate::data::text::{load_text, TextDataset, TextSpec};
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::tokenizer::TokenBatch;
@@ -449,29 +449,22 @@ pub fn bench(
             options.steps
         );
     }
-    let run = || {
-        run_text(
+    let measure = || {
+        Ok(run_text(
             &classifier,
             &dir.display().to_string(),
             encoder.vocab_size(),
             options,
             backend.name(),
-        )
+        ))
     };
-    let result = if compare_burn {
-        if !crate::kernels::active(&device) {
-            bail!(
-                "--compare-burn compares the local Flex kernels with burn's layers; backend `{}` does not use them",
-                backend.name()
-            );
-        }
-        crate::kernels::set_enabled(false);
-        let baseline = run();
-        crate::kernels::set_enabled(true);
-        run().compared_with(baseline)
-    } else {
-        run()
-    };
+    let result = super::measure_against_burn(
+        compare_burn,
+        &device,
+        backend,
+        measure,
+        TextBenchResult::compared_with,
+    )?;
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
