@@ -137,13 +137,13 @@ pub fn inference_active(device: &Device) -> bool {
 }
 
 /// One post-norm BERT layer with exact GELU, inference only: `x` is `[batch, len, width]`,
-/// `padding` `[batch, len]` (true on padding), `eps` the layer norms' epsilon (Flex only: check
+/// `padding` `[batch, len]` row-major (true on padding), `eps` the layer norms' epsilon (Flex only: check
 /// [`inference_active`]).
 #[cfg(feature = "flex")]
 pub fn encoder_layer(
     layer: &burn::nn::transformer::TransformerEncoderLayer,
     x: Tensor<3>,
-    padding: &Tensor<2, burn::tensor::Bool>,
+    padding: &[bool],
     eps: f64,
 ) -> Tensor<3> {
     use burn::backend::Dispatch;
@@ -190,15 +190,10 @@ pub fn encoder_layer(
         output_norm_gamma,
         output_norm_beta,
     };
-    let padding = padding
-        .clone()
-        .into_data()
-        .try_to_vec::<bool>()
-        .expect("a bool mask");
     Tensor::from_dispatch(<Dispatch as flex::TextKernels>::text_encoder_layer(
         x.into_dispatch(),
         params,
-        padding,
+        padding.to_vec(),
         layer.mha.n_heads,
         eps as f32,
     ))
@@ -209,7 +204,7 @@ pub fn encoder_layer(
 pub fn encoder_layer(
     _layer: &burn::nn::transformer::TransformerEncoderLayer,
     _x: Tensor<3>,
-    _padding: &Tensor<2, burn::tensor::Bool>,
+    _padding: &[bool],
     _eps: f64,
 ) -> Tensor<3> {
     unreachable!("local kernels need the flex feature")

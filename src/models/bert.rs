@@ -262,8 +262,9 @@ impl Bert {
         let mut x = self.embeddings.forward(batch.ids.clone());
         let mut states = Vec::with_capacity(self.encoder.layers.len() + 1);
         states.push(x.clone());
+        let padding = PaddingMask::new(&batch.padding);
         for index in 0..self.encoder.layers.len() {
-            x = self.layer_forward(index, x, &batch.padding);
+            x = self.layer(index, x, &padding);
             states.push(x.clone());
         }
         states
@@ -272,8 +273,8 @@ impl Bert {
     /// The last hidden state, `[batch, len, hidden]`.
     pub fn forward(&self, batch: &TokenBatch) -> Tensor<3> {
         let x = self.embeddings.forward(batch.ids.clone());
-        (0..self.encoder.layers.len())
-            .fold(x, |x, index| self.layer_forward(index, x, &batch.padding))
+        let padding = PaddingMask::new(&batch.padding);
+        (0..self.encoder.layers.len()).fold(x, |x, index| self.layer(index, x, &padding))
     }
 
     /// Encoder layer `index` on `x` (`[batch, len, hidden]`; `padding` true on padding): the
@@ -284,15 +285,45 @@ impl Bert {
         x: Tensor<3>,
         padding: &Tensor<2, Bool>,
     ) -> Tensor<3> {
+        self.layer(index, x, &PaddingMask::new(padding))
+    }
+
+    fn layer(&self, index: usize, x: Tensor<3>, padding: &PaddingMask) -> Tensor<3> {
         let layer = &self.encoder.layers[index];
         let device = x.device();
         if crate::kernels::inference_active(&device) {
-            crate::kernels::encoder_layer(layer, x, padding, self.layer_norm_eps)
+            crate::kernels::encoder_layer(layer, x, padding.host(), self.layer_norm_eps)
         } else if crate::kernels::active(&device) {
-            layer_with_local_kernels(layer, x, padding)
+            layer_with_local_kernels(layer, x, padding.tensor)
         } else {
-            layer.forward(x, Some(padding.clone()), None)
+            layer.forward(x, Some(padding.tensor.clone()), None)
         }
+    }
+}
+
+/// A batch's padding mask, with the host copy the inference kernel reads made once for all
+/// layers.
+struct PaddingMask<'a> {
+    tensor: &'a Tensor<2, Bool>,
+    host: std::cell::OnceCell<Vec<bool>>,
+}
+
+impl<'a> PaddingMask<'a> {
+    fn new(tensor: &'a Tensor<2, Bool>) -> Self {
+        PaddingMask {
+            tensor,
+            host: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn host(&self) -> &[bool] {
+        self.host.get_or_init(|| {
+            self.tensor
+                .clone()
+                .into_data()
+                .try_to_vec::<bool>()
+                .expect("a bool mask")
+        })
     }
 }
 
