@@ -1468,26 +1468,30 @@ fn cli_bench_text_times_a_pretrained_encoder_and_names_bad_shapes() {
             .output()
             .unwrap()
     };
-    let output = distill(&[
-        "bench",
-        "--text",
-        model.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "12",
-        "--steps",
-        "3",
-        "--threads",
-        "1",
-        "--json",
-    ]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // 4 texts of 12 tokens on one thread, with `extra` options; the JSON it prints
+    let bench = |extra: &[&str]| -> Value {
+        let mut args = vec![
+            "bench",
+            "--text",
+            model.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--seq-len",
+            "12",
+            "--threads",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let output = distill(&args);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let result = bench(&["--steps", "3"]);
     let config = bert::BertConfig::from_file(&model.join(bert::CONFIG_FILE)).unwrap();
     // the encoder plus a 2-class head over its width
     let head = config.hidden_size * 2 + 2;
@@ -1508,23 +1512,7 @@ fn cli_bench_text_times_a_pretrained_encoder_and_names_bad_shapes() {
     assert!(result.get("burn_layers").is_none(), "{result}");
 
     // --compare-burn times burn's layers first, in the same process.
-    let compared = distill(&[
-        "bench",
-        "--text",
-        model.to_str().unwrap(),
-        "--batch-size",
-        "4",
-        "--seq-len",
-        "12",
-        "--steps",
-        "2",
-        "--threads",
-        "1",
-        "--compare-burn",
-        "--json",
-    ]);
-    assert!(compared.status.success());
-    let compared: Value = serde_json::from_slice(&compared.stdout).unwrap();
+    let compared = bench(&["--steps", "2", "--compare-burn"]);
     assert_eq!(compared["layers"], "local");
     assert_eq!(compared["burn_layers"]["layers"], "burn");
     for workload in ["infer", "latency", "train"] {
