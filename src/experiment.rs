@@ -23,7 +23,7 @@ use crate::bench::measure_speed;
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
 use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
-use crate::models::{checkpoint, resolve_spec, ModelSpec};
+use crate::models::{checkpoint, pretrained, resolve_spec, ModelSpec};
 use crate::onnx::{ImportOptions, Layout, Normalization};
 use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInputs, Selection};
 use crate::train::{
@@ -54,7 +54,8 @@ fn default_seed() -> u64 {
 #[serde(untagged)]
 pub enum TeacherSetting {
     /// `teacher = "DIR"` or `"FILE.onnx"`: a checkpoint directory from an earlier `distill train`,
-    /// or an ONNX classifier imported natively.
+    /// or an ONNX classifier imported natively; `"embedded"`: the pretrained Fashion-MNIST teacher
+    /// compiled into the binary ([`pretrained`]).
     Checkpoint(PathBuf),
     /// `[teacher]` table: train this model first.
     Train(TeacherConfig),
@@ -571,6 +572,20 @@ impl ExperimentConfig {
         }
     }
 
+    /// This config with `teacher = "embedded"` replaced by the embedded teacher's checkpoint,
+    /// written into `out/teacher` (the run directory then holds its teacher like a trained one).
+    fn with_embedded_teacher_in(&self, out: &Path) -> anyhow::Result<Self> {
+        let mut config = self.clone();
+        if let TeacherSetting::Checkpoint(path) = &self.teacher {
+            if pretrained::is_embedded_teacher(path) {
+                let dir = out.join("teacher");
+                pretrained::write_embedded_teacher(&dir)?;
+                config.teacher = TeacherSetting::Checkpoint(dir);
+            }
+        }
+        Ok(config)
+    }
+
     /// How an ONNX teacher is read, for data of C×H×W `shape`.
     pub fn teacher_import_options(
         &self,
@@ -733,6 +748,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
     std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
+    let config = &config.with_embedded_teacher_in(out)?;
     let device = &options.device;
     let (student_spec, scratch_spec) = config.student.specs()?;
     let spec: DataSpec = config.data.parse()?;

@@ -6,6 +6,7 @@ pub mod bert;
 pub mod bilstm;
 pub mod checkpoint;
 pub mod network;
+pub mod pretrained;
 pub mod safetensors;
 pub mod spec;
 pub mod summary;
