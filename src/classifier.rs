@@ -55,12 +55,24 @@ pub fn load_classifier(
     options: &crate::onnx::ImportOptions,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<Classifier> {
+    use anyhow::Context;
     use sha2::{Digest, Sha256};
     if has_extension(path, "safetensors") {
-        let loaded = crate::models::safetensors::load(path, device)?;
+        let spec = options
+            .spec
+            .as_deref()
+            .map(crate::models::resolve_spec)
+            .transpose()
+            .context("--spec")?;
+        let loaded =
+            crate::models::safetensors::load(path, spec.as_ref(), options.expected_input, device)?;
+        let outputs = loaded
+            .spec
+            .num_outputs(loaded.input)
+            .with_context(|| format!("model spec of {}", path.display()))?;
         return Ok(Classifier {
-            outputs: loaded.classes.len(),
-            classes: Some(loaded.classes),
+            outputs,
+            classes: loaded.classes,
             input: loaded.input,
             spec: loaded.spec,
             network: loaded.network,

@@ -291,6 +291,10 @@ pub struct ExperimentConfig {
     /// Input layout of an ONNX teacher (`"nchw"` or `"nhwc"`), when its declared shape fits both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_layout: Option<Layout>,
+    /// Model spec (zoo name or spec file) of a `.safetensors` teacher whose file carries none
+    /// (weights trained in PyTorch, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_spec: Option<String>,
     /// Per-channel normalisation an ONNX teacher was trained with:
     /// `"mean=0.485,0.456,0.406,std=0.229,0.224,0.225"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -601,6 +605,7 @@ impl ExperimentConfig {
             expected_input: shape,
             layout: self.teacher_layout,
             normalize,
+            spec: self.teacher_spec.clone(),
         })
     }
 
@@ -711,9 +716,9 @@ fn preflight(
     }
     if let Some(dir) = &config.student.init_from {
         // the same checks `fit` makes, before hours of teacher training
-        if !dir.is_dir() {
+        if !dir.exists() {
             bail!(
-                "`student.init_from`: checkpoint directory {} does not exist; expected the --out of an earlier train or distill run",
+                "`student.init_from`: checkpoint directory {} does not exist; expected the --out of an earlier train or distill run (or a .safetensors file)",
                 dir.display()
             );
         }

@@ -79,7 +79,7 @@ enum Command {
         args: train::TrainArgs,
     },
     /// Train a student from a trained teacher (knowledge distillation).
-    Distill(train::DistillArgs),
+    Distill(Box<train::DistillArgs>),
     /// Test accuracy and cross-entropy of a trained model.
     Eval {
         /// Model directory (the --out of a train or distill run) or an ONNX classifier (`.onnx`).

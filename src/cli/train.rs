@@ -32,7 +32,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Start from the weights of this checkpoint directory (same architecture; dropout rates may
-    /// differ) with a fresh optimizer, instead of a random initialisation.
+    /// differ) or of a `.safetensors` file whose tensor names follow the model's spec (PyTorch
+    /// weights), with a fresh optimizer, instead of a random initialisation.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Seeds initialisation, shuffling, dropout and augmentation.
@@ -203,6 +204,11 @@ pub struct TeacherImportArgs {
     /// `mean=0.485,0.456,0.406,std=0.229,0.224,0.225`.
     #[arg(long)]
     pub teacher_normalize: Option<String>,
+    /// Model spec (zoo name or spec .toml) of a `.safetensors` model whose file carries none:
+    /// weights trained elsewhere (PyTorch) under the names `distill export` writes
+    /// (`layers.<i>.weight`, `layers.<i>.linear.weight`, ...).
+    #[arg(long)]
+    pub spec: Option<String>,
 }
 
 impl TeacherImportArgs {
@@ -218,6 +224,7 @@ impl TeacherImportArgs {
             expected_input: shape,
             layout: self.teacher_layout,
             normalize,
+            spec: self.spec.clone(),
         })
     }
 }

@@ -259,7 +259,8 @@ pub fn load(dir: &Path, device: &Device) -> anyhow::Result<LoadedModel> {
 /// Loads the weights of the checkpoint in `dir` into `network` (built from `spec` for `input`
 /// images and `classes` classes) to warm-start a new training run. Refuses a checkpoint of
 /// another architecture, naming the first differing layer, or one made for other data; dropout
-/// rates may differ (they hold no weights).
+/// rates may differ (they hold no weights). `dir` may also be a `.safetensors` file whose tensor
+/// names follow `spec` (weights trained in PyTorch, or written by `distill export`).
 pub fn load_for_warm_start(
     dir: &Path,
     spec: &ModelSpec,
@@ -268,6 +269,12 @@ pub fn load_for_warm_start(
     network: Network,
 ) -> anyhow::Result<Network> {
     let context = || format!("--init-from {}", dir.display());
+    if dir
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    {
+        return super::safetensors::load_weights_into(dir, spec, network).with_context(context);
+    }
     if !dir.is_dir() {
         anyhow::bail!(
             "--init-from {}: checkpoint directory does not exist; expected the --out of an earlier train or distill run",

@@ -228,7 +228,7 @@ impl Network {
                 LayerSpec::Dropout { rate } => Layer::Dropout(DropoutConfig::new(rate).init()),
                 LayerSpec::Flatten => Layer::Flatten(Flatten),
                 LayerSpec::GlobalAvgPool => Layer::GlobalAvgPool(GlobalAvgPool),
-                LayerSpec::BatchNorm => {
+                LayerSpec::BatchNorm { epsilon } => {
                     let features = match shape {
                         Shape::Image([c, _, _]) => c,
                         Shape::Flat(n) => n,
@@ -236,7 +236,7 @@ impl Network {
                     // Keras' defaults: epsilon 1e-3, moving-average momentum 0.99 (burn's 0.01).
                     Layer::BatchNorm(
                         BatchNormConfig::new(features)
-                            .with_epsilon(1e-3)
+                            .with_epsilon(epsilon.unwrap_or(1e-3))
                             .with_momentum(0.01)
                             .init(device),
                     )

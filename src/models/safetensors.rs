@@ -41,23 +41,31 @@ pub fn save(
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// A model read back from a safetensors file written by [`save`].
+/// A model read back from a safetensors file.
 #[derive(Debug)]
 pub struct SafetensorsModel {
     /// Its architecture.
     pub spec: ModelSpec,
     /// Input C×H×W.
     pub input: [usize; 3],
-    /// Class names.
-    pub classes: Vec<String>,
+    /// Class names (from the metadata of a file `distill export` wrote).
+    pub classes: Option<Vec<String>>,
     /// The network with the file's weights.
     pub network: Network,
     /// SHA-256 of the file.
     pub sha256: String,
 }
 
-/// Reads a safetensors file written by [`save`] onto `device`.
-pub fn load(path: &Path, device: &Device) -> anyhow::Result<SafetensorsModel> {
+/// Reads a safetensors file onto `device`: one written by [`save`], whose metadata holds the spec,
+/// input shape and classes; or weights saved elsewhere (PyTorch's
+/// `safetensors.torch.save_file(model.state_dict(), …)`) under the names above, given the `spec`
+/// they follow and the `input` shape of the data. A given `spec` wins over the metadata's.
+pub fn load(
+    path: &Path,
+    spec: Option<&ModelSpec>,
+    input: Option<[usize; 3]>,
+    device: &Device,
+) -> anyhow::Result<SafetensorsModel> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read safetensors file {}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
@@ -67,34 +75,32 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<SafetensorsModel> {
         )
     })?;
     let metadata = header.metadata().clone().unwrap_or_default();
-    let field = |key: &str| -> anyhow::Result<&String> {
-        metadata.get(key).ok_or_else(|| {
-            anyhow::anyhow!(
-                "{} has no `{key}` metadata: only files written by `distill export --format safetensors` carry the model spec",
-                path.display()
-            )
-        })
-    };
-    let spec = ModelSpec::from_toml_str(field(SPEC_KEY)?)
-        .with_context(|| format!("model spec in {}", path.display()))?;
-    let input: [usize; 3] = serde_json::from_str(field(INPUT_KEY)?)
-        .with_context(|| format!("`{INPUT_KEY}` in {}", path.display()))?;
-    let classes: Vec<String> = serde_json::from_str(field(CLASSES_KEY)?)
-        .with_context(|| format!("`{CLASSES_KEY}` in {}", path.display()))?;
-    let mut network = Network::init(&spec, input, 0, device)
-        .with_context(|| format!("model spec in {}", path.display()))?;
-    let mut store = SafetensorsStore::from_file(path)
-        .with_from_adapter(PyTorchToBurnAdapter)
-        .skip_enum_variants(true);
-    let result = network
-        .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("cannot load the weights of {}: {e}", path.display()))?;
-    if !result.is_success() || !result.missing.is_empty() {
-        bail!(
-            "the weights in {} do not fit its spec: {result}",
+    let spec = match (spec, metadata.get(SPEC_KEY)) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(text)) => ModelSpec::from_toml_str(text)
+            .with_context(|| format!("model spec in {}", path.display()))?,
+        (None, None) => bail!(
+            "{} has no `{SPEC_KEY}` metadata (it was not written by `distill export`): give the model spec its tensor names follow with --spec (a zoo name or a spec .toml; names: layers.<i>.weight and .bias for a convolution, layers.<i>.linear.weight [out, in] and .bias for a dense layer, layers.<i>.weight, .bias, .running_mean, .running_var for a batch norm, <i> the layer's index in the spec)",
             path.display()
-        );
-    }
+        ),
+    };
+    let input: [usize; 3] = match (metadata.get(INPUT_KEY), input) {
+        (Some(text), _) => serde_json::from_str(text)
+            .with_context(|| format!("`{INPUT_KEY}` in {}", path.display()))?,
+        (None, Some(input)) => input,
+        (None, None) => bail!(
+            "{} has no `{INPUT_KEY}` metadata: its input shape comes from the data (--data)",
+            path.display()
+        ),
+    };
+    let classes: Option<Vec<String>> = metadata
+        .get(CLASSES_KEY)
+        .map(|text| serde_json::from_str(text))
+        .transpose()
+        .with_context(|| format!("`{CLASSES_KEY}` in {}", path.display()))?;
+    let network = Network::init(&spec, input, 0, device)
+        .with_context(|| format!("model spec in {}", path.display()))?;
+    let network = load_weights_into(path, &spec, network)?;
     Ok(SafetensorsModel {
         spec,
         input,
@@ -102,4 +108,43 @@ pub fn load(path: &Path, device: &Device) -> anyhow::Result<SafetensorsModel> {
         network,
         sha256: format!("{:x}", sha2::Sha256::digest(&bytes)),
     })
+}
+
+/// Loads the tensors of the safetensors file at `path` into `network` (built from `spec`): every
+/// parameter must be found under its PyTorch-style name, and every tensor of the file used (bar
+/// PyTorch's batch-norm step counters). For warm starts from weights trained elsewhere.
+pub fn load_weights_into(
+    path: &Path,
+    spec: &ModelSpec,
+    mut network: Network,
+) -> anyhow::Result<Network> {
+    let mut store = SafetensorsStore::from_file(path)
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .skip_enum_variants(true);
+    let result = network
+        .load_from(&mut store)
+        .map_err(|e| anyhow::anyhow!("cannot load the weights of {}: {e}", path.display()))?;
+    // PyTorch's batch norm keeps a step counter that has no counterpart here
+    let unused: Vec<&str> = result
+        .unused
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !name.ends_with("num_batches_tracked"))
+        .collect();
+    if !unused.is_empty() {
+        bail!(
+            "{} holds tensors the model spec `{}` has no place for: {} (names follow the layer indices of the spec)",
+            path.display(),
+            spec.name,
+            unused.join(", ")
+        );
+    }
+    if !result.is_success() || !result.missing.is_empty() {
+        bail!(
+            "the weights in {} do not fit the model spec `{}`: {result}",
+            path.display(),
+            spec.name
+        );
+    }
+    Ok(network)
 }

@@ -93,7 +93,12 @@ pub enum LayerSpec {
         activation: Option<Activation>,
     },
     /// Batch normalisation over channels (4-D) or features (2-D).
-    BatchNorm,
+    BatchNorm {
+        /// Added to the variance before the square root: Keras' 1e-3 when absent; PyTorch's
+        /// default is 1e-5 (set it for weights trained there).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epsilon: Option<f64>,
+    },
     /// Mean over height and width: channels x height x width → channels.
     GlobalAvgPool,
 }
@@ -113,7 +118,7 @@ impl LayerSpec {
             LayerSpec::Dropout { .. } => "dropout",
             LayerSpec::Flatten => "flatten",
             LayerSpec::Dense { .. } => "dense",
-            LayerSpec::BatchNorm => "batch_norm",
+            LayerSpec::BatchNorm { .. } => "batch_norm",
             LayerSpec::GlobalAvgPool => "global_avg_pool",
         }
     }
@@ -520,7 +525,7 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
             let [c, _, _] = need_image(shape)?;
             (Shape::Flat(c), 0, 0)
         }
-        LayerSpec::BatchNorm => {
+        LayerSpec::BatchNorm { .. } => {
             let channels = match shape {
                 Shape::Image([c, _, _]) => c,
                 Shape::Flat(n) => n,

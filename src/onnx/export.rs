@@ -118,7 +118,7 @@ pub fn to_onnx_bytes(
                     vec![int("axis", 1)],
                 )
             }
-            (LayerSpec::BatchNorm, Layer::BatchNorm(norm)) => {
+            (LayerSpec::BatchNorm { .. }, Layer::BatchNorm(norm)) => {
                 let features = norm.gamma.val().dims()[0] as i64;
                 let mut inputs = vec![current];
                 for (suffix, tensor) in [

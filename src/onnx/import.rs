@@ -70,6 +70,9 @@ pub struct ImportOptions {
     pub layout: Option<Layout>,
     /// Per-channel `(x - mean) / std`, for models trained on normalised inputs.
     pub normalize: Option<Normalization>,
+    /// For a `.safetensors` file without `distill export`'s metadata (weights trained elsewhere):
+    /// the model spec (zoo name or spec file) its tensor names follow.
+    pub spec: Option<String>,
 }
 
 /// Reads and imports the ONNX file at `path`.
@@ -398,7 +401,7 @@ impl<'a> Walk<'a> {
         };
         let (mean, std) = norm.per_channel(c)?;
         self.layers.push(ImportedLayer {
-            spec: LayerSpec::BatchNorm,
+            spec: LayerSpec::BatchNorm { epsilon: None },
             weights: Weights::BatchNorm {
                 gamma: vec![1.0; c],
                 beta: vec![0.0; c],
@@ -677,7 +680,7 @@ impl<'a> Walk<'a> {
             (vec![1.0; features], values)
         };
         self.push(
-            LayerSpec::BatchNorm,
+            LayerSpec::BatchNorm { epsilon: None },
             Weights::BatchNorm {
                 gamma,
                 beta,
@@ -713,7 +716,8 @@ impl<'a> Walk<'a> {
             var: take(4, "var")?,
             epsilon: f64::from(float_attr(node, "epsilon").unwrap_or(1e-5)),
         };
-        self.push(LayerSpec::BatchNorm, weights)
+        // the file's epsilon is set on the built layer with the other weights
+        self.push(LayerSpec::BatchNorm { epsilon: None }, weights)
     }
 
     fn gemm(&mut self, node: &NodeProto) -> anyhow::Result<()> {
