@@ -41,12 +41,8 @@ pub struct Classifier {
 
 /// Whether `path` names an ONNX file rather than a checkpoint directory.
 pub fn is_onnx(path: &std::path::Path) -> bool {
-    has_extension(path, "onnx")
-}
-
-fn has_extension(path: &std::path::Path, extension: &str) -> bool {
     path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case(extension))
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
 /// Loads a checkpoint directory, or imports an `.onnx` file with `options`.
@@ -57,7 +53,7 @@ pub fn load_classifier(
 ) -> anyhow::Result<Classifier> {
     use anyhow::Context;
     use sha2::{Digest, Sha256};
-    if has_extension(path, "safetensors") {
+    if crate::models::safetensors::is_safetensors(path) {
         let spec = options
             .spec
             .as_deref()

@@ -269,10 +269,7 @@ pub fn load_for_warm_start(
     network: Network,
 ) -> anyhow::Result<Network> {
     let context = || format!("--init-from {}", dir.display());
-    if dir
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
-    {
+    if super::safetensors::is_safetensors(dir) {
         return super::safetensors::load_weights_into(dir, spec, network).with_context(context);
     }
     if !dir.is_dir() {

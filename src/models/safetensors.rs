@@ -41,6 +41,12 @@ pub fn save(
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
 }
 
+/// Whether `path` names a safetensors file (by its extension) rather than a checkpoint directory.
+pub fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
 /// A model read back from a safetensors file.
 #[derive(Debug)]
 pub struct SafetensorsModel {
