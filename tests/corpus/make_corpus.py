@@ -295,6 +295,7 @@ def main():
     write("logits-not-a-cache", "logits.bin", b"PK\x03\x04 a zip file, not teacher logits" * 4)
 
     onnx_cases()
+    safetensors_cases()
     text_cases()
 
 
@@ -313,6 +314,16 @@ def text_cases():
         write(case, "test.tsv", good_test)
     write("text-unknown-test-label", "train.tsv", "label\ttext\npos\tgood\nneg\tbad\n")
     write("text-unknown-test-label", "test.tsv", "label\ttext\npos\tok\nmeh\tso-so\n")
+
+
+def safetensors_cases():
+    """Weights trained in PyTorch (tests/fixtures/pytorch-safetensors), read with or without the
+    spec they follow (`--spec`), and as a warm start."""
+    torch = read(os.path.join(ROOT, "tests", "fixtures", "pytorch-safetensors", "student-bn-torch.safetensors"))
+    write("safetensors-without-spec", "model.safetensors", torch)
+    write("safetensors-wrong-spec", "model.safetensors", torch)
+    write("safetensors-truncated", "model.safetensors", torch[:100])
+    write("init-from-safetensors-of-another-model", "model.safetensors", torch)
 
 
 def release_binary():
