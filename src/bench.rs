@@ -208,7 +208,7 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
     let cached = TeacherLogits::Cached {
         teacher_hash: teacher.hash.clone(),
         classes: 10,
-        values: teacher.logits_all(&data, &plain, false),
+        values: teacher.logits_all(&data, &plain, false)?,
     };
     let distill_cached = train_ms(
         "student",
@@ -384,26 +384,36 @@ pub struct Speed {
 /// Times `network` in inference mode on zeros of shape `input` (the study runner measures every
 /// architecture with it; the report only renders the numbers).
 pub fn measure_speed(network: &Network, input: [usize; 3], device: &Device) -> Speed {
-    let plain = device.clone().without_autodiff();
     let model = network.valid();
+    measure_speed_of(|x| Ok(model.forward(x)), input, device)
+        .expect("a native network's forward pass cannot fail")
+}
+
+/// [`measure_speed`] for any function from images to logits (a classifier on another engine).
+pub fn measure_speed_of(
+    forward: impl Fn(Tensor<4>) -> anyhow::Result<Tensor<2>>,
+    input: [usize; 3],
+    device: &Device,
+) -> anyhow::Result<Speed> {
+    let plain = device.clone().without_autodiff();
     let [c, h, w] = input;
-    let median_seconds = |batch: usize, warmup: usize, runs: usize| {
+    let median_seconds = |batch: usize, warmup: usize, runs: usize| -> anyhow::Result<f64> {
         let x = Tensor::<4>::zeros([batch, c, h, w], &plain);
-        let mut times: Vec<f64> = (0..warmup + runs)
-            .map(|_| {
-                let start = Instant::now();
-                let _ = model.forward(x.clone()).into_data();
-                start.elapsed().as_secs_f64()
-            })
-            .skip(warmup)
-            .collect();
+        let mut times = Vec::with_capacity(runs);
+        for run in 0..warmup + runs {
+            let start = Instant::now();
+            let _ = forward(x.clone())?.into_data();
+            if run >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
         times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        Ok(times[times.len() / 2])
     };
-    let latency = median_seconds(1, 3, 21);
-    let batch = median_seconds(256, 1, 3);
-    Speed {
+    let latency = median_seconds(1, 3, 21)?;
+    let batch = median_seconds(256, 1, 3)?;
+    Ok(Speed {
         latency_ms: latency * 1e3,
         throughput_ips: 256.0 / batch,
-    }
+    })
 }

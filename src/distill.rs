@@ -16,10 +16,11 @@ use burn::module::Module;
 use burn::tensor::{f16, Device, Tensor, TensorData};
 use sha2::{Digest, Sha256};
 
+use crate::classifier::Engine;
 use crate::data::{batch_order, Augmentation, Split};
 use crate::models::checkpoint::{self, write_atomic};
 use crate::models::Network;
-use crate::onnx::{self, ImportOptions};
+use crate::onnx::ImportOptions;
 
 /// Magic bytes at the start of a logit-cache file.
 const CACHE_MAGIC: &[u8; 8] = b"DLOGIT01";
@@ -36,8 +37,9 @@ pub const VERIFY_TOLERANCE: f32 = 1e-5;
 /// A teacher loaded for distillation.
 #[derive(Debug)]
 pub struct Teacher {
-    /// The network in inference mode on a non-autodiff device.
-    pub network: Network,
+    /// What computes its logits: our network in inference mode on a non-autodiff device, or
+    /// tract.
+    pub engine: Engine,
     /// Identifies the checkpoint (SHA-256 of its weights file).
     pub hash: String,
     /// Input shape the teacher was trained on.
@@ -64,29 +66,9 @@ impl Teacher {
         let plain = device.clone().without_autodiff();
         let model = crate::classifier::load_classifier(path, options, &plain)
             .with_context(|| format!("cannot load the teacher from {}", path.display()))?;
-        let mut note = None;
-        if let crate::classifier::Origin::Onnx {
-            layout,
-            output_kind,
-            params,
-        } = &model.origin
-        {
-            let output = match output_kind {
-                onnx::OutputKind::Logits => "logits",
-                onnx::OutputKind::SoftmaxDropped => {
-                    "logits (the final softmax was dropped: its input is the logits)"
-                }
-            };
-            note = Some(format!(
-                "teacher {}: ONNX, {} input {:?}, {params} parameters, {} outputs, {output}; imported natively",
-                path.display(),
-                layout.name(),
-                model.input,
-                model.outputs
-            ));
-        }
+        let note = model.onnx_note(path).map(|n| format!("teacher {n}"));
         Ok(Teacher {
-            network: model.network.valid(),
+            engine: model.engine.valid(),
             hash: model.hash,
             input: model.input,
             classes: model.outputs,
@@ -119,7 +101,7 @@ impl Teacher {
             hasher.update(&bytes[..]);
         }
         Teacher {
-            network: network.valid(),
+            engine: Engine::Native(network.valid()),
             hash: format!("{:x}", hasher.finalize()),
             input,
             classes,
@@ -127,24 +109,39 @@ impl Teacher {
         }
     }
 
+    /// Logits for `[batch, C, H, W]` images, in inference mode.
+    pub fn forward(&self, images: Tensor<4>) -> anyhow::Result<Tensor<2>> {
+        self.engine.forward(images.without_autodiff())
+    }
+
     /// Logits for the images of `split` at `indices`, computed now.
-    pub fn logits_for(&self, split: &Split, indices: &[usize], device: &Device) -> Tensor<2> {
+    pub fn logits_for(
+        &self,
+        split: &Split,
+        indices: &[usize],
+        device: &Device,
+    ) -> anyhow::Result<Tensor<2>> {
         let (images, _) = split.batch(indices, device, None);
-        self.network.forward(images)
+        self.forward(images)
     }
 
     /// Logits for the whole split, in index order, as a row-major `[len, classes]` buffer.
-    pub fn logits_all(&self, split: &Split, device: &Device, progress: bool) -> Vec<f32> {
+    pub fn logits_all(
+        &self,
+        split: &Split,
+        device: &Device,
+        progress: bool,
+    ) -> anyhow::Result<Vec<f32>> {
         let order = batch_order(split.len(), 256, false, 0, 0);
         let bar = crate::progress::bar(order.len() as u64, "Teacher logits", progress);
         let mut values = Vec::with_capacity(split.len() * self.classes);
         for indices in order {
-            let data = self.logits_for(split, &indices, device).into_data();
+            let data = self.logits_for(split, &indices, device)?.into_data();
             values.extend(data.iter::<f32>());
             bar.inc(1);
         }
         bar.finish_and_clear();
-        values
+        Ok(values)
     }
 }
 
@@ -268,7 +265,7 @@ impl TeacherLogits {
         device: &Device,
     ) -> anyhow::Result<Tensor<2>> {
         Ok(match self {
-            TeacherLogits::Live(teacher) => teacher.network.forward(images.without_autodiff()),
+            TeacherLogits::Live(teacher) => teacher.forward(images)?,
             TeacherLogits::Views(cache) => {
                 let Some(views) = views else {
                     bail!(
@@ -529,11 +526,11 @@ pub fn cached_logits(
         },
         location,
         |sample| {
-            teacher
-                .logits_for(train, sample, &plain)
+            Ok(teacher
+                .logits_for(train, sample, &plain)?
                 .into_data()
                 .iter::<f32>()
-                .collect()
+                .collect())
         },
         || teacher.logits_all(train, &plain, progress),
     )?;
@@ -563,8 +560,8 @@ pub struct LogitKey<'a> {
 pub fn load_or_compute_logits(
     key: LogitKey<'_>,
     location: CacheLocation<'_>,
-    live_rows: impl Fn(&[usize]) -> Vec<f32>,
-    compute_all: impl FnOnce() -> Vec<f32>,
+    live_rows: impl Fn(&[usize]) -> anyhow::Result<Vec<f32>>,
+    compute_all: impl FnOnce() -> anyhow::Result<Vec<f32>>,
 ) -> anyhow::Result<Vec<f32>> {
     let path = match location {
         CacheLocation::Memory => None,
@@ -580,7 +577,7 @@ pub fn load_or_compute_logits(
             Err(err) => eprintln!("warning: {err:#}; recomputing"),
         }
     }
-    let values = compute_all();
+    let values = compute_all()?;
     if let Some(path) = path {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent)
@@ -611,7 +608,7 @@ fn named_cache_mismatch(path: &Path, teacher_hash: &str, settings: &str) -> Stri
 fn read_verified(
     path: &Path,
     key: LogitKey<'_>,
-    live_rows: &dyn Fn(&[usize]) -> Vec<f32>,
+    live_rows: &dyn Fn(&[usize]) -> anyhow::Result<Vec<f32>>,
 ) -> anyhow::Result<Vec<f32>> {
     let classes = key.classes;
     let bytes = read_cache_file(path)?;
@@ -627,7 +624,7 @@ fn read_verified(
         .step_by((key.rows / VERIFY_SAMPLE).max(1))
         .take(VERIFY_SAMPLE)
         .collect();
-    let live = live_rows(&sample);
+    let live = live_rows(&sample)?;
     let max_diff = sample
         .iter()
         .flat_map(|&i| values[i * classes..(i + 1) * classes].iter())
@@ -733,7 +730,7 @@ pub fn view_logits(
     for view in 0..views {
         for indices in &order {
             let images = train.view_batch(indices, &vec![view; indices.len()], aug, &plain);
-            let logits = teacher.network.forward(images).into_data();
+            let logits = teacher.forward(images)?.into_data();
             let rows = logits.as_slice::<f32>().expect("f32 logits");
             for (&i, chunk) in indices.iter().zip(rows.chunks_exact(classes)) {
                 let start = (i * views + view) * classes;
@@ -836,8 +833,7 @@ fn read_views_verified(
     let sample_views: Vec<usize> = sample.iter().map(|&i| (i / step) % views).collect();
     let plain = device.clone().without_autodiff();
     let live = teacher
-        .network
-        .forward(train.view_batch(&sample, &sample_views, aug, &plain))
+        .forward(train.view_batch(&sample, &sample_views, aug, &plain))?
         .into_data();
     let live = live.as_slice::<f32>().expect("f32 logits");
     for (j, (&i, &v)) in sample.iter().zip(&sample_views).enumerate() {

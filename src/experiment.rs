@@ -19,7 +19,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::bench::measure_speed;
+use crate::bench::{measure_speed, measure_speed_of};
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
 use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
@@ -295,6 +295,10 @@ pub struct ExperimentConfig {
     /// (weights trained in PyTorch, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher_spec: Option<String>,
+    /// Engine for an ONNX teacher: `"auto"` (native import when every node maps onto our layers,
+    /// tract otherwise), `"native"` or `"tract"`.
+    #[serde(default, skip_serializing_if = "is_default_engine")]
+    pub teacher_engine: crate::onnx::EngineChoice,
     /// Per-channel normalisation an ONNX teacher was trained with:
     /// `"mean=0.485,0.456,0.406,std=0.229,0.224,0.225"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -606,6 +610,7 @@ impl ExperimentConfig {
             layout: self.teacher_layout,
             normalize,
             spec: self.teacher_spec.clone(),
+            engine: self.teacher_engine,
         })
     }
 
@@ -638,6 +643,10 @@ fn seeds(config: &ExperimentConfig) -> Vec<u64> {
         .collect()
 }
 
+fn is_default_engine(engine: &crate::onnx::EngineChoice) -> bool {
+    *engine == crate::onnx::EngineChoice::Auto
+}
+
 /// The seed of chain stage `stage` (0-based) for a run seeded `seed`: each stage sees a new
 /// batch order and dropout stream (as a continued `fit()` would), the same in both chains.
 fn stage_seed(seed: u64, stage: usize) -> u64 {
@@ -650,20 +659,23 @@ fn eval_result(
     name: &str,
     dirs: &[PathBuf],
     import_options: &ImportOptions,
-    spec: &ModelSpec,
     histories: Vec<Vec<EpochRecord>>,
     test: &Split,
     device: &burn::tensor::Device,
 ) -> anyhow::Result<ModelResult> {
     let mut accuracies = Vec::new();
     let mut losses = Vec::new();
+    let mut described = None;
     for dir in dirs {
         let loaded = crate::classifier::load_classifier(dir, import_options, device)?;
-        let (loss, accuracy) = crate::train::evaluate(&loaded.network, test, device, 256);
+        let (loss, accuracy) = loaded.evaluate(test, device, 256)?;
         accuracies.push(accuracy);
         losses.push(loss);
+        if described.is_none() {
+            described = Some((loaded.stats()?, loaded.dropout_rates()));
+        }
     }
-    let stats = spec.stats(test.shape)?;
+    let (stats, dropout) = described.context("no runs to evaluate")?;
     Ok(ModelResult::new(
         name,
         accuracies,
@@ -672,7 +684,7 @@ fn eval_result(
         stats.bytes,
         histories,
     )
-    .with_dropout(spec.dropout_rates()))
+    .with_dropout(dropout))
 }
 
 /// Checks everything that can be checked against the loaded data before the first epoch, so a
@@ -775,11 +787,8 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
 
     // Teacher: load, or train (resumable).
     let import_options = config.teacher_import_options(Some(dataset.shape))?;
-    let (teacher_dir, teacher_spec) = match &config.teacher {
-        TeacherSetting::Checkpoint(path) => (
-            path.clone(),
-            crate::classifier::load_classifier(path, &import_options, device)?.spec,
-        ),
+    let teacher_dir = match &config.teacher {
+        TeacherSetting::Checkpoint(path) => path.clone(),
         TeacherSetting::Train(teacher) => {
             let spec = resolve_spec(&teacher.model)?;
             let dir = out.join("teacher");
@@ -791,7 +800,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                 &dir,
                 None,
             )?;
-            (dir, spec)
+            dir
         }
     };
     let teacher = Teacher::load_with(&teacher_dir, &import_options, device)?;
@@ -957,7 +966,6 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         "teacher",
         std::slice::from_ref(&teacher_dir),
         &import_options,
-        &teacher_spec,
         vec![teacher_history],
         test,
         device,
@@ -966,7 +974,6 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         "scratch",
         &scratch.dirs,
         &ImportOptions::default(),
-        &scratch_spec,
         scratch.histories,
         test,
         device,
@@ -977,7 +984,6 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             &format!("scratch-chain-stage-{}", stage + 1),
             &runs.dirs,
             &ImportOptions::default(),
-            &scratch_spec,
             runs.histories,
             test,
             device,
@@ -994,7 +1000,6 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             &name,
             &runs.dirs,
             &ImportOptions::default(),
-            &student_spec,
             runs.histories,
             test,
             device,
@@ -1006,11 +1011,10 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             control: chain_controls.get(stage).cloned(),
         });
     }
-    let teacher_speed = measure_speed(
-        &crate::classifier::load_classifier(&teacher_dir, &import_options, device)?.network,
-        dataset.shape,
-        device,
-    );
+    let teacher_classifier =
+        crate::classifier::load_classifier(&teacher_dir, &import_options, device)?;
+    let teacher_engine = teacher_classifier.engine.valid();
+    let teacher_speed = measure_speed_of(|x| teacher_engine.forward(x), dataset.shape, device)?;
     let student_speed = measure_speed(
         &checkpoint::load(&scratch.dirs[0], device)?.network,
         dataset.shape,

@@ -330,18 +330,48 @@ pub fn evaluate_model<M: Modality>(
 ) -> (f64, f64) {
     let model = model.valid();
     let plain = device.clone().without_autodiff();
+    let scored = score_batches(M::len(split), batch_size, |indices| {
+        let (input, labels) = M::batch(split, indices, &plain, None);
+        Ok::<_, std::convert::Infallible>((M::logits(&model, input), labels))
+    });
+    match scored {
+        Ok(scores) => scores,
+        Err(never) => match never {},
+    }
+}
+
+/// Mean cross-entropy and accuracy on an image split of any function from images to logits
+/// (a classifier run by another engine, such as tract).
+pub fn evaluate_images_with(
+    split: &Split,
+    device: &Device,
+    batch_size: usize,
+    forward: impl Fn(Tensor<4>) -> anyhow::Result<Tensor<2>>,
+) -> anyhow::Result<(f64, f64)> {
+    let plain = device.clone().without_autodiff();
+    score_batches(split.len(), batch_size, |indices| {
+        let (images, labels) = split.batch(indices, &plain, None);
+        Ok((forward(images)?, labels))
+    })
+}
+
+/// Mean cross-entropy and accuracy over `len` examples in batches of `batch_size`, from each
+/// batch's logits and labels.
+fn score_batches<E>(
+    len: usize,
+    batch_size: usize,
+    mut logits_and_labels: impl FnMut(&[usize]) -> Result<(Tensor<2>, Tensor<1, Int>), E>,
+) -> Result<(f64, f64), E> {
     let mut loss_sum = 0.0;
     let mut correct = 0i64;
-    let len = M::len(split);
     for indices in batch_order(len, batch_size, false, 0, 0) {
-        let (input, labels) = M::batch(split, &indices, &plain, None);
-        let logits = M::logits(&model, input);
+        let (logits, labels) = logits_and_labels(&indices)?;
         let loss: f32 = cross_entropy(logits.clone(), labels.clone(), 0.0).into_scalar();
         loss_sum += loss as f64 * indices.len() as f64;
         correct += count_correct(logits, labels);
     }
     let n = len.max(1) as f64;
-    (loss_sum / n, correct as f64 / n)
+    Ok((loss_sum / n, correct as f64 / n))
 }
 
 /// Number of rows whose arg-max logit is the label.

@@ -490,7 +490,7 @@ fn a_pytorch_state_dict_loads_with_its_spec() {
     assert_eq!(model.outputs, 10);
     let data = embedded();
     let (images, _) = data.test.batch(&(0..8).collect::<Vec<_>>(), &device, None);
-    let ours = to_vec(model.network.valid().forward(images));
+    let ours = to_vec(model.engine.network().unwrap().valid().forward(images));
     let theirs: Vec<f32> = expected["probe_logits"]
         .as_array()
         .unwrap()

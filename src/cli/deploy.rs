@@ -111,7 +111,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
     let device = Backend::default_compiled().device()?.without_autodiff();
     let options = args.import.options(None)?;
     let model = crate::classifier::load_classifier(&args.model, &options, &device)?;
-    let network = model.network.valid();
+    let engine = model.engine.valid();
     let names: Vec<String> = match &model.classes {
         Some(names) => names.clone(),
         None => (0..model.outputs).map(|i| format!("class {i}")).collect(),
@@ -120,7 +120,7 @@ pub fn predict(args: &PredictArgs) -> anyhow::Result<()> {
         let pixels = load_image(file, model.input)?;
         let [c, h, w] = model.input;
         let images = Tensor::<4>::from_data(TensorData::new(pixels, [1, c, h, w]), &device);
-        let probabilities: Vec<f32> = softmax(network.forward(images), 1)
+        let probabilities: Vec<f32> = softmax(engine.forward(images)?, 1)
             .into_data()
             .try_to_vec::<f32>()
             .expect("f32 probabilities");

@@ -82,7 +82,8 @@ enum Command {
     Distill(Box<train::DistillArgs>),
     /// Test accuracy and cross-entropy of a trained model.
     Eval {
-        /// Model directory (the --out of a train or distill run) or an ONNX classifier (`.onnx`).
+        /// Model directory (the --out of a train or distill run), an ONNX classifier (`.onnx`)
+        /// or a `.safetensors` file.
         #[arg(long)]
         model: std::path::PathBuf,
         #[command(flatten)]
@@ -93,8 +94,10 @@ enum Command {
         /// Print one JSON object {"accuracy", "loss", "samples"}.
         #[arg(long)]
         json: bool,
-        /// Text models: also time inference (median latency of one text; throughput over the
-        /// test split in batches of 64).
+        /// Also time inference. Image models (any engine, e.g. an ONNX file with
+        /// --onnx-engine native|tract): median latency of one image and median throughput at
+        /// batch 256; text models: latency of one text, throughput over the test split in
+        /// batches of 64.
         #[arg(long)]
         speed: bool,
         /// Worker threads for the compute pool (default: all cores).

@@ -10,7 +10,7 @@ use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
 use crate::distill::{teacher_logits, CacheLocation, LogitSource, Teacher};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, resolve_spec};
-use crate::train::{evaluate, fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
+use crate::train::{fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
 
 /// Options shared by every training command.
 #[derive(Debug, Args)]
@@ -209,6 +209,10 @@ pub struct TeacherImportArgs {
     /// (`layers.<i>.weight`, `layers.<i>.linear.weight`, ...).
     #[arg(long)]
     pub spec: Option<String>,
+    /// Engine for an ONNX model: `auto` imports it natively (our kernels) when every node maps
+    /// onto our layers and runs it on tract otherwise; `native` or `tract` force one.
+    #[arg(long, value_enum, default_value_t)]
+    pub onnx_engine: crate::onnx::EngineChoice,
 }
 
 impl TeacherImportArgs {
@@ -225,6 +229,7 @@ impl TeacherImportArgs {
             layout: self.teacher_layout,
             normalize,
             spec: self.spec.clone(),
+            engine: self.onnx_engine,
         })
     }
 }
@@ -233,7 +238,8 @@ impl TeacherImportArgs {
 #[derive(Debug, Args)]
 pub struct DistillArgs {
     /// Teacher: a checkpoint directory (the --out of a `distill train` run) or an ONNX
-    /// classifier (`.onnx`, e.g. exported from PyTorch or Keras), imported natively.
+    /// classifier (`.onnx`, e.g. exported from PyTorch or Keras), imported natively or run on
+    /// tract (see --onnx-engine).
     #[arg(long)]
     pub teacher: PathBuf,
     #[command(flatten)]
@@ -416,11 +422,6 @@ pub fn eval(
     if super::text::is_text_data(data_spec) {
         return super::text::eval(model, data_spec, json, speed, &device);
     }
-    if speed {
-        anyhow::bail!(
-            "--speed times text models; for image models use `distill bench` or the study report"
-        );
-    }
     let spec: DataSpec = data_spec.parse()?;
     let dataset = data::load(&spec)?;
     let loaded =
@@ -441,10 +442,28 @@ pub fn eval(
             dataset.classes.len()
         );
     }
-    let (loss, accuracy) = evaluate(&loaded.network, &dataset.test, &device, 256);
+    if let Some(note) = loaded.onnx_note(model) {
+        eprintln!("{note}");
+    }
+    let (loss, accuracy) = loaded.evaluate(&dataset.test, &device, 256)?;
+    let timed = if speed {
+        let engine = loaded.engine.valid();
+        Some(crate::bench::measure_speed_of(
+            |images| engine.forward(images),
+            loaded.input,
+            &device,
+        )?)
+    } else {
+        None
+    };
     if json {
-        let out =
+        let mut out =
             serde_json::json!({"accuracy": accuracy, "loss": loss, "samples": dataset.test.len()});
+        if let Some(timed) = &timed {
+            out["latency_ms"] = timed.latency_ms.into();
+            out["throughput_ips"] = timed.throughput_ips.into();
+            out["threads"] = rayon::current_num_threads().into();
+        }
         println!("{out}");
     } else {
         println!(
@@ -454,6 +473,14 @@ pub fn eval(
             loss,
             dataset.test.len()
         );
+        if let Some(timed) = &timed {
+            println!(
+                "inference on {} thread(s): {:.0} images/s at batch 256, {:.2} ms per single image",
+                rayon::current_num_threads(),
+                timed.throughput_ips,
+                timed.latency_ms
+            );
+        }
     }
     Ok(())
 }

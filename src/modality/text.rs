@@ -360,8 +360,8 @@ pub fn text_teacher_logits(
             classes,
         },
         location,
-        |sample| text_logits(teacher, split, sample, device, false),
-        || text_logits(teacher, split, &all, device, progress),
+        |sample| Ok(text_logits(teacher, split, sample, device, false)),
+        || Ok(text_logits(teacher, split, &all, device, progress)),
     )?;
     Ok(TeacherLogits::Cached {
         teacher_hash: teacher_id.to_string(),

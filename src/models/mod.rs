@@ -14,7 +14,7 @@ pub mod text;
 pub mod zoo;
 
 pub use network::Network;
-pub use spec::{LayerSpec, ModelSpec, Padding};
+pub use spec::{LayerSpec, ModelSpec, ModelStats, Padding};
 
 use std::path::Path;
 

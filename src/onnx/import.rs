@@ -35,6 +35,9 @@ pub enum OutputKind {
     Logits,
     /// The graph ends with a softmax (or log-softmax), dropped on import: its input is the logits.
     SoftmaxDropped,
+    /// The graph ends with a softmax, run as it is (tract): its probabilities are turned into
+    /// log-probabilities, which equal the logits up to a per-row constant.
+    Probabilities,
 }
 
 /// An ONNX classifier rebuilt as a native network.
@@ -73,6 +76,8 @@ pub struct ImportOptions {
     /// For a `.safetensors` file without `distill export`'s metadata (weights trained elsewhere):
     /// the model spec (zoo name or spec file) its tensor names follow.
     pub spec: Option<String>,
+    /// Which engine runs an ONNX file.
+    pub engine: super::EngineChoice,
 }
 
 /// Reads and imports the ONNX file at `path`.
@@ -91,24 +96,46 @@ pub fn import_file(
         .with_context(|| format!("ONNX model {}", path.display()))
 }
 
-/// Imports an ONNX model from its bytes; `name` names the resulting spec.
-pub fn import_bytes(
-    bytes: &[u8],
-    name: &str,
-    options: &ImportOptions,
-    device: &Device,
-) -> anyhow::Result<ImportedModel> {
-    let model = ModelProto::decode(bytes).map_err(|e| {
+/// What a classifier graph declares, read the same way for both engines (the native importer
+/// and tract): its image input, layout, fixed batch size if any, parameters and class names.
+#[derive(Debug, Clone)]
+pub struct GraphHeader {
+    /// Input C×H×W.
+    pub input: [usize; 3],
+    /// The input layout found (or given).
+    pub layout: Layout,
+    /// The declared batch size, when the graph fixes it.
+    pub batch: Option<usize>,
+    /// Number of outputs (declared, or found by running the model).
+    pub outputs: usize,
+    /// What the last operation yields.
+    pub output_kind: OutputKind,
+    /// Parameters: the sum of the initializers' sizes.
+    pub params: usize,
+    /// Class names from a `distill` export's metadata (not yet checked against `outputs`).
+    pub classes: Option<Vec<String>>,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// Decodes the protobuf of an ONNX file.
+pub fn decode(bytes: &[u8]) -> anyhow::Result<ModelProto> {
+    ModelProto::decode(bytes).map_err(|e| {
         anyhow::anyhow!("not an ONNX model (protobuf decoding failed: {e}); is the file truncated?")
-    })?;
+    })
+}
+
+/// Reads what `model` declares: one image input whose shape fits the data, one output.
+pub fn read_header(
+    model: &ModelProto,
+    bytes: &[u8],
+    options: &ImportOptions,
+) -> anyhow::Result<GraphHeader> {
     let Some(graph) = model.graph.as_ref() else {
         bail!("not an ONNX model: it has no graph");
     };
-    let initializers: HashMap<&str, &TensorProto> = graph
-        .initializer
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
+    let initializer_names: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let params = graph
         .initializer
         .iter()
@@ -117,7 +144,7 @@ pub fn import_bytes(
     let inputs: Vec<&ValueInfoProto> = graph
         .input
         .iter()
-        .filter(|v| !initializers.contains_key(v.name.as_str()))
+        .filter(|v| !initializer_names.contains(v.name.as_str()))
         .collect();
     let [input_info] = inputs[..] else {
         bail!(
@@ -136,8 +163,87 @@ pub fn import_bytes(
             graph.output.len()
         );
     };
-    let (input, layout) = input_shape(input_info, options)?;
+    let (input, layout, batch) = input_shape(input_info, options)?;
+    let declared_outputs = declared_dims(output_info)
+        .filter(|dims| dims.len() == 2)
+        .and_then(|dims| dims[1]);
+    let last_op = graph
+        .node
+        .iter()
+        .rev()
+        .find(|n| n.output.contains(&output_info.name))
+        .map(|n| n.op_type.as_str());
+    let classes = model
+        .metadata_props
+        .iter()
+        .find(|p| p.key == CLASSES_KEY)
+        .and_then(|p| serde_json::from_str::<Vec<String>>(&p.value).ok());
+    Ok(GraphHeader {
+        input,
+        layout,
+        batch,
+        outputs: declared_outputs.unwrap_or(0),
+        output_kind: match last_op {
+            Some("Softmax") => OutputKind::Probabilities,
+            _ => OutputKind::Logits,
+        },
+        params,
+        classes,
+        sha256: format!("{:x}", sha2::Sha256::digest(bytes)),
+    })
+}
 
+/// The declared dimensions of a value (`None` for a symbolic one), if it declares a shape.
+fn declared_dims(info: &ValueInfoProto) -> Option<Vec<Option<usize>>> {
+    info.r#type
+        .as_ref()
+        .and_then(|t| t.tensor_type.as_ref())
+        .and_then(|t| t.shape.as_ref())
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(DimensionValue::DimValue(v)) if v > 0 => Some(v as usize),
+                    _ => None,
+                })
+                .collect()
+        })
+}
+
+/// Imports an ONNX model from its bytes; `name` names the resulting spec.
+pub fn import_bytes(
+    bytes: &[u8],
+    name: &str,
+    options: &ImportOptions,
+    device: &Device,
+) -> anyhow::Result<ImportedModel> {
+    let model = decode(bytes)?;
+    let header = read_header(&model, bytes, options)?;
+    import_model(&model, &header, name, options, device)
+}
+
+/// Rebuilds a decoded model as a native network; fails (naming the node) when the graph is not
+/// a chain of layers we have.
+pub fn import_model(
+    model: &ModelProto,
+    header: &GraphHeader,
+    name: &str,
+    options: &ImportOptions,
+    device: &Device,
+) -> anyhow::Result<ImportedModel> {
+    let graph = model.graph.as_ref().context("the model has no graph")?;
+    let initializers: HashMap<&str, &TensorProto> = graph
+        .initializer
+        .iter()
+        .map(|t| (t.name.as_str(), t))
+        .collect();
+    let input_info = graph
+        .input
+        .iter()
+        .find(|v| !initializers.contains_key(v.name.as_str()))
+        .context("the graph has no image input")?;
+    let output_info = graph.output.first().context("the graph has no output")?;
+    let (input, layout) = (header.input, header.layout);
     let mut walk = Walk::new(input, layout, &initializers);
     if let Some(norm) = &options.normalize {
         walk.normalize(norm)?;
@@ -192,12 +298,7 @@ pub fn import_bytes(
             walk.shape
         );
     };
-    let classes = model
-        .metadata_props
-        .iter()
-        .find(|p| p.key == CLASSES_KEY)
-        .and_then(|p| serde_json::from_str::<Vec<String>>(&p.value).ok())
-        .filter(|c| c.len() == outputs);
+    let classes = header.classes.clone().filter(|c| c.len() == outputs);
     let spec = ModelSpec {
         name: name.to_string(),
         layers: walk.layers.iter().map(|l| l.spec.clone()).collect(),
@@ -211,8 +312,8 @@ pub fn import_bytes(
         classes,
         outputs,
         output_kind,
-        params,
-        sha256: format!("{:x}", sha2::Sha256::digest(bytes)),
+        params: header.params,
+        sha256: header.sha256.clone(),
     })
 }
 
@@ -247,26 +348,13 @@ fn shape_subgraph(nodes: &[NodeProto]) -> std::collections::HashSet<usize> {
     found
 }
 
-/// The image shape C×H×W and layout from the graph input's declared shape.
+/// The image shape C×H×W, layout and fixed batch size (if any) from the graph input's declared
+/// shape.
 fn input_shape(
     info: &ValueInfoProto,
     options: &ImportOptions,
-) -> anyhow::Result<([usize; 3], Layout)> {
-    let dims: Vec<Option<usize>> = info
-        .r#type
-        .as_ref()
-        .and_then(|t| t.tensor_type.as_ref())
-        .and_then(|t| t.shape.as_ref())
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(DimensionValue::DimValue(v)) if v > 0 => Some(v as usize),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+) -> anyhow::Result<([usize; 3], Layout, Option<usize>)> {
+    let dims: Vec<Option<usize>> = declared_dims(info).unwrap_or_default();
     if dims.len() != 4 {
         bail!(
             "input `{}` has {} dimensions; an image classifier takes [batch, C, H, W] or [batch, H, W, C]",
@@ -335,7 +423,7 @@ fn input_shape(
             info.name
         ),
     };
-    Ok((chw, layout))
+    Ok((chw, layout, dims[0]))
 }
 
 /// One imported layer: its spec and its weights.

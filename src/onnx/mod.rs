@@ -5,16 +5,54 @@
 pub mod export;
 pub mod import;
 pub mod proto;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 use std::str::FromStr;
 
 pub use export::to_onnx_bytes;
-pub use import::{import_bytes, import_file, ImportOptions, ImportedModel, OutputKind};
+pub use import::{
+    import_bytes, import_file, GraphHeader, ImportOptions, ImportedModel, OutputKind,
+};
 
 /// Metadata key under which an export stores its model spec (TOML).
 pub const SPEC_KEY: &str = "distill.spec";
 /// Metadata key under which an export stores its class names (a JSON array).
 pub const CLASSES_KEY: &str = "distill.classes";
+
+/// Which engine runs an ONNX classifier.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// Native import when every node maps onto our layers (our kernels, fastest), tract otherwise.
+    #[default]
+    Auto,
+    /// Native import only: an unsupported graph is an error.
+    Native,
+    /// tract, even for a graph the native importer could map.
+    Tract,
+}
+
+impl EngineChoice {
+    /// `native`, `tract` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Native => "native",
+            EngineChoice::Tract => "tract",
+        }
+    }
+}
 
 /// Memory layout of an image batch.
 #[derive(

@@ -347,6 +347,8 @@ def onnx_cases():
     assert b"LeakyRelu" in keras
     # same length, so every protobuf length field stays right
     write("onnx-unsupported-op", "model.onnx", keras.replace(b"LeakyRelu", b"HardSwish"))
+    # an operator no engine knows: the native importer declines and tract cannot run it either
+    write("onnx-op-no-engine-runs", "model.onnx", keras.replace(b"LeakyRelu", b"MadeUpOpX"))
     write("onnx-fits-neither-layout", "model.onnx", tiny)
     for split in ("train", "test"):
         for c in range(2):
