@@ -11,7 +11,9 @@
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use burn::store::{BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn::store::{
+    ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore,
+};
 use burn::tensor::Device;
 use sha2::Digest;
 
@@ -124,12 +126,23 @@ pub fn load_weights_into(
     spec: &ModelSpec,
     mut network: Network,
 ) -> anyhow::Result<Network> {
+    // burn-store's own validation reports in Debug form: collect everything and say it here
     let mut store = SafetensorsStore::from_file(path)
         .with_from_adapter(PyTorchToBurnAdapter)
-        .skip_enum_variants(true);
+        .skip_enum_variants(true)
+        .validate(false)
+        .allow_partial(true);
     let result = network
         .load_from(&mut store)
         .map_err(|e| anyhow::anyhow!("cannot load the weights of {}: {e}", path.display()))?;
+    if let Some(error) = result.errors.first() {
+        bail!(
+            "the weights in {} do not fit the model spec `{}`: {}",
+            path.display(),
+            spec.name,
+            describe(error)
+        );
+    }
     // PyTorch's batch norm keeps a step counter that has no counterpart here
     let unused: Vec<&str> = result
         .unused
@@ -145,12 +158,44 @@ pub fn load_weights_into(
             unused.join(", ")
         );
     }
-    if !result.is_success() || !result.missing.is_empty() {
+    if !result.missing.is_empty() {
+        let missing: Vec<&str> = result
+            .missing
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
         bail!(
-            "the weights in {} do not fit the model spec `{}`: {result}",
+            "the weights in {} do not fit the model spec `{}`: it has no tensor {} (names follow the layer indices of the spec)",
             path.display(),
-            spec.name
+            spec.name,
+            missing.join(", ")
         );
     }
     Ok(network)
+}
+
+/// One tensor that could not be loaded, in the file's (PyTorch's) terms: a dense layer's weight is
+/// `[out, in]` there, `[in, out]` in our networks.
+fn describe(error: &ApplyError) -> String {
+    match error {
+        ApplyError::ShapeMismatch {
+            path,
+            expected,
+            found,
+        } => {
+            let pytorch = |dims: &[usize]| {
+                let mut dims = dims.to_vec();
+                if path.ends_with("linear.weight") {
+                    dims.reverse();
+                }
+                dims
+            };
+            format!(
+                "tensor `{path}` is {:?} in the file where the spec needs {:?}",
+                pytorch(found.as_slice()),
+                pytorch(expected.as_slice())
+            )
+        }
+        other => other.to_string(),
+    }
 }
