@@ -258,3 +258,48 @@ pub fn text_table(data: &[u8]) {
         }
     }
 }
+
+/// `onnx_model`: the whole input is an ONNX file for the native importer (protobuf decoding, the
+/// graph walk, the weights' layout). An imported model must describe a network whose output
+/// count is the one it reports.
+pub fn onnx_model(data: &[u8]) {
+    let device = distill::backend::Backend::default_compiled()
+        .device()
+        .expect("the default backend");
+    let options = distill::onnx::ImportOptions::default();
+    if let Ok(model) = distill::onnx::import_bytes(data, "fuzz", &options, &device) {
+        let outputs = model
+            .spec
+            .num_outputs(model.input)
+            .expect("an imported spec must fit its own input");
+        assert_eq!(outputs, model.outputs);
+    }
+}
+
+/// `safetensors_file`: byte 0 selects whether the file is read with the spec of the committed
+/// `tests/corpus/tiny-a.toml` (odd) or must carry its own (even); the rest is the file.
+pub fn safetensors_file(data: &[u8]) {
+    let [selector, file @ ..] = data else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!(
+        "distill-fuzz-{}.safetensors",
+        std::process::id()
+    ));
+    if std::fs::write(&path, file).is_err() {
+        return;
+    }
+    let spec = (selector % 2 == 1).then(|| {
+        ModelSpec::from_toml_str(include_str!("../tests/corpus/tiny-a.toml")).expect("tiny-a spec")
+    });
+    let device = distill::backend::Backend::default_compiled()
+        .device()
+        .expect("the default backend");
+    if let Ok(model) = distill::models::safetensors::load(&path, spec.as_ref(), None, &device) {
+        model
+            .spec
+            .num_outputs(model.input)
+            .expect("a loaded spec must fit its own input");
+    }
+    let _ = std::fs::remove_file(&path);
+}

@@ -21,13 +21,15 @@ use sha2::{Digest, Sha256};
 type Harness = fn(&[u8]);
 
 /// The fuzz targets and the harness function each runs.
-const TARGETS: [(&str, Harness); 6] = [
+const TARGETS: [(&str, Harness); 8] = [
     ("cifar_bin", harness::cifar_bin),
     ("idx", harness::idx),
     ("experiment_config", harness::experiment_config),
     ("model_spec", harness::model_spec),
     ("logit_cache", harness::logit_cache),
     ("text_table", harness::text_table),
+    ("onnx_model", harness::onnx_model),
+    ("safetensors_file", harness::safetensors_file),
 ];
 
 fn root() -> PathBuf {
@@ -133,6 +135,24 @@ fn seeds_are_accepted_by_their_parsers() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         spec.stats([3, 32, 32])
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+    let device = distill::backend::Backend::default_compiled()
+        .device()
+        .unwrap();
+    for path in seeds("onnx_model") {
+        let options = distill::onnx::ImportOptions::default();
+        distill::onnx::import_bytes(&fs::read(&path).unwrap(), "seed", &options, &device)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    }
+    for path in seeds("safetensors_file") {
+        let bytes = fs::read(&path).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("seed.safetensors");
+        fs::write(&file, &bytes[1..]).unwrap();
+        let spec = ModelSpec::from_toml_str(include_str!("corpus/tiny-a.toml")).unwrap();
+        let spec = (bytes[0] % 2 == 1).then_some(&spec);
+        distill::models::safetensors::load(&file, spec, None, &device)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
     }
     for path in seeds("logit_cache") {
         let bytes = fs::read(&path).unwrap();
