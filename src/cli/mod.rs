@@ -116,7 +116,7 @@ enum Command {
     Predict(deploy::PredictArgs),
     /// Per-layer summary of a model (like Keras' `model.summary()`).
     Summary {
-        /// A zoo name, a spec .toml file or a checkpoint directory.
+        /// A zoo name, a spec .toml file, a checkpoint directory or an ONNX file.
         model: String,
         /// Input shape CxHxW.
         #[arg(long, default_value = "3x32x32", value_parser = parse_shape)]
