@@ -282,10 +282,8 @@ pub fn safetensors_file(data: &[u8]) {
     let [selector, file @ ..] = data else {
         return;
     };
-    let path = std::env::temp_dir().join(format!(
-        "distill-fuzz-{}.safetensors",
-        std::process::id()
-    ));
+    let path =
+        std::env::temp_dir().join(format!("distill-fuzz-{}.safetensors", std::process::id()));
     if std::fs::write(&path, file).is_err() {
         return;
     }
