@@ -191,12 +191,7 @@ fn load_onnx(
 ) -> anyhow::Result<LoadedOnnx> {
     use crate::onnx::{import, EngineChoice};
     use anyhow::Context;
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read ONNX model {}", path.display()))?;
-    let name = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "onnx".into());
+    let (bytes, name) = import::read_file(path)?;
     let context = || format!("ONNX model {}", path.display());
     let model = import::decode(&bytes).with_context(context)?;
     let mut header = import::read_header(&model, &bytes, options).with_context(context)?;

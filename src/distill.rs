@@ -56,8 +56,8 @@ impl Teacher {
         Self::load_with(dir, &ImportOptions::default(), device)
     }
 
-    /// Loads a teacher from a checkpoint directory or an `.onnx` file (imported natively with
-    /// `options`), in inference mode.
+    /// Loads a teacher from a checkpoint directory, a `.safetensors` file or an `.onnx` file
+    /// (imported natively or run on tract, as `options` say), in inference mode.
     pub fn load_with(
         path: &Path,
         options: &ImportOptions,

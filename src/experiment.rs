@@ -54,7 +54,7 @@ fn default_seed() -> u64 {
 #[serde(untagged)]
 pub enum TeacherSetting {
     /// `teacher = "DIR"` or `"FILE.onnx"`: a checkpoint directory from an earlier `distill train`,
-    /// or an ONNX classifier imported natively; `"embedded"`: the pretrained Fashion-MNIST teacher
+    /// or an ONNX classifier (imported natively, or run on tract; see `teacher_engine`); `"embedded"`: the pretrained Fashion-MNIST teacher
     /// compiled into the binary ([`pretrained`]).
     Checkpoint(PathBuf),
     /// `[teacher]` table: train this model first.

@@ -80,18 +80,24 @@ pub struct ImportOptions {
     pub engine: super::EngineChoice,
 }
 
-/// Reads and imports the ONNX file at `path`.
-pub fn import_file(
-    path: &Path,
-    options: &ImportOptions,
-    device: &Device,
-) -> anyhow::Result<ImportedModel> {
+/// The bytes of the ONNX file at `path` and the name its imported spec gets (the file stem).
+pub fn read_file(path: &Path) -> anyhow::Result<(Vec<u8>, String)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read ONNX model {}", path.display()))?;
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "onnx".into());
+    Ok((bytes, name))
+}
+
+/// Reads and imports the ONNX file at `path`.
+pub fn import_file(
+    path: &Path,
+    options: &ImportOptions,
+    device: &Device,
+) -> anyhow::Result<ImportedModel> {
+    let (bytes, name) = read_file(path)?;
     import_bytes(&bytes, &name, options, device)
         .with_context(|| format!("ONNX model {}", path.display()))
 }
