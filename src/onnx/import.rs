@@ -145,8 +145,8 @@ pub fn read_header(
     let params = graph
         .initializer
         .iter()
-        .map(|t| t.dims.iter().product::<i64>().max(0) as usize)
-        .sum();
+        .map(|t| element_count(&t.dims).unwrap_or(usize::MAX))
+        .fold(0usize, usize::saturating_add);
     let inputs: Vec<&ValueInfoProto> = graph
         .input
         .iter()
@@ -963,7 +963,9 @@ fn tensor_values(t: &TensorProto) -> anyhow::Result<Vec<f32>> {
     if t.data_location == 1 {
         bail!("its data is stored in an external file, which is not supported");
     }
-    let expected = t.dims.iter().product::<i64>().max(0) as usize;
+    let Some(expected) = element_count(&t.dims) else {
+        bail!("its shape {:?} has more elements than memory can hold", t.dims);
+    };
     let values: Vec<f32> = match t.data_type {
         data_type::FLOAT if !t.raw_data.is_empty() => t
             .raw_data
@@ -987,6 +989,13 @@ fn tensor_values(t: &TensorProto) -> anyhow::Result<Vec<f32>> {
         );
     }
     Ok(values)
+}
+
+/// Elements of a tensor of shape `dims` (negative dimensions count as 0); `None` when the count
+/// overflows.
+fn element_count(dims: &[i64]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d.max(0)).ok()?))
 }
 
 fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
