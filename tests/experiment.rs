@@ -251,6 +251,7 @@ fn shipped_configs_parse() {
         "cifar10-recipe",
         "keras-notebook-exact",
         "cifar10-vgg-teacher",
+        "cifar10-vgg-teacher-long",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("configs")

@@ -964,7 +964,10 @@ fn tensor_values(t: &TensorProto) -> anyhow::Result<Vec<f32>> {
         bail!("its data is stored in an external file, which is not supported");
     }
     let Some(expected) = element_count(&t.dims) else {
-        bail!("its shape {:?} has more elements than memory can hold", t.dims);
+        bail!(
+            "its shape {:?} has more elements than memory can hold",
+            t.dims
+        );
     };
     let values: Vec<f32> = match t.data_type {
         data_type::FLOAT if !t.raw_data.is_empty() => t
@@ -994,8 +997,9 @@ fn tensor_values(t: &TensorProto) -> anyhow::Result<Vec<f32>> {
 /// Elements of a tensor of shape `dims` (negative dimensions count as 0); `None` when the count
 /// overflows.
 fn element_count(dims: &[i64]) -> Option<usize> {
-    dims.iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d.max(0)).ok()?))
+    dims.iter().try_fold(1usize, |n, &d| {
+        n.checked_mul(usize::try_from(d.max(0)).ok()?)
+    })
 }
 
 fn attr<'n>(node: &'n NodeProto, name: &str) -> Option<&'n AttributeProto> {
