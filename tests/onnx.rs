@@ -16,7 +16,7 @@ use std::process::Command;
 
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
-use common::embedded;
+use common::{embedded, max_abs_diff, to_vec};
 use distill::models::network::Layer;
 use distill::models::{zoo, ModelSpec, Network};
 use distill::onnx::{self, ImportOptions, Layout, OutputKind};
@@ -29,18 +29,6 @@ fn fixture_dir() -> PathBuf {
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("expected.json")).unwrap())
         .unwrap()
-}
-
-fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 /// Test accuracy (percent) of `network` on the embedded test split.

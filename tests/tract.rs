@@ -12,8 +12,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burn::tensor::{Device, Tensor};
-use common::embedded;
+use burn::tensor::Device;
+use common::{embedded, max_abs_diff, to_vec};
 use distill::classifier::{load_classifier, Classifier, Origin};
 use distill::onnx::{EngineChoice, ImportOptions, OutputKind};
 use serde_json::Value;
@@ -48,18 +48,6 @@ fn probe(model: &Classifier, n: usize) -> Vec<f32> {
         .test
         .batch(&(0..n).collect::<Vec<_>>(), &Device::flex(), None);
     to_vec(model.forward(images).unwrap())
-}
-
-fn to_vec(t: Tensor<2>) -> Vec<f32> {
-    t.into_data().try_to_vec::<f32>().unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn pytorch_logits() -> Vec<f32> {

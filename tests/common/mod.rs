@@ -56,3 +56,17 @@ pub fn job<'a>(
         verbose: false,
     }
 }
+
+/// The values of a 2-D tensor, row-major.
+pub fn to_vec(t: burn::tensor::Tensor<2>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
