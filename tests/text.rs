@@ -857,6 +857,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                 teacher: None,
                 tokenizer: &dir.join(bert::TOKENIZER_FILE),
                 freeze_word_embeddings: false,
+                max_len: 32,
             },
             train: &train,
             eval: &test,
@@ -908,6 +909,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                     teacher: Some((&teacher_encoder, &teacher_encoder_config)),
                     tokenizer: &dir.join(bert::TOKENIZER_FILE),
                     freeze_word_embeddings: false,
+                    max_len: 32,
                 },
                 train: &train,
                 eval: &test,
@@ -962,6 +964,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                 teacher: Some((&teacher_encoder, &teacher_encoder_config)),
                 tokenizer: &dir.join(bert::TOKENIZER_FILE),
                 freeze_word_embeddings: false,
+                max_len: 32,
             },
             train: &train,
             eval: &test,
@@ -1006,6 +1009,7 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
                 teacher: Some((&teacher_encoder, &teacher_encoder_config)),
                 tokenizer: &dir.join(bert::TOKENIZER_FILE),
                 freeze_word_embeddings: false,
+                max_len: 32,
             },
             train: &train,
             eval: &test,
@@ -1023,33 +1027,93 @@ fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
     assert!(err.to_string().contains("cannot resume"), "{err}");
 }
 
-#[test]
-fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
-    let work = tempfile::tempdir().unwrap();
+/// The synthetic reviews as `text:TRAIN,TEST` files in `dir` (320 train, 120 test).
+fn synthetic_review_files(dir: &Path) -> String {
     let write_tsv = |name: &str, examples: &[distill::data::text::TextExample]| {
         let mut tsv = String::from("label\ttext\n");
         for e in examples {
             tsv.push_str(&format!("{}\t{}\n", ["neg", "pos"][e.label], e.text));
         }
-        write(work.path(), name, tsv.as_bytes())
+        write(dir, name, tsv.as_bytes())
     };
     let train = write_tsv("train.tsv", &synthetic_reviews(320, 1));
     let test = write_tsv("test.tsv", &synthetic_reviews(120, 2));
-    let data = format!("text:{},{}", train.display(), test.display());
+    format!("text:{},{}", train.display(), test.display())
+}
+
+/// Runs the `distill` binary, which must succeed, and returns what it printed.
+fn run(args: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn evaluation_truncates_texts_as_training_did() {
+    let work = tempfile::tempdir().unwrap();
+    let data = synthetic_review_files(work.path());
+    let out = work.path().join("short");
+    // 6 tokens keep [CLS], [SEP] and 4 of a review's 4-12 words: cut reviews lose sentiment words.
+    run(&[
+        "train",
+        "--data",
+        &data,
+        "--model",
+        fixtures().join("tiny-bert").to_str().unwrap(),
+        "--epochs",
+        "20",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--seed",
+        "3",
+        "--max-len",
+        "6",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("text_meta.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["max_len"], 6, "{meta}");
+    let history: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("history.json")).unwrap()).unwrap();
+    let last = history.last().unwrap()["val_accuracy"].as_f64().unwrap();
+    let eval: Value = serde_json::from_str(
+        run(&[
+            "eval",
+            "--model",
+            out.to_str().unwrap(),
+            "--data",
+            &data,
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    let last_loss = history.last().unwrap()["val_loss"].as_f64().unwrap();
+    assert_eq!(eval["accuracy"].as_f64().unwrap(), last, "{eval}");
+    assert!(
+        (eval["loss"].as_f64().unwrap() - last_loss).abs() < 1e-4,
+        "{eval} vs {last_loss}"
+    );
+}
+
+#[test]
+fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
+    let work = tempfile::tempdir().unwrap();
+    let data = synthetic_review_files(work.path());
     let out = work.path().join("teacher");
     let model = fixtures().join("tiny-bert");
-    let run = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
     let printed = run(&[
         "train",
         "--data",

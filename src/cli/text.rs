@@ -186,6 +186,7 @@ pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
         teacher: base.as_ref().map(|b| (&b.bert, &b.config)),
         tokenizer: &tokenizer_path,
         freeze_word_embeddings: args.freeze_word_embeddings,
+        max_len: args.max_len,
     };
     fit_text(
         args,
@@ -306,6 +307,7 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         teacher: Some((&base.bert, &base.config)),
         tokenizer: &base.tokenizer,
         freeze_word_embeddings: train_args.freeze_word_embeddings,
+        max_len: train_args.max_len,
     };
     // Its hidden states are computed only when the cosine term asks for them.
     let teacher = LiveTextTeacher::new(logits, teacher);
@@ -355,8 +357,12 @@ pub fn eval(
             dataset.classes.join(", ")
         );
     }
-    // The encoder's own limit (a CNN has none: BERT's usual 512).
-    let max_len = meta.encoder.max_len().unwrap_or(512);
+    // Truncate as training did; a directory that predates the record falls back to the
+    // encoder's own limit (a BiLSTM has none: BERT's usual 512).
+    let max_len = meta
+        .max_len
+        .or_else(|| meta.encoder.max_len())
+        .unwrap_or(512);
     let tokenizer = TextTokenizer::from_file(&model.join(TOKENIZER_FILE), max_len)?;
     let test = TokenizedSplit::new(&dataset.test, &tokenizer)?;
     let (loss, accuracy) = evaluate_model::<Text>(&classifier, &test, device, 64);

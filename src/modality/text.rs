@@ -134,6 +134,10 @@ pub struct TextMeta {
     pub encoder: EncoderConfig,
     /// Trainable parameters.
     pub params: usize,
+    /// Most tokens per text the model was trained on (special tokens included), so evaluation
+    /// truncates as training did; absent in directories written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_len: Option<usize>,
 }
 
 /// A text classifier spec for one class list; a student's vocabulary (and with
@@ -151,6 +155,8 @@ pub struct TextArchitecture<'a> {
     /// Keep the word embeddings fixed (most of a small BERT's parameters, and of its backward
     /// pass: MiniLM's 30,522 x 384 table is half the model).
     pub freeze_word_embeddings: bool,
+    /// Most tokens per text (the tokenizer's truncation), recorded with the model.
+    pub max_len: usize,
 }
 
 impl TextArchitecture<'_> {
@@ -212,6 +218,7 @@ impl Architecture for TextArchitecture<'_> {
             classes: self.classes.to_vec(),
             encoder: self.encoder_config()?,
             params: self.params()?,
+            max_len: Some(self.max_len),
         };
         write_atomic(
             &dir.join(TEXT_META_FILE),
