@@ -200,6 +200,44 @@ fn odd_sizes_valid_padding_and_a_conv_without_activation_match_burn_layers() {
     compare(&spec, [2, 15, 13], 3);
 }
 
+/// Logits and gradients computed on a rayon pool of `threads` threads.
+fn on_threads(
+    threads: usize,
+    work: impl FnOnce() -> (Vec<f32>, Vec<Vec<f32>>) + Send,
+) -> (Vec<f32>, Vec<Vec<f32>>) {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(work)
+}
+
+#[test]
+fn one_and_two_threads_give_bit_identical_logits_and_gradients() {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    // teacher-v3 with its dropout layers; the student at a batch (70) whose last group of images
+    // is smaller than the others in its second convolution.
+    for (name, batch) in [("teacher-v3", 6), ("student", 70)] {
+        let spec = zoo::get(name).unwrap();
+        let input = [3, 32, 32];
+        let network = Network::init(&spec, input, 3, &Device::flex().autodiff()).unwrap();
+        let dims = [batch, 3, 32, 32];
+        let x = values(dims.iter().product(), 4);
+        let one = on_threads(1, || logits_and_grads(&network, &x, dims, true));
+        let two = on_threads(2, || logits_and_grads(&network, &x, dims, true));
+        assert!(
+            one.0 == two.0,
+            "{name}: logits differ between 1 and 2 threads"
+        );
+        for (i, (a, b)) in one.1.iter().zip(&two.1).enumerate() {
+            assert!(
+                a == b,
+                "{name}: gradient {i} differs between 1 and 2 threads"
+            );
+        }
+    }
+}
+
 #[test]
 fn layer_shapes_are_reported_for_fused_layers_too() {
     let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());

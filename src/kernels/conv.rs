@@ -8,6 +8,8 @@
 //! convolution over swapped batch and channel axes. Here the backward pass is two `gemm`s per group
 //! on the same im2col matrix the forward pass built.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::matmul::{Layout, Product};
@@ -46,45 +48,36 @@ impl ConvShape {
     }
 }
 
-/// Fills `col` (`patch` rows × `images * oh * ow` columns, row-major) with the input patches of
-/// `images` consecutive images starting at `x`; padding reads as zero.
-fn im2col(x: &[f32], shape: &ConvShape, images: usize, col: &mut [f32]) {
+/// The input patches of `images` consecutive images starting at `x`: `patch` rows × `images *
+/// oh * ow` columns, row-major; padding reads as zero. Every element is written once, in order,
+/// so the matrix is built by appending (no zero-fill first).
+fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
     let [h, w] = shape.input;
     let [oh, ow] = shape.output();
     let [kh, kw] = shape.window.kernel;
     let [sh, sw] = shape.window.stride;
     let [ph, pw] = shape.window.pad_begin;
-    let spatial = oh * ow;
-    let columns = images * spatial;
+    let mut col = Vec::with_capacity(shape.patch() * images * oh * ow);
+    let zeros = |col: &mut Vec<f32>, n: usize| col.resize(col.len() + n, 0.0);
     for c in 0..shape.channels {
         for i in 0..kh {
             for j in 0..kw {
                 let valid = valid_outputs(j, sw, pw, w, ow);
-                let row = (c * kh + i) * kw + j;
-                let dst = &mut col[row * columns..(row + 1) * columns];
                 for g in 0..images {
                     let plane = &x[(g * shape.channels + c) * h * w..][..h * w];
-                    let dst = &mut dst[g * spatial..(g + 1) * spatial];
                     for r in 0..oh {
-                        let out_row = &mut dst[r * ow..(r + 1) * ow];
                         let ir = (r * sh + i).checked_sub(ph).filter(|&ir| ir < h);
                         match (ir, valid) {
-                            (None, _) | (_, None) => out_row.fill(0.0),
+                            (None, _) | (_, None) => zeros(&mut col, ow),
                             (Some(ir), Some((lo, hi, first))) => {
                                 let in_row = &plane[ir * w..(ir + 1) * w];
-                                out_row[..lo].fill(0.0);
-                                out_row[hi..].fill(0.0);
+                                zeros(&mut col, lo);
                                 if sw == 1 {
-                                    out_row[lo..hi]
-                                        .copy_from_slice(&in_row[first..first + hi - lo]);
+                                    col.extend_from_slice(&in_row[first..first + hi - lo]);
                                 } else {
-                                    for (v, &x) in out_row[lo..hi]
-                                        .iter_mut()
-                                        .zip(in_row[first..].iter().step_by(sw))
-                                    {
-                                        *v = x;
-                                    }
+                                    col.extend(in_row[first..].iter().step_by(sw).take(hi - lo));
                                 }
+                                zeros(&mut col, ow - hi);
                             }
                         }
                     }
@@ -92,6 +85,7 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize, col: &mut [f32]) {
             }
         }
     }
+    col
 }
 
 /// Adds `col` (the layout [`im2col`] writes) back into the input gradient `grad_x` of `images`
@@ -176,44 +170,47 @@ fn forward_impl(
     let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
-    let mut y = super::filled(shape.batch * filters * spatial, 0.0);
-    let patches = y
+    let len = shape.batch * filters * spatial;
+    let mut y = super::reserved(len);
+    let patches = y.spare_capacity_mut()[..len]
         .par_chunks_mut(group * filters * spatial)
         .zip(x.par_chunks(group * image_in))
         .map(|(y, x)| {
             let images = y.len() / (filters * spatial);
             let columns = images * spatial;
-            let mut col = vec![0.0f32; patch * columns];
-            im2col(x, shape, images, &mut col);
-            // One image: the product's layout (filters × spatial) is the output's, so it is
-            // computed in place; a group of several is reordered image-major afterwards.
-            let mut product = Vec::new();
-            let dst = if images == 1 {
-                &mut *y
-            } else {
-                product.resize(filters * columns, 0.0);
-                &mut product[..]
-            };
-            Product::new(
+            let col = im2col(x, shape, images);
+            let product = Product::new(
                 [filters, columns, patch],
                 Layout::rows(patch),
                 Layout::rows(columns),
-            )
-            .write_into(dst, columns, weight, &col);
-            if images > 1 {
+            );
+            // One image: the product's layout (filters × spatial) is the output's, so it is
+            // computed in place; a group of several is reordered image-major afterwards.
+            if images == 1 {
+                product.write_into_uninit(y, columns, weight, &col);
+            } else {
+                let product = product.new_matrix(weight, &col);
                 for g in 0..images {
                     for f in 0..filters {
-                        y[(g * filters + f) * spatial..][..spatial]
-                            .copy_from_slice(&product[f * columns + g * spatial..][..spatial]);
+                        let dst = &mut y[(g * filters + f) * spatial..][..spatial];
+                        let src = &product[f * columns + g * spatial..][..spatial];
+                        for (d, &v) in dst.iter_mut().zip(src) {
+                            d.write(v);
+                        }
                     }
                 }
             }
+            // SAFETY: the product (one image) or the copy (several) initialised every element of
+            // this chunk; `MaybeUninit<f32>` has the layout of `f32`.
+            let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
             for (row, f) in y.chunks_exact_mut(spatial).zip((0..filters).cycle()) {
                 add_bias_activate(row, bias[f], slope);
             }
             keep.then_some(col)
         })
         .collect();
+    // SAFETY: the chunks cover the first `len` elements, each initialised above.
+    unsafe { y.set_len(len) };
     (y, patches)
 }
 
@@ -360,29 +357,25 @@ fn group_backward(
     let col = match patches {
         Some(col) => col,
         None => {
-            let mut col = vec![0.0f32; patch * columns];
-            im2col(&x[first * image_in..], shape, images, &mut col);
-            gathered = col;
+            gathered = im2col(&x[first * image_in..], shape, images);
             &gathered
         }
     };
-    let mut grad_w = vec![0.0f32; filters * patch];
     // grad_w (filters × patch) = grad_z (filters × columns) · colᵀ (columns × patch)
-    Product::new(
+    let grad_w = Product::new(
         [filters, patch, columns],
         Layout::rows(columns),
         Layout::columns(columns),
     )
-    .write_into(&mut grad_w, patch, &grad_z, col);
+    .new_matrix(&grad_z, col);
     if let Some(grad_x) = grad_x {
         // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns)
-        let mut grad_col = vec![0.0f32; patch * columns];
-        Product::new(
+        let grad_col = Product::new(
             [patch, columns, filters],
             Layout::columns(patch),
             Layout::rows(columns),
         )
-        .write_into(&mut grad_col, columns, weight, &grad_z);
+        .new_matrix(weight, &grad_z);
         col2im(&grad_col, shape, images, grad_x);
     }
     (grad_w, grad_b)

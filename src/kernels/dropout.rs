@@ -33,17 +33,13 @@ fn factor(seed: u64, index: usize, keep: f32, scale: f32) -> f32 {
 /// and the backward pass (on the output gradient) alike.
 pub fn apply(values: &[f32], keep: f32, seed: u64) -> Vec<f32> {
     let scale = 1.0 / keep;
-    let mut out = super::filled(values.len(), 0.0);
-    out.par_chunks_mut(CHUNK)
-        .zip(values.par_chunks(CHUNK))
+    // An indexed parallel collect writes straight into the new vector (no zero-fill first).
+    values
+        .par_iter()
+        .with_min_len(CHUNK)
         .enumerate()
-        .for_each(|(chunk, (out, values))| {
-            let base = chunk * CHUNK;
-            for (i, (o, &v)) in out.iter_mut().zip(values).enumerate() {
-                *o = v * factor(seed, base + i, keep, scale);
-            }
-        });
-    out
+        .map(|(i, &v)| v * factor(seed, i, keep, scale))
+        .collect()
 }
 
 #[cfg(test)]

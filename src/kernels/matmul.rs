@@ -1,6 +1,8 @@
 //! The one place the kernels call the `gemm` crate: every product's shape and strides are
 //! checked against its slices here, so the convolution and encoder kernels stay safe code.
 
+use std::mem::MaybeUninit;
+
 use gemm::{gemm, Parallelism};
 
 /// Where a matrix's elements sit in its slice: element `(i, j)` at `i * row + j * col`.
@@ -93,6 +95,33 @@ impl Product {
         // overlap) lie inside `dst` (asserted above), the operands' inside theirs (`check`);
         // `dst` does not alias them (`&mut`).
         unsafe { self.run(dst.as_mut_ptr(), dst_row, lhs, rhs) }
+    }
+
+    /// Writes the product into `dst` like [`Product::write_into`] without reading it, so `dst`
+    /// may be uninitialised (never accumulating); every element of the `m × n` block at row
+    /// stride `dst_row` is initialised afterwards.
+    pub fn write_into_uninit(
+        &self,
+        dst: &mut [MaybeUninit<f32>],
+        dst_row: usize,
+        lhs: &[f32],
+        rhs: &[f32],
+    ) {
+        assert!(
+            !self.accumulate,
+            "matmul: an uninitialised destination has nothing to add to"
+        );
+        assert!(
+            dst_row >= self.n && Layout::rows(dst_row).fits(self.m, self.n, dst.len()),
+            "matmul: a {}×{} destination with row stride {dst_row} does not fit in {} elements",
+            self.m,
+            self.n,
+            dst.len()
+        );
+        self.check(lhs, rhs);
+        // SAFETY: as in `write_into`; not accumulating, gemm writes the elements without reading
+        // them, so they may start uninitialised.
+        unsafe { self.run(dst.as_mut_ptr().cast(), dst_row, lhs, rhs) }
     }
 
     /// The product as a new row-major `m × n` matrix (never accumulating).
