@@ -302,6 +302,13 @@ mod tests {
             (3, 2, 3, 2, 1, 1),
             (5, 4, 2, 3, 1, 0),
             (2, 7, 3, 1, 2, 2),
+            // Keras' 2x2 stride-1 'same' pool (its own path), down to one row or column
+            (1, 1, 2, 1, 0, 1),
+            (1, 5, 2, 1, 0, 1),
+            (4, 1, 2, 1, 0, 1),
+            (2, 2, 2, 1, 0, 1),
+            (5, 7, 2, 1, 0, 1),
+            (6, 6, 2, 1, 0, 1),
         ] {
             let win = Window2d {
                 kernel: [k, k],
