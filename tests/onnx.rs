@@ -556,3 +556,61 @@ fn a_pytorch_state_dict_loads_with_its_spec() {
     assert!(stderr.contains("student"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn a_graph_ending_in_a_feature_map_is_refused_by_both_engines() {
+    // tiny-a (conv, flatten, dense) exported, then cut after its convolution: [batch, 2, 7, 7]
+    // out, not [batch, classes].
+    use prost::Message;
+    let spec: ModelSpec = toml::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/tiny-a.toml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let device = Device::flex();
+    let network = Network::init(&spec, [1, 28, 28], 1, &device).unwrap();
+    let classes: Vec<String> = (0..10).map(|c| c.to_string()).collect();
+    let whole = onnx::to_onnx_bytes(&spec, &network, [1, 28, 28], &classes).unwrap();
+    let mut model = onnx::import::decode(&whole).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let conv = graph.node.iter().position(|n| n.op_type == "Conv").unwrap();
+    graph.node.truncate(conv + 1);
+    let feature_map = graph.node[conv].output[0].clone();
+    graph.output[0].name = feature_map;
+    graph.output[0].r#type = None;
+    let bytes = model.encode_to_vec();
+    let options = ImportOptions {
+        expected_input: Some([1, 28, 28]),
+        ..ImportOptions::default()
+    };
+    let err = onnx::import_bytes(&bytes, "no-head", &options, &device)
+        .err()
+        .expect("a feature map is not a classifier's output");
+    assert!(
+        format!("{err:#}").contains("the output is not [batch, classes]"),
+        "{err:#}"
+    );
+    // Through the CLI (the default engine choice tries tract after the importer): one clear
+    // error, exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("no-head.onnx");
+    std::fs::write(&file, &bytes).unwrap();
+    let output = distill(&[
+        "eval",
+        "--model",
+        file.to_str().unwrap(),
+        "--data",
+        "embedded",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ends with a [2, 7, 7] (C, H, W) feature map"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("[1, 2, 7, 7] for a batch of 1"), "{stderr}");
+    assert!(stderr.contains("no-head.onnx"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -298,11 +298,11 @@ pub fn import_model(
             output_info.name
         );
     }
-    let Shape::Flat(outputs) = walk.shape else {
-        bail!(
-            "the output is not [batch, classes]: the graph ends with a {:?} feature map",
-            walk.shape
-        );
+    let outputs = match walk.shape {
+        Shape::Flat(outputs) => outputs,
+        Shape::Image(chw) => bail!(
+            "the output is not [batch, classes]: the graph ends with a {chw:?} (C, H, W) feature map"
+        ),
     };
     let classes = header.classes.clone().filter(|c| c.len() == outputs);
     let spec = ModelSpec {
