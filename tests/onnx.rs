@@ -585,9 +585,9 @@ fn a_graph_ending_in_a_feature_map_is_refused_by_both_engines() {
         expected_input: Some([1, 28, 28]),
         ..ImportOptions::default()
     };
-    let err = onnx::import_bytes(&bytes, "no-head", &options, &device)
-        .err()
-        .expect("a feature map is not a classifier's output");
+    let Err(err) = onnx::import_bytes(&bytes, "no-head", &options, &device) else {
+        panic!("a feature map is not a classifier's output");
+    };
     assert!(
         format!("{err:#}").contains("the output is not [batch, classes]"),
         "{err:#}"
