@@ -83,13 +83,7 @@ impl Product {
 
     /// Writes the product into `dst`, row-major with `dst_row` elements between row starts.
     pub fn write_into(&self, dst: &mut [f32], dst_row: usize, lhs: &[f32], rhs: &[f32]) {
-        assert!(
-            dst_row >= self.n && Layout::rows(dst_row).fits(self.m, self.n, dst.len()),
-            "matmul: a {}×{} destination with row stride {dst_row} does not fit in {} elements",
-            self.m,
-            self.n,
-            dst.len()
-        );
+        self.check_destination(dst.len(), dst_row);
         self.check(lhs, rhs);
         // SAFETY: the destination's m×n elements at row stride `dst_row` (≥ n, so rows do not
         // overlap) lie inside `dst` (asserted above), the operands' inside theirs (`check`);
@@ -111,13 +105,7 @@ impl Product {
             !self.accumulate,
             "matmul: an uninitialised destination has nothing to add to"
         );
-        assert!(
-            dst_row >= self.n && Layout::rows(dst_row).fits(self.m, self.n, dst.len()),
-            "matmul: a {}×{} destination with row stride {dst_row} does not fit in {} elements",
-            self.m,
-            self.n,
-            dst.len()
-        );
+        self.check_destination(dst.len(), dst_row);
         self.check(lhs, rhs);
         // SAFETY: as in `write_into`; not accumulating, gemm writes the elements without reading
         // them, so they may start uninitialised.
@@ -141,6 +129,15 @@ impl Product {
             out.set_len(len);
         }
         out
+    }
+
+    fn check_destination(&self, len: usize, dst_row: usize) {
+        assert!(
+            dst_row >= self.n && Layout::rows(dst_row).fits(self.m, self.n, len),
+            "matmul: a {}×{} destination with row stride {dst_row} does not fit in {len} elements",
+            self.m,
+            self.n,
+        );
     }
 
     fn check(&self, lhs: &[f32], rhs: &[f32]) {

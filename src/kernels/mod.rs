@@ -35,7 +35,7 @@ pub(crate) fn filled(len: usize, value: f32) -> Vec<f32> {
 }
 
 /// An empty buffer with room for `len` elements, for a kernel that writes every element (so a
-/// fill would be wasted: zero-filling the student's outputs was 5% of its training step).
+/// fill would be wasted: memset was 7.7% of a student training step before these buffers).
 ///
 /// The teacher's first convolution and pooling produce 64 MiB each at batch 256, and every such
 /// buffer is a fresh mapping: touching it in 4 KiB pages cost 16,384 page faults per buffer, a
@@ -43,10 +43,10 @@ pub(crate) fn filled(len: usize, value: f32) -> Vec<f32> {
 /// system default here is `madvise`) turns them into 32 faults.
 pub(crate) fn reserved(len: usize) -> Vec<f32> {
     let mut buffer = Vec::<f32>::with_capacity(len);
-    let bytes = len * std::mem::size_of::<f32>();
     #[cfg(target_os = "linux")]
-    if bytes >= HUGE_BUFFER_BYTES {
+    if len * std::mem::size_of::<f32>() >= HUGE_BUFFER_BYTES {
         const PAGE: usize = 4096;
+        let bytes = len * std::mem::size_of::<f32>();
         let start = buffer.as_mut_ptr() as usize;
         let aligned = start.next_multiple_of(PAGE);
         let length = (start + bytes - aligned) / PAGE * PAGE;
@@ -57,8 +57,6 @@ pub(crate) fn reserved(len: usize) -> Vec<f32> {
             libc::madvise(aligned as *mut libc::c_void, length, libc::MADV_HUGEPAGE);
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = bytes;
     buffer
 }
 
