@@ -7,6 +7,8 @@
 //! - `minilm-expected.json`: all-MiniLM-L6-v2, whose 87 MB weights `scripts/fetch-text-data.sh`
 //!   puts in the cache (`.ci/run` runs it).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -732,6 +734,8 @@ fn kim_cnn_features_match_a_hand_computation_and_ignore_padding() {
 
 #[test]
 fn kd_and_cosine_vanish_when_the_student_is_the_teacher_and_no_gradient_reaches_the_teacher() {
+    // seeds and draws from the process-wide random generator (dropout)
+    let _serial = common::serial();
     let device = Device::default().autodiff();
     let (teacher, _) = tiny_teacher(&device);
     let student = with_fresh_params(teacher.clone());
@@ -826,6 +830,8 @@ fn synthetic_reviews(n: usize, seed: u64) -> Vec<distill::data::text::TextExampl
 
 #[test]
 fn text_teacher_and_students_train_in_the_one_loop_and_resume_exactly() {
+    // seeds and draws from the process-wide random generator (dropout)
+    let _serial = common::serial();
     use distill::modality::text::{text_teacher_logits, TextArchitecture, TokenizedSplit};
     use distill::train::{fit_model, ModelJob, Objective, OptimizerConfig, TrainConfig};
 
@@ -1055,16 +1061,13 @@ fn run(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[test]
-fn evaluation_truncates_texts_as_training_did() {
-    let work = tempfile::tempdir().unwrap();
-    let data = synthetic_review_files(work.path());
-    let out = work.path().join("short");
-    // 6 tokens keep [CLS], [SEP] and 4 of a review's 4-12 words: cut reviews lose sentiment words.
+/// Fine-tunes the tiny BERT fixture on `data` into `out` (20 epochs, seed 3) with texts cut at
+/// `max_len` tokens; returns what it printed.
+fn train_tiny_bert(data: &str, out: &Path, max_len: usize) -> String {
     run(&[
         "train",
         "--data",
-        &data,
+        data,
         "--model",
         fixtures().join("tiny-bert").to_str().unwrap(),
         "--epochs",
@@ -1076,30 +1079,44 @@ fn evaluation_truncates_texts_as_training_did() {
         "--seed",
         "3",
         "--max-len",
-        "6",
+        &max_len.to_string(),
         "--quiet",
         "--out",
         out.to_str().unwrap(),
-    ]);
-    let meta: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("text_meta.json")).unwrap())
-            .unwrap();
+    ])
+}
+
+/// `distill eval --model MODEL --data DATA --json [extra…]`, parsed.
+fn eval_json(model: &Path, data: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_str(run(&args).trim()).unwrap()
+}
+
+/// A JSON file a run wrote.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn evaluation_truncates_texts_as_training_did() {
+    let work = tempfile::tempdir().unwrap();
+    let data = synthetic_review_files(work.path());
+    let out = work.path().join("short");
+    // 6 tokens keep [CLS], [SEP] and 4 of a review's 4-12 words: cut reviews lose sentiment words.
+    train_tiny_bert(&data, &out, 6);
+    let meta: Value = read_json(&out.join("text_meta.json"));
     assert_eq!(meta["max_len"], 6, "{meta}");
-    let history: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.join("history.json")).unwrap()).unwrap();
+    let history: Vec<Value> = read_json(&out.join("history.json"));
     let last = history.last().unwrap()["val_accuracy"].as_f64().unwrap();
-    let eval: Value = serde_json::from_str(
-        run(&[
-            "eval",
-            "--model",
-            out.to_str().unwrap(),
-            "--data",
-            &data,
-            "--json",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let eval = eval_json(&out, &data, &[]);
     let last_loss = history.last().unwrap()["val_loss"].as_f64().unwrap();
     assert_eq!(eval["accuracy"].as_f64().unwrap(), last, "{eval}");
     assert!(
@@ -1114,48 +1131,17 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
     let data = synthetic_review_files(work.path());
     let out = work.path().join("teacher");
     let model = fixtures().join("tiny-bert");
-    let printed = run(&[
-        "train",
-        "--data",
-        &data,
-        "--model",
-        model.to_str().unwrap(),
-        "--epochs",
-        "20",
-        "--batch-size",
-        "16",
-        "--lr",
-        "1e-2",
-        "--seed",
-        "3",
-        "--max-len",
-        "32",
-        "--quiet",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let printed = train_tiny_bert(&data, &out, 32);
     assert!(
         printed.contains("train: 320 train / 120 test texts, 2 classes"),
         "{printed}"
     );
-    let history: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.join("history.json")).unwrap()).unwrap();
+    let history: Vec<Value> = read_json(&out.join("history.json"));
     let last = history.last().unwrap()["val_accuracy"].as_f64().unwrap();
     assert!(last > 0.9, "{last}");
     // The saved directory is self-contained (spec, weights, metadata, tokenizer) and evaluates
     // to the accuracy its last epoch reported.
-    let eval: Value = serde_json::from_str(
-        run(&[
-            "eval",
-            "--model",
-            out.to_str().unwrap(),
-            "--data",
-            &data,
-            "--json",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let eval = eval_json(&out, &data, &[]);
     assert_eq!(eval["samples"], 120);
     assert!(
         (eval["accuracy"].as_f64().unwrap() - last).abs() < 1e-9,
@@ -1243,36 +1229,11 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
     let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
     assert_eq!(cached.len(), 1, "one logit cache for train + transfer set");
     for (dir, floor) in [(&scratch, 0.8), (&distilled, 0.8)] {
-        let eval: Value = serde_json::from_str(
-            run(&[
-                "eval",
-                "--model",
-                dir.to_str().unwrap(),
-                "--data",
-                &data,
-                "--json",
-            ])
-            .trim(),
-        )
-        .unwrap();
+        let eval = eval_json(dir, &data, &[]);
         let accuracy = eval["accuracy"].as_f64().unwrap();
         assert!(accuracy > floor, "{}: {eval}", dir.display());
     }
-    let timed: Value = serde_json::from_str(
-        run(&[
-            "eval",
-            "--model",
-            distilled.to_str().unwrap(),
-            "--data",
-            &data,
-            "--json",
-            "--speed",
-            "--threads",
-            "1",
-        ])
-        .trim(),
-    )
-    .unwrap();
+    let timed = eval_json(&distilled, &data, &["--speed", "--threads", "1"]);
     assert!(timed["latency_ms"].as_f64().unwrap() > 0.0, "{timed}");
     assert!(timed["throughput_per_s"].as_f64().unwrap() > 0.0, "{timed}");
     assert_eq!(
@@ -1376,6 +1337,8 @@ fn cli_fine_tunes_a_text_encoder_and_evaluates_the_saved_model() {
 
 #[test]
 fn the_cosine_term_adds_its_weighted_distance_on_mapped_layers_and_spares_the_teacher() {
+    // seeds and draws from the process-wide random generator (dropout)
+    let _serial = common::serial();
     use distill::distill::{CacheLocation, TeacherLogits};
     use distill::losses::{mapped_hidden_cosine, HiddenStates, HiddenTerm};
     use distill::modality::text::{text_teacher_logits, LiveTextTeacher, Text, TokenizedSplit};
