@@ -244,6 +244,11 @@ pub struct ReportInputs {
     pub seeds: usize,
     /// Student epochs (per stage, with a chain).
     pub student_epochs: usize,
+    /// Epochs of the distilled students, when they differ from `student_epochs`.
+    pub distilled_epochs: Option<usize>,
+    /// How the distilled students' extra training examples were made, when they had any (a
+    /// text study's transfer set).
+    pub transfer: Option<String>,
     /// How the best setting is chosen.
     pub selection: Selection,
     /// The teacher.
@@ -273,6 +278,12 @@ pub struct Report {
     pub seeds: usize,
     /// Student epochs.
     pub student_epochs: usize,
+    /// Epochs of the distilled students, when they differ from `student_epochs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distilled_epochs: Option<usize>,
+    /// The distilled students' transfer set, when they had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<String>,
     /// Wall time of this invocation (small when it resumed finished runs).
     pub wall_seconds: f64,
     /// Sum of the epoch times of every run (teacher included), across resumes.
@@ -323,6 +334,8 @@ impl Report {
             backend,
             seeds,
             student_epochs,
+            distilled_epochs,
+            transfer,
             selection,
             teacher,
             scratch,
@@ -387,6 +400,8 @@ impl Report {
             backend,
             seeds,
             student_epochs,
+            distilled_epochs,
+            transfer,
             wall_seconds,
             augmentation,
             teacher,
@@ -442,30 +457,38 @@ impl Report {
         let _ = writeln!(md, "**{}**\n", self.best.verdict);
         let _ = writeln!(
             md,
-            "Dataset `{}`: {} train / {} test images of shape {:?}, {} classes. Students trained {} epochs, {} paired seed(s); augmentation: {}; backend {}; training time {:.0} s (this invocation: {:.0} s).\n",
+            "Dataset `{}`: {} train / {} test {}, {} classes. Students trained {} epochs{}, {} paired seed(s); augmentation: {}{}; backend {}; training time {:.0} s (this invocation: {:.0} s).\n",
             d.name,
             d.train,
             d.test,
-            d.shape,
+            d.examples(),
             d.classes.len(),
             self.student_epochs,
+            self.distilled_epochs
+                .map(|e| format!(" (distilled: {e})"))
+                .unwrap_or_default(),
             self.seeds,
             self.augmentation
                 .as_ref()
                 .filter(|a| !a.is_identity())
                 .map_or_else(|| "none".to_string(), Augmentation::describe),
+            self.transfer
+                .as_ref()
+                .map(|t| format!("; distilled students' transfer set: {t}"))
+                .unwrap_or_default(),
             self.backend,
             self.training_seconds,
             self.wall_seconds
         );
         let _ = writeln!(md, "## Teacher vs student\n");
-        let _ = writeln!(md, "| model | test accuracy | CE loss | params | dropout | weights | latency, batch 1 | throughput, batch 256 | compression | speed-up |");
+        let batch = if d.shape.is_some() { 256 } else { 64 };
+        let _ = writeln!(md, "| model | test accuracy | CE loss | params | dropout | weights | latency, batch 1 | throughput, batch {batch} | compression | speed-up |");
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
         let t = &self.teacher;
         let mut row = |name: String, r: &ModelResult| {
             let _ = writeln!(
                 md,
-                "| {name} | {} | {:.4} | {} | {:?} | {:.1} KB | {:.3} ms | {:.0} img/s | {:.1}x | {:.1}x |",
+                "| {name} | {} | {:.4} | {} | {:?} | {:.1} KB | {:.3} ms | {:.0} {} | {:.1}x | {:.1}x |",
                 self.accuracy_cell(r),
                 r.loss,
                 crate::models::summary::thousands(r.params as u64),
@@ -473,6 +496,7 @@ impl Report {
                 r.bytes as f64 / 1024.0,
                 r.speed.latency_ms,
                 r.speed.throughput_ips,
+                d.throughput_unit(),
                 t.params as f64 / r.params.max(1) as f64,
                 r.speed.throughput_ips / t.speed.throughput_ips.max(1e-9),
             );

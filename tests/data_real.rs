@@ -135,7 +135,8 @@ fn cli_data_info_embedded_json() {
             train: 6000,
             test: 1000,
             classes: FASHION_MNIST_CLASSES.map(String::from).to_vec(),
-            shape: [1, 28, 28],
+            shape: Some([1, 28, 28]),
+            max_tokens: None,
         }
     );
     // and the raw JSON has exactly the documented keys

@@ -313,6 +313,22 @@ fn shipped_configs_parse() {
     let (distilled, scratch) = recipe.student.specs().unwrap();
     assert_eq!(distilled.stats([3, 32, 32]).unwrap().params, 43_098);
     assert_eq!(scratch.dropout_rates(), [0.0, 0.0]);
+
+    // The text studies: Tang's transfer set with shorter distilled runs; DistilBERT's cosine
+    // term on students that keep the teacher's embeddings fixed.
+    let tang = load("text-tang");
+    assert!(tang.is_text());
+    let text = tang.text.as_ref().unwrap();
+    assert_eq!(text.transfer_copies, 4);
+    assert!(text.freeze_teacher_word_embeddings && !text.freeze_student_word_embeddings);
+    assert_eq!(
+        (tang.student.epochs, tang.student.distilled_epochs()),
+        (6, 2)
+    );
+    let distilbert = load("text-distilbert");
+    let text = distilbert.text.as_ref().unwrap();
+    assert_eq!(text.cosine_weight, 1.0);
+    assert!(text.freeze_student_word_embeddings);
 }
 
 #[test]
@@ -338,6 +354,28 @@ fn bad_configs_fail_before_any_work() {
         (
             TINY.replace("data = \"embedded\"", "data = \"nonsense:x\""),
             "data",
+        ),
+        (
+            TINY.replace("epochs = 1\n\n[training]", "epochs = 1\ndistilled_epochs = 0\n\n[training]"),
+            "student.distilled_epochs",
+        ),
+        // Text settings on an image dataset, and image settings on a text dataset, are
+        // refused by name rather than ignored.
+        (
+            format!("{TINY}\n[text]\nmax_len = 64\n"),
+            "`[text]` applies to text datasets",
+        ),
+        (
+            TINY.replace("data = \"embedded\"", "data = \"rotten-tomatoes\"")
+                .replace("seed = 7", "seed = 7\n[training.augmentation]\nhorizontal_flip = true"),
+            "`training.augmentation` (a text study's distilled students learn from `text.transfer_copies`) applies to images only",
+        ),
+        (
+            format!(
+                "{}\n[text]\ncosine_weight = -1.0\n",
+                TINY.replace("data = \"embedded\"", "data = \"rotten-tomatoes\"")
+            ),
+            "`text.cosine_weight`",
         ),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {

@@ -1577,3 +1577,119 @@ fn cli_bench_text_times_a_pretrained_encoder_and_names_bad_shapes() {
         "{err}"
     );
 }
+
+#[test]
+fn distill_run_studies_a_text_dataset_with_the_image_study_s_runner_and_report() {
+    let work = tempfile::tempdir().unwrap();
+    let data = synthetic_review_files(work.path());
+    let student = write(
+        work.path(),
+        "student.toml",
+        b"kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [1]\ndropout = 0.0\n",
+    );
+    let config = format!(
+        r#"data = "{data}"
+seeds = 2
+
+[teacher]
+model = "{teacher}"
+epochs = 20
+batch_size = 16
+
+[teacher.optimizer]
+learning_rate = 1e-2
+
+[student]
+model = "{student}"
+epochs = 3
+distilled_epochs = 2
+
+[training]
+batch_size = 16
+seed = 5
+
+[training.optimizer]
+learning_rate = 1e-2
+
+[text]
+max_len = 32
+transfer_copies = 1
+cosine_weight = 0.5
+
+[sweep]
+alpha = [0.5]
+temperature = [2.0]
+"#,
+        teacher = fixtures().join("tiny-bert").display(),
+        student = student.display(),
+    );
+    let config_path = write(work.path(), "study.toml", config.as_bytes());
+    let out = work.path().join("study");
+    let study = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let printed = study(&[]);
+    assert!(printed.contains("== teacher"), "{printed}");
+    assert!(printed.contains("transfer set:"), "{printed}");
+
+    // The image study's layout: teacher, scratch and distilled runs per seed, the logit cache.
+    for dir in [
+        "teacher",
+        "scratch/seed-5",
+        "scratch/seed-6",
+        "distilled/a0.5-T2-t2/seed-5",
+        "distilled/a0.5-T2-t2/seed-6",
+    ] {
+        assert!(out.join(dir).join("text_meta.json").is_file(), "{dir}");
+    }
+    assert!(
+        std::fs::read_dir(out.join("teacher-logits"))
+            .unwrap()
+            .count()
+            > 0
+    );
+    let scratch_history: Vec<Value> = read_json(&out.join("scratch/seed-5/history.json"));
+    let distilled_history: Vec<Value> =
+        read_json(&out.join("distilled/a0.5-T2-t2/seed-5/history.json"));
+    assert_eq!((scratch_history.len(), distilled_history.len()), (3, 2));
+
+    // The report holds the test accuracy each saved model evaluates to, paired over the seeds.
+    let report: Value = read_json(&out.join("report.json"));
+    let teacher_accuracy = report["teacher"]["accuracy"].as_f64().unwrap();
+    assert!(teacher_accuracy > 0.9, "{report}");
+    let evaluated = eval_json(&out.join("scratch/seed-6"), &data, &[]);
+    assert_eq!(
+        report["scratch"]["accuracies"][1].as_f64().unwrap(),
+        evaluated["accuracy"].as_f64().unwrap()
+    );
+    assert_eq!(report["distilled"][0]["paired_diff"]["n"], 2, "{report}");
+    assert!(report["dataset"]["shape"].is_null(), "{report}");
+    assert_eq!(report["dataset"]["max_tokens"], 32);
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        markdown.contains("120 test texts of at most 32 tokens"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("texts/s"), "{markdown}");
+    assert!(
+        markdown.contains("Students trained 3 epochs (distilled: 2)"),
+        "{markdown}"
+    );
+
+    // Run again: every run is finished, nothing retrains, the report is the same.
+    let again = study(&[]);
+    assert!(again.contains("already complete"), "{again}");
+    let second: Value = read_json(&out.join("report.json"));
+    for key in ["accuracies", "paired_diff"] {
+        assert_eq!(second["distilled"][0][key], report["distilled"][0][key]);
+    }
+}

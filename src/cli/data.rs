@@ -26,7 +26,7 @@ pub fn info(spec: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&info)?);
         return Ok(());
     }
-    let [c, h, w] = info.shape;
+    let [c, h, w] = dataset.shape;
     println!("dataset  {}", info.name);
     println!("train    {} images", info.train);
     println!("test     {} images", info.test);

@@ -12,73 +12,19 @@ use crate::bench::{run_text, text_table, TextBenchOptions, TextBenchResult};
 use crate::data::text::{load_text, TextDataset, TextSpec};
 use crate::data::tokenizer::TextTokenizer;
 use crate::data::tokenizer::TokenBatch;
-use crate::data::transfer::{transfer_set, TransferConfig};
+use crate::data::transfer::TransferConfig;
 use crate::distill::{LogitSource, TeacherLogits};
 use crate::losses::{DistillLoss, HiddenTerm};
 use crate::modality::text::{
-    load_text_model, text_teacher_logits, LiveTextTeacher, Text, TextArchitecture, TextMeta,
-    TokenizedSplit, TEXT_META_FILE, TEXT_WEIGHTS_FILE,
+    load_text_model, prepare_text_teaching, BaseModel, Text, TextArchitecture, TokenizedSplit,
+    TEXT_META_FILE, TEXT_WEIGHTS_FILE,
 };
 use crate::modality::SoftTargets;
-use crate::models::bert::{self, Bert, BertConfig, CONFIG_FILE, TOKENIZER_FILE};
-use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
+use crate::models::bert::{self, CONFIG_FILE, TOKENIZER_FILE};
+use crate::models::text::{TextClassifier, TextModelSpec};
 use crate::train::{evaluate_model, fit_model, ModelJob, Objective, TrainConfig};
 
-/// True when `data` names a text dataset rather than an image one.
-pub fn is_text_data(data: &str) -> bool {
-    data.parse::<TextSpec>().is_ok()
-}
-
-/// The transformer a text student is built on: its tokenizer and vocabulary, and with
-/// `teacher_layers`, its initial layers. A trained text classifier also keeps its head (a
-/// teacher).
-struct BaseModel {
-    bert: Bert,
-    config: BertConfig,
-    tokenizer: PathBuf,
-    classifier: Option<(TextClassifier, TextMeta)>,
-}
-
-impl BaseModel {
-    /// A pretrained Hugging Face directory or a text model trained here.
-    fn load(dir: &Path, flag: &str, device: &Device) -> anyhow::Result<Self> {
-        let tokenizer = dir.join(TOKENIZER_FILE);
-        if dir.join(TEXT_META_FILE).is_file() {
-            let (classifier, meta) = load_text_model(dir, device)?;
-            let EncoderConfig::Transformer(config) = meta.encoder.clone() else {
-                bail!(
-                    "{flag} {}: a text model without a transformer encoder; a student's tokenizer and vocabulary come from a transformer",
-                    dir.display()
-                );
-            };
-            let bert = classifier
-                .encoder
-                .bert()
-                .expect("a transformer config")
-                .clone();
-            return Ok(Self {
-                bert,
-                config,
-                tokenizer,
-                classifier: Some((classifier, meta)),
-            });
-        }
-        if dir.join(CONFIG_FILE).is_file() {
-            let (bert, config) = bert::load_pretrained(dir, device)?;
-            return Ok(Self {
-                bert,
-                config,
-                tokenizer,
-                classifier: None,
-            });
-        }
-        bail!(
-            "{flag} {}: expected a pretrained text encoder directory ({CONFIG_FILE}, {}, {TOKENIZER_FILE}) or a text model trained by distill ({TEXT_META_FILE}, {TEXT_WEIGHTS_FILE}, {TOKENIZER_FILE})",
-            dir.display(),
-            bert::WEIGHTS_FILE
-        )
-    }
-}
+pub use crate::data::text::is_text_data;
 
 /// The dataset, tokenised: (dataset, train, evaluation split, the evaluation split's name).
 fn load_splits(
@@ -232,7 +178,7 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         );
     };
     let tokenizer = TextTokenizer::from_file(&base.tokenizer, train_args.max_len)?;
-    let (dataset, mut train, eval, eval_name) = load_splits(train_args, &tokenizer)?;
+    let (dataset, train, eval, eval_name) = load_splits(train_args, &tokenizer)?;
     if dataset.classes != meta.classes {
         bail!(
             "--teacher {} was trained on classes [{}] but {} has [{}]",
@@ -242,48 +188,22 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
             dataset.classes.join(", ")
         );
     }
-    let labelled = train.len();
-    if transfer.copies > 0 {
-        let mask = tokenizer
-            .token_id("[MASK]")
-            .context("the teacher's tokenizer has no [MASK] token, which the transfer set needs")?;
-        let special: Vec<u32> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-            .iter()
-            .filter_map(|t| tokenizer.token_id(t))
-            .collect();
-        train
-            .ids
-            .extend(transfer_set(&train.ids, &transfer, mask, &special));
-        // placeholders until the teacher has labelled the transfer set
-        train.labels.resize(train.ids.len(), 0);
-    }
     let mut cache_dir = PathBuf::new();
     let LogitSource::Cache(location) = args.logit_source(&mut cache_dir)? else {
         bail!("--no-logit-cache: a text teacher's logits are always computed once per run (in memory at least); leave the flag out");
     };
     let teacher_id = crate::models::checkpoint::weights_hash(&args.teacher)?;
-    let logits = text_teacher_logits(
+    let teaching = prepare_text_teaching(
         teacher,
         &teacher_id,
-        &train,
+        &tokenizer,
+        train,
+        &transfer,
         location,
         &device,
         !train_args.quiet,
     )?;
-    let TeacherLogits::Cached {
-        values, classes, ..
-    } = &logits
-    else {
-        unreachable!("text teacher logits are cached")
-    };
-    // The transfer set has no labels: the teacher's predictions stand in for them.
-    let predictions: Vec<usize> = values.chunks_exact(*classes).map(argmax).collect();
-    let agreement = predictions[..labelled]
-        .iter()
-        .zip(&train.labels)
-        .filter(|(p, l)| p == l)
-        .count();
-    train.labels[labelled..].copy_from_slice(&predictions[labelled..]);
+    let (train, labelled) = (&teaching.train, teaching.labelled);
     println!(
         "{}: {labelled} train{} / {} {eval_name} texts; teacher {} agrees with {:.1}% of the training labels; student {}",
         dataset.name,
@@ -298,7 +218,7 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         },
         eval.len(),
         args.teacher.display(),
-        100.0 * agreement as f64 / labelled as f64,
+        100.0 * teaching.agreement,
         args.student
     );
     let architecture = TextArchitecture {
@@ -310,32 +230,18 @@ pub fn distill(args: &DistillArgs, loss: DistillLoss) -> anyhow::Result<()> {
         max_len: train_args.max_len,
     };
     // Its hidden states are computed only when the cosine term asks for them.
-    let teacher = LiveTextTeacher::new(logits, teacher);
     fit_text(
         train_args,
         &config,
         architecture,
-        (&train, &eval),
+        (train, &eval),
         Objective::Distill {
             loss,
-            teacher: &teacher,
+            teacher: &teaching.teacher,
             hidden,
         },
         &device,
     )
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 {
-                (i, v)
-            } else {
-                best
-            }
-        })
-        .0
 }
 
 /// `distill eval --model <text model dir> --data <text dataset>`: test accuracy and loss.

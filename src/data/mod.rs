@@ -168,19 +168,44 @@ pub struct Dataset {
     pub test: Split,
 }
 
-/// The summary printed by `distill data info`.
+/// The summary printed by `distill data info` (and the dataset line of a study's report).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DataInfo {
     /// Dataset name.
     pub name: String,
-    /// Number of training images.
+    /// Number of training examples.
     pub train: usize,
-    /// Number of test images.
+    /// Number of test examples.
     pub test: usize,
     /// Class names, indexed by label.
     pub classes: Vec<String>,
-    /// Image shape, `[C, H, W]`.
-    pub shape: [usize; 3],
+    /// Image shape, `[C, H, W]`; none for texts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<[usize; 3]>,
+    /// Most tokens kept per text; none for images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+}
+
+impl DataInfo {
+    /// What the examples are, for prose: `images of shape [3, 32, 32]`, `texts of at most 64
+    /// tokens`.
+    pub fn examples(&self) -> String {
+        match (self.shape, self.max_tokens) {
+            (Some(shape), _) => format!("images of shape {shape:?}"),
+            (None, Some(tokens)) => format!("texts of at most {tokens} tokens"),
+            (None, None) => "examples".to_string(),
+        }
+    }
+
+    /// Unit of an inference throughput: `img/s` or `texts/s`.
+    pub fn throughput_unit(&self) -> &'static str {
+        if self.shape.is_some() {
+            "img/s"
+        } else {
+            "texts/s"
+        }
+    }
 }
 
 impl Dataset {
@@ -209,7 +234,8 @@ impl Dataset {
             train: self.train.len(),
             test: self.test.len(),
             classes: self.classes.clone(),
-            shape: self.shape,
+            shape: Some(self.shape),
+            max_tokens: None,
         }
     }
 }

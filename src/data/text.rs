@@ -48,6 +48,11 @@ pub struct TextDataset {
     pub test: Vec<TextExample>,
 }
 
+/// True when `data` names a text dataset rather than an image one.
+pub fn is_text_data(data: &str) -> bool {
+    data.parse::<TextSpec>().is_ok()
+}
+
 /// Which text dataset to load, as written on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TextSpec {

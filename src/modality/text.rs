@@ -1,6 +1,6 @@
 //! The text modality: [`TextClassifier`]s trained on tokenised texts, padded per batch.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use burn::module::Module;
@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use super::{Architecture, Modality, SoftTargets};
 use crate::data::text::TextExample;
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
+use crate::data::transfer::{transfer_set, TransferConfig};
 use crate::data::Augmentation;
 use crate::distill::{cached_rows, load_or_compute_logits, CacheLocation, LogitKey, TeacherLogits};
 use crate::losses::HiddenStates;
-use crate::models::bert::{Bert, BertConfig};
+use crate::models::bert::{self, Bert, BertConfig, CONFIG_FILE, TOKENIZER_FILE};
 use crate::models::checkpoint::{load_weights, write_atomic, write_manifest, write_weights};
 use crate::models::text::{EncoderConfig, TextClassifier, TextModelSpec};
 
@@ -394,4 +395,138 @@ pub fn load_text_model(dir: &Path, device: &Device) -> anyhow::Result<(TextClass
     let model = load_weights(&dir.join(TEXT_WEIGHTS_FILE), model)
         .with_context(|| format!("the model described by {}", meta_path.display()))?;
     Ok((model, meta))
+}
+
+/// The transformer a text student is built on: its tokenizer and vocabulary, and with
+/// `teacher_layers`, its initial layers. A trained text classifier also keeps its head (a
+/// teacher).
+pub struct BaseModel {
+    /// The encoder.
+    pub bert: Bert,
+    /// Its configuration.
+    pub config: BertConfig,
+    /// Its `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// The whole classifier, when the directory holds a text model trained here.
+    pub classifier: Option<(TextClassifier, TextMeta)>,
+}
+
+impl BaseModel {
+    /// A pretrained Hugging Face directory or a text model trained here; `what` names the
+    /// setting that pointed at `dir` in errors (`--teacher`, `` `teacher` ``).
+    pub fn load(dir: &Path, what: &str, device: &Device) -> anyhow::Result<Self> {
+        let tokenizer = dir.join(TOKENIZER_FILE);
+        if dir.join(TEXT_META_FILE).is_file() {
+            let (classifier, meta) = load_text_model(dir, device)?;
+            let EncoderConfig::Transformer(config) = meta.encoder.clone() else {
+                bail!(
+                    "{what} {}: a text model without a transformer encoder; a student's tokenizer and vocabulary come from a transformer",
+                    dir.display()
+                );
+            };
+            let bert = classifier
+                .encoder
+                .bert()
+                .expect("a transformer config")
+                .clone();
+            return Ok(Self {
+                bert,
+                config,
+                tokenizer,
+                classifier: Some((classifier, meta)),
+            });
+        }
+        if dir.join(CONFIG_FILE).is_file() {
+            let (bert, config) = bert::load_pretrained(dir, device)?;
+            return Ok(Self {
+                bert,
+                config,
+                tokenizer,
+                classifier: None,
+            });
+        }
+        bail!(
+            "{what} {}: expected a pretrained text encoder directory ({CONFIG_FILE}, {}, {TOKENIZER_FILE}) or a text model trained by distill ({TEXT_META_FILE}, {TEXT_WEIGHTS_FILE}, {TOKENIZER_FILE})",
+            dir.display(),
+            bert::WEIGHTS_FILE
+        )
+    }
+}
+
+/// What a distilled text student learns from: the labelled training texts, plus (with a
+/// transfer set) their augmented copies, whose labels are the teacher's predictions; and the
+/// teacher, its logits cached for every one of those texts.
+pub struct TextTeaching {
+    /// The training texts, the transfer set appended.
+    pub train: TokenizedSplit,
+    /// How many of `train` are labelled texts (the rest is the transfer set).
+    pub labelled: usize,
+    /// Fraction of the labelled texts on which the teacher predicts the label.
+    pub agreement: f64,
+    /// The teacher: cached logits, live hidden states.
+    pub teacher: LiveTextTeacher,
+}
+
+/// Appends `transfer.copies` augmented copies of each text of `train` (none with 0 copies), has
+/// `teacher` label all of them once (its logits cached under `teacher_id` at `location`) and
+/// returns the split and the teacher the students learn from.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_text_teaching(
+    teacher: &TextClassifier,
+    teacher_id: &str,
+    tokenizer: &TextTokenizer,
+    mut train: TokenizedSplit,
+    transfer: &TransferConfig,
+    location: CacheLocation<'_>,
+    device: &Device,
+    progress: bool,
+) -> anyhow::Result<TextTeaching> {
+    let labelled = train.len();
+    if transfer.copies > 0 {
+        let mask = tokenizer
+            .token_id("[MASK]")
+            .context("the teacher's tokenizer has no [MASK] token, which the transfer set needs")?;
+        let special: Vec<u32> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t))
+            .collect();
+        let copies = transfer_set(&train.ids, transfer, mask, &special);
+        train.ids.extend(copies);
+        // placeholders until the teacher has labelled the transfer set
+        train.labels.resize(train.ids.len(), 0);
+    }
+    let logits = text_teacher_logits(teacher, teacher_id, &train, location, device, progress)?;
+    let TeacherLogits::Cached {
+        values, classes, ..
+    } = &logits
+    else {
+        unreachable!("text teacher logits are cached")
+    };
+    // The transfer set has no labels: the teacher's predictions stand in for them.
+    let predictions: Vec<usize> = values.chunks_exact(*classes).map(argmax).collect();
+    let agreeing = predictions[..labelled]
+        .iter()
+        .zip(&train.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    train.labels[labelled..].copy_from_slice(&predictions[labelled..]);
+    Ok(TextTeaching {
+        train,
+        labelled,
+        agreement: agreeing as f64 / labelled.max(1) as f64,
+        teacher: LiveTextTeacher::new(logits, teacher),
+    })
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 {
+                (i, v)
+            } else {
+                best
+            }
+        })
+        .0
 }

@@ -12,6 +12,8 @@
 //! Seeds are *paired*: seed `s` gives the scratch student and every distilled student the same
 //! initial weights, batch order, augmented views and dropout stream, so the per-seed difference
 //! between two arms is the effect of the objective alone.
+//!
+//! A text dataset in `data` runs the same study with text models (`experiment/text.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,6 +31,8 @@ use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInput
 use crate::train::{
     fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
 };
+
+mod text;
 
 fn default_data() -> String {
     "embedded".into()
@@ -65,11 +69,19 @@ pub enum TeacherSetting {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherConfig {
-    /// Zoo name or spec file.
+    /// Zoo name or spec file; with a text dataset, a pretrained encoder directory (or its name
+    /// in the data cache, e.g. `all-MiniLM-L6-v2`) to fine-tune.
     pub model: String,
     /// Epochs of teacher training.
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Batch size of the teacher's training (default: `training.batch_size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Optimizer of the teacher's training (default: `training.optimizer`); fine-tuning a
+    /// pretrained transformer wants a far smaller learning rate than training a student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<OptimizerConfig>,
 }
 
 /// `[student]`: the model trained from scratch and by distillation.
@@ -93,6 +105,10 @@ pub struct StudentConfig {
     /// Warm-start every student from this checkpoint's weights (fresh optimizer).
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Epochs of the distilled students when they differ from the scratch student's `epochs`
+    /// (a text transfer set makes each distillation epoch several times longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distilled_epochs: Option<usize>,
 }
 
 impl Default for StudentConfig {
@@ -103,11 +119,17 @@ impl Default for StudentConfig {
             dropout: None,
             scratch_dropout: None,
             init_from: None,
+            distilled_epochs: None,
         }
     }
 }
 
 impl StudentConfig {
+    /// Epochs of a distilled student.
+    pub fn distilled_epochs(&self) -> usize {
+        self.distilled_epochs.unwrap_or(self.epochs)
+    }
+
     /// The student's spec for the distilled arms and for the scratch arm.
     pub fn specs(&self) -> anyhow::Result<(ModelSpec, ModelSpec)> {
         let base = resolve_spec(&self.model)?;
@@ -273,6 +295,52 @@ impl Default for SweepConfig {
     }
 }
 
+fn default_max_len() -> usize {
+    128
+}
+
+/// `[text]`: settings of a study on a text dataset (`data = "rotten-tomatoes"` or
+/// `"text:FILE"`), as the text flags of `distill train` and `distill distill` set them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextStudyConfig {
+    /// Most tokens kept per text, special tokens included.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Keep the teacher's word embeddings fixed while it is fine-tuned (the 30,522 × 384
+    /// embedding gradient of MiniLM dominates its backward pass).
+    #[serde(default)]
+    pub freeze_teacher_word_embeddings: bool,
+    /// Keep the students' word embeddings fixed (sensible for students that start from the
+    /// teacher's embeddings, `teacher_layers`; not for a BiLSTM's random ones).
+    #[serde(default)]
+    pub freeze_student_word_embeddings: bool,
+    /// Augmented copies per training text in the distilled students' transfer set (Tang et
+    /// al.), labelled by the teacher; 0: none.
+    #[serde(default)]
+    pub transfer_copies: usize,
+    /// Seed of the transfer set (fixed, so every seed and point shares it and its teacher pass).
+    #[serde(default)]
+    pub transfer_seed: u64,
+    /// Weight of DistilBERT's cosine loss between the student's and the teacher's hidden states
+    /// (transformer students); 0: none.
+    #[serde(default)]
+    pub cosine_weight: f64,
+}
+
+impl Default for TextStudyConfig {
+    fn default() -> Self {
+        TextStudyConfig {
+            max_len: default_max_len(),
+            freeze_teacher_word_embeddings: false,
+            freeze_student_word_embeddings: false,
+            transfer_copies: 0,
+            transfer_seed: 0,
+            cosine_weight: 0.0,
+        }
+    }
+}
+
 /// An experiment file (`configs/*.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -312,6 +380,9 @@ pub struct ExperimentConfig {
     /// The distillation grid.
     #[serde(default)]
     pub sweep: SweepConfig,
+    /// Settings of a study on a text dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextStudyConfig>,
 }
 
 /// Most points a sweep may have (alpha × temperature × T² values): each point trains a student
@@ -563,10 +634,85 @@ impl ExperimentConfig {
                 self.seeds
             );
         }
+        if let Some(epochs) = self.student.distilled_epochs {
+            if epochs == 0 {
+                bail!("`student.distilled_epochs` must be at least 1");
+            }
+        }
+        if let TeacherSetting::Train(t) = &self.teacher {
+            if t.batch_size == Some(0) {
+                bail!("`teacher.batch_size` must be at least 1");
+            }
+        }
+        if self.sweep.chain && self.student.distilled_epochs.is_some() {
+            bail!("`student.distilled_epochs` cannot be used with `sweep.chain`: each chain stage pairs a distilled student with a labels-only one of the same length");
+        }
+        if self.is_text() {
+            return self.validate_text();
+        }
+        if self.text.is_some() {
+            bail!(
+                "`[text]` applies to text datasets; `data` `{}` is an image dataset",
+                self.data
+            );
+        }
         self.data
             .parse::<DataSpec>()
             .map_err(|e| anyhow::anyhow!("`data`: {e}"))?;
         Ok(())
+    }
+
+    /// True when `data` names a text dataset: the study runs text models.
+    pub fn is_text(&self) -> bool {
+        crate::data::text::is_text_data(&self.data)
+    }
+
+    /// The checks of [`Self::validate`] that only a text study needs: image-only settings are
+    /// refused by name rather than ignored.
+    fn validate_text(&self) -> anyhow::Result<()> {
+        let image_only = [
+            (self.training.augmentation.is_some(), "`training.augmentation` (a text study's distilled students learn from `text.transfer_copies`)"),
+            (self.sweep.chain, "`sweep.chain`"),
+            (self.student.dropout.is_some() || self.student.scratch_dropout.is_some(), "`student.dropout` and `student.scratch_dropout` (a text student's spec sets its `dropout`)"),
+            (self.student.init_from.is_some(), "`student.init_from` (a text student starts from `teacher_layers` or at random)"),
+            (self.teacher_layout.is_some() || self.teacher_spec.is_some() || self.teacher_normalize.is_some() || !is_default_engine(&self.teacher_engine), "the ONNX teacher settings"),
+            (self.training.teacher_logits == TeacherLogitsSource::Live, "`training.teacher_logits = \"live\"` (a text teacher's logits are cached)"),
+        ];
+        if let Some((_, what)) = image_only.iter().find(|(set, _)| *set) {
+            bail!(
+                "data `{}` is a text dataset: {what} applies to images only",
+                self.data
+            );
+        }
+        let text = self.text.clone().unwrap_or_default();
+        if text.max_len < 3 {
+            bail!(
+                "`text.max_len` must be at least 3 (the special tokens and one word), got {}",
+                text.max_len
+            );
+        }
+        crate::losses::HiddenTerm {
+            weight: text.cosine_weight,
+        }
+        .validate()
+        .map_err(|e| anyhow::anyhow!("`text.cosine_weight`: {e}"))?;
+        self.transfer_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("`text.transfer_copies`: {e}"))?;
+        self.data
+            .parse::<crate::data::text::TextSpec>()
+            .map_err(|e| anyhow::anyhow!("`data`: {e}"))?;
+        Ok(())
+    }
+
+    /// The transfer set of a text study's distilled students.
+    fn transfer_config(&self) -> crate::data::transfer::TransferConfig {
+        let text = self.text.clone().unwrap_or_default();
+        crate::data::transfer::TransferConfig {
+            copies: text.transfer_copies,
+            seed: text.transfer_seed,
+            ..Default::default()
+        }
     }
 
     fn train_config(&self, epochs: usize, seed: u64) -> TrainConfig {
@@ -616,10 +762,16 @@ impl ExperimentConfig {
 
     /// The teacher trains with fresh transforms each epoch: fixed views exist only so that the
     /// students' teacher logits can be cached.
-    fn teacher_train_config(&self, epochs: usize) -> TrainConfig {
-        let mut config = self.train_config(epochs, self.training.seed);
+    fn teacher_train_config(&self, teacher: &TeacherConfig) -> TrainConfig {
+        let mut config = self.train_config(teacher.epochs, self.training.seed);
         if let Some(aug) = config.augmentation.as_mut() {
             aug.views = None;
+        }
+        if let Some(batch_size) = teacher.batch_size {
+            config.batch_size = batch_size;
+        }
+        if let Some(optimizer) = &teacher.optimizer {
+            config.optimizer = optimizer.clone();
         }
         config
     }
@@ -756,6 +908,29 @@ struct ArmRuns {
     histories: Vec<Vec<EpochRecord>>,
 }
 
+impl ArmRuns {
+    /// Trains (or resumes) one run per seed into `root/seed-S`, announcing each with `label`;
+    /// `fit` trains one run into its directory and returns its history.
+    fn train(
+        seeds: &[u64],
+        root: &Path,
+        label: &str,
+        mut fit: impl FnMut(u64, &Path) -> anyhow::Result<Vec<EpochRecord>>,
+    ) -> anyhow::Result<Self> {
+        let mut runs = ArmRuns {
+            dirs: Vec::new(),
+            histories: Vec::new(),
+        };
+        for &seed in seeds {
+            let dir = root.join(format!("seed-{seed}"));
+            println!("== {label}, seed {seed}");
+            runs.histories.push(fit(seed, &dir)?);
+            runs.dirs.push(dir);
+        }
+        Ok(runs)
+    }
+}
+
 /// Runs (or resumes) the experiment and writes the report into `options.out`.
 pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Report> {
     config.validate()?;
@@ -765,6 +940,9 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
     std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
+    if config.is_text() {
+        return text::run(config, options, started);
+    }
     let config = &config.with_embedded_teacher_in(out)?;
     let device = &options.device;
     let (student_spec, scratch_spec) = config.student.specs()?;
@@ -795,7 +973,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             println!("== teacher `{}` ({} epochs)", spec.name, teacher.epochs);
             runner.fit(
                 &spec,
-                &config.teacher_train_config(teacher.epochs),
+                &config.teacher_train_config(teacher),
                 Objective::Labels,
                 &dir,
                 None,
@@ -820,26 +998,21 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     let init_from = config.student.init_from.as_deref();
 
     // Students from scratch (the first stage of the scratch chain).
-    let mut scratch = ArmRuns {
-        dirs: Vec::new(),
-        histories: Vec::new(),
-    };
-    for seed in seeds(config) {
-        let dir = out.join("scratch").join(format!("seed-{seed}"));
-        println!(
-            "== student `{}` from scratch, seed {seed}",
-            scratch_spec.name
-        );
-        let outcome = runner.fit(
-            &scratch_spec,
-            &config.train_config(config.student.epochs, seed),
-            Objective::Labels,
-            &dir,
-            init_from,
-        )?;
-        scratch.histories.push(outcome.history);
-        scratch.dirs.push(dir);
-    }
+    let scratch = ArmRuns::train(
+        &seeds(config),
+        &out.join("scratch"),
+        &format!("student `{}` from scratch", scratch_spec.name),
+        |seed, dir| {
+            let outcome = runner.fit(
+                &scratch_spec,
+                &config.train_config(config.student.epochs, seed),
+                Objective::Labels,
+                dir,
+                init_from,
+            )?;
+            Ok(outcome.history)
+        },
+    )?;
 
     // Distilled students over the grid, sharing the teacher logits.
     let logits = teacher_logits(config, teacher, &train, out, device, options.progress)?;
@@ -931,30 +1104,25 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         }
     } else {
         for point in &grid {
-            let mut runs = ArmRuns {
-                dirs: Vec::new(),
-                histories: Vec::new(),
-            };
-            for seed in seeds(config) {
-                let dir = out
-                    .join("distilled")
-                    .join(point.dir_name())
-                    .join(format!("seed-{seed}"));
-                println!("== distilled student: {}, seed {seed}", point.label());
-                let outcome = runner.fit(
-                    &student_spec,
-                    &config.train_config(config.student.epochs, seed),
-                    Objective::Distill {
-                        loss: point.loss,
-                        teacher: &logits,
-                        hidden: None,
-                    },
-                    &dir,
-                    init_from,
-                )?;
-                runs.histories.push(outcome.history);
-                runs.dirs.push(dir);
-            }
+            let runs = ArmRuns::train(
+                &seeds(config),
+                &out.join("distilled").join(point.dir_name()),
+                &format!("distilled student: {}", point.label()),
+                |seed, dir| {
+                    let outcome = runner.fit(
+                        &student_spec,
+                        &config.train_config(config.student.distilled_epochs(), seed),
+                        Objective::Distill {
+                            loss: point.loss,
+                            teacher: &logits,
+                            hidden: None,
+                        },
+                        dir,
+                        init_from,
+                    )?;
+                    Ok(outcome.history)
+                },
+            )?;
             distilled.push((*point, runs));
         }
     }
@@ -1038,6 +1206,11 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         backend: options.backend.clone(),
         seeds: config.seeds,
         student_epochs: config.student.epochs,
+        distilled_epochs: config
+            .student
+            .distilled_epochs
+            .filter(|&e| e != config.student.epochs),
+        transfer: None,
         selection: if config.training.val_split.is_some() {
             Selection::Validation
         } else {
