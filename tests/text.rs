@@ -1693,3 +1693,67 @@ temperature = [2.0]
         assert_eq!(second["distilled"][0][key], report["distilled"][0][key]);
     }
 }
+
+#[test]
+fn a_student_initialised_from_teacher_layers_trains_those_layers() {
+    let work = tempfile::tempdir().unwrap();
+    let data = synthetic_review_files(work.path());
+    let teacher_dir = work.path().join("teacher");
+    train_tiny_bert(&data, &teacher_dir, 32);
+    let spec = write(
+        work.path(),
+        "student.toml",
+        b"kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [1]\ndropout = 0.0\n",
+    );
+    let student_dir = work.path().join("student");
+    run(&[
+        "train",
+        "--data",
+        &data,
+        "--model",
+        spec.to_str().unwrap(),
+        "--base-model",
+        teacher_dir.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--seed",
+        "1",
+        "--max-len",
+        "32",
+        "--quiet",
+        "--out",
+        student_dir.to_str().unwrap(),
+    ]);
+    let device = Device::default();
+    let (teacher, _) = distill::modality::text::load_text_model(&teacher_dir, &device).unwrap();
+    let (student, _) = distill::modality::text::load_text_model(&student_dir, &device).unwrap();
+    let tokenizer = TextTokenizer::from_file(&teacher_dir.join(bert::TOKENIZER_FILE), 32).unwrap();
+    let ids: Vec<Vec<u32>> = ["a great film", "a dull and boring movie"]
+        .iter()
+        .map(|t| tokenizer.encode(t).unwrap())
+        .collect();
+    let tokens = batch(&tokenizer, &ids, &device);
+    let teacher_states = teacher.encoder.bert().unwrap().hidden_states(&tokens);
+    let student_bert = student.encoder.bert().unwrap();
+    // The student started as the teacher's embeddings and layer 1; two epochs at 1e-2 must have
+    // moved both (a copy that stayed on the teacher's untracked tensors would get no gradient).
+    let moved = |a: Tensor<3>, b: Tensor<3>| -> f64 {
+        values(a)
+            .iter()
+            .zip(values(b))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
+    };
+    let student_states = student_bert.hidden_states(&tokens);
+    let embeddings = moved(student_states[0].clone(), teacher_states[0].clone());
+    let layer = moved(
+        student_bert.layer_forward(0, teacher_states[1].clone(), &tokens.padding),
+        teacher_states[2].clone(),
+    );
+    assert!(embeddings > 1e-3, "embeddings unchanged: {embeddings}");
+    assert!(layer > 1e-3, "layer unchanged: {layer}");
+}

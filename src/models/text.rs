@@ -447,7 +447,10 @@ impl TextClassifier {
                 TextEncoder::Transformer(bert),
             ) => {
                 let (teacher, _) = teacher.expect("checked by encoder_config");
-                *bert = teacher.with_layers(map);
+                // The teacher may live on a device without autodiff (it is loaded for inference):
+                // the copy is forked onto the student's device, or its tensors would stay
+                // untracked and only the head would ever train.
+                *bert = teacher.with_layers(map).fork(device).train();
                 // The copied layers carry the teacher's dropout; the spec sets the student's.
                 if let EncoderConfig::Transformer(student) = &config {
                     bert.set_dropout(student.hidden_dropout_prob);
