@@ -455,6 +455,8 @@ fn distilbert_student_from_layers_0_2_4_reproduces_those_teacher_layers_exactly(
     .unwrap();
     let (student, config) =
         TextClassifier::init(&spec, 2, Some((&teacher, &teacher_config)), 1, &device).unwrap();
+    // A fresh student is in training mode (dropout on); its layers are compared in inference.
+    let student = student.valid();
     let EncoderConfig::Transformer(config) = config else {
         panic!("{config:?}")
     };
