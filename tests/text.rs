@@ -1589,42 +1589,7 @@ fn distill_run_studies_a_text_dataset_with_the_image_study_s_runner_and_report()
         "student.toml",
         b"kind = \"transformer\"\nlayers = 1\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [1]\ndropout = 0.0\n",
     );
-    let config = format!(
-        r#"data = "{data}"
-seeds = 2
-
-[teacher]
-model = "{teacher}"
-epochs = 20
-batch_size = 16
-
-[teacher.optimizer]
-learning_rate = 1e-2
-
-[student]
-model = "{student}"
-epochs = 3
-distilled_epochs = 2
-
-[training]
-batch_size = 16
-seed = 5
-
-[training.optimizer]
-learning_rate = 1e-2
-
-[text]
-max_len = 32
-transfer_copies = 1
-cosine_weight = 0.5
-
-[sweep]
-alpha = [0.5]
-temperature = [2.0]
-"#,
-        teacher = fixtures().join("tiny-bert").display(),
-        student = student.display(),
-    );
+    let config = text_study_config(&data, &student);
     let config_path = write(work.path(), "study.toml", config.as_bytes());
     let out = work.path().join("study");
     let study = |extra: &[&str]| {
@@ -1758,4 +1723,82 @@ fn a_student_initialised_from_teacher_layers_trains_those_layers() {
     );
     assert!(embeddings > 1e-3, "embeddings unchanged: {embeddings}");
     assert!(layer > 1e-3, "layer unchanged: {layer}");
+}
+
+/// A two-seed `distill run` config over `data`: the tiny BERT fine-tuned as teacher, `student`
+/// trained 3 epochs on labels and distilled 2 epochs with a transfer set and the cosine term.
+fn text_study_config(data: &str, student: &Path) -> String {
+    format!(
+        r#"data = "{data}"
+seeds = 2
+
+[teacher]
+model = "{teacher}"
+epochs = 20
+batch_size = 16
+
+[teacher.optimizer]
+learning_rate = 1e-2
+
+[student]
+model = "{student}"
+epochs = 3
+distilled_epochs = 2
+
+[training]
+batch_size = 16
+seed = 5
+
+[training.optimizer]
+learning_rate = 1e-2
+
+[text]
+max_len = 32
+transfer_copies = 1
+cosine_weight = 0.5
+
+[sweep]
+alpha = [0.5]
+temperature = [2.0]
+"#,
+        teacher = fixtures().join("tiny-bert").display(),
+        student = student.display(),
+    )
+}
+
+#[test]
+fn a_text_study_whose_student_does_not_fit_the_teacher_stops_before_training_it() {
+    let work = tempfile::tempdir().unwrap();
+    let data = synthetic_review_files(work.path());
+    // the tiny BERT has layers 0 and 1
+    let student = write(
+        work.path(),
+        "student.toml",
+        b"kind = \"transformer\"\nlayers = 2\nwidth = 8\nheads = 2\nffn = 16\nteacher_layers = [0, 2]\n",
+    );
+    let config = write(
+        work.path(),
+        "study.toml",
+        text_study_config(&data, &student).as_bytes(),
+    );
+    let out = work.path().join("study");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_distill"))
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("`student.model`"), "{stderr}");
+    assert!(stderr.contains("layer 2 does not exist"), "{stderr}");
+    assert!(
+        !out.join("teacher").exists(),
+        "the teacher was trained first"
+    );
 }

@@ -23,7 +23,7 @@ use crate::modality::text::{
     load_text_model, prepare_text_teaching, BaseModel, Text, TextArchitecture, TokenizedSplit,
 };
 use crate::modality::SoftTargets;
-use crate::models::bert::{CONFIG_FILE, TOKENIZER_FILE};
+use crate::models::bert::{BertConfig, CONFIG_FILE, TOKENIZER_FILE};
 use crate::models::text::TextModelSpec;
 use crate::report::{DistilledInput, ModelResult, Report, ReportInputs, Selection};
 use crate::train::{evaluate_model, fit_model, EpochRecord, ModelJob, Objective, TrainConfig};
@@ -126,12 +126,23 @@ pub(super) fn run(
         None => dataset.test.clone(),
     };
 
+    // The student's spec is checked against the encoder to fine-tune before hours of teacher
+    // training (against a trained teacher, once it is loaded).
+    let spec =
+        TextModelSpec::from_file(Path::new(&config.student.model)).context("`student.model`")?;
+    if let TeacherSetting::Train(teacher) = &config.teacher {
+        let encoder =
+            BertConfig::from_file(&resolve_pretrained(&teacher.model)?.join(CONFIG_FILE))?;
+        spec.encoder_config(Some(&encoder))
+            .context("`student.model`")?;
+    }
+
     // Teacher: fine-tune a pretrained encoder (resumable), or load a trained text model.
     let teacher_dir = match &config.teacher {
         TeacherSetting::Checkpoint(dir) => dir.clone(),
         TeacherSetting::Train(teacher) => {
             let pretrained = resolve_pretrained(&teacher.model)?;
-            let spec = TextModelSpec::Pretrained {
+            let teacher_spec = TextModelSpec::Pretrained {
                 dir: pretrained.clone(),
             };
             let tokenizer_path = pretrained.join(TOKENIZER_FILE);
@@ -142,7 +153,7 @@ pub(super) fn run(
             println!("== teacher `{}` ({} epochs)", teacher.model, teacher.epochs);
             fit_text(
                 TextArchitecture {
-                    spec: &spec,
+                    spec: &teacher_spec,
                     classes: &dataset.classes,
                     teacher: None,
                     tokenizer: &tokenizer_path,
@@ -190,8 +201,6 @@ pub(super) fn run(
             config.data
         );
     }
-    let spec =
-        TextModelSpec::from_file(Path::new(&config.student.model)).context("`student.model`")?;
     let architecture = TextArchitecture {
         spec: &spec,
         classes: &dataset.classes,
