@@ -255,6 +255,9 @@ pub struct ReportInputs {
     pub teacher: ModelResult,
     /// The student from scratch.
     pub scratch: ModelResult,
+    /// What the report calls that control arm (`student from scratch`; `student on labels
+    /// alone` when it starts from the teacher's layers).
+    pub scratch_label: String,
     /// Every distilled setting.
     pub distilled: Vec<DistilledInput>,
     /// Chain stages, with `sweep.chain`.
@@ -294,6 +297,8 @@ pub struct Report {
     pub teacher: ModelResult,
     /// The student from scratch.
     pub scratch: ModelResult,
+    /// What the report calls that control arm.
+    pub scratch_label: String,
     /// Every distilled student.
     pub distilled: Vec<DistilledResult>,
     /// Chain stages, with `sweep.chain`.
@@ -339,6 +344,7 @@ impl Report {
             selection,
             teacher,
             scratch,
+            scratch_label,
             distilled,
             chain,
             cache_build_seconds,
@@ -367,7 +373,7 @@ impl Report {
             .iter()
             .max_by(|a, b| score(a).total_cmp(&score(b)))
             .expect("the sweep has at least one point");
-        let best = verdict(top, selection, seeds);
+        let best = verdict(top, selection, seeds, &scratch_label);
         let epoch_seconds =
             |r: &ModelResult| r.histories.iter().flatten().map(|e| e.seconds).sum::<f64>();
         let training_seconds = epoch_seconds(&teacher)
@@ -406,6 +412,7 @@ impl Report {
             augmentation,
             teacher,
             scratch,
+            scratch_label,
             distilled,
             chain,
             cache,
@@ -502,7 +509,7 @@ impl Report {
             );
         };
         row("teacher".into(), t);
-        row("student from scratch".into(), &self.scratch);
+        row(self.scratch_label.clone(), &self.scratch);
         let top = self.best_distilled();
         row(
             format!("best distilled student ({})", top.label),
@@ -607,7 +614,7 @@ impl Report {
 }
 
 /// The verdict on the chosen setting, from its paired interval.
-fn verdict(top: &DistilledResult, selection: Selection, seeds: usize) -> Best {
+fn verdict(top: &DistilledResult, selection: Selection, seeds: usize, scratch_label: &str) -> Best {
     let gain = top.accuracy() - top.control_accuracy;
     let chosen = match selection {
         Selection::Validation => "chosen on validation",
@@ -619,7 +626,7 @@ fn verdict(top: &DistilledResult, selection: Selection, seeds: usize) -> Best {
         pct(top.accuracy()),
         pct(top.control_accuracy),
         if top.control == "scratch" {
-            "the student from scratch".to_string()
+            format!("the {scratch_label}")
         } else {
             top.control.clone()
         },
@@ -805,11 +812,7 @@ pub fn plot_accuracy_vs_alpha(report: &Report, path: &Path) -> anyhow::Result<()
             .map_err(plot_error)?;
         for (label, value, color) in [
             ("teacher".to_string(), report.teacher.accuracy, BLACK),
-            (
-                "student from scratch".to_string(),
-                report.scratch.accuracy,
-                RED,
-            ),
+            (report.scratch_label.clone(), report.scratch.accuracy, RED),
         ] {
             chart
                 .draw_series(LineSeries::new(

@@ -1651,6 +1651,11 @@ fn distill_run_studies_a_text_dataset_with_the_image_study_s_runner_and_report()
         markdown.contains("Students trained 3 epochs (distilled: 2)"),
         "{markdown}"
     );
+    // The control starts from the teacher's layer, so it is not "from scratch".
+    assert!(
+        markdown.contains("| student on labels alone (from the teacher's layers) |"),
+        "{markdown}"
+    );
 
     // Run again: every run is finished, nothing retrains, the report is the same.
     let again = study(&[]);

@@ -1218,6 +1218,11 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         },
         teacher: teacher_result.with_speed(teacher_speed),
         scratch: scratch_result.with_speed(student_speed),
+        scratch_label: if config.student.init_from.is_some() {
+            "student on labels alone (warm-started)".into()
+        } else {
+            "student from scratch".into()
+        },
         distilled: distilled_inputs
             .into_iter()
             .map(|mut d| {

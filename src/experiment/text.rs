@@ -337,6 +337,13 @@ pub(super) fn run(
         },
         teacher: teacher_result,
         scratch: scratch_result,
+        scratch_label: match &spec {
+            TextModelSpec::Transformer {
+                teacher_layers: Some(_),
+                ..
+            } => "student on labels alone (from the teacher's layers)".into(),
+            _ => "student from scratch".into(),
+        },
         distilled: distilled_inputs,
         chain: None,
         cache_build_seconds: None,
