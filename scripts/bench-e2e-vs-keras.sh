@@ -45,7 +45,7 @@ start=$(now)
     "$PY" "$KREF/train.py" teacher 2 >teacher.log 2>&1
     "$PY" "$KREF/train.py" student 2 >student.log 2>&1
     "$PY" "$KREF/train.py" distill 2 --teacher teacher.keras >distill-a.log 2>&1
-    "$PY" "$KREF/train.py" distill 2 --teacher teacher.keras --tag -b >distill-b.log 2>&1
+    "$PY" "$KREF/train.py" distill 2 --teacher teacher.keras --tag=-b >distill-b.log 2>&1
 )
 keras_s=$(elapsed "$start" "$(now)")
 keras_epochs_s=$(cat "$OUT"/keras/logs/*.csv | awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) { if ($i == "train_s") t = i; if ($i == "val_s") v = i } next }
