@@ -662,6 +662,24 @@ impl ExperimentConfig {
         Ok(())
     }
 
+    /// How the report chooses the best distilled setting: on the validation split when there is
+    /// one.
+    fn selection(&self) -> Selection {
+        if self.training.val_split.is_some() {
+            Selection::Validation
+        } else {
+            Selection::Test
+        }
+    }
+
+    /// Epochs of the distilled students when they differ from the scratch student's (for the
+    /// report).
+    fn distinct_distilled_epochs(&self) -> Option<usize> {
+        self.student
+            .distilled_epochs
+            .filter(|&e| e != self.student.epochs)
+    }
+
     /// True when `data` names a text dataset: the study runs text models.
     pub fn is_text(&self) -> bool {
         crate::data::text::is_text_data(&self.data)
@@ -1206,16 +1224,9 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         backend: options.backend.clone(),
         seeds: config.seeds,
         student_epochs: config.student.epochs,
-        distilled_epochs: config
-            .student
-            .distilled_epochs
-            .filter(|&e| e != config.student.epochs),
+        distilled_epochs: config.distinct_distilled_epochs(),
         transfer: None,
-        selection: if config.training.val_split.is_some() {
-            Selection::Validation
-        } else {
-            Selection::Test
-        },
+        selection: config.selection(),
         teacher: teacher_result.with_speed(teacher_speed),
         scratch: scratch_result.with_speed(student_speed),
         scratch_label: if config.student.init_from.is_some() {

@@ -25,7 +25,7 @@ use crate::modality::text::{
 use crate::modality::SoftTargets;
 use crate::models::bert::{BertConfig, CONFIG_FILE, TOKENIZER_FILE};
 use crate::models::text::TextModelSpec;
-use crate::report::{DistilledInput, ModelResult, Report, ReportInputs, Selection};
+use crate::report::{DistilledInput, ModelResult, Report, ReportInputs};
 use crate::train::{evaluate_model, fit_model, EpochRecord, ModelJob, Objective, TrainConfig};
 
 /// A pretrained encoder named in `[teacher] model`: a directory, or the name of one in the
@@ -242,19 +242,6 @@ pub(super) fn run(
         device,
         options.progress,
     )?;
-    println!(
-        "== teacher agrees with {:.1}% of the {} training labels{}",
-        100.0 * teaching.agreement,
-        teaching.labelled,
-        if teaching.train.len() > teaching.labelled {
-            format!(
-                "; transfer set: {} texts it labelled",
-                teaching.train.len() - teaching.labelled
-            )
-        } else {
-            String::new()
-        }
-    );
     let transfer = (teaching.train.len() > teaching.labelled).then(|| {
         format!(
             "{} texts the teacher labelled ({} augmented copies per training text, duplicates dropped)",
@@ -262,6 +249,15 @@ pub(super) fn run(
             settings.transfer_copies
         )
     });
+    println!(
+        "== teacher agrees with {:.1}% of the {} training labels{}",
+        100.0 * teaching.agreement,
+        teaching.labelled,
+        transfer
+            .as_ref()
+            .map(|t| format!("; transfer set: {t}"))
+            .unwrap_or_default()
+    );
     let hidden = (settings.cosine_weight != 0.0).then_some(HiddenTerm {
         weight: settings.cosine_weight,
     });
@@ -325,16 +321,9 @@ pub(super) fn run(
         backend: options.backend.clone(),
         seeds: config.seeds,
         student_epochs: config.student.epochs,
-        distilled_epochs: config
-            .student
-            .distilled_epochs
-            .filter(|&e| e != config.student.epochs),
+        distilled_epochs: config.distinct_distilled_epochs(),
         transfer,
-        selection: if config.training.val_split.is_some() {
-            Selection::Validation
-        } else {
-            Selection::Test
-        },
+        selection: config.selection(),
         teacher: teacher_result,
         scratch: scratch_result,
         scratch_label: match &spec {
