@@ -250,6 +250,9 @@ def main():
     write("config-dropout-count", "experiment.toml", experiment_with_student("dropout = [0.1]\n"))
     write("config-dropout-rate-out-of-range", "experiment.toml", experiment_with_student("dropout = [0.2, 1.5]\n"))
     write("config-zero-views", "experiment.toml", VALID_EXPERIMENT + "[training.augmentation]\nviews = 0\n")
+    write("config-text-keys-on-image-data", "experiment.toml", VALID_EXPERIMENT + "[text]\nmax_len = 64\n")
+    write("config-text-negative-cosine-weight", "experiment.toml",
+          VALID_EXPERIMENT.replace('data = "embedded"', 'data = "rotten-tomatoes"') + "[text]\ncosine_weight = -1.0\n")
     write("config-dkd-negative-beta", "experiment.toml", VALID_EXPERIMENT + "[sweep.dkd]\nbeta = [-1.0]\n")
     write("config-dkd-nan-temperature", "experiment.toml", VALID_EXPERIMENT + "[sweep.dkd]\ntemperature = [nan]\n")
     write("config-val-split-out-of-range", "experiment.toml", VALID_EXPERIMENT + "[training]\nval_split = 1.5\n")
