@@ -77,6 +77,10 @@ fn logits_and_grads(
                 out.push(grad_values(conv.bias.as_ref().expect("a bias"), &grads));
             }
             Layer::Dense(dense) => out.extend(linear_grads(&dense.linear, &grads)),
+            Layer::BatchNorm(norm) => {
+                out.push(grad_values(&norm.gamma, &grads));
+                out.push(grad_values(&norm.beta, &grads));
+            }
             _ => {}
         }
     }
@@ -86,7 +90,18 @@ fn logits_and_grads(
 
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
-    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-3);
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if scale < 1e-5 {
+        // Zero up to rounding (a convolution's bias right before a batch norm gets no gradient):
+        // the local value must be as well.
+        let worst = got.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(
+            worst < 1e-5,
+            "{what}: local kernels give {worst}, burn gives 0 up to rounding"
+        );
+        return;
+    }
+    let scale = scale.max(1e-3);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         assert!(
             (g - w).abs() <= 1e-4 * scale + 1e-6,
@@ -200,6 +215,87 @@ fn odd_sizes_valid_padding_and_a_conv_without_activation_match_burn_layers() {
     compare(&spec, [2, 15, 13], 3);
 }
 
+fn teacher_vgg() -> ModelSpec {
+    ModelSpec::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/specs/teacher-vgg.toml"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn batch_norm_with_and_without_a_fused_relu_matches_burn_layers() {
+    // teacher-vgg: every norm followed by a ReLU, stride-2 pools, global average pooling.
+    compare(&teacher_vgg(), [3, 16, 16], 3);
+    // A norm before a pool (no ReLU to fuse), one on a 1x1 plane, and one after a dense layer
+    // (a flat input: burn's layer).
+    let spec = ModelSpec {
+        name: "norms".into(),
+        layers: vec![
+            LayerSpec::Conv2d {
+                filters: 4,
+                kernel: 3,
+                stride: 1,
+                padding: Padding::Same,
+            },
+            LayerSpec::BatchNorm { epsilon: None },
+            LayerSpec::MaxPool2d {
+                size: 5,
+                stride: None,
+                padding: Padding::Valid,
+            },
+            // Four values per channel: a small epsilon would leave the gradient ill-conditioned.
+            LayerSpec::BatchNorm {
+                epsilon: Some(1e-2),
+            },
+            LayerSpec::Relu,
+            LayerSpec::Flatten,
+            LayerSpec::Dense {
+                units: 6,
+                activation: None,
+            },
+            LayerSpec::BatchNorm { epsilon: None },
+            LayerSpec::Dense {
+                units: 3,
+                activation: None,
+            },
+        ],
+    };
+    compare(&spec, [2, 5, 5], 4);
+}
+
+#[test]
+fn batch_norm_running_statistics_follow_burn_layers() {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let spec = teacher_vgg();
+    let device = Device::flex().autodiff();
+    let dims = [4, 3, 8, 8];
+    let x = values(dims.iter().product(), 21);
+    let running = |local: bool| {
+        let network = Network::init(&spec, [3, 8, 8], 3, &device).unwrap();
+        for _ in 0..2 {
+            logits_and_grads(&network, &x, dims, local);
+        }
+        let mut stats = Vec::new();
+        for layer in &network.layers {
+            if let Layer::BatchNorm(norm) = layer {
+                for state in [&norm.running_mean, &norm.running_var] {
+                    stats.push(state.value().into_data().try_to_vec::<f32>().unwrap());
+                }
+            }
+        }
+        stats
+    };
+    let (want, got) = (running(false), running(true));
+    assert_eq!(want.len(), 10, "teacher-vgg has five norms");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            w.iter().any(|&v| v != 0.0 && v != 1.0),
+            "statistic {i} never moved"
+        );
+        assert_close(&format!("running statistic {i}"), g, w);
+    }
+}
+
 /// Logits and gradients computed on a rayon pool of `threads` threads.
 fn on_threads(
     threads: usize,
@@ -217,8 +313,12 @@ fn one_and_two_threads_give_bit_identical_logits_and_gradients() {
     let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
     // teacher-v3 with its dropout layers; the student at a batch (70) whose last group of images
     // is smaller than the others in its second convolution.
-    for (name, batch) in [("teacher-v3", 6), ("student", 70)] {
-        let spec = zoo::get(name).unwrap();
+    // teacher-vgg: batch norms on planes of every size down to 4x4.
+    for (name, batch) in [("teacher-v3", 6), ("student", 70), ("teacher-vgg", 5)] {
+        let spec = match name {
+            "teacher-vgg" => teacher_vgg(),
+            _ => zoo::get(name).unwrap(),
+        };
         let input = [3, 32, 32];
         let network = Network::init(&spec, input, 3, &Device::flex().autodiff()).unwrap();
         let dims = [batch, 3, 32, 32];

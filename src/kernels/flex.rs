@@ -8,7 +8,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, ExtensionType, Flex};
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, ExtensionType, Flex};
 use burn::tensor::TensorData;
 
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::sync::Arc;
 use super::conv::{self, ConvShape, Patches};
 use super::elementwise::Activation;
 use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
+use super::norm::{self as batch_norm, NormShape};
 use super::{dropout, pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
@@ -34,6 +35,20 @@ pub trait LayerKernels: Backend {
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
     /// See [`super::gelu`], [`super::sigmoid`] and [`super::tanh`].
     fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self>;
+    /// See [`super::channel_stats`].
+    fn cnn_channel_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// See [`super::batch_norm`].
+    #[allow(clippy::too_many_arguments)]
+    fn cnn_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        eps: f32,
+        relu: bool,
+        batch_stats: bool,
+    ) -> FloatTensor<Self>;
 }
 
 /// One BERT layer's parameters as backend tensors (burn's `Linear` weights are `[in, out]`).
@@ -196,6 +211,41 @@ fn conv_forward(
     tensor(y, vec![shape.batch, shape.filters, oh, ow])
 }
 
+fn norm_shape(x: &FlexTensor) -> NormShape {
+    let [batch, channels, h, w] = dims::<4>(x);
+    NormShape {
+        batch,
+        channels,
+        plane: h * w,
+    }
+}
+
+fn channel_stats(x: &FlexTensor) -> FlexTensor {
+    let shape = norm_shape(x);
+    let (mut stats, variance) = batch_norm::channel_stats(&values(x), &shape);
+    stats.extend(variance);
+    tensor(stats, vec![2, shape.channels])
+}
+
+fn batch_norm_forward(
+    x: &FlexTensor,
+    [gamma, beta, mean, variance]: [&FlexTensor; 4],
+    eps: f32,
+    relu: bool,
+) -> FlexTensor {
+    let y = batch_norm::forward(
+        &values(x),
+        &norm_shape(x),
+        &values(gamma),
+        &values(beta),
+        &values(mean),
+        &values(variance),
+        eps,
+        relu,
+    );
+    tensor(y, x.layout().shape().to_vec())
+}
+
 impl LayerKernels for Flex {
     fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
         pool_forward(&x, window)
@@ -217,6 +267,67 @@ impl LayerKernels for Flex {
 
     fn layer_activation(x: FloatTensor<Self>, activation: Activation) -> FloatTensor<Self> {
         activation_forward(&x, activation)
+    }
+
+    fn cnn_channel_stats(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        channel_stats(&x)
+    }
+
+    fn cnn_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        eps: f32,
+        relu: bool,
+        _batch_stats: bool,
+    ) -> FloatTensor<Self> {
+        batch_norm_forward(&x, [&gamma, &beta, &mean, &variance], eps, relu)
+    }
+}
+
+#[derive(Debug)]
+struct BatchNormBackward;
+
+/// What the batch norm's backward pass reads: input, output, gamma, mean, variance, and the
+/// settings `eps`, `relu`, `batch_stats`.
+type BatchNormState = (FlexTensor, FlexTensor, [FlexTensor; 3], f32, bool, bool);
+
+impl Backward<Flex, 3> for BatchNormBackward {
+    type State = BatchNormState;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let (x, y, [gamma, mean, variance], eps, relu, batch_stats) = ops.state;
+        let shape = norm_shape(&x);
+        let result = batch_norm::backward(
+            &values(&x),
+            &values(&y),
+            &values(&grad),
+            &shape,
+            &values(&gamma),
+            &values(&mean),
+            &values(&variance),
+            eps,
+            relu,
+            batch_stats,
+        );
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(result.x, x.layout().shape().to_vec()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(result.gamma, vec![shape.channels]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(result.beta, vec![shape.channels]));
+        }
     }
 }
 
@@ -359,6 +470,57 @@ impl Backward<Flex, 3> for ConvBackward {
 }
 
 impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
+    fn cnn_channel_stats(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        // The statistics feed the running averages, which are not trained.
+        <Self as AutodiffBackend>::from_inner(channel_stats(x.primitive()))
+    }
+
+    fn cnn_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        eps: f32,
+        relu: bool,
+        batch_stats: bool,
+    ) -> FloatTensor<Self> {
+        let y = batch_norm_forward(
+            x.primitive(),
+            [
+                gamma.primitive(),
+                beta.primitive(),
+                mean.primitive(),
+                variance.primitive(),
+            ],
+            eps,
+            relu,
+        );
+        match BatchNormBackward
+            .prepare::<C>([x.node(), gamma.node(), beta.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let saved = [
+                    gamma.primitive().clone(),
+                    mean.primitive().clone(),
+                    variance.primitive().clone(),
+                ];
+                let state = (
+                    x.primitive().clone(),
+                    y.clone(),
+                    saved,
+                    eps,
+                    relu,
+                    batch_stats,
+                );
+                prep.finish(state, y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        }
+    }
+
     fn cnn_max_pool2d(x: FloatTensor<Self>, window: Window2d) -> FloatTensor<Self> {
         match MaxPoolBackward
             .prepare::<C>([x.node()])

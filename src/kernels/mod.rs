@@ -1,5 +1,5 @@
 //! Local CPU kernels for the layers that dominate a training step on Flex (convolution with its
-//! bias and leaky ReLU, max pooling, and dropout's mask), plugged into burn through its backend
+//! bias and leaky ReLU, max pooling, batch norm with its ReLU, and dropout's mask), plugged into burn through its backend
 //! extension (`#[backend_extension]`) with hand-written backward passes.
 //!
 //! They run only on the Flex device (inference and autodiff); on every other backend, and when
@@ -13,6 +13,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod encoder;
 mod matmul;
+pub mod norm;
 pub mod pool;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,6 +247,67 @@ pub fn conv2d(
         window,
         slope,
     ))
+}
+
+/// Per-channel mean and biased variance of `[batch, channels, h, w]` as a `[2, channels]` tensor
+/// (row 0 the means), untracked by autodiff (Flex only: check [`active`]).
+#[cfg(feature = "flex")]
+pub fn channel_stats(x: Tensor<4>) -> Tensor<2> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_channel_stats(
+        x.into_dispatch(),
+    ))
+}
+
+/// Batch normalisation of `[batch, channels, h, w]` with the given per-channel statistics,
+/// followed by a ReLU if `relu`. `batch_stats` says the statistics are `x`'s own (training mode,
+/// from [`channel_stats`]), so the input gradient accounts for them; otherwise they are
+/// constants (running statistics). Flex only: check [`active`].
+#[cfg(feature = "flex")]
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    mean: Tensor<1>,
+    variance: Tensor<1>,
+    eps: f64,
+    relu: bool,
+    batch_stats: bool,
+) -> Tensor<4> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_batch_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        mean.into_dispatch(),
+        variance.into_dispatch(),
+        eps as f32,
+        relu,
+        batch_stats,
+    ))
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn channel_stats(_x: Tensor<4>) -> Tensor<2> {
+    unreachable!("local kernels need the flex feature")
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_norm(
+    _x: Tensor<4>,
+    _gamma: Tensor<1>,
+    _beta: Tensor<1>,
+    _mean: Tensor<1>,
+    _variance: Tensor<1>,
+    _eps: f64,
+    _relu: bool,
+    _batch_stats: bool,
+) -> Tensor<4> {
+    unreachable!("local kernels need the flex feature")
 }
 
 /// Training-time inverted dropout: each element is kept with probability `1 - rate` and scaled by

@@ -146,6 +146,45 @@ fn pool_window(pool: &MaxPool2d, x: &Activations) -> Option<Window2d> {
     window_for(x, pool.kernel_size, pool.stride, &pool.padding)
 }
 
+/// burn's `BatchNorm::forward` on the local kernel: batch statistics and a running-average
+/// update when training under autodiff, the running statistics otherwise.
+fn local_batch_norm(norm: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+    let device = x.device();
+    let channels = x.dims()[1];
+    let training = device.is_autodiff() && norm.training.is_enabled();
+    let (mean, variance) = if training {
+        let stats = kernels::channel_stats(x.clone());
+        let mean = stats.clone().slice(0..1).reshape([channels]);
+        let variance = stats.slice(1..2).reshape([channels]);
+        let momentum = norm.momentum;
+        let update = |state: &burn::module::RunningState<Tensor<1>>, batch: &Tensor<1>| {
+            let running = state.value_sync().to_device(&device);
+            let running = running
+                .mul_scalar(1.0 - momentum)
+                .add(batch.clone().detach().mul_scalar(momentum));
+            state.update(running.detach());
+        };
+        update(&norm.running_mean, &mean);
+        update(&norm.running_var, &variance);
+        (mean, variance)
+    } else {
+        (
+            norm.running_mean.value().to_device(&device),
+            norm.running_var.value().to_device(&device),
+        )
+    };
+    kernels::batch_norm(
+        x,
+        norm.gamma.val(),
+        norm.beta.val(),
+        mean,
+        variance,
+        norm.epsilon,
+        relu,
+        training,
+    )
+}
+
 fn padding_config(padding: Padding) -> PaddingConfig2d {
     match padding {
         Padding::Same => PaddingConfig2d::Same,
@@ -328,6 +367,19 @@ impl Network {
                     )
                 }
                 Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
+                Layer::BatchNorm(norm) if local_kernels && matches!(x, Activations::Image(_)) => {
+                    // A ReLU right after the norm runs inside its kernel.
+                    let relu = matches!(layers.peek(), Some((_, Layer::Relu(_))));
+                    let y = local_batch_norm(norm, x.image(), relu);
+                    if relu {
+                        observe(index, y.dims().to_vec());
+                        let (index, _) = layers.next().expect("peeked");
+                        observe(index, y.dims().to_vec());
+                        x = Activations::Image(y);
+                        continue;
+                    }
+                    Activations::Image(y)
+                }
                 Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
                 Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
                 Layer::GlobalAvgPool(_) => {
