@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::data::{batch_order, Split};
 use crate::distill::{Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
-use crate::models::{zoo, Network};
+use crate::models::{zoo, ModelSpec, Network};
 use crate::train::{train_step, Objective, OptimizerConfig};
 
 mod text;
@@ -154,42 +154,9 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
     let order = batch_order(data.len(), 64, true, 3, 0);
     let batch = |step: usize, dev: &Device| data.batch(&order[step % order.len()], dev, None);
 
-    let train_ms = |spec_name: &str, objective: &Objective| -> anyhow::Result<Vec<f64>> {
+    let train_ms = |spec_name: &str, objective: &Objective| {
         let spec = zoo::get(spec_name).expect("zoo model");
-        let mut network = Some(Network::init(&spec, [3, 32, 32], 0, &train_device)?);
-        let mut optimizer = OptimizerConfig::default().build();
-        let mut step = 0;
-        let mut failure = None;
-        let samples = time_ms(options.warmup, options.steps, || {
-            let indices = &order[step % order.len()];
-            let result = train_step(
-                network.take().expect("network"),
-                &mut optimizer,
-                objective,
-                batch(step, &train_device),
-                indices,
-                None,
-                1e-3,
-                0.0,
-                1,
-                &plain,
-            );
-            match result {
-                Ok((next, _, _)) => network = Some(next),
-                Err(e) => {
-                    failure = Some(e);
-                    network = Some(
-                        Network::init(&spec, [3, 32, 32], 0, &train_device)
-                            .expect("valid zoo spec"),
-                    );
-                }
-            }
-            step += 1;
-        });
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(samples),
-        }
+        time_training(&spec, objective, options, &data, &order, &train_device)
     };
 
     let student_train = train_ms("student", &Objective::Labels)?;
@@ -229,13 +196,7 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
     )?;
     let teacher_train = train_ms("teacher-v3", &Objective::Labels)?;
 
-    let infer = |network: &Network, runs: usize| {
-        let model = network.valid();
-        let x = Tensor::<4>::zeros([256, 3, 32, 32], &plain);
-        time_ms(1, runs, || {
-            let _ = model.forward(x.clone()).into_data();
-        })
-    };
+    let infer = |network: &Network, runs: usize| time_inference(network, runs, &plain);
     let student_net = Network::init(&zoo::get("student").expect("zoo"), [3, 32, 32], 0, &plain)?;
     let infer_runs = (options.steps / 2).max(5);
     let teacher_infer = infer(&teacher_net, infer_runs);
@@ -270,6 +231,207 @@ pub fn run(options: &BenchOptions, device: &Device, backend: &str) -> anyhow::Re
         burn_layers: None,
         speedup: BTreeMap::new(),
     })
+}
+
+/// Training steps of `spec` (batch 64 from `order` over `data`, learning rate 1e-3), timed.
+fn time_training(
+    spec: &ModelSpec,
+    objective: &Objective,
+    options: &BenchOptions,
+    data: &Split,
+    order: &[Vec<usize>],
+    train_device: &Device,
+) -> anyhow::Result<Vec<f64>> {
+    let plain = train_device.clone().without_autodiff();
+    let mut network = Some(Network::init(spec, [3, 32, 32], 0, train_device)?);
+    let mut optimizer = OptimizerConfig::default().build();
+    let mut step = 0;
+    let mut failure = None;
+    let samples = time_ms(options.warmup, options.steps, || {
+        let indices = &order[step % order.len()];
+        let result = train_step(
+            network.take().expect("network"),
+            &mut optimizer,
+            objective,
+            data.batch(indices, train_device, None),
+            indices,
+            None,
+            1e-3,
+            0.0,
+            1,
+            &plain,
+        );
+        match result {
+            Ok((next, _, _)) => network = Some(next),
+            Err(e) => {
+                failure = Some(e);
+                network =
+                    Some(Network::init(spec, [3, 32, 32], 0, train_device).expect("valid spec"));
+            }
+        }
+        step += 1;
+    });
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(samples),
+    }
+}
+
+/// Inference passes of `network` over a batch of 256 CIFAR-shaped zeros, timed.
+fn time_inference(network: &Network, runs: usize, plain: &Device) -> Vec<f64> {
+    let model = network.valid();
+    let x = Tensor::<4>::zeros([256, 3, 32, 32], plain);
+    time_ms(1, runs, || {
+        let _ = model.forward(x.clone()).into_data();
+    })
+}
+
+/// `distill bench --model`: one architecture's training step and inference on CIFAR-shaped data.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelBenchResult {
+    /// The model's name (from its spec).
+    pub model: String,
+    /// Median training step, batch 64 (ms).
+    pub train_ms: f64,
+    /// Inference at batch 256 (images/s, from the median batch time).
+    pub infer_ips: f64,
+    /// Worker threads of the compute pool.
+    pub threads: usize,
+    /// Backend name.
+    pub backend: String,
+    /// Timed steps per workload.
+    pub steps: usize,
+    /// Per workload: [min, 25th percentile, median, 75th percentile, max] (ms per step or batch).
+    pub spread: BTreeMap<String, [f64; 5]>,
+    /// Which layer implementations ran: `local` or `burn`.
+    pub layers: String,
+    /// With `--compare-burn`: the same workloads timed first with burn's own layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burn_layers: Option<Box<ModelBenchResult>>,
+    /// With `--compare-burn`: per workload, burn's median time over ours.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub speedup: BTreeMap<String, f64>,
+}
+
+impl ModelBenchResult {
+    /// Joins a run on the local kernels with `baseline`, the same run on burn's layers.
+    pub fn compared_with(mut self, baseline: ModelBenchResult) -> Self {
+        let ms = |r: &ModelBenchResult| [("train", r.train_ms), ("infer", 256e3 / r.infer_ips)];
+        self.speedup = ms(&self)
+            .iter()
+            .zip(ms(&baseline))
+            .map(|((name, ours), (_, theirs))| (name.to_string(), theirs / ours))
+            .collect();
+        self.burn_layers = Some(Box::new(baseline));
+        self
+    }
+}
+
+/// Times `spec`'s training step (batch 64) and inference (batch 256) on random CIFAR-shaped data.
+pub fn run_model(
+    spec: &ModelSpec,
+    options: &BenchOptions,
+    device: &Device,
+    backend: &str,
+) -> anyhow::Result<ModelBenchResult> {
+    let plain = device.clone().without_autodiff();
+    let data = random_split(1024, 1);
+    let order = batch_order(data.len(), 64, true, 3, 0);
+    let mut train = time_training(
+        spec,
+        &Objective::Labels,
+        options,
+        &data,
+        &order,
+        &device.clone().autodiff(),
+    )?;
+    let network = Network::init(spec, [3, 32, 32], 0, &plain)?;
+    let mut infer = time_inference(&network, (options.steps / 2).max(5), &plain);
+    let (train_summary, infer_summary) = (summarize(&mut train), summarize(&mut infer));
+    Ok(ModelBenchResult {
+        model: spec.name.clone(),
+        train_ms: train_summary[2],
+        infer_ips: 256e3 / infer_summary[2],
+        threads: rayon::current_num_threads(),
+        backend: backend.into(),
+        steps: options.steps,
+        spread: BTreeMap::from([
+            ("train_ms".to_string(), train_summary),
+            ("infer_ms_per_batch".to_string(), infer_summary),
+        ]),
+        layers: if crate::kernels::active(device) {
+            "local"
+        } else {
+            "burn"
+        }
+        .into(),
+        burn_layers: None,
+        speedup: BTreeMap::new(),
+    })
+}
+
+/// [`run_model`]'s result as a text table (with `--compare-burn`, burn's layers alongside).
+pub fn model_table(result: &ModelBenchResult) -> String {
+    let rows = |r: &ModelBenchResult| {
+        let range = |key: &str| {
+            r.spread
+                .get(key)
+                .map(|v| format!("[{:.2} – {:.2}]", v[1], v[3]))
+                .unwrap_or_default()
+        };
+        [
+            (
+                "train step",
+                format!("{:.1} ms", r.train_ms),
+                range("train_ms"),
+                "train",
+            ),
+            (
+                "inference",
+                format!("{:.0} img/s", r.infer_ips),
+                range("infer_ms_per_batch"),
+                "infer",
+            ),
+        ]
+    };
+    let mut out = format!(
+        "distill bench --model {} — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference), 3x32x32 inputs\n",
+        result.model, result.backend, result.threads, result.steps
+    );
+    match &result.burn_layers {
+        None => {
+            out.push_str(&format!(
+                "{:<14} {:>14}  {}\n",
+                "workload", "median", "interquartile range (ms)"
+            ));
+            for (name, value, spread, _) in rows(result) {
+                out.push_str(&format!("{name:<14} {value:>14}  {spread}\n"));
+            }
+        }
+        Some(baseline) => {
+            out.push_str(&format!(
+                "{:<14} {:>14} {:>14} {:>9}  {}\n",
+                "workload",
+                "local kernels",
+                "burn layers",
+                "speed-up",
+                "interquartile ranges (ms): local; burn"
+            ));
+            for ((name, value, spread, key), (_, theirs, their_spread, _)) in
+                rows(result).into_iter().zip(rows(baseline))
+            {
+                let ratio = result
+                    .speedup
+                    .get(key)
+                    .map(|r| format!("{r:.2}x"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "{name:<14} {value:>14} {theirs:>14} {ratio:>9}  {spread}; {their_spread}\n"
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The result as a text table (with `--compare-burn`, burn's layers and the speed-up alongside).

@@ -230,6 +230,54 @@ fn bench_json_has_every_key() {
     assert_eq!(bench["layers"], "local");
 }
 
+#[test]
+fn bench_model_times_one_architecture_against_burns_layers() {
+    let spec = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/specs/teacher-vgg.toml"
+    );
+    let bench = ok_json(&[
+        "bench",
+        "--model",
+        spec,
+        "--json",
+        "--threads",
+        "1",
+        "--steps",
+        "1",
+        "--compare-burn",
+    ]);
+    assert_eq!(bench["model"], "teacher-vgg");
+    assert_eq!(bench["layers"], "local");
+    assert_eq!(bench["burn_layers"]["layers"], "burn");
+    for result in [&bench, &bench["burn_layers"]] {
+        for key in ["train_ms", "infer_ips"] {
+            assert!(result[key].as_f64().unwrap() > 0.0, "{key}: {bench}");
+        }
+    }
+    for key in ["train", "infer"] {
+        let ratio = bench["speedup"][key].as_f64().unwrap();
+        let want = match key {
+            "train" => {
+                bench["burn_layers"]["train_ms"].as_f64().unwrap()
+                    / bench["train_ms"].as_f64().unwrap()
+            }
+            _ => {
+                bench["infer_ips"].as_f64().unwrap()
+                    / bench["burn_layers"]["infer_ips"].as_f64().unwrap()
+            }
+        };
+        assert!(
+            (ratio - want).abs() < 1e-9 * want,
+            "{key}: {ratio} vs {want}"
+        );
+    }
+    fails_with(
+        &["bench", "--model", "no-such-model"],
+        "unknown model `no-such-model`",
+    );
+}
+
 /// `DISTILL_LAYERS=burn` switches Flex back to burn's own layers (how the recorded studies, made
 /// before the local kernels, are reproduced).
 #[test]
