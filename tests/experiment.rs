@@ -489,3 +489,75 @@ t2_scaling = [false]
     };
     assert_eq!(accuracies(&whole), accuracies(&killed));
 }
+
+/// `--jobs 2` trains the students in two worker processes: every run's accuracy equals the
+/// one-process run's, the workers' logs split the runs between them, and a chain (whose stages
+/// depend on each other) keeps each seed in one worker.
+#[test]
+fn parallel_jobs_give_the_same_runs_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = format!(
+        "{}chain = true\n",
+        TINY.replace("t2_scaling = [true, false]", "t2_scaling = [true]")
+    );
+    for (name, text, runs) in [("grid", TINY.to_string(), 10), ("chain", chain, 8)] {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let one = run(&config, &dir.path().join(format!("{name}-one")));
+        let out = dir.path().join(format!("{name}-two"));
+        let output = distill(&[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--jobs",
+            "2",
+        ]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("in 2 parallel jobs"), "{stdout}");
+        let two: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap())
+                .unwrap();
+        let accuracies = |report: &serde_json::Value| -> Vec<serde_json::Value> {
+            let mut all = vec![report["scratch"]["accuracies"].clone()];
+            for d in report["distilled"].as_array().unwrap() {
+                all.push(d["accuracies"].clone());
+                all.push(d["control"].clone());
+            }
+            all
+        };
+        assert_eq!(accuracies(&one), accuracies(&two), "{name}");
+        // each worker announced its own runs; together, every student run once
+        let announced: Vec<Vec<String>> = (1..=2)
+            .map(|k| {
+                std::fs::read_to_string(out.join("logs").join(format!("job-{k}.log")))
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with("== ") && l.contains(", seed "))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect();
+        assert!(announced.iter().all(|a| !a.is_empty()), "{announced:?}");
+        let mut all: Vec<&String> = announced.iter().flatten().collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), runs, "{name}: {announced:?}");
+        assert_eq!(announced[0].len() + announced[1].len(), runs, "{name}");
+        if name == "chain" {
+            for (k, lines) in announced.iter().enumerate() {
+                let seed = if k == 0 { "seed 7" } else { "seed 8" };
+                assert!(lines.iter().all(|l| l.ends_with(seed)), "{lines:?}");
+            }
+        }
+    }
+    let bad = distill(&["run", "--jobs", "0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--jobs must be at least 1"));
+}

@@ -805,6 +805,62 @@ pub struct RunOptions {
     pub device: burn::tensor::Device,
     /// Backend name, for the report.
     pub backend: String,
+    /// Called once the teacher and its logit cache are ready, before any student trains:
+    /// `distill run --jobs N` starts its worker processes here (each trains one [`Shard`] of the
+    /// students) and waits for them; the runs they finish are then skipped like resumed ones.
+    pub before_students: Option<Box<dyn Fn() -> anyhow::Result<()>>>,
+}
+
+/// One of `count` disjoint parts of a study's student runs, trained by one worker process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// Which part, in `0..count`.
+    pub index: usize,
+    /// How many parts.
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `I/N`, with `I < N`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let parsed = text
+            .split_once('/')
+            .and_then(|(i, n)| Some((i.trim().parse().ok()?, n.trim().parse().ok()?)));
+        match parsed {
+            Some((index, count)) if index < count => Ok(Shard { index, count }),
+            _ => Err(format!("`{text}` is not a shard I/N with I < N")),
+        }
+    }
+}
+
+/// Decides which student runs this process trains: all of them, or those of its shard. Runs are
+/// numbered in the order every process visits them, so the shards are disjoint and cover all.
+struct RunPlan {
+    shard: Option<Shard>,
+    next: std::cell::Cell<usize>,
+}
+
+impl RunPlan {
+    fn new(shard: Option<Shard>) -> Self {
+        RunPlan {
+            shard,
+            next: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Whether the next run in visiting order is this process's to train.
+    fn take(&self) -> bool {
+        let k = self.next.get();
+        self.next.set(k + 1);
+        self.owns(k)
+    }
+
+    /// Whether run (or seed, for chains) number `k` is this process's.
+    fn owns(&self, k: usize) -> bool {
+        self.shard.is_none_or(|s| k % s.count == s.index)
+    }
 }
 
 fn seeds(config: &ExperimentConfig) -> Vec<u64> {
@@ -929,10 +985,13 @@ struct ArmRuns {
 impl ArmRuns {
     /// Trains (or resumes) one run per seed into `root/seed-S`, announcing each with `label`;
     /// `fit` trains one run into its directory and returns its history.
+    /// With a sharded `plan`, only this process's runs train (the arm is then incomplete: a
+    /// worker stops before evaluation).
     fn train(
         seeds: &[u64],
         root: &Path,
         label: &str,
+        plan: &RunPlan,
         mut fit: impl FnMut(u64, &Path) -> anyhow::Result<Vec<EpochRecord>>,
     ) -> anyhow::Result<Self> {
         let mut runs = ArmRuns {
@@ -940,6 +999,9 @@ impl ArmRuns {
             histories: Vec::new(),
         };
         for &seed in seeds {
+            if !plan.take() {
+                continue;
+            }
             let dir = root.join(format!("seed-{seed}"));
             println!("== {label}, seed {seed}");
             runs.histories.push(fit(seed, &dir)?);
@@ -951,6 +1013,29 @@ impl ArmRuns {
 
 /// Runs (or resumes) the experiment and writes the report into `options.out`.
 pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Report> {
+    let report = run_study(config, options, None)?;
+    Ok(report.expect("a study without a shard ends with its report"))
+}
+
+/// A worker of `distill run --jobs N`: trains `shard`'s student runs of the study in
+/// `options.out` (whose teacher and logit cache are ready) and stops, without evaluating.
+pub fn train_shard(
+    config: &ExperimentConfig,
+    options: &RunOptions,
+    shard: Shard,
+) -> anyhow::Result<()> {
+    if config.is_text() {
+        bail!("parallel jobs train image studies; a text study trains its runs one at a time");
+    }
+    run_study(config, options, Some(shard)).map(|_| ())
+}
+
+/// The study; with a `shard`, only that shard's student runs, and no report (`None`).
+fn run_study(
+    config: &ExperimentConfig,
+    options: &RunOptions,
+    shard: Option<Shard>,
+) -> anyhow::Result<Option<Report>> {
     config.validate()?;
     let started = Instant::now();
     let out = &options.out;
@@ -959,7 +1044,10 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
     if config.is_text() {
-        return text::run(config, options, started);
+        if options.before_students.is_some() {
+            bail!("parallel jobs train image studies; run a text study with --jobs 1");
+        }
+        return text::run(config, options, started).map(Some);
     }
     let config = &config.with_embedded_teacher_in(out)?;
     let device = &options.device;
@@ -1015,24 +1103,8 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
     let teacher_history = read_history(&teacher_dir);
     let init_from = config.student.init_from.as_deref();
 
-    // Students from scratch (the first stage of the scratch chain).
-    let scratch = ArmRuns::train(
-        &seeds(config),
-        &out.join("scratch"),
-        &format!("student `{}` from scratch", scratch_spec.name),
-        |seed, dir| {
-            let outcome = runner.fit(
-                &scratch_spec,
-                &config.train_config(config.student.epochs, seed),
-                Objective::Labels,
-                dir,
-                init_from,
-            )?;
-            Ok(outcome.history)
-        },
-    )?;
-
-    // Distilled students over the grid, sharing the teacher logits.
+    // The teacher logits every distilled student shares (built before any student trains, so
+    // parallel workers find the cache ready).
     let logits = teacher_logits(config, teacher, &train, out, device, options.progress)?;
     let cache_build_seconds = match &logits {
         TeacherLogits::Views(cache) => cache.build_seconds,
@@ -1046,6 +1118,32 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         );
     }
     let cache_build_seconds = cache_build_seconds.or_else(|| read_cache_build_seconds(out));
+    if shard.is_none() {
+        if let Some(start_workers) = &options.before_students {
+            start_workers()?;
+        }
+    }
+    let plan = RunPlan::new(shard);
+
+    // Students from scratch (the first stage of the scratch chain).
+    let scratch = ArmRuns::train(
+        &seeds(config),
+        &out.join("scratch"),
+        &format!("student `{}` from scratch", scratch_spec.name),
+        &plan,
+        |seed, dir| {
+            let outcome = runner.fit(
+                &scratch_spec,
+                &config.train_config(config.student.epochs, seed),
+                Objective::Labels,
+                dir,
+                init_from,
+            )?;
+            Ok(outcome.history)
+        },
+    )?;
+
+    // Distilled students over the grid.
     let grid = config.grid();
     let mut distilled = Vec::new();
     let mut scratch_chain: Vec<ArmRuns> = Vec::new();
@@ -1055,13 +1153,21 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             .iter()
             .map(|_| init_from.map(Path::to_path_buf))
             .collect();
-        let mut previous_scratch: Vec<PathBuf> = scratch.dirs.clone();
+        // (by path, not from `scratch.dirs`: a worker's arm holds only its own seeds)
+        let mut previous_scratch: Vec<PathBuf> = seeds(config)
+            .iter()
+            .map(|seed| out.join("scratch").join(format!("seed-{seed}")))
+            .collect();
         for (stage, point) in grid.iter().enumerate() {
             let mut runs = ArmRuns {
                 dirs: Vec::new(),
                 histories: Vec::new(),
             };
             for (k, seed) in seeds(config).into_iter().enumerate() {
+                // a chain's stages depend on each other: a worker owns whole seeds
+                if !plan.owns(k) {
+                    continue;
+                }
                 let dir = out
                     .join("distilled-chain")
                     .join(format!("stage-{}-{}", stage + 1, point.dir_name()))
@@ -1099,6 +1205,9 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                 histories: Vec::new(),
             };
             for (k, seed) in seeds(config).into_iter().enumerate() {
+                if !plan.owns(k) {
+                    continue;
+                }
                 let dir = out
                     .join("scratch-chain")
                     .join(format!("stage-{}", stage + 1))
@@ -1126,6 +1235,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
                 &seeds(config),
                 &out.join("distilled").join(point.dir_name()),
                 &format!("distilled student: {}", point.label()),
+                &plan,
                 |seed, dir| {
                     let outcome = runner.fit(
                         &student_spec,
@@ -1143,6 +1253,10 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
             )?;
             distilled.push((*point, runs));
         }
+    }
+
+    if shard.is_some() {
+        return Ok(None);
     }
 
     // Evaluation on the test split (once, after every choice is made), speed, report.
@@ -1247,7 +1361,7 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
         wall_seconds: started.elapsed().as_secs_f64(),
     });
     report.write(out)?;
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// The distilled students' source of teacher logits under this config: the per-view cache with

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::tensor::Device;
 
-use super::{seeds, ArmRuns, ExperimentConfig, RunOptions, TeacherSetting};
+use super::{seeds, ArmRuns, ExperimentConfig, RunOptions, RunPlan, TeacherSetting};
 use crate::bench::measure_text_speed;
 use crate::data::text::load_text;
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
@@ -216,6 +216,7 @@ pub(super) fn run(
         &seeds,
         &out.join("scratch"),
         &format!("student `{}` from scratch", config.student.model),
+        &RunPlan::new(None),
         |seed, dir| {
             fit_text(
                 architecture,
@@ -267,6 +268,7 @@ pub(super) fn run(
             &seeds,
             &out.join("distilled").join(point.dir_name()),
             &format!("distilled student: {}", point.label()),
+            &RunPlan::new(None),
             |seed, dir| {
                 fit_text(
                     architecture,
