@@ -1664,6 +1664,50 @@ fn distill_run_studies_a_text_dataset_with_the_image_study_s_runner_and_report()
     for key in ["accuracies", "paired_diff"] {
         assert_eq!(second["distilled"][0][key], report["distilled"][0][key]);
     }
+
+    // Students in two worker processes (the teacher and its logits reused from the first study):
+    // the same runs, bit for bit.
+    let parallel = work.path().join("parallel");
+    std::fs::create_dir_all(&parallel).unwrap();
+    for shared in ["teacher", "teacher-logits"] {
+        copy_dir(&out.join(shared), &parallel.join(shared));
+    }
+    let printed = run(&[
+        "run",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--out",
+        parallel.to_str().unwrap(),
+        "--quiet",
+        "--jobs",
+        "2",
+    ]);
+    assert!(printed.contains("in 2 parallel jobs"), "{printed}");
+    let third: Value = read_json(&parallel.join("report.json"));
+    assert_eq!(
+        third["scratch"]["accuracies"],
+        report["scratch"]["accuracies"]
+    );
+    assert_eq!(
+        third["distilled"][0]["accuracies"],
+        report["distilled"][0]["accuracies"]
+    );
+    for job in ["job-1.log", "job-2.log"] {
+        let log = std::fs::read_to_string(parallel.join("logs").join(job)).unwrap();
+        assert_eq!(log.matches(", seed ").count(), 2, "{job}: {log}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
 }
 
 #[test]

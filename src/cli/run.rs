@@ -37,7 +37,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Train the students in N worker processes at once, each with its share of the cores,
-    /// once the teacher and its logit cache are ready (image studies). Every run is bit for bit
+    /// once the teacher and its logit cache are ready. Every run is bit for bit
     /// what `--jobs 1` gives; on 2 cores two 1-thread jobs trained 1.3x as many students per
     /// hour as one 2-thread process.
     #[arg(long, default_value_t = 1)]

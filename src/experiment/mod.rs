@@ -1019,14 +1019,12 @@ pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Re
 
 /// A worker of `distill run --jobs N`: trains `shard`'s student runs of the study in
 /// `options.out` (whose teacher and logit cache are ready) and stops, without evaluating.
+/// Image and text studies alike.
 pub fn train_shard(
     config: &ExperimentConfig,
     options: &RunOptions,
     shard: Shard,
 ) -> anyhow::Result<()> {
-    if config.is_text() {
-        bail!("parallel jobs train image studies; a text study trains its runs one at a time");
-    }
     run_study(config, options, Some(shard)).map(|_| ())
 }
 
@@ -1044,10 +1042,7 @@ fn run_study(
     std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
     if config.is_text() {
-        if options.before_students.is_some() {
-            bail!("parallel jobs train image studies; run a text study with --jobs 1");
-        }
-        return text::run(config, options, started).map(Some);
+        return text::run(config, options, started, shard);
     }
     let config = &config.with_embedded_teacher_in(out)?;
     let device = &options.device;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::tensor::Device;
 
-use super::{seeds, ArmRuns, ExperimentConfig, RunOptions, RunPlan, TeacherSetting};
+use super::{seeds, ArmRuns, ExperimentConfig, RunOptions, RunPlan, Shard, TeacherSetting};
 use crate::bench::measure_text_speed;
 use crate::data::text::load_text;
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
@@ -111,12 +111,14 @@ fn speed_of(
     Ok(measure_text_speed(&model, test, device))
 }
 
-/// Runs (or resumes) a text study; `started` is when the invocation began.
+/// Runs (or resumes) a text study; `started` is when the invocation began. With a `shard`, only
+/// that shard's student runs train, and no report is made (`None`).
 pub(super) fn run(
     config: &ExperimentConfig,
     options: &RunOptions,
     started: Instant,
-) -> anyhow::Result<Report> {
+    shard: Option<Shard>,
+) -> anyhow::Result<Option<Report>> {
     let settings = config.text.clone().unwrap_or_default();
     let out = &options.out;
     let device = &options.device;
@@ -211,26 +213,8 @@ pub(super) fn run(
     };
     crate::modality::Architecture::check(&architecture).context("`student.model`")?;
 
-    let seeds = seeds(config);
-    let scratch = ArmRuns::train(
-        &seeds,
-        &out.join("scratch"),
-        &format!("student `{}` from scratch", config.student.model),
-        &RunPlan::new(None),
-        |seed, dir| {
-            fit_text(
-                architecture,
-                (&train, &eval),
-                &config.train_config(config.student.epochs, seed),
-                Objective::<TeacherLogits>::Labels,
-                dir,
-                options,
-            )
-        },
-    )?;
-
     // The teacher labels the training texts (and the transfer set) once, for every point and
-    // seed.
+    // seed, before any student trains (so parallel workers find the cache ready).
     let teacher_id = crate::models::checkpoint::weights_hash(&teacher_dir)?;
     let cache_dir = out.join("teacher-logits");
     let teaching = prepare_text_teaching(
@@ -259,6 +243,30 @@ pub(super) fn run(
             .map(|t| format!("; transfer set: {t}"))
             .unwrap_or_default()
     );
+    if shard.is_none() {
+        if let Some(start_workers) = &options.before_students {
+            start_workers()?;
+        }
+    }
+    let plan = RunPlan::new(shard);
+    let seeds = seeds(config);
+    let scratch = ArmRuns::train(
+        &seeds,
+        &out.join("scratch"),
+        &format!("student `{}` from scratch", config.student.model),
+        &plan,
+        |seed, dir| {
+            fit_text(
+                architecture,
+                (&train, &eval),
+                &config.train_config(config.student.epochs, seed),
+                Objective::<TeacherLogits>::Labels,
+                dir,
+                options,
+            )
+        },
+    )?;
+
     let hidden = (settings.cosine_weight != 0.0).then_some(HiddenTerm {
         weight: settings.cosine_weight,
     });
@@ -268,7 +276,7 @@ pub(super) fn run(
             &seeds,
             &out.join("distilled").join(point.dir_name()),
             &format!("distilled student: {}", point.label()),
-            &RunPlan::new(None),
+            &plan,
             |seed, dir| {
                 fit_text(
                     architecture,
@@ -285,6 +293,9 @@ pub(super) fn run(
             },
         )?;
         distilled.push((point, runs));
+    }
+    if shard.is_some() {
+        return Ok(None);
     }
 
     // Evaluation on the test split (once, after every choice is made), speed, report.
@@ -342,5 +353,5 @@ pub(super) fn run(
         wall_seconds: started.elapsed().as_secs_f64(),
     });
     report.write(out)?;
-    Ok(report)
+    Ok(Some(report))
 }
