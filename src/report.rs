@@ -291,6 +291,10 @@ pub struct Report {
     pub wall_seconds: f64,
     /// Sum of the epoch times of every run (teacher included), across resumes.
     pub training_seconds: f64,
+    /// The teacher's part of `training_seconds` (recorded when it was trained, possibly by
+    /// another study whose teacher this one reuses).
+    #[serde(default)]
+    pub teacher_training_seconds: f64,
     /// The training augmentation, if any.
     pub augmentation: Option<Augmentation>,
     /// The teacher.
@@ -402,6 +406,7 @@ impl Report {
             });
         Report {
             training_seconds,
+            teacher_training_seconds: epoch_seconds(&teacher),
             dataset,
             backend,
             seeds,
@@ -464,7 +469,7 @@ impl Report {
         let _ = writeln!(md, "**{}**\n", self.best.verdict);
         let _ = writeln!(
             md,
-            "Dataset `{}`: {} train / {} test {}, {} classes. Students trained {} epochs{}, {} paired seed(s); augmentation: {}{}; backend {}; training time {:.0} s (this invocation: {:.0} s).\n",
+            "Dataset `{}`: {} train / {} test {}, {} classes. Students trained {} epochs{}, {} paired seed(s); augmentation: {}{}; backend {}; training time {:.0} s (teacher {:.0} s, students {:.0} s; this invocation: {:.0} s).\n",
             d.name,
             d.train,
             d.test,
@@ -485,6 +490,8 @@ impl Report {
                 .unwrap_or_default(),
             self.backend,
             self.training_seconds,
+            self.teacher_training_seconds,
+            self.training_seconds - self.teacher_training_seconds,
             self.wall_seconds
         );
         let _ = writeln!(md, "## Teacher vs student\n");

@@ -81,6 +81,23 @@ fn tiny_experiment_writes_a_consistent_report_and_resumes() {
         .stats([1, 28, 28])
         .unwrap()
         .params as u64;
+    // the training time splits into the teacher's (its history) and the students'
+    let history: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("teacher/history.json")).unwrap())
+            .unwrap();
+    let teacher_seconds: f64 = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seconds"].as_f64().unwrap())
+        .sum();
+    assert_eq!(
+        report["teacher_training_seconds"].as_f64(),
+        Some(teacher_seconds)
+    );
+    assert!(
+        teacher_seconds > 0.0 && teacher_seconds < report["training_seconds"].as_f64().unwrap()
+    );
     assert_eq!(report["teacher"]["params"].as_u64(), Some(teacher_params));
     assert_eq!(report["scratch"]["params"].as_u64(), Some(student_params));
     assert!(accuracy(&report["teacher"]) > 0.5);
