@@ -86,12 +86,7 @@ impl BenchResult {
 
     /// This result with `baseline` attached and the speed-up of each workload over it.
     pub fn compared_with(mut self, baseline: BenchResult) -> Self {
-        self.speedup = self
-            .medians_ms()
-            .iter()
-            .zip(baseline.medians_ms())
-            .map(|((name, ours), (_, theirs))| (name.to_string(), theirs / ours))
-            .collect();
+        self.speedup = speedups(&self.medians_ms(), &baseline.medians_ms());
         self.burn_layers = Some(Box::new(baseline));
         self
     }
@@ -317,11 +312,7 @@ impl ModelBenchResult {
     /// Joins a run on the local kernels with `baseline`, the same run on burn's layers.
     pub fn compared_with(mut self, baseline: ModelBenchResult) -> Self {
         let ms = |r: &ModelBenchResult| [("train", r.train_ms), ("infer", 256e3 / r.infer_ips)];
-        self.speedup = ms(&self)
-            .iter()
-            .zip(ms(&baseline))
-            .map(|((name, ours), (_, theirs))| (name.to_string(), theirs / ours))
-            .collect();
+        self.speedup = speedups(&ms(&self), &ms(&baseline));
         self.burn_layers = Some(Box::new(baseline));
         self
     }
@@ -370,47 +361,49 @@ pub fn run_model(
     })
 }
 
-/// [`run_model`]'s result as a text table (with `--compare-burn`, burn's layers alongside).
-pub fn model_table(result: &ModelBenchResult) -> String {
-    let rows = |r: &ModelBenchResult| {
-        let range = |key: &str| {
-            r.spread
-                .get(key)
-                .map(|v| format!("[{:.2} – {:.2}]", v[1], v[3]))
-                .unwrap_or_default()
-        };
-        [
-            (
-                "train step",
-                format!("{:.1} ms", r.train_ms),
-                range("train_ms"),
-                "train",
-            ),
-            (
-                "inference",
-                format!("{:.0} img/s", r.infer_ips),
-                range("infer_ms_per_batch"),
-                "infer",
-            ),
-        ]
-    };
-    let mut out = format!(
-        "distill bench --model {} — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference), 3x32x32 inputs\n",
-        result.model, result.backend, result.threads, result.steps
-    );
-    match &result.burn_layers {
+/// One workload row of a bench table: label, median as text, interquartile range as text, and
+/// the key of its speed-up.
+type Row = (&'static str, String, String, &'static str);
+
+/// The interquartile range of one workload's samples, as a table cell.
+fn interquartile(spread: &BTreeMap<String, [f64; 5]>, key: &str) -> String {
+    spread
+        .get(key)
+        .map(|v| format!("[{:.2} – {:.2}]", v[1], v[3]))
+        .unwrap_or_default()
+}
+
+/// Per workload, the baseline's median time over ours.
+fn speedups(ours: &[(&'static str, f64)], theirs: &[(&'static str, f64)]) -> BTreeMap<String, f64> {
+    ours.iter()
+        .zip(theirs)
+        .map(|((name, ours), (_, theirs))| (name.to_string(), theirs / ours))
+        .collect()
+}
+
+/// Renders `rows` under `title` with a label column `width` wide; with `baseline` (the same rows
+/// timed on burn's layers), both columns and the speed-up.
+fn render_rows(
+    title: String,
+    width: usize,
+    rows: Vec<Row>,
+    baseline: Option<Vec<Row>>,
+    speedup: &BTreeMap<String, f64>,
+) -> String {
+    let mut out = title;
+    match baseline {
         None => {
             out.push_str(&format!(
-                "{:<14} {:>14}  {}\n",
+                "{:<width$} {:>16}  {}\n",
                 "workload", "median", "interquartile range (ms)"
             ));
-            for (name, value, spread, _) in rows(result) {
-                out.push_str(&format!("{name:<14} {value:>14}  {spread}\n"));
+            for (name, value, spread, _) in rows {
+                out.push_str(&format!("{name:<width$} {value:>16}  {spread}\n"));
             }
         }
         Some(baseline) => {
             out.push_str(&format!(
-                "{:<14} {:>14} {:>14} {:>9}  {}\n",
+                "{:<width$} {:>16} {:>16} {:>9}  {}\n",
                 "workload",
                 "local kernels",
                 "burn layers",
@@ -418,15 +411,14 @@ pub fn model_table(result: &ModelBenchResult) -> String {
                 "interquartile ranges (ms): local; burn"
             ));
             for ((name, value, spread, key), (_, theirs, their_spread, _)) in
-                rows(result).into_iter().zip(rows(baseline))
+                rows.into_iter().zip(baseline)
             {
-                let ratio = result
-                    .speedup
+                let ratio = speedup
                     .get(key)
                     .map(|r| format!("{r:.2}x"))
                     .unwrap_or_default();
                 out.push_str(&format!(
-                    "{name:<14} {value:>14} {theirs:>14} {ratio:>9}  {spread}; {their_spread}\n"
+                    "{name:<width$} {value:>16} {theirs:>16} {ratio:>9}  {spread}; {their_spread}\n"
                 ));
             }
         }
@@ -434,56 +426,82 @@ pub fn model_table(result: &ModelBenchResult) -> String {
     out
 }
 
+/// [`run_model`]'s result as a text table (with `--compare-burn`, burn's layers alongside).
+pub fn model_table(result: &ModelBenchResult) -> String {
+    let rows = |r: &ModelBenchResult| -> Vec<Row> {
+        vec![
+            (
+                "train step",
+                format!("{:.1} ms", r.train_ms),
+                interquartile(&r.spread, "train_ms"),
+                "train",
+            ),
+            (
+                "inference",
+                format!("{:.0} img/s", r.infer_ips),
+                interquartile(&r.spread, "infer_ms_per_batch"),
+                "infer",
+            ),
+        ]
+    };
+    let title = format!(
+        "distill bench --model {} — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference), 3x32x32 inputs\n",
+        result.model, result.backend, result.threads, result.steps
+    );
+    render_rows(
+        title,
+        14,
+        rows(result),
+        result.burn_layers.as_deref().map(rows),
+        &result.speedup,
+    )
+}
+
 /// The result as a text table (with `--compare-burn`, burn's layers and the speed-up alongside).
 pub fn table(result: &BenchResult) -> String {
-    let range = |r: &BenchResult, key: &str| {
-        r.spread
-            .get(key)
-            .map(|v| format!("[{:.2} – {:.2}]", v[1], v[3]))
-            .unwrap_or_default()
-    };
-    let rows = |r: &BenchResult| {
-        [
+    let rows = |r: &BenchResult| -> Vec<Row> {
+        let range = |key: &str| interquartile(&r.spread, key);
+        vec![
             (
                 "teacher-v3 train step",
                 format!("{:.1} ms", r.teacher_train_ms),
-                range(r, "teacher_train_ms"),
+                range("teacher_train_ms"),
                 "teacher_train",
             ),
             (
                 "student train step",
                 format!("{:.1} ms", r.student_train_ms),
-                range(r, "student_train_ms"),
+                range("student_train_ms"),
                 "student_train",
             ),
             (
                 "distill step, teacher live",
                 format!("{:.1} ms", r.distill_live_ms),
-                range(r, "distill_live_ms"),
+                range("distill_live_ms"),
                 "distill_live",
             ),
             (
                 "distill step, cached logits",
                 format!("{:.1} ms", r.distill_cached_ms),
-                range(r, "distill_cached_ms"),
+                range("distill_cached_ms"),
                 "distill_cached",
             ),
             (
                 "teacher-v3 inference",
                 format!("{:.0} img/s", r.teacher_infer_ips),
-                range(r, "teacher_infer_ms_per_batch"),
+                range("teacher_infer_ms_per_batch"),
                 "teacher_infer",
             ),
             (
                 "student inference",
                 format!("{:.0} img/s", r.student_infer_ips),
-                range(r, "student_infer_ms_per_batch"),
+                range("student_infer_ms_per_batch"),
                 "student_infer",
             ),
             (
                 "loader (CIFAR-shaped)",
                 format!("{:.0} batches/s", r.loader_batches_per_s),
-                range(r, "loader_ms_per_batch"),
+                range("loader_ms_per_batch"),
                 "loader",
             ),
             (
@@ -494,44 +512,17 @@ pub fn table(result: &BenchResult) -> String {
             ),
         ]
     };
-    let mut out = format!(
+    let title = format!(
         "distill bench — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference), {} layers\n",
         result.backend, result.threads, result.steps, result.layers
     );
-    match &result.burn_layers {
-        None => {
-            out.push_str(&format!(
-                "{:<30} {:>16}  {}\n",
-                "workload", "median", "interquartile range (ms)"
-            ));
-            for (name, value, spread, _) in rows(result) {
-                out.push_str(&format!("{name:<30} {value:>16}  {spread}\n"));
-            }
-        }
-        Some(baseline) => {
-            out.push_str(&format!(
-                "{:<30} {:>16} {:>16} {:>9}  {}\n",
-                "workload",
-                "local kernels",
-                "burn layers",
-                "speed-up",
-                "interquartile ranges (ms): local; burn"
-            ));
-            for ((name, value, spread, key), (_, theirs, their_spread, _)) in
-                rows(result).into_iter().zip(rows(baseline))
-            {
-                let ratio = result
-                    .speedup
-                    .get(key)
-                    .map(|r| format!("{r:.2}x"))
-                    .unwrap_or_default();
-                out.push_str(&format!(
-                    "{name:<30} {value:>16} {theirs:>16} {ratio:>9}  {spread}; {their_spread}\n"
-                ));
-            }
-        }
-    }
-    out
+    render_rows(
+        title,
+        30,
+        rows(result),
+        result.burn_layers.as_deref().map(rows),
+        &result.speedup,
+    )
 }
 
 /// Inference speed of one architecture.

@@ -180,8 +180,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 text::bench(&model, &options, json, compare_burn, backend)
             }
-            (None, Some(model)) => bench_model(&model, json, threads, steps, backend, compare_burn),
-            (None, None) => bench(json, threads, steps, backend, compare_burn),
+            (None, model) => bench(
+                model.as_deref(),
+                json,
+                threads,
+                steps,
+                backend,
+                compare_burn,
+            ),
         },
         Command::Data(DataCommand::Info { spec, json }) => data::info(&spec, json),
         Command::Models { input, json } => models::list(input, json),
@@ -218,7 +224,10 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `distill bench`: the reference workloads, or with `model` one architecture's training step and
+/// inference.
 fn bench(
+    model: Option<&str>,
     json: bool,
     threads: Option<usize>,
     steps: usize,
@@ -228,55 +237,47 @@ fn bench(
     if steps == 0 {
         anyhow::bail!("--steps must be at least 1");
     }
-    set_threads(threads)?;
-    let device = backend.device()?;
-    if !json {
-        eprintln!(
-            "benchmarking ({steps} timed steps per workload; the teacher steps take a while)..."
-        );
-    }
-    let options = crate::bench::BenchOptions { steps, warmup: 3 };
-    let result = measure_against_burn(
-        compare_burn,
-        &device,
-        backend,
-        || crate::bench::run(&options, &device, backend.name()),
-        crate::bench::BenchResult::compared_with,
-    )?;
-    if json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
-        print!("{}", crate::bench::table(&result));
-    }
-    Ok(())
-}
-
-fn bench_model(
-    model: &str,
-    json: bool,
-    threads: Option<usize>,
-    steps: usize,
-    backend: crate::backend::Backend,
-    compare_burn: bool,
-) -> anyhow::Result<()> {
-    if steps == 0 {
-        anyhow::bail!("--steps must be at least 1");
-    }
-    let spec = crate::models::resolve_spec(model)?;
+    let spec = model.map(crate::models::resolve_spec).transpose()?;
     set_threads(threads)?;
     let device = backend.device()?;
     let options = crate::bench::BenchOptions { steps, warmup: 3 };
-    let result = measure_against_burn(
-        compare_burn,
-        &device,
-        backend,
-        || crate::bench::run_model(&spec, &options, &device, backend.name()),
-        crate::bench::ModelBenchResult::compared_with,
-    )?;
+    let (json_text, table) = match &spec {
+        Some(spec) => {
+            let result = measure_against_burn(
+                compare_burn,
+                &device,
+                backend,
+                || crate::bench::run_model(spec, &options, &device, backend.name()),
+                crate::bench::ModelBenchResult::compared_with,
+            )?;
+            (
+                serde_json::to_string(&result)?,
+                crate::bench::model_table(&result),
+            )
+        }
+        None => {
+            if !json {
+                eprintln!(
+                    "benchmarking ({steps} timed steps per workload; the teacher steps take a while)..."
+                );
+            }
+            let result = measure_against_burn(
+                compare_burn,
+                &device,
+                backend,
+                || crate::bench::run(&options, &device, backend.name()),
+                crate::bench::BenchResult::compared_with,
+            )?;
+            (
+                serde_json::to_string(&result)?,
+                crate::bench::table(&result),
+            )
+        }
+    };
     if json {
-        println!("{}", serde_json::to_string(&result)?);
+        println!("{json_text}");
     } else {
-        print!("{}", crate::bench::model_table(&result));
+        print!("{table}");
     }
     Ok(())
 }

@@ -322,6 +322,8 @@ impl Network {
         let mut x = Activations::Image(input);
         let mut layers = self.layers.iter().enumerate().peekable();
         while let Some((index, layer)) = layers.next() {
+            // Set when the layer's kernel also applied the activation that follows it.
+            let mut fused_next = false;
             x = match layer {
                 Layer::Conv2d(conv) if local_kernels && conv_window(conv, &x).is_some() => {
                     let window = conv_window(conv, &x).expect("checked above");
@@ -337,15 +339,8 @@ impl Network {
                         Some(bias) => bias.val(),
                         None => Tensor::zeros([weight.dims()[0]], &weight.device()),
                     };
-                    let y = kernels::conv2d(x.image(), weight, bias, window, slope);
-                    if slope.is_some() {
-                        observe(index, y.dims().to_vec());
-                        let (index, _) = layers.next().expect("peeked");
-                        observe(index, y.dims().to_vec());
-                        x = Activations::Image(y);
-                        continue;
-                    }
-                    Activations::Image(y)
+                    fused_next = slope.is_some();
+                    Activations::Image(kernels::conv2d(x.image(), weight, bias, window, slope))
                 }
                 Layer::MaxPool2d(pool) if local_kernels && pool_window(pool, &x).is_some() => {
                     let window = pool_window(pool, &x).expect("checked above");
@@ -369,16 +364,8 @@ impl Network {
                 Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
                 Layer::BatchNorm(norm) if local_kernels && matches!(x, Activations::Image(_)) => {
                     // A ReLU right after the norm runs inside its kernel.
-                    let relu = matches!(layers.peek(), Some((_, Layer::Relu(_))));
-                    let y = local_batch_norm(norm, x.image(), relu);
-                    if relu {
-                        observe(index, y.dims().to_vec());
-                        let (index, _) = layers.next().expect("peeked");
-                        observe(index, y.dims().to_vec());
-                        x = Activations::Image(y);
-                        continue;
-                    }
-                    Activations::Image(y)
+                    fused_next = matches!(layers.peek(), Some((_, Layer::Relu(_))));
+                    Activations::Image(local_batch_norm(norm, x.image(), fused_next))
                 }
                 Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
                 Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
@@ -401,13 +388,17 @@ impl Network {
                     }
                 },
             };
-            observe(
-                index,
-                match &x {
-                    Activations::Image(t) => t.dims().to_vec(),
-                    Activations::Flat(t) => t.dims().to_vec(),
-                },
-            );
+            let dims = match &x {
+                Activations::Image(t) => t.dims().to_vec(),
+                Activations::Flat(t) => t.dims().to_vec(),
+            };
+            if fused_next {
+                let (next, _) = layers.next().expect("peeked");
+                observe(index, dims.clone());
+                observe(next, dims);
+            } else {
+                observe(index, dims);
+            }
         }
         match x {
             Activations::Flat(logits) => logits,
