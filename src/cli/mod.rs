@@ -241,7 +241,7 @@ fn bench(
     set_threads(threads)?;
     let device = backend.device()?;
     let options = crate::bench::BenchOptions { steps, warmup: 3 };
-    let (json_text, table) = match &spec {
+    let output = match &spec {
         Some(spec) => {
             let result = measure_against_burn(
                 compare_burn,
@@ -250,10 +250,11 @@ fn bench(
                 || crate::bench::run_model(spec, &options, &device, backend.name()),
                 crate::bench::ModelBenchResult::compared_with,
             )?;
-            (
-                serde_json::to_string(&result)?,
-                crate::bench::model_table(&result),
-            )
+            if json {
+                serde_json::to_string(&result)?
+            } else {
+                crate::bench::model_table(&result)
+            }
         }
         None => {
             if !json {
@@ -268,17 +269,14 @@ fn bench(
                 || crate::bench::run(&options, &device, backend.name()),
                 crate::bench::BenchResult::compared_with,
             )?;
-            (
-                serde_json::to_string(&result)?,
-                crate::bench::table(&result),
-            )
+            if json {
+                serde_json::to_string(&result)?
+            } else {
+                crate::bench::table(&result)
+            }
         }
     };
-    if json {
-        println!("{json_text}");
-    } else {
-        print!("{table}");
-    }
+    println!("{}", output.trim_end());
     Ok(())
 }
 
