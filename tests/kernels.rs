@@ -464,6 +464,41 @@ fn bert_inference_kernel_matches_burn_layers_at_every_position() {
     }
 }
 
+#[test]
+fn bert_inference_kernel_gives_bit_identical_states_on_one_and_two_threads() {
+    // Two threads split the batch's texts (shares of 2 and 1 here); one text alone splits the
+    // products instead. Every hidden state must be the same bits as on one thread, and a text
+    // alone must get the states it gets inside the padded batch.
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Device::flex();
+    let model = wide_bert(&device, 2);
+    let batch = three_texts(&device);
+    let states = |threads: usize, batch: &distill::data::tokenizer::TokenBatch| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| bert_states(&model, batch, true))
+    };
+    assert_eq!(
+        states(1, &batch),
+        states(2, &batch),
+        "a batch of three texts"
+    );
+    let first: [&[u32]; 1] = [&[2, 5, 6, 8, 11, 12, 13, 3]];
+    let alone = distill::data::tokenizer::TokenBatch::new(&first, 0, &device);
+    let alone_one = states(1, &alone);
+    assert_eq!(alone_one, states(2, &alone), "one text");
+    let in_batch = states(1, &batch);
+    for (layer, (alone, batch)) in alone_one.iter().zip(&in_batch).enumerate() {
+        assert_eq!(
+            alone[..],
+            batch[..alone.len()],
+            "the first text's state {layer}"
+        );
+    }
+}
+
 /// Multiplies every float parameter by 5 (weights of std 0.1 instead of 0.02; much more and
 /// attention scores pass burn's padding fill of -10⁴, which then no longer masks).
 struct Spread;

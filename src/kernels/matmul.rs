@@ -114,21 +114,28 @@ impl Product {
 
     /// The product as a new row-major `m × n` matrix (never accumulating).
     pub fn new_matrix(&self, lhs: &[f32], rhs: &[f32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.replace_contents(&mut out, lhs, rhs);
+        out
+    }
+
+    /// Makes `dst` the row-major `m × n` product (never accumulating), reusing its allocation.
+    pub fn replace_contents(&self, dst: &mut Vec<f32>, lhs: &[f32], rhs: &[f32]) {
         assert!(
             !self.accumulate,
-            "matmul: a new matrix has nothing to add to"
+            "matmul: a replaced matrix has nothing to add to"
         );
         self.check(lhs, rhs);
         let len = self.m * self.n;
-        let mut out = Vec::with_capacity(len);
-        // SAFETY: the operands fit their slices (`check`); the destination is the fresh
-        // allocation of m×n elements, row stride n. Not accumulating, gemm writes every element
-        // without reading it, so the length is set after it (f32 has no invalid bit patterns).
+        dst.clear();
+        dst.reserve(len);
+        // SAFETY: the operands fit their slices (`check`); the destination holds at least m×n
+        // elements at row stride n. Not accumulating, gemm writes every element without reading
+        // it, so the length is set after it (f32 has no invalid bit patterns).
         unsafe {
-            self.run(out.as_mut_ptr(), self.n, lhs, rhs);
-            out.set_len(len);
+            self.run(dst.as_mut_ptr(), self.n, lhs, rhs);
+            dst.set_len(len);
         }
-        out
     }
 
     fn check_destination(&self, len: usize, dst_row: usize) {
