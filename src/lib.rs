@@ -15,6 +15,7 @@
 //! | [`models`] | a Keras-like layer spec, the reference model zoo, shape/parameter/FLOP summaries, checkpoints; a BERT encoder for text |
 //! | [`losses`] | cross-entropy and the distillation losses (`kd`, `mse` on logits) |
 //! | [`train`] | the one training loop (teacher, scratch or distilled student, any modality) |
+//! | [`optimizer`] | Adam and AdamW with a one-pass update per parameter on Flex (burn's elsewhere) |
 //! | [`modality`] | what the loop needs from a kind of data: images (CNNs) or text (BERT-family classifiers) |
 //! | [`distill`] | training a student from a frozen teacher, with the teacher-logit cache |
 //! | [`experiment`] | `distill run`: teacher, scratch student and the distillation sweep as one resumable job |
@@ -40,6 +41,7 @@ pub mod losses;
 pub mod modality;
 pub mod models;
 pub mod onnx;
+pub mod optimizer;
 pub mod progress;
 pub mod report;
 pub mod stats;

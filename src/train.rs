@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use burn::module::Module;
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,7 @@ use crate::modality::image::{ImageArchitecture, Images};
 use crate::modality::{Architecture, Modality, ModelOf, SoftTargets};
 use crate::models::checkpoint::{self, write_atomic};
 use crate::models::{ModelSpec, Network};
+use crate::optimizer::{Betas, LocalAdam, LocalAdamW};
 
 /// Adam(W) settings; the defaults are Keras' Adam.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,21 +68,18 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    /// The optimizer these settings describe (Adam, or AdamW with weight decay).
+    /// The optimizer these settings describe (Adam, or AdamW with weight decay), updating each
+    /// parameter in one pass on Flex ([`crate::optimizer`]).
     pub fn build(&self) -> ModuleOptimizer {
+        let betas = Betas {
+            beta_1: self.beta1,
+            beta_2: self.beta2,
+            epsilon: self.epsilon,
+        };
         if self.weight_decay > 0.0 {
-            AdamWConfig::new()
-                .with_beta_1(self.beta1)
-                .with_beta_2(self.beta2)
-                .with_epsilon(self.epsilon)
-                .with_weight_decay(self.weight_decay)
-                .init()
+            ModuleOptimizer::from(LocalAdamW::new(betas, self.weight_decay))
         } else {
-            AdamConfig::new()
-                .with_beta_1(self.beta1)
-                .with_beta_2(self.beta2)
-                .with_epsilon(self.epsilon)
-                .init()
+            ModuleOptimizer::from(LocalAdam::new(betas))
         }
     }
 

@@ -650,3 +650,104 @@ fn bilstm_on_local_kernels_matches_burn_lstm_forward_and_backward() {
         assert_close(&format!("gradient {i}"), got, want);
     }
 }
+
+/// Every float parameter of a module, in visiting order.
+struct Weights(Vec<Vec<f32>>);
+
+impl burn::module::ModuleVisitor for Weights {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        self.0
+            .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+    }
+}
+
+/// teacher-small's weights after four optimizer steps (dropout on, the same draws each time) on
+/// a rayon pool of `threads` threads, with the optimizer `optimizer` makes.
+fn weights_after_steps(
+    threads: usize,
+    optimizer: impl FnOnce() -> burn::optim::ModuleOptimizer + Send,
+) -> Vec<Vec<f32>> {
+    use burn::optim::GradientsParams;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(|| {
+            let device = Device::flex().autodiff();
+            device.seed(21);
+            let spec = zoo::get("teacher-small").unwrap();
+            let mut network = Network::init(&spec, [3, 32, 32], 3, &device).unwrap();
+            let mut optimizer = optimizer();
+            for step in 0..4u64 {
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(values(8 * 3 * 32 * 32, step), [8, 3, 32, 32]),
+                    &device,
+                );
+                let logits = network.forward(x);
+                let r = Tensor::<2>::from_data(
+                    TensorData::new(values(80, 50 + step), [8, 10]),
+                    &device,
+                );
+                let grads = GradientsParams::from_grads((logits * r).sum().backward(), &network);
+                // a warm-up-like schedule: the learning rate changes every step
+                network = optimizer.step(1e-3 * (step + 1) as f64, network, grads);
+            }
+            let mut weights = Weights(Vec::new());
+            network.visit(&mut weights);
+            weights.0
+        })
+}
+
+#[test]
+fn one_pass_adam_and_adamw_give_burn_s_weights_bit_for_bit_on_one_and_two_threads() {
+    use burn::optim::{AdamConfig, AdamWConfig};
+    use distill::train::OptimizerConfig;
+    let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    for weight_decay in [0.0f32, 0.05] {
+        let config = OptimizerConfig {
+            weight_decay,
+            ..OptimizerConfig::default()
+        };
+        let burn_optimizer = || {
+            if weight_decay > 0.0 {
+                AdamWConfig::new()
+                    .with_beta_1(config.beta1)
+                    .with_beta_2(config.beta2)
+                    .with_epsilon(config.epsilon)
+                    .with_weight_decay(weight_decay)
+                    .init()
+            } else {
+                AdamConfig::new()
+                    .with_beta_1(config.beta1)
+                    .with_beta_2(config.beta2)
+                    .with_epsilon(config.epsilon)
+                    .init()
+            }
+        };
+        let want = weights_after_steps(1, burn_optimizer);
+        let start = {
+            let device = Device::flex().autodiff();
+            let spec = zoo::get("teacher-small").unwrap();
+            let mut weights = Weights(Vec::new());
+            Network::init(&spec, [3, 32, 32], 3, &device)
+                .unwrap()
+                .visit(&mut weights);
+            weights.0
+        };
+        assert_ne!(want, start, "the steps moved the weights");
+        assert!(
+            want.iter().any(|w| w.len() > 1 << 14),
+            "a tensor large enough to be split over threads"
+        );
+        for threads in [1, 2] {
+            let got = weights_after_steps(threads, || config.build());
+            assert_eq!(got.len(), want.len());
+            for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "weight decay {weight_decay}, {threads} thread(s): parameter {i} differs from burn's"
+                );
+            }
+        }
+    }
+}

@@ -13,6 +13,7 @@ use burn::tensor::TensorData;
 
 use std::sync::Arc;
 
+use super::adam::{self, AdamStep};
 use super::conv::{self, ConvShape, Patches};
 use super::elementwise::Activation;
 use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
@@ -141,6 +142,54 @@ impl TextKernels for Flex {
             encoder::forward(&values(&x), &padding, &weights, &shape),
             vec![batch, len, width],
         )
+    }
+}
+
+/// The optimizer's update on Flex tensors (optimizers step the inner tensors, without autodiff).
+#[backend_extension(Flex)]
+pub trait OptimizerKernels: Backend {
+    /// See [`super::adam_update`].
+    fn adam_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+impl OptimizerKernels for Flex {
+    fn adam_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (mut param, mut moment_1, mut moment_2) =
+            (exclusive(param), exclusive(moment_1), exclusive(moment_2));
+        adam::update(
+            param.storage_mut(),
+            &values(&grad),
+            moment_1.storage_mut(),
+            moment_2.storage_mut(),
+            &step,
+        );
+        (param, moment_1, moment_2)
+    }
+}
+
+/// `tensor` with storage that is exactly its values in row-major order, to update in place:
+/// `storage_mut` then copies it only if another tensor shares it (views are copied here).
+fn exclusive(tensor: FlexTensor) -> FlexTensor {
+    let len = tensor.layout().num_elements();
+    let whole = tensor.layout().contiguous_offsets() == Some((0, len))
+        && tensor.bytes().len() == len * std::mem::size_of::<f32>();
+    if whole {
+        tensor
+    } else {
+        let shape = tensor.layout().shape().to_vec();
+        FlexTensor::from_data(TensorData::new(values(&tensor).into_owned(), shape))
     }
 }
 

@@ -8,6 +8,7 @@
 //! path taken beyond float rounding: the tests in `tests/kernels.rs` compare both paths' outputs
 //! and gradients.
 
+pub mod adam;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
@@ -331,6 +332,45 @@ pub fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
         keep,
         seed,
     ))
+}
+
+/// One Adam(W) update of a parameter tensor and its two moments, in one pass (see
+/// [`adam::update`]); returns the new parameter, first and second moments. On the first step
+/// (`step.time == 1`) the moments' values are not read. Flex only: check [`active`]; the
+/// tensors must not track gradients (an optimizer's inner tensors).
+#[cfg(feature = "flex")]
+pub fn adam_update<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    step: adam::AdamStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    use burn::backend::Dispatch;
+    let (param, moment_1, moment_2) = <Dispatch as flex::OptimizerKernels>::adam_update(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moment_1.into_dispatch(),
+        moment_2.into_dispatch(),
+        step,
+    );
+    (
+        Tensor::from_dispatch(param),
+        Tensor::from_dispatch(moment_1),
+        Tensor::from_dispatch(moment_2),
+    )
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn adam_update<const D: usize>(
+    _param: Tensor<D>,
+    _grad: Tensor<D>,
+    _moment_1: Tensor<D>,
+    _moment_2: Tensor<D>,
+    _step: adam::AdamStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    unreachable!("local kernels need the flex feature")
 }
 
 /// BERT's exact GELU, `x · Φ(x)`, with its derivative for the backward pass (Flex only: check
