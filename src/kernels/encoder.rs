@@ -221,11 +221,12 @@ fn check_dense(layer: &Dense, inputs: usize, outputs: usize) {
     assert_eq!(layer.bias.len(), outputs, "dense bias is not [outputs]");
 }
 
-/// One pass's intermediate activations, kept on the thread between passes: fresh buffers of
-/// these sizes come from the system as new pages, and their page faults cost 15–20% of a
-/// MiniLM layer (a batch of 64 × 32 tokens touches ~30 MB of them per layer). What is kept is
-/// one batch's worth (about 56 MB per thread at 64 × 64 tokens for MiniLM), until the thread
-/// ends.
+/// One pass's intermediate activations, kept on the thread between passes so that a pass does
+/// not depend on the allocator to recycle ~30 MB of buffers per layer (64 texts × 32 tokens):
+/// with glibc's default thresholds they are unmapped and faulted in again every pass, 15–20% of
+/// a MiniLM layer in a process that does not raise them as the `distill` binary does
+/// ([`crate::backend::tune_allocator`]). What is kept is one batch's worth (about 56 MB per
+/// thread at 64 × 64 tokens for MiniLM) until the thread ends.
 #[derive(Default)]
 struct Scratch {
     query: Vec<f32>,
