@@ -75,7 +75,11 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
                                 if sw == 1 {
                                     col.extend_from_slice(&in_row[first..first + hi - lo]);
                                 } else {
-                                    col.extend(in_row[first..].iter().step_by(sw).take(hi - lo));
+                                    // An index map rather than `step_by`: whether the compiler
+                                    // inlines `StepBy`'s generic fold here changed with unrelated
+                                    // code elsewhere in the crate (student inference 0.8x when
+                                    // it did not).
+                                    col.extend((0..hi - lo).map(|k| in_row[first + k * sw]));
                                 }
                                 zeros(&mut col, ow - hi);
                             }
@@ -114,12 +118,13 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
                             continue;
                         };
                         let in_row = &mut plane[ir * w..(ir + 1) * w];
+                        // strided by `chunks_mut`, not `step_by`, for the reason given in
+                        // `im2col`
                         for (x, &v) in in_row[first..]
-                            .iter_mut()
-                            .step_by(sw)
+                            .chunks_mut(sw)
                             .zip(&src[r * ow + lo..r * ow + hi])
                         {
-                            *x += v;
+                            x[0] += v;
                         }
                     }
                 }

@@ -161,14 +161,11 @@ fn layer(
         inner,
     } = &mut scratch;
     let product = |inputs, outputs| {
-        Product::new(
+        let product = Product::new(
             [rows, outputs, inputs],
             Layout::rows(inputs),
             Layout::rows(outputs),
-        )
-    };
-    let product = |inputs, outputs| {
-        let product = product(inputs, outputs);
+        );
         if split {
             product.parallel()
         } else {
@@ -204,6 +201,11 @@ fn layer(
     product(width, ffn).replace_contents(inner, hidden, weights.inner.weight);
     bias_gelu(inner, weights.inner.bias);
     check_dense(&weights.outer, ffn, width);
+    assert_eq!(
+        out.len(),
+        rows * width,
+        "encoder output is not [batch, len, width]"
+    );
     product(ffn, width).write_into_uninit(out, width, inner, weights.outer.weight);
     // SAFETY: the product initialised all of `out` (rows × width at row stride width).
     let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
