@@ -49,47 +49,133 @@ impl ConvShape {
 }
 
 /// The input patches of `images` consecutive images starting at `x`: `patch` rows × `images *
-/// oh * ow` columns, row-major; padding reads as zero. Every element is written once, in order,
-/// so the matrix is built by appending (no zero-fill first).
+/// oh * ow` columns, row-major; padding reads as zero. Every element is written exactly once,
+/// straight into the matrix's uninitialised memory (no zero-fill first).
+///
+/// A strided convolution reads every `sh`-th input row and `sw`-th column, so its images are
+/// first split into their `sh × sw` phases ([`Phases`]): each output row's inputs are then one
+/// contiguous run, copied with vector moves. Gathering them one element at a time, with the
+/// bookkeeping of each short output row (8 and 4 elements in the reference models), was a fifth
+/// of a teacher's inference pass.
 fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
     let [h, w] = shape.input;
     let [oh, ow] = shape.output();
     let [kh, kw] = shape.window.kernel;
     let [sh, sw] = shape.window.stride;
     let [ph, pw] = shape.window.pad_begin;
-    let mut col = Vec::with_capacity(shape.patch() * images * oh * ow);
-    let zeros = |col: &mut Vec<f32>, n: usize| col.resize(col.len() + n, 0.0);
-    for c in 0..shape.channels {
-        for i in 0..kh {
-            for j in 0..kw {
-                let valid = valid_outputs(j, sw, pw, w, ow);
-                for g in 0..images {
-                    let plane = &x[(g * shape.channels + c) * h * w..][..h * w];
-                    for r in 0..oh {
-                        let ir = (r * sh + i).checked_sub(ph).filter(|&ir| ir < h);
-                        match (ir, valid) {
-                            (None, _) | (_, None) => zeros(&mut col, ow),
-                            (Some(ir), Some((lo, hi, first))) => {
-                                let in_row = &plane[ir * w..(ir + 1) * w];
-                                zeros(&mut col, lo);
-                                if sw == 1 {
-                                    col.extend_from_slice(&in_row[first..first + hi - lo]);
-                                } else {
-                                    // An index map rather than `step_by`: whether the compiler
-                                    // inlines `StepBy`'s generic fold here changed with unrelated
-                                    // code elsewhere in the crate (student inference 0.8x when
-                                    // it did not).
-                                    col.extend((0..hi - lo).map(|k| in_row[first + k * sw]));
-                                }
-                                zeros(&mut col, ow - hi);
-                            }
-                        }
-                    }
+    let spatial = oh * ow;
+    let columns = images * spatial;
+    let len = shape.patch() * columns;
+    let phases = Phases::split(x, shape, images);
+    // Per kernel offset: the outputs that see the input, and the input index of the first.
+    let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
+    let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
+    let zero = MaybeUninit::new(0.0f32);
+    let mut col = Vec::with_capacity(len);
+    for (index, dst_row) in col.spare_capacity_mut()[..len]
+        .chunks_exact_mut(columns.max(1))
+        .enumerate()
+    {
+        let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
+        let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
+            dst_row.fill(zero);
+            continue;
+        };
+        for (g, dst) in dst_row.chunks_exact_mut(spatial).enumerate() {
+            dst[..r_lo * ow].fill(zero);
+            dst[r_hi * ow..].fill(zero);
+            for (k, out_row) in dst[r_lo * ow..r_hi * ow].chunks_exact_mut(ow).enumerate() {
+                let run = phases.run(g, c, first_row + k * sh, first, hi - lo);
+                out_row[..lo].fill(zero);
+                out_row[hi..].fill(zero);
+                for (d, &v) in out_row[lo..hi].iter_mut().zip(run) {
+                    d.write(v);
                 }
             }
         }
     }
+    // SAFETY: the rows cover the first `len` elements; in each, every image's block is zeroed
+    // outside the valid output rows, and every valid output row is zeroed outside its valid
+    // columns and copied inside them from a run of exactly `hi - lo` elements.
+    unsafe { col.set_len(len) };
     col
+}
+
+/// A group of images' input planes split by row and column phase for a strided window: phase
+/// `(a, b)` of a plane holds its rows `a, a + sh, ...` and, of those, columns `b, b + sw, ...`,
+/// so the elements a strided window visits along a row sit side by side. Stride 1 borrows the
+/// planes as they are.
+struct Phases<'a> {
+    values: std::borrow::Cow<'a, [f32]>,
+    channels: usize,
+    stride: [usize; 2],
+    /// Rows and columns of one phase.
+    size: [usize; 2],
+}
+
+impl<'a> Phases<'a> {
+    fn split(x: &'a [f32], shape: &ConvShape, images: usize) -> Self {
+        let [h, w] = shape.input;
+        let [sh, sw] = shape.window.stride;
+        let channels = shape.channels;
+        let planes = &x[..images * channels * h * w];
+        if [sh, sw] == [1, 1] {
+            return Phases {
+                values: std::borrow::Cow::Borrowed(planes),
+                channels,
+                stride: [1, 1],
+                size: [h, w],
+            };
+        }
+        let size = [h.div_ceil(sh), w.div_ceil(sw)];
+        let phase_len = size[0] * size[1];
+        // Zero where a phase runs past the plane's last row or column (never read).
+        let mut values = vec![0.0f32; images * channels * sh * sw * phase_len];
+        for (plane, out) in planes
+            .chunks_exact(h * w)
+            .zip(values.chunks_exact_mut(sh * sw * phase_len))
+        {
+            for (r, row) in plane.chunks_exact(w).enumerate() {
+                let (a, y) = (r % sh, r / sh);
+                let phase_row = |b: usize| (((a * sw + b) * size[0]) + y) * size[1];
+                if sw == 2 {
+                    // The common case, split with paired moves the compiler vectorises.
+                    let (even, odd) = out.split_at_mut(phase_row(1));
+                    let even = &mut even[phase_row(0)..][..size[1]];
+                    let odd = &mut odd[..size[1]];
+                    for ((e, o), pair) in
+                        even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2))
+                    {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if w % 2 == 1 {
+                        even[w / 2] = row[w - 1];
+                    }
+                } else {
+                    for (col, &v) in row.iter().enumerate() {
+                        out[phase_row(col % sw) + col / sw] = v;
+                    }
+                }
+            }
+        }
+        Phases {
+            values: std::borrow::Cow::Owned(values),
+            channels,
+            stride: [sh, sw],
+            size,
+        }
+    }
+
+    /// The `n` elements of image `g`, channel `c`, input row `row` at input columns `col`,
+    /// `col + sw`, ... (all inside the plane).
+    fn run(&self, g: usize, c: usize, row: usize, col: usize, n: usize) -> &[f32] {
+        let [sh, sw] = self.stride;
+        let [rows, cols] = self.size;
+        let phase = (row % sh) * sw + col % sw;
+        let plane = (g * self.channels + c) * sh * sw + phase;
+        &self.values[(plane * rows + row / sh) * cols + col / sw..][..n]
+    }
 }
 
 /// Adds `col` (the layout [`im2col`] writes) back into the input gradient `grad_x` of `images`
@@ -147,7 +233,7 @@ pub fn forward(
     shape: &ConvShape,
     slope: Option<f32>,
 ) -> Vec<f32> {
-    forward_impl(x, weight, bias, shape, slope, false).0
+    forward_impl(x, weight, bias, shape, slope, false, false).0
 }
 
 /// [`forward`], also returning the patches for [`backward`].
@@ -158,10 +244,38 @@ pub fn forward_keeping_patches(
     shape: &ConvShape,
     slope: Option<f32>,
 ) -> (Vec<f32>, Patches) {
-    let (y, patches) = forward_impl(x, weight, bias, shape, slope, true);
-    (y, Patches(patches.into_iter().flatten().collect()))
+    let (y, _, patches) = forward_impl(x, weight, bias, shape, slope, true, false);
+    (y, patches)
 }
 
+/// What a training pass of convolution, activation and the 2×2 stride-1 'same' max pool keeps:
+/// the convolution's (activated) output, the pooled output and the patches for
+/// [`backward_max_pooled`].
+pub struct PooledForward {
+    /// `act(conv(x) + bias)`, NCHW: the pool's input, read back by the backward pass.
+    pub y: Vec<f32>,
+    /// The pooled output, the shape of `y`.
+    pub pooled: Vec<f32>,
+    /// The im2col matrices.
+    pub patches: Patches,
+}
+
+/// [`forward_keeping_patches`] followed by the 2×2 stride-1 'same' max pool
+/// ([`super::pool::forward`]), bit for bit, with each group's planes pooled right after the
+/// group's product, while they are still in cache.
+pub fn forward_max_pooled_keeping_patches(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+) -> PooledForward {
+    let (y, pooled, patches) = forward_impl(x, weight, bias, shape, slope, true, true);
+    PooledForward { y, pooled, patches }
+}
+
+/// The convolution's output, the pooled output when `pool` (else empty) and, when `keep`, the
+/// patches.
 fn forward_impl(
     x: &[f32],
     weight: &[f32],
@@ -169,18 +283,32 @@ fn forward_impl(
     shape: &ConvShape,
     slope: Option<f32>,
     keep: bool,
-) -> (Vec<f32>, Vec<Option<Vec<f32>>>) {
+    pool: bool,
+) -> (Vec<f32>, Vec<f32>, Patches) {
     let [oh, ow] = shape.output();
     let spatial = oh * ow;
     let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
     let len = shape.batch * filters * spatial;
+    let chunk = group * filters * spatial;
     let mut y = super::reserved(len);
+    let mut pooled = super::reserved(if pool { len } else { 0 });
+    // One destination per group: its share of the pooled output, or nothing.
+    let pooled_chunks: Vec<&mut [MaybeUninit<f32>]> = if pool {
+        pooled.spare_capacity_mut()[..len]
+            .chunks_mut(chunk)
+            .collect()
+    } else {
+        (0..shape.batch.div_ceil(group))
+            .map(|_| &mut [][..])
+            .collect()
+    };
     let patches = y.spare_capacity_mut()[..len]
-        .par_chunks_mut(group * filters * spatial)
+        .par_chunks_mut(chunk)
         .zip(x.par_chunks(group * image_in))
-        .map(|(y, x)| {
+        .zip(pooled_chunks)
+        .map(|((y, x), pooled)| {
             let images = y.len() / (filters * spatial);
             let columns = images * spatial;
             let col = im2col(x, shape, images);
@@ -211,12 +339,67 @@ fn forward_impl(
             for (row, f) in y.chunks_exact_mut(spatial).zip((0..filters).cycle()) {
                 add_bias_activate(row, bias[f], slope);
             }
+            for (plane, out) in y.chunks_exact(spatial).zip(pooled.chunks_mut(spatial)) {
+                super::pool::same_2x2_plane(plane, oh, ow, out, &mut []);
+            }
             keep.then_some(col)
         })
-        .collect();
-    // SAFETY: the chunks cover the first `len` elements, each initialised above.
+        .collect::<Vec<_>>();
+    // SAFETY: the chunks cover the first `len` elements, each initialised above; when pooling,
+    // `same_2x2_plane` wrote every element of every pooled plane, which cover as many.
+    unsafe {
+        y.set_len(len);
+        if pool {
+            pooled.set_len(len);
+        }
+    }
+    (y, pooled, Patches(patches.into_iter().flatten().collect()))
+}
+
+/// `maxpool(act(conv(x, weight) + bias))` for inference, where the pool is Keras'
+/// `MaxPooling2D(2, strides=1, padding="same")` (the reference models' pool, so the output has the
+/// convolution's size). Each group's product is activated and pooled while it is still in cache:
+/// the convolution's output is never written to memory, nor read back by a separate pooling pass.
+/// Bit for bit [`forward`] followed by [`super::pool::forward`].
+pub fn forward_max_pooled(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+) -> Vec<f32> {
+    let [oh, ow] = shape.output();
+    let spatial = oh * ow;
+    let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
+    let [h, w] = shape.input;
+    let image_in = shape.channels * h * w;
+    let len = shape.batch * filters * spatial;
+    let mut y = super::reserved(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(group * filters * spatial)
+        .zip(x.par_chunks(group * image_in))
+        .for_each(|(y, x)| {
+            let images = y.len() / (filters * spatial);
+            let columns = images * spatial;
+            let col = im2col(x, shape, images);
+            let mut product = Product::new(
+                [filters, columns, patch],
+                Layout::rows(patch),
+                Layout::rows(columns),
+            )
+            .new_matrix(weight, &col);
+            for (f, row) in product.chunks_exact_mut(columns).enumerate() {
+                add_bias_activate(row, bias[f], slope);
+                for (g, plane) in row.chunks_exact(spatial).enumerate() {
+                    let out = &mut y[(g * filters + f) * spatial..][..spatial];
+                    super::pool::same_2x2_plane(plane, oh, ow, out, &mut []);
+                }
+            }
+        });
+    // SAFETY: every image's every filter plane was written by `same_2x2_plane`, which writes all
+    // of its elements; the chunks cover the first `len` elements.
     unsafe { y.set_len(len) };
-    (y, patches)
+    y
 }
 
 /// `values + bias`, through a leaky ReLU when `slope` is given.
@@ -255,6 +438,49 @@ pub fn backward(
     weight: &[f32],
     y: &[f32],
     grad_y: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+    want_x: bool,
+    patches: Option<&Patches>,
+) -> ConvGrads {
+    let grad = OutputGradient::Direct(grad_y);
+    backward_impl(x, weight, y, grad, shape, slope, want_x, patches)
+}
+
+/// Gradients of [`forward_max_pooled_keeping_patches`] from the pooled output's gradient
+/// `grad_pooled`: bit for bit [`super::pool::backward`] followed by [`backward`], with each
+/// group's pool gradient formed plane by plane where the convolution's backward pass reads it
+/// (the pool's input gradient is never written out whole).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_max_pooled(
+    x: &[f32],
+    weight: &[f32],
+    y: &[f32],
+    grad_pooled: &[f32],
+    shape: &ConvShape,
+    slope: Option<f32>,
+    want_x: bool,
+    patches: Option<&Patches>,
+) -> ConvGrads {
+    let grad = OutputGradient::ThroughSame2x2Pool(grad_pooled);
+    backward_impl(x, weight, y, grad, shape, slope, want_x, patches)
+}
+
+/// The gradient reaching the convolution's (activated) output.
+#[derive(Clone, Copy)]
+enum OutputGradient<'a> {
+    /// Given, `[batch, filters, oh, ow]`.
+    Direct(&'a [f32]),
+    /// The gradient of a 2×2 stride-1 'same' max pool of the output, the output's shape.
+    ThroughSame2x2Pool(&'a [f32]),
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    x: &[f32],
+    weight: &[f32],
+    y: &[f32],
+    grad_y: OutputGradient<'_>,
     shape: &ConvShape,
     slope: Option<f32>,
     want_x: bool,
@@ -306,7 +532,8 @@ pub fn backward(
     for (_, gb) in &tasks {
         grad_b.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
     }
-    debug_assert_eq!(grad_y.len(), shape.batch * image_out);
+    let (OutputGradient::Direct(g) | OutputGradient::ThroughSame2x2Pool(g)) = grad_y;
+    debug_assert_eq!(g.len(), shape.batch * image_out);
     ConvGrads {
         x: want_x.then_some(grad_x),
         weight: grad_w,
@@ -324,7 +551,7 @@ fn group_backward(
     patches: Option<&[f32]>,
     weight: &[f32],
     y: &[f32],
-    grad_y: &[f32],
+    grad_y: OutputGradient<'_>,
     shape: &ConvShape,
     slope: Option<f32>,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -340,11 +567,33 @@ fn group_backward(
 
     // d loss / d (conv + bias), laid out filters × (image, position) like the forward product.
     let mut grad_z = vec![0.0f32; filters * columns];
+    // A pooled output's gradient, routed back to the pool's input one plane at a time.
+    let mut through_pool = match grad_y {
+        OutputGradient::Direct(_) => None,
+        OutputGradient::ThroughSame2x2Pool(_) => Some((
+            vec![0.0f32; spatial],
+            vec![MaybeUninit::<f32>::uninit(); spatial],
+            vec![0u32; spatial],
+        )),
+    };
     for g in 0..images {
         let at = (first + g) * image_out;
         for f in 0..filters {
             let dst = &mut grad_z[f * columns + g * spatial..][..spatial];
-            let gy = &grad_y[at + f * spatial..][..spatial];
+            let plane = at + f * spatial..at + (f + 1) * spatial;
+            let gy = match (grad_y, &mut through_pool) {
+                (OutputGradient::Direct(grad_y), _) => &grad_y[plane],
+                (OutputGradient::ThroughSame2x2Pool(grad_pooled), Some(scratch)) => {
+                    let (grad_plane, best, winner) = scratch;
+                    super::pool::same_2x2_plane(&y[plane.clone()], oh, ow, best, winner);
+                    grad_plane.fill(0.0);
+                    for (&at, &g) in winner.iter().zip(&grad_pooled[plane]) {
+                        grad_plane[at as usize] += g;
+                    }
+                    &grad_plane[..]
+                }
+                (OutputGradient::ThroughSame2x2Pool(_), None) => unreachable!("scratch made above"),
+            };
             match slope {
                 Some(slope) => {
                     let yv = &y[at + f * spatial..][..spatial];
@@ -463,6 +712,9 @@ mod tests {
     fn forward_matches_the_definition_with_odd_shapes_and_padding() {
         for s in [
             shape(3, 2, [7, 6], 4, 3, 2, [0, 1]),
+            // odd widths and a stride of 3: the phase split's odd last column and general path
+            shape(2, 3, [6, 7], 3, 3, 2, [1, 1]),
+            shape(2, 2, [8, 7], 3, 3, 3, [1, 1]),
             shape(2, 3, [5, 5], 2, 3, 1, [1, 1]),
             shape(1, 1, [4, 4], 3, 2, 2, [0, 0]),
             // kernel offsets with no valid input column at all
@@ -534,6 +786,87 @@ mod tests {
         check(grads.x.as_ref().expect("asked for"), &x, 0);
         check(&grads.weight, &wt, 1);
         check(&grads.bias, &b, 2);
+    }
+
+    /// The fused inference pass is the convolution followed by the pool, bit for bit: groups of
+    /// several images with a short last group (8×8 outputs: 4 images a group, 7 images), one
+    /// image a group (16×16), planes of one row and of one column.
+    #[test]
+    fn max_pooled_forward_is_the_convolution_then_the_pool_exactly() {
+        let pool = Window2d {
+            kernel: [2, 2],
+            stride: [1, 1],
+            pad_begin: [0, 0],
+            pad_end: [1, 1],
+        };
+        for s in [
+            shape(7, 3, [16, 16], 5, 3, 2, [0, 1]),
+            shape(2, 2, [16, 16], 3, 3, 1, [1, 1]),
+            shape(3, 2, [1, 6], 4, 1, 1, [0, 0]),
+            shape(3, 2, [5, 1], 4, 1, 1, [0, 0]),
+        ] {
+            let [h, w] = s.input;
+            let [oh, ow] = s.output();
+            let x = values(s.batch * s.channels * h * w, 11);
+            let wt = values(s.filters * s.patch(), 12);
+            let b = values(s.filters, 13);
+            for slope in [None, Some(0.2)] {
+                let conv = forward(&x, &wt, &b, &s, slope);
+                let want = crate::kernels::pool::forward(&conv, s.batch * s.filters, oh, ow, &pool);
+                let got = forward_max_pooled(&x, &wt, &b, &s, slope);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{s:?} slope {slope:?}"
+                );
+            }
+        }
+    }
+
+    /// The fused training pass and its backward pass are the convolution, then the pool, and
+    /// their backward passes in turn, bit for bit, with and without the kept patches.
+    #[test]
+    fn max_pooled_training_pass_and_gradients_are_the_unfused_ones_exactly() {
+        let pool = Window2d {
+            kernel: [2, 2],
+            stride: [1, 1],
+            pad_begin: [0, 0],
+            pad_end: [1, 1],
+        };
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for s in [
+            shape(7, 3, [16, 16], 5, 3, 2, [0, 1]),
+            shape(2, 2, [16, 16], 3, 3, 1, [1, 1]),
+            shape(3, 2, [5, 1], 4, 1, 1, [0, 0]),
+        ] {
+            let [h, w] = s.input;
+            let [oh, ow] = s.output();
+            let planes = s.batch * s.filters;
+            let x = values(s.batch * s.channels * h * w, 21);
+            let wt = values(s.filters * s.patch(), 22);
+            let b = values(s.filters, 23);
+            let grad_pooled = values(planes * oh * ow, 24);
+            for slope in [None, Some(0.2)] {
+                let fused = forward_max_pooled_keeping_patches(&x, &wt, &b, &s, slope);
+                let (y, patches) = forward_keeping_patches(&x, &wt, &b, &s, slope);
+                let pooled = crate::kernels::pool::forward(&y, planes, oh, ow, &pool);
+                assert_eq!(bits(&fused.y), bits(&y), "{s:?}");
+                assert_eq!(bits(&fused.pooled), bits(&pooled), "{s:?}");
+                assert_eq!(fused.patches.0, patches.0);
+                let grad_y =
+                    crate::kernels::pool::backward(&y, &grad_pooled, planes, oh, ow, &pool);
+                let want = backward(&x, &wt, &y, &grad_y, &s, slope, true, Some(&patches));
+                for kept in [Some(&fused.patches), None] {
+                    let got = backward_max_pooled(&x, &wt, &y, &grad_pooled, &s, slope, true, kept);
+                    assert_eq!(
+                        bits(got.x.as_ref().unwrap()),
+                        bits(want.x.as_ref().unwrap())
+                    );
+                    assert_eq!(bits(&got.weight), bits(&want.weight), "{s:?} {slope:?}");
+                    assert_eq!(bits(&got.bias), bits(&want.bias));
+                }
+            }
+        }
     }
 
     #[test]

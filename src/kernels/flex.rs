@@ -32,6 +32,14 @@ pub trait LayerKernels: Backend {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self>;
+    /// See [`super::conv2d_max_pooled`].
+    fn cnn_conv2d_max_pooled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window2d,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self>;
     /// See [`super::dropout`].
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
     /// See [`super::gelu`], [`super::sigmoid`] and [`super::tanh`].
@@ -260,6 +268,21 @@ fn conv_forward(
     tensor(y, vec![shape.batch, shape.filters, oh, ow])
 }
 
+/// The fused convolution and pool without gradients: the convolution's output never leaves the
+/// cache.
+fn conv_max_pooled_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    bias: &FlexTensor,
+    window: Window2d,
+    slope: Option<f32>,
+) -> FlexTensor {
+    let shape = conv_shape(x, weight, window);
+    let [oh, ow] = window.output_size(shape.input);
+    let y = conv::forward_max_pooled(&values(x), &values(weight), &values(bias), &shape, slope);
+    tensor(y, vec![shape.batch, shape.filters, oh, ow])
+}
+
 fn norm_shape(x: &FlexTensor) -> NormShape {
     let [batch, channels, h, w] = dims::<4>(x);
     NormShape {
@@ -308,6 +331,16 @@ impl LayerKernels for Flex {
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
         conv_forward(&x, &weight, &bias, window, slope)
+    }
+
+    fn cnn_conv2d_max_pooled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window2d,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        conv_max_pooled_forward(&x, &weight, &bias, window, slope)
     }
 
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
@@ -464,17 +497,26 @@ impl Backward<Flex, 1> for MaxPoolBackward {
 #[derive(Debug)]
 struct ConvBackward;
 
+/// What the convolution's backward pass reads.
+#[derive(Debug, Clone)]
+struct ConvState {
+    /// The input's checkpoint.
+    x: NodeId,
+    /// The weight's checkpoint.
+    weight: NodeId,
+    /// The (activated) convolution's output: the activation's derivative is read off its sign,
+    /// and a fused pool's winners off its values.
+    y: FlexTensor,
+    window: Window2d,
+    slope: Option<f32>,
+    patches: Arc<Patches>,
+    /// Whether the op's output is the 2×2 stride-1 'same' max pool of `y` (so the incoming
+    /// gradient is the pooled output's).
+    pooled: bool,
+}
+
 impl Backward<Flex, 3> for ConvBackward {
-    /// Input and weight checkpoints, the output (read for the activation's derivative), the
-    /// window and the slope.
-    type State = (
-        NodeId,
-        NodeId,
-        FlexTensor,
-        Window2d,
-        Option<f32>,
-        Arc<Patches>,
-    );
+    type State = ConvState;
 
     fn backward(
         self,
@@ -484,19 +526,25 @@ impl Backward<Flex, 3> for ConvBackward {
     ) {
         let [node_x, node_weight, node_bias] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, weight_state, y, window, slope, patches) = ops.state;
-        let x: FlexTensor = checkpointer.retrieve_node_output(x_state);
-        let weight: FlexTensor = checkpointer.retrieve_node_output(weight_state);
+        let state = ops.state;
+        let window = state.window;
+        let x: FlexTensor = checkpointer.retrieve_node_output(state.x);
+        let weight: FlexTensor = checkpointer.retrieve_node_output(state.weight);
         let shape = conv_shape(&x, &weight, window);
-        let result = conv::backward(
+        let backward = if state.pooled {
+            conv::backward_max_pooled
+        } else {
+            conv::backward
+        };
+        let result = backward(
             &values(&x),
             &values(&weight),
-            &values(&y),
+            &values(&state.y),
             &values(&grad),
             &shape,
-            slope,
+            state.slope,
             node_x.is_some(),
-            Some(&patches),
+            Some(&state.patches),
         );
         if let (Some(node), Some(grad_x)) = (node_x, result.x) {
             let [h, w] = shape.input;
@@ -623,42 +671,70 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        match ConvBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let (x_p, weight_p) = (x.primitive(), weight.primitive());
-                let shape = conv_shape(x_p, weight_p, window);
-                let [oh, ow] = window.output_size(shape.input);
-                let (y, patches) = conv::forward_keeping_patches(
-                    &values(x_p),
-                    &values(weight_p),
-                    &values(bias.primitive()),
-                    &shape,
-                    slope,
+        tracked_conv::<C>(x, weight, bias, window, slope, false)
+    }
+
+    fn cnn_conv2d_max_pooled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        window: Window2d,
+        slope: Option<f32>,
+    ) -> FloatTensor<Self> {
+        tracked_conv::<C>(x, weight, bias, window, slope, true)
+    }
+}
+
+/// The convolution (followed by the 2×2 stride-1 'same' max pool when `pooled`) under autodiff.
+fn tracked_conv<C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<Flex, C>>,
+    weight: FloatTensor<Autodiff<Flex, C>>,
+    bias: FloatTensor<Autodiff<Flex, C>>,
+    window: Window2d,
+    slope: Option<f32>,
+    pooled: bool,
+) -> FloatTensor<Autodiff<Flex, C>> {
+    match ConvBackward
+        .prepare::<C>([x.node(), weight.node(), bias.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let (x_p, weight_p) = (x.primitive(), weight.primitive());
+            let shape = conv_shape(x_p, weight_p, window);
+            let [oh, ow] = window.output_size(shape.input);
+            let dims = vec![shape.batch, shape.filters, oh, ow];
+            let (x_v, weight_v, bias_v) = (values(x_p), values(weight_p), values(bias.primitive()));
+            let (y, out, patches) = if pooled {
+                let fused = conv::forward_max_pooled_keeping_patches(
+                    &x_v, &weight_v, &bias_v, &shape, slope,
                 );
-                let y = tensor(y, vec![shape.batch, shape.filters, oh, ow]);
-                let x_state = prep.checkpoint(&x);
-                let weight_state = prep.checkpoint(&weight);
-                let state = (
-                    x_state,
-                    weight_state,
-                    y.clone(),
-                    window,
-                    slope,
-                    Arc::new(patches),
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(conv_forward(
-                x.primitive(),
-                weight.primitive(),
-                bias.primitive(),
+                let y = tensor(fused.y, dims.clone());
+                (y, tensor(fused.pooled, dims), fused.patches)
+            } else {
+                let (y, patches) =
+                    conv::forward_keeping_patches(&x_v, &weight_v, &bias_v, &shape, slope);
+                let y = tensor(y, dims);
+                (y.clone(), y, patches)
+            };
+            let state = ConvState {
+                x: prep.checkpoint(&x),
+                weight: prep.checkpoint(&weight),
+                y,
                 window,
                 slope,
-            )),
+                patches: Arc::new(patches),
+                pooled,
+            };
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => {
+            let (x, weight, bias) = (x.primitive(), weight.primitive(), bias.primitive());
+            prep.finish(if pooled {
+                conv_max_pooled_forward(x, weight, bias, window, slope)
+            } else {
+                conv_forward(x, weight, bias, window, slope)
+            })
         }
     }
 }

@@ -250,6 +250,35 @@ pub fn conv2d(
     ))
 }
 
+/// `maxpool(act(conv2d(x, weight) + bias))`, where the pool is Keras' 2×2, stride-1, 'same' max
+/// pool ([`is_same_2x2_pool`]): the convolution's output is pooled a group of images at a time
+/// while in cache. Without gradients it is never written out at all; in training it is kept for
+/// the backward pass, which routes the pooled gradient back a plane at a time (Flex only: check
+/// [`active`]).
+#[cfg(feature = "flex")]
+pub fn conv2d_max_pooled(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Tensor<1>,
+    window: Window2d,
+    slope: Option<f32>,
+) -> Tensor<4> {
+    use burn::backend::Dispatch;
+    Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_conv2d_max_pooled(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        window,
+        slope,
+    ))
+}
+
+/// Whether `window` is Keras' `MaxPooling2D(2, strides=1, padding="same")`, the pool that
+/// [`conv2d_max_pooled`] fuses.
+pub fn is_same_2x2_pool(window: &Window2d) -> bool {
+    pool::is_keras_same_2x2(window)
+}
+
 /// Per-channel mean and biased variance of `[batch, channels, h, w]` as a `[2, channels]` tensor
 /// (row 0 the means), untracked by autodiff (Flex only: check [`active`]).
 #[cfg(feature = "flex")]
@@ -407,6 +436,18 @@ fn activation<const D: usize>(_x: Tensor<D>, _activation: elementwise::Activatio
 #[cfg(not(feature = "flex"))]
 /// Unreachable without the `flex` feature: [`active`] is always false.
 pub fn dropout<const D: usize>(_x: Tensor<D>, _rate: f64) -> Tensor<D> {
+    unreachable!("local kernels need the flex feature")
+}
+
+#[cfg(not(feature = "flex"))]
+/// Unreachable without the `flex` feature: [`active`] is always false.
+pub fn conv2d_max_pooled(
+    _x: Tensor<4>,
+    _weight: Tensor<4>,
+    _bias: Tensor<1>,
+    _window: Window2d,
+    _slope: Option<f32>,
+) -> Tensor<4> {
     unreachable!("local kernels need the flex feature")
 }
 

@@ -6,6 +6,8 @@
 //! runs over a contiguous (stride 1) or strided row, and the backward pass recomputes the argmax
 //! from the saved input instead of storing indices.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::{valid_outputs, Window2d};
@@ -18,14 +20,19 @@ const PLANES_PER_TASK: usize = 16;
 /// size. NaN wins a window, like Flex and PyTorch; padding never does.
 pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) -> Vec<f32> {
     if is_keras_same_2x2(window) {
-        let mut out = super::filled(planes * h * w, 0.0);
-        out.par_chunks_mut(PLANES_PER_TASK * h * w)
+        let len = planes * h * w;
+        let mut out = super::reserved(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(PLANES_PER_TASK * h * w)
             .zip(x.par_chunks(PLANES_PER_TASK * h * w))
             .for_each(|(out, x)| {
                 for (out, x) in out.chunks_mut(h * w).zip(x.chunks(h * w)) {
                     same_2x2_plane(x, h, w, out, &mut []);
                 }
             });
+        // SAFETY: `same_2x2_plane` wrote every element of every plane, and the planes cover the
+        // first `len` elements.
+        unsafe { out.set_len(len) };
         return out;
     }
     let [oh, ow] = window.output_size([h, w]);
@@ -70,7 +77,7 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
 
 /// Keras' `MaxPooling2D(2, strides=1, padding="same")`, the pool of every reference model: the
 /// window covers (r, c), (r, c+1), (r+1, c), (r+1, c+1), the last row and column see padding.
-fn is_keras_same_2x2(window: &Window2d) -> bool {
+pub(crate) fn is_keras_same_2x2(window: &Window2d) -> bool {
     *window
         == Window2d {
             kernel: [2, 2],
@@ -84,7 +91,14 @@ fn is_keras_same_2x2(window: &Window2d) -> bool {
 /// (long contiguous loops that vectorise) and then corrected on the last column and row, where
 /// the window is cut by the padding. Candidates are visited in window order, so `best` and (when
 /// `winner` is not empty) the winning input offsets follow the same rule as the general path.
-fn same_2x2_plane(x: &[f32], h: usize, w: usize, best: &mut [f32], winner: &mut [u32]) {
+/// Every element of `best` is written (never read), so it may start uninitialised.
+pub(crate) fn same_2x2_plane(
+    x: &[f32],
+    h: usize,
+    w: usize,
+    best: &mut [MaybeUninit<f32>],
+    winner: &mut [u32],
+) {
     let track = !winner.is_empty();
     let pick = |m: f32, v: f32| (v > m) | v.is_nan();
     let n = (h - 1) * w;
@@ -112,7 +126,7 @@ fn same_2x2_plane(x: &[f32], h: usize, w: usize, best: &mut [f32], winner: &mut 
                 } else {
                     (v, i)
                 };
-                *m = v;
+                m.write(v);
                 *at = i;
             }
         } else {
@@ -121,7 +135,7 @@ fn same_2x2_plane(x: &[f32], h: usize, w: usize, best: &mut [f32], winner: &mut 
                 v = if pick(v, b) { b } else { v };
                 v = if pick(v, c) { c } else { v };
                 v = if pick(v, d) { d } else { v };
-                *m = v;
+                m.write(v);
             }
         }
     }
@@ -133,7 +147,7 @@ fn same_2x2_plane(x: &[f32], h: usize, w: usize, best: &mut [f32], winner: &mut 
         } else {
             (x[p], p)
         };
-        best[p] = v;
+        best[p].write(v);
         if track {
             winner[p] = i as u32;
         }
@@ -145,7 +159,7 @@ fn same_2x2_plane(x: &[f32], h: usize, w: usize, best: &mut [f32], winner: &mut 
         } else {
             (x[p], p)
         };
-        best[p] = v;
+        best[p].write(v);
         if track {
             winner[p] = i as u32;
         }
@@ -172,7 +186,7 @@ pub fn backward(
             .zip(x.par_chunks(PLANES_PER_TASK * h * w))
             .zip(grad_out.par_chunks(PLANES_PER_TASK * h * w))
             .for_each(|((grad_x, x), grad_out)| {
-                let mut best = vec![0.0f32; h * w];
+                let mut best = vec![MaybeUninit::<f32>::uninit(); h * w];
                 let mut winner = vec![0u32; h * w];
                 for ((grad_x, x), grad_out) in grad_x
                     .chunks_mut(h * w)

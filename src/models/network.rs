@@ -78,6 +78,13 @@ impl Activations {
         }
     }
 
+    fn image_dims(&self) -> [usize; 4] {
+        match self {
+            Activations::Image(x) => x.dims(),
+            Activations::Flat(_) => unreachable!("spatial layer after flatten passed validation"),
+        }
+    }
+
     fn is_autodiff(&self) -> bool {
         match self {
             Activations::Image(x) => x.device().is_autodiff(),
@@ -110,6 +117,17 @@ fn window_for(
         return None;
     };
     let [_, _, h, w] = t.dims();
+    window_on(h, w, kernel, stride, padding)
+}
+
+/// The window of a layer with `kernel`, `stride` and `padding` on a feature map of `h`×`w`.
+fn window_on(
+    h: usize,
+    w: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: &PaddingConfig2d,
+) -> Option<Window2d> {
     let ((top, bottom), (left, right)) = match *padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
         PaddingConfig2d::Same => (
@@ -140,10 +158,19 @@ fn conv_window(conv: &Conv2d, x: &Activations) -> Option<Window2d> {
 }
 
 fn pool_window(pool: &MaxPool2d, x: &Activations) -> Option<Window2d> {
+    let Activations::Image(t) = x else {
+        return None;
+    };
+    let [_, _, h, w] = t.dims();
+    pool_window_on(pool, [h, w])
+}
+
+/// The window of `pool` on a feature map of `[h, w]`.
+fn pool_window_on(pool: &MaxPool2d, [h, w]: [usize; 2]) -> Option<Window2d> {
     if pool.dilation != [1, 1] || pool.ceil_mode {
         return None;
     }
-    window_for(x, pool.kernel_size, pool.stride, &pool.padding)
+    window_on(h, w, pool.kernel_size, pool.stride, &pool.padding)
 }
 
 /// burn's `BatchNorm::forward` on the local kernel: batch statistics and a running-average
@@ -322,8 +349,8 @@ impl Network {
         let mut x = Activations::Image(input);
         let mut layers = self.layers.iter().enumerate().peekable();
         while let Some((index, layer)) = layers.next() {
-            // Set when the layer's kernel also applied the activation that follows it.
-            let mut fused_next = false;
+            // How many of the following layers this layer's kernel also applied.
+            let mut fused = 0;
             x = match layer {
                 Layer::Conv2d(conv) if local_kernels && conv_window(conv, &x).is_some() => {
                     let window = conv_window(conv, &x).expect("checked above");
@@ -339,8 +366,23 @@ impl Network {
                         Some(bias) => bias.val(),
                         None => Tensor::zeros([weight.dims()[0]], &weight.device()),
                     };
-                    fused_next = slope.is_some();
-                    Activations::Image(kernels::conv2d(x.image(), weight, bias, window, slope))
+                    fused = usize::from(slope.is_some());
+                    // A 2×2 stride-1 'same' pool next is applied in the same pass.
+                    let pool = match self.layers.get(index + 1 + fused) {
+                        Some(Layer::MaxPool2d(pool)) => {
+                            let [_, _, h, w] = x.image_dims();
+                            let [oh, ow] = window.output_size([h, w]);
+                            pool_window_on(pool, [oh, ow]).filter(kernels::is_same_2x2_pool)
+                        }
+                        _ => None,
+                    };
+                    Activations::Image(match pool {
+                        Some(_) => {
+                            fused += 1;
+                            kernels::conv2d_max_pooled(x.image(), weight, bias, window, slope)
+                        }
+                        None => kernels::conv2d(x.image(), weight, bias, window, slope),
+                    })
                 }
                 Layer::MaxPool2d(pool) if local_kernels && pool_window(pool, &x).is_some() => {
                     let window = pool_window(pool, &x).expect("checked above");
@@ -364,8 +406,9 @@ impl Network {
                 Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
                 Layer::BatchNorm(norm) if local_kernels && matches!(x, Activations::Image(_)) => {
                     // A ReLU right after the norm runs inside its kernel.
-                    fused_next = matches!(layers.peek(), Some((_, Layer::Relu(_))));
-                    Activations::Image(local_batch_norm(norm, x.image(), fused_next))
+                    let relu = matches!(layers.peek(), Some((_, Layer::Relu(_))));
+                    fused = usize::from(relu);
+                    Activations::Image(local_batch_norm(norm, x.image(), relu))
                 }
                 Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
                 Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
@@ -392,12 +435,11 @@ impl Network {
                 Activations::Image(t) => t.dims().to_vec(),
                 Activations::Flat(t) => t.dims().to_vec(),
             };
-            if fused_next {
-                let (next, _) = layers.next().expect("peeked");
-                observe(index, dims.clone());
-                observe(next, dims);
-            } else {
-                observe(index, dims);
+            // The fused layers keep the feature map's size (an activation, a 'same' pool).
+            observe(index, dims.clone());
+            for _ in 0..fused {
+                let (next, _) = layers.next().expect("fused layers follow");
+                observe(next, dims.clone());
             }
         }
         match x {
