@@ -70,7 +70,6 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
     // Per kernel offset: the outputs that see the input, and the input index of the first.
     let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
     let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
-    let zero = MaybeUninit::new(0.0f32);
     let mut col = Vec::with_capacity(len);
     for (index, dst_row) in col.spare_capacity_mut()[..len]
         .chunks_exact_mut(columns.max(1))
@@ -78,17 +77,37 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
     {
         let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
         let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
-            dst_row.fill(zero);
+            fill_zero(dst_row);
             continue;
         };
+        let n = hi - lo;
         for (g, dst) in dst_row.chunks_exact_mut(spatial).enumerate() {
-            dst[..r_lo * ow].fill(zero);
-            dst[r_hi * ow..].fill(zero);
-            for (k, out_row) in dst[r_lo * ow..r_hi * ow].chunks_exact_mut(ow).enumerate() {
-                let run = phases.run(g, c, first_row + k * sh, first, hi - lo);
-                out_row[..lo].fill(zero);
-                out_row[hi..].fill(zero);
-                for (d, &v) in out_row[lo..hi].iter_mut().zip(run) {
+            fill_zero(&mut dst[..r_lo * ow]);
+            fill_zero(&mut dst[r_hi * ow..]);
+            // Consecutive output rows read consecutive rows of one phase.
+            let first_run = phases.start(g, c, first_row, first);
+            let last_end = first_run + (r_hi - r_lo - 1) * phases.size[1] + n;
+            assert!(
+                last_end <= phases.values.len(),
+                "im2col: runs past the input"
+            );
+            let src = &phases.values[first_run..last_end];
+            let block = &mut dst[r_lo * ow..r_hi * ow];
+            if lo == 0 && phases.size[1] == ow {
+                // Phase rows as long as output rows: the block is one contiguous copy, after
+                // which the columns past the input (a 'same' window's last) are zeroed again.
+                for (d, &v) in block.iter_mut().zip(src) {
+                    d.write(v);
+                }
+                for out_row in block.chunks_exact_mut(ow) {
+                    fill_zero(&mut out_row[hi..]);
+                }
+                continue;
+            }
+            for (out_row, run) in block.chunks_exact_mut(ow).zip(src.chunks(phases.size[1])) {
+                fill_zero(&mut out_row[..lo]);
+                fill_zero(&mut out_row[hi..]);
+                for (d, &v) in out_row[lo..hi].iter_mut().zip(&run[..n]) {
                     d.write(v);
                 }
             }
@@ -96,9 +115,20 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
     }
     // SAFETY: the rows cover the first `len` elements; in each, every image's block is zeroed
     // outside the valid output rows, and every valid output row is zeroed outside its valid
-    // columns and copied inside them from a run of exactly `hi - lo` elements.
+    // columns and copied inside them from a run of exactly `hi - lo` elements (the runs end
+    // with the last row's `n` elements, asserted inside the input, so there is one per valid
+    // output row and `&run[..n]` panics rather than run short).
     unsafe { col.set_len(len) };
     col
+}
+
+/// Zeroes `dst`; most of the ranges the patches pad are empty, so they are skipped outright
+/// rather than handed to `memset`.
+#[inline]
+fn fill_zero(dst: &mut [MaybeUninit<f32>]) {
+    if !dst.is_empty() {
+        dst.fill(MaybeUninit::new(0.0));
+    }
 }
 
 /// A group of images' input planes split by row and column phase for a strided window: phase
@@ -167,14 +197,15 @@ impl<'a> Phases<'a> {
         }
     }
 
-    /// The `n` elements of image `g`, channel `c`, input row `row` at input columns `col`,
-    /// `col + sw`, ... (all inside the plane).
-    fn run(&self, g: usize, c: usize, row: usize, col: usize, n: usize) -> &[f32] {
+    /// Where image `g`, channel `c`, input row `row`, column `col` sits in `values`: the input
+    /// columns `col + sw`, `col + 2·sw`, ... follow it, and input row `row + sh` starts one
+    /// phase row (`size[1]` elements) later.
+    fn start(&self, g: usize, c: usize, row: usize, col: usize) -> usize {
         let [sh, sw] = self.stride;
         let [rows, cols] = self.size;
         let phase = (row % sh) * sw + col % sw;
         let plane = (g * self.channels + c) * sh * sw + phase;
-        &self.values[(plane * rows + row / sh) * cols + col / sw..][..n]
+        (plane * rows + row / sh) * cols + col / sw
     }
 }
 
