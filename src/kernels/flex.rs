@@ -255,31 +255,24 @@ fn conv_shape(x: &FlexTensor, weight: &FlexTensor, window: Window2d) -> ConvShap
     }
 }
 
+/// The convolution without gradients, followed by the 2×2 stride-1 'same' max pool when
+/// `pooled` (then the convolution's output never leaves the cache).
 fn conv_forward(
     x: &FlexTensor,
     weight: &FlexTensor,
     bias: &FlexTensor,
     window: Window2d,
     slope: Option<f32>,
+    pooled: bool,
 ) -> FlexTensor {
     let shape = conv_shape(x, weight, window);
     let [oh, ow] = window.output_size(shape.input);
-    let y = conv::forward(&values(x), &values(weight), &values(bias), &shape, slope);
-    tensor(y, vec![shape.batch, shape.filters, oh, ow])
-}
-
-/// The fused convolution and pool without gradients: the convolution's output never leaves the
-/// cache.
-fn conv_max_pooled_forward(
-    x: &FlexTensor,
-    weight: &FlexTensor,
-    bias: &FlexTensor,
-    window: Window2d,
-    slope: Option<f32>,
-) -> FlexTensor {
-    let shape = conv_shape(x, weight, window);
-    let [oh, ow] = window.output_size(shape.input);
-    let y = conv::forward_max_pooled(&values(x), &values(weight), &values(bias), &shape, slope);
+    let forward = if pooled {
+        conv::forward_max_pooled
+    } else {
+        conv::forward
+    };
+    let y = forward(&values(x), &values(weight), &values(bias), &shape, slope);
     tensor(y, vec![shape.batch, shape.filters, oh, ow])
 }
 
@@ -330,7 +323,7 @@ impl LayerKernels for Flex {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        conv_forward(&x, &weight, &bias, window, slope)
+        conv_forward(&x, &weight, &bias, window, slope, false)
     }
 
     fn cnn_conv2d_max_pooled(
@@ -340,7 +333,7 @@ impl LayerKernels for Flex {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        conv_max_pooled_forward(&x, &weight, &bias, window, slope)
+        conv_forward(&x, &weight, &bias, window, slope, true)
     }
 
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
@@ -730,11 +723,7 @@ fn tracked_conv<C: CheckpointStrategy>(
         }
         OpsKind::UnTracked(prep) => {
             let (x, weight, bias) = (x.primitive(), weight.primitive(), bias.primitive());
-            prep.finish(if pooled {
-                conv_max_pooled_forward(x, weight, bias, window, slope)
-            } else {
-                conv_forward(x, weight, bias, window, slope)
-            })
+            prep.finish(conv_forward(x, weight, bias, window, slope, pooled))
         }
     }
 }
