@@ -40,6 +40,18 @@ impl ConvShape {
         self.channels * self.window.kernel[0] * self.window.kernel[1]
     }
 
+    /// The forward product of a group of `images`: weight (filters × patch) times the group's
+    /// im2col matrix (patch × images · oh · ow), both row-major.
+    fn group_product(&self, images: usize) -> Product {
+        let [oh, ow] = self.output();
+        let columns = images * oh * ow;
+        Product::new(
+            [self.filters, columns, self.patch()],
+            Layout::rows(self.patch()),
+            Layout::rows(columns),
+        )
+    }
+
     /// Images per group. Fixed by the layer's shape alone (never by the thread count), so the
     /// summation order, and with it every bit of the result, is the same on any number of threads.
     fn group(&self) -> usize {
@@ -318,7 +330,7 @@ fn forward_impl(
 ) -> (Vec<f32>, Vec<f32>, Patches) {
     let [oh, ow] = shape.output();
     let spatial = oh * ow;
-    let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
+    let (filters, group) = (shape.filters, shape.group());
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
     let len = shape.batch * filters * spatial;
@@ -343,11 +355,7 @@ fn forward_impl(
             let images = y.len() / (filters * spatial);
             let columns = images * spatial;
             let col = im2col(x, shape, images);
-            let product = Product::new(
-                [filters, columns, patch],
-                Layout::rows(patch),
-                Layout::rows(columns),
-            );
+            let product = shape.group_product(images);
             // One image: the product's layout (filters × spatial) is the output's, so it is
             // computed in place; a group of several is reordered image-major afterwards.
             if images == 1 {
@@ -401,7 +409,7 @@ pub fn forward_max_pooled(
 ) -> Vec<f32> {
     let [oh, ow] = shape.output();
     let spatial = oh * ow;
-    let (filters, patch, group) = (shape.filters, shape.patch(), shape.group());
+    let (filters, group) = (shape.filters, shape.group());
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
     let len = shape.batch * filters * spatial;
@@ -413,12 +421,7 @@ pub fn forward_max_pooled(
             let images = y.len() / (filters * spatial);
             let columns = images * spatial;
             let col = im2col(x, shape, images);
-            let mut product = Product::new(
-                [filters, columns, patch],
-                Layout::rows(patch),
-                Layout::rows(columns),
-            )
-            .new_matrix(weight, &col);
+            let mut product = shape.group_product(images).new_matrix(weight, &col);
             for (f, row) in product.chunks_exact_mut(columns).enumerate() {
                 add_bias_activate(row, bias[f], slope);
                 for (g, plane) in row.chunks_exact(spatial).enumerate() {
