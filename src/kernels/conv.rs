@@ -97,15 +97,15 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
             fill_zero(&mut dst[..r_lo * ow]);
             fill_zero(&mut dst[r_hi * ow..]);
             // Consecutive output rows read consecutive rows of one phase.
-            let first_run = phases.start(g, c, first_row, first);
-            let last_end = first_run + (r_hi - r_lo - 1) * phases.size[1] + n;
+            let first_run = phases.layout.start(g, c, first_row, first);
+            let last_end = first_run + (r_hi - r_lo - 1) * phases.layout.size[1] + n;
             assert!(
                 last_end <= phases.values.len(),
                 "im2col: runs past the input"
             );
             let src = &phases.values[first_run..last_end];
             let block = &mut dst[r_lo * ow..r_hi * ow];
-            if lo == 0 && phases.size[1] == ow {
+            if lo == 0 && phases.layout.size[1] == ow {
                 // Phase rows as long as output rows: the block is one contiguous copy, after
                 // which the columns past the input (a 'same' window's last) are zeroed again.
                 for (d, &v) in block.iter_mut().zip(src) {
@@ -116,7 +116,7 @@ fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
                 }
                 continue;
             }
-            for (out_row, run) in block.chunks_exact_mut(ow).zip(src.chunks(phases.size[1])) {
+            for (out_row, run) in block.chunks_exact_mut(ow).zip(src.chunks(phases.layout.size[1])) {
                 fill_zero(&mut out_row[..lo]);
                 fill_zero(&mut out_row[hi..]);
                 for (d, &v) in out_row[lo..hi].iter_mut().zip(&run[..n]) {
@@ -143,48 +143,92 @@ fn fill_zero(dst: &mut [MaybeUninit<f32>]) {
     }
 }
 
-/// A group of images' input planes split by row and column phase for a strided window: phase
-/// `(a, b)` of a plane holds its rows `a, a + sh, ...` and, of those, columns `b, b + sw, ...`,
-/// so the elements a strided window visits along a row sit side by side. Stride 1 borrows the
+/// Where a group of images' planes sit once split by row and column phase for a strided window:
+/// phase `(a, b)` of a plane holds its rows `a, a + sh, ...` and, of those, columns `b, b + sw,
+/// ...`, so the elements a strided window visits along a row sit side by side. Stride 1 is the
 /// planes as they are.
-struct Phases<'a> {
-    values: std::borrow::Cow<'a, [f32]>,
+#[derive(Clone, Copy)]
+struct PhaseLayout {
     channels: usize,
     stride: [usize; 2],
     /// Rows and columns of one phase.
     size: [usize; 2],
 }
 
-impl<'a> Phases<'a> {
-    fn split(x: &'a [f32], shape: &ConvShape, images: usize) -> Self {
+impl PhaseLayout {
+    fn new(shape: &ConvShape) -> Self {
         let [h, w] = shape.input;
         let [sh, sw] = shape.window.stride;
-        let channels = shape.channels;
-        let planes = &x[..images * channels * h * w];
-        if [sh, sw] == [1, 1] {
+        PhaseLayout {
+            channels: shape.channels,
+            stride: [sh, sw],
+            size: [h.div_ceil(sh), w.div_ceil(sw)],
+        }
+    }
+
+    fn is_identity(&self) -> bool {
+        self.stride == [1, 1]
+    }
+
+    /// Elements of `images` images' phases (past a plane's last row or column included).
+    fn len(&self, images: usize) -> usize {
+        let [sh, sw] = self.stride;
+        images * self.channels * sh * sw * self.size[0] * self.size[1]
+    }
+
+    /// Where image `g`, channel `c`, input row `row`, column `col` sits among the phases: the
+    /// input columns `col + sw`, `col + 2·sw`, ... follow it, and input row `row + sh` starts one
+    /// phase row (`size[1]` elements) later.
+    fn start(&self, g: usize, c: usize, row: usize, col: usize) -> usize {
+        let [sh, sw] = self.stride;
+        let [rows, cols] = self.size;
+        let phase = (row % sh) * sw + col % sw;
+        let plane = (g * self.channels + c) * sh * sw + phase;
+        (plane * rows + row / sh) * cols + col / sw
+    }
+
+    /// Where input row `r`'s column phase `b` starts within its plane's phases, as a function of
+    /// `b`.
+    fn phase_row(&self, r: usize) -> impl Fn(usize) -> usize {
+        let ([sh, sw], size) = (self.stride, self.size);
+        let (a, y) = (r % sh, r / sh);
+        move |b| (((a * sw + b) * size[0]) + y) * size[1]
+    }
+}
+
+/// A group of images' input planes split by phase ([`PhaseLayout`]); stride 1 borrows the
+/// planes as they are.
+struct Phases<'a> {
+    values: std::borrow::Cow<'a, [f32]>,
+    layout: PhaseLayout,
+}
+
+impl<'a> Phases<'a> {
+    fn split(x: &'a [f32], shape: &ConvShape, images: usize) -> Self {
+        let layout = PhaseLayout::new(shape);
+        let [h, w] = shape.input;
+        let planes = &x[..images * shape.channels * h * w];
+        if layout.is_identity() {
             return Phases {
                 values: std::borrow::Cow::Borrowed(planes),
-                channels,
-                stride: [1, 1],
-                size: [h, w],
+                layout,
             };
         }
-        let size = [h.div_ceil(sh), w.div_ceil(sw)];
-        let phase_len = size[0] * size[1];
+        let [sh, sw] = layout.stride;
+        let phase_len = layout.size[0] * layout.size[1];
         // Zero where a phase runs past the plane's last row or column (never read).
-        let mut values = vec![0.0f32; images * channels * sh * sw * phase_len];
+        let mut values = vec![0.0f32; layout.len(images)];
         for (plane, out) in planes
             .chunks_exact(h * w)
             .zip(values.chunks_exact_mut(sh * sw * phase_len))
         {
             for (r, row) in plane.chunks_exact(w).enumerate() {
-                let (a, y) = (r % sh, r / sh);
-                let phase_row = |b: usize| (((a * sw + b) * size[0]) + y) * size[1];
+                let phase_row = layout.phase_row(r);
                 if sw == 2 {
                     // The common case, split with paired moves the compiler vectorises.
                     let (even, odd) = out.split_at_mut(phase_row(1));
-                    let even = &mut even[phase_row(0)..][..size[1]];
-                    let odd = &mut odd[..size[1]];
+                    let even = &mut even[phase_row(0)..][..layout.size[1]];
+                    let odd = &mut odd[..layout.size[1]];
                     for ((e, o), pair) in
                         even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2))
                     {
@@ -203,26 +247,19 @@ impl<'a> Phases<'a> {
         }
         Phases {
             values: std::borrow::Cow::Owned(values),
-            channels,
-            stride: [sh, sw],
-            size,
+            layout,
         }
-    }
-
-    /// Where image `g`, channel `c`, input row `row`, column `col` sits in `values`: the input
-    /// columns `col + sw`, `col + 2·sw`, ... follow it, and input row `row + sh` starts one
-    /// phase row (`size[1]` elements) later.
-    fn start(&self, g: usize, c: usize, row: usize, col: usize) -> usize {
-        let [sh, sw] = self.stride;
-        let [rows, cols] = self.size;
-        let phase = (row % sh) * sw + col % sw;
-        let plane = (g * self.channels + c) * sh * sw + phase;
-        (plane * rows + row / sh) * cols + col / sw
     }
 }
 
 /// Adds `col` (the layout [`im2col`] writes) back into the input gradient `grad_x` of `images`
-/// consecutive images.
+/// consecutive images, which must be zero on entry.
+///
+/// The reverse of [`im2col`]'s phase split: each output row's contributions are added into one
+/// contiguous run of the phases (vector adds instead of a scatter every `sw`-th element), and the
+/// phases are interleaved into `grad_x` once at the end. Each element still receives its terms in
+/// the same order, starting from zero, so the sums are bit for bit those of adding straight into
+/// `grad_x`.
 fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
     let [h, w] = shape.input;
     let [oh, ow] = shape.output();
@@ -231,31 +268,65 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
     let [ph, pw] = shape.window.pad_begin;
     let spatial = oh * ow;
     let columns = images * spatial;
-    for c in 0..shape.channels {
-        for i in 0..kh {
-            for j in 0..kw {
-                let Some((lo, hi, first)) = valid_outputs(j, sw, pw, w, ow) else {
-                    continue;
-                };
-                let row = (c * kh + i) * kw + j;
-                let src = &col[row * columns..(row + 1) * columns];
-                for g in 0..images {
-                    let plane = &mut grad_x[(g * shape.channels + c) * h * w..][..h * w];
-                    let src = &src[g * spatial..(g + 1) * spatial];
-                    for r in 0..oh {
-                        let Some(ir) = (r * sh + i).checked_sub(ph).filter(|&ir| ir < h) else {
-                            continue;
-                        };
-                        let in_row = &mut plane[ir * w..(ir + 1) * w];
-                        // strided by `chunks_mut`, not `step_by`, for the reason given in
-                        // `im2col`
-                        for (x, &v) in in_row[first..]
-                            .chunks_mut(sw)
-                            .zip(&src[r * ow + lo..r * ow + hi])
-                        {
-                            x[0] += v;
-                        }
-                    }
+    let layout = PhaseLayout::new(shape);
+    let grad_x = &mut grad_x[..images * shape.channels * h * w];
+    let mut split = if layout.is_identity() {
+        Vec::new()
+    } else {
+        vec![0.0f32; layout.len(images)]
+    };
+    let acc: &mut [f32] = if layout.is_identity() {
+        grad_x
+    } else {
+        &mut split
+    };
+    let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
+    let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
+    for (index, src_row) in col.chunks_exact(columns.max(1)).enumerate() {
+        let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
+        let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
+            continue;
+        };
+        let n = hi - lo;
+        for (g, src) in src_row.chunks_exact(spatial).enumerate() {
+            let first_run = layout.start(g, c, first_row, first);
+            let block = &src[r_lo * ow..r_hi * ow];
+            if lo == 0 && n == ow && layout.size[1] == ow {
+                // Output rows as long as phase rows, all valid: one contiguous run.
+                let dst = &mut acc[first_run..][..block.len()];
+                dst.iter_mut().zip(block).for_each(|(d, &v)| *d += v);
+                continue;
+            }
+            for (r, run) in block.chunks_exact(ow).enumerate() {
+                let dst = &mut acc[first_run + r * layout.size[1]..][..n];
+                dst.iter_mut().zip(&run[lo..hi]).for_each(|(d, &v)| *d += v);
+            }
+        }
+    }
+    if layout.is_identity() {
+        return;
+    }
+    // Interleave the phases back into the planes (every element of `grad_x` lies in one phase).
+    let phase_len = layout.size[0] * layout.size[1];
+    for (plane, phases) in grad_x
+        .chunks_exact_mut(h * w)
+        .zip(split.chunks_exact(sh * sw * phase_len))
+    {
+        for (r, row) in plane.chunks_exact_mut(w).enumerate() {
+            let phase_row = layout.phase_row(r);
+            if sw == 2 {
+                let even = &phases[phase_row(0)..][..layout.size[1]];
+                let odd = &phases[phase_row(1)..][..layout.size[1]];
+                for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
+                    pair[0] = e;
+                    pair[1] = o;
+                }
+                if w % 2 == 1 {
+                    row[w - 1] = even[w / 2];
+                }
+            } else {
+                for (col, x) in row.iter_mut().enumerate() {
+                    *x = phases[phase_row(col % sw) + col / sw];
                 }
             }
         }
@@ -620,10 +691,7 @@ fn group_backward(
                 (OutputGradient::ThroughSame2x2Pool(grad_pooled), Some(scratch)) => {
                     let (grad_plane, best, winner) = scratch;
                     super::pool::same_2x2_plane(&y[plane.clone()], oh, ow, best, winner);
-                    grad_plane.fill(0.0);
-                    for (&at, &g) in winner.iter().zip(&grad_pooled[plane]) {
-                        grad_plane[at as usize] += g;
-                    }
+                    super::pool::gather_same_2x2(winner, &grad_pooled[plane], ow, grad_plane);
                     &grad_plane[..]
                 }
                 (OutputGradient::ThroughSame2x2Pool(_), None) => unreachable!("scratch made above"),
@@ -768,6 +836,60 @@ mod tests {
                 let w = if *w < 0.0 { w * 0.2 } else { *w };
                 assert!((g - w).abs() < 1e-5);
             }
+        }
+    }
+
+    /// col2im as a scatter: every patch element added straight to the input position it was
+    /// read from, in im2col's row order (the kernel before the phase split).
+    fn scatter_col2im(col: &[f32], s: &ConvShape, images: usize) -> Vec<f32> {
+        let [h, w] = s.input;
+        let [oh, ow] = s.output();
+        let [kh, kw] = s.window.kernel;
+        let [sh, sw] = s.window.stride;
+        let [ph, pw] = s.window.pad_begin;
+        let columns = images * oh * ow;
+        let mut grad_x = vec![0.0f32; images * s.channels * h * w];
+        for c in 0..s.channels {
+            for i in 0..kh {
+                for j in 0..kw {
+                    let row = &col[((c * kh + i) * kw + j) * columns..][..columns];
+                    for g in 0..images {
+                        for r in 0..oh {
+                            for q in 0..ow {
+                                let (ir, ic) = (r * sh + i, q * sw + j);
+                                if ir < ph || ic < pw || ir - ph >= h || ic - pw >= w {
+                                    continue;
+                                }
+                                grad_x[((g * s.channels + c) * h + ir - ph) * w + ic - pw] +=
+                                    row[(g * oh + r) * ow + q];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        grad_x
+    }
+
+    #[test]
+    fn col2im_through_phases_is_the_scatter_bit_for_bit() {
+        for s in [
+            // the reference models' 3x3 stride-2 'same' window, even and odd inputs
+            shape(3, 2, [16, 16], 1, 3, 2, [0, 1]),
+            shape(2, 3, [7, 6], 1, 3, 2, [0, 1]),
+            shape(2, 3, [6, 7], 1, 3, 2, [1, 1]),
+            shape(2, 2, [8, 7], 1, 3, 3, [1, 1]),
+            shape(2, 3, [5, 5], 1, 3, 1, [1, 1]),
+            shape(1, 1, [4, 4], 1, 2, 2, [0, 0]),
+            shape(2, 2, [1, 2], 1, 3, 1, [2, 0]),
+        ] {
+            let [oh, ow] = s.output();
+            let col = values(s.patch() * s.batch * oh * ow, 5);
+            let [h, w] = s.input;
+            let mut got = vec![0.0f32; s.batch * s.channels * h * w];
+            col2im(&col, &s, s.batch, &mut got);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&scatter_col2im(&col, &s, s.batch)), "{s:?}");
         }
     }
 

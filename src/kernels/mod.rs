@@ -17,6 +17,60 @@ mod matmul;
 pub mod norm;
 pub mod pool;
 
+/// Defines `fn $name` whose body is compiled three times, for AVX-512, for AVX2 and for the
+/// baseline target, the widest the CPU has picked at run time: for loops LLVM vectorises (the
+/// release build targets baseline x86-64, whose SSE2 has 4 lanes and no 64-bit multiply). Only
+/// for exact operations (comparisons, selects, copies, integer arithmetic, and float arithmetic
+/// without contraction, which Rust never does implicitly), so every path gives the same bits.
+macro_rules! multiversioned {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            if !$crate::kernels::BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                {
+                    #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
+                    unsafe fn avx512($($arg: $ty),*) {
+                        generic($($arg),*)
+                    }
+                    // SAFETY: the CPU supports the features `avx512` was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    #[target_feature(enable = "avx2")]
+                    unsafe fn avx2($($arg: $ty),*) {
+                        generic($($arg),*)
+                    }
+                    // SAFETY: the CPU supports the features `avx2` was compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+pub(crate) use multiversioned;
+
+/// Keeps [`multiversioned`] kernels on their baseline path, so tests can compare it with the
+/// wider ones (which any concurrently running test may also take meanwhile: harmless, since
+/// every path gives the same bits).
+pub(crate) static BASELINE_ONLY: AtomicBool = AtomicBool::new(false);
+
+/// `f()` with every [`multiversioned`] kernel on its baseline path.
+#[cfg(test)]
+pub(crate) fn on_baseline<R>(f: impl FnOnce() -> R) -> R {
+    BASELINE_ONLY.store(true, Ordering::Relaxed);
+    let result = f();
+    BASELINE_ONLY.store(false, Ordering::Relaxed);
+    result
+}
+
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{Device, Tensor};

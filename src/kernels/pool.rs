@@ -87,84 +87,130 @@ pub(crate) fn is_keras_same_2x2(window: &Window2d) -> bool {
         }
 }
 
-/// One `h`×`w` plane of the 2×2, stride-1, 'same' pool, computed as whole-plane shifted maxima
-/// (long contiguous loops that vectorise) and then corrected on the last column and row, where
-/// the window is cut by the padding. Candidates are visited in window order, so `best` and (when
-/// `winner` is not empty) the winning input offsets follow the same rule as the general path.
-/// Every element of `best` is written (never read), so it may start uninitialised.
-pub(crate) fn same_2x2_plane(
-    x: &[f32],
-    h: usize,
-    w: usize,
-    best: &mut [MaybeUninit<f32>],
-    winner: &mut [u32],
-) {
-    let track = !winner.is_empty();
-    let pick = |m: f32, v: f32| (v > m) | v.is_nan();
-    let n = (h - 1) * w;
-    if n > 1 {
-        // Interior: all four candidates exist (the last column's values are redone below).
-        let quads = x[..n - 1]
-            .iter()
-            .zip(&x[1..n])
-            .zip(x[w..w + n - 1].iter().zip(&x[w + 1..w + n]));
-        if track {
-            for (p, (((&a, &b), (&c, &d)), (m, at))) in quads
-                .zip(best.iter_mut().zip(winner.iter_mut()))
-                .enumerate()
-            {
-                let p = p as u32;
-                let (mut v, mut i) = (a, p);
-                (v, i) = if pick(v, b) { (b, p + 1) } else { (v, i) };
-                (v, i) = if pick(v, c) {
-                    (c, p + w as u32)
-                } else {
-                    (v, i)
-                };
-                (v, i) = if pick(v, d) {
-                    (d, p + w as u32 + 1)
-                } else {
-                    (v, i)
-                };
-                m.write(v);
-                *at = i;
+super::multiversioned!(
+    /// One `h`×`w` plane of the 2×2, stride-1, 'same' pool, computed as whole-plane shifted maxima
+    /// (long contiguous loops that vectorise) and then corrected on the last column and row, where
+    /// the window is cut by the padding. Candidates are visited in window order, so `best` and (when
+    /// `winner` is not empty) the winning input offsets follow the same rule as the general path.
+    /// Every element of `best` is written (never read), so it may start uninitialised.
+    pub(crate) fn same_2x2_plane(
+        x: &[f32],
+        h: usize,
+        w: usize,
+        best: &mut [MaybeUninit<f32>],
+        winner: &mut [u32],
+    ) {
+        let track = !winner.is_empty();
+        let pick = |m: f32, v: f32| (v > m) | v.is_nan();
+        let n = (h - 1) * w;
+        if n > 1 {
+            // Interior: all four candidates exist (the last column's values are redone below).
+            let quads = x[..n - 1]
+                .iter()
+                .zip(&x[1..n])
+                .zip(x[w..w + n - 1].iter().zip(&x[w + 1..w + n]));
+            if track {
+                for (p, (((&a, &b), (&c, &d)), (m, at))) in quads
+                    .zip(best.iter_mut().zip(winner.iter_mut()))
+                    .enumerate()
+                {
+                    let p = p as u32;
+                    let (mut v, mut i) = (a, p);
+                    (v, i) = if pick(v, b) { (b, p + 1) } else { (v, i) };
+                    (v, i) = if pick(v, c) {
+                        (c, p + w as u32)
+                    } else {
+                        (v, i)
+                    };
+                    (v, i) = if pick(v, d) {
+                        (d, p + w as u32 + 1)
+                    } else {
+                        (v, i)
+                    };
+                    m.write(v);
+                    *at = i;
+                }
+            } else {
+                for (((&a, &b), (&c, &d)), m) in quads.zip(best.iter_mut()) {
+                    let mut v = a;
+                    v = if pick(v, b) { b } else { v };
+                    v = if pick(v, c) { c } else { v };
+                    v = if pick(v, d) { d } else { v };
+                    m.write(v);
+                }
             }
-        } else {
-            for (((&a, &b), (&c, &d)), m) in quads.zip(best.iter_mut()) {
-                let mut v = a;
-                v = if pick(v, b) { b } else { v };
-                v = if pick(v, c) { c } else { v };
-                v = if pick(v, d) { d } else { v };
-                m.write(v);
+        }
+        // The last column: (r, w-1) and (r+1, w-1).
+        for r in 0..h - 1 {
+            let p = r * w + w - 1;
+            let (v, i) = if pick(x[p], x[p + w]) {
+                (x[p + w], p + w)
+            } else {
+                (x[p], p)
+            };
+            best[p].write(v);
+            if track {
+                winner[p] = i as u32;
+            }
+        }
+        // The last row: (h-1, c) and (h-1, c+1); its last element only sees itself.
+        for p in n..n + w {
+            let (v, i) = if p + 1 < n + w && pick(x[p], x[p + 1]) {
+                (x[p + 1], p + 1)
+            } else {
+                (x[p], p)
+            };
+            best[p].write(v);
+            if track {
+                winner[p] = i as u32;
             }
         }
     }
-    // The last column: (r, w-1) and (r+1, w-1).
-    for r in 0..h - 1 {
-        let p = r * w + w - 1;
-        let (v, i) = if pick(x[p], x[p + w]) {
-            (x[p + w], p + w)
-        } else {
-            (x[p], p)
-        };
-        best[p].write(v);
-        if track {
-            winner[p] = i as u32;
+);
+
+super::multiversioned!(
+    /// The input gradient of one plane of the 2×2 stride-1 'same' pool, from the pooled
+    /// gradient `grad` and the winners [`same_2x2_plane`] tracked: `grad_x[q]` is the sum of
+    /// `grad[p]` over the windows `p` that `q` won. Only the windows `q - w - 1`, `q - w`,
+    /// `q - 1` and `q` contain `q`, so each element is gathered from those four (vector
+    /// compares and selects) instead of scattering every window's gradient to its winner one
+    /// element at a time; the terms are added in increasing `p`, starting from zero, as the
+    /// scatter adds them, so the sums are the same bits. Every element of `grad_x` is written.
+    pub(crate) fn gather_same_2x2(winner: &[u32], grad: &[f32], w: usize, grad_x: &mut [f32]) {
+        let n = grad_x.len();
+        assert!(winner.len() == n && grad.len() == n, "pool: plane sizes differ");
+        // The first row and one: not all four windows exist. A one-column plane has only
+        // windows `q - 1` and `q` (`q - w` is `q - 1` there), and goes this way whole.
+        let head = if w == 1 { n } else { (w + 1).min(n) };
+        for (q, x) in grad_x[..head].iter_mut().enumerate() {
+            let mut sum = 0.0f32;
+            let above = q.checked_sub(w).filter(|_| w > 1);
+            for p in [above, q.checked_sub(1), Some(q)].into_iter().flatten() {
+                if winner[p] as usize == q {
+                    sum += grad[p];
+                }
+            }
+            *x = sum;
+        }
+        if n == head {
+            return;
+        }
+        let len = n - head;
+        let (w0, g0) = (&winner[head..n], &grad[head..n]);
+        let (w1, g1) = (&winner[head - 1..n - 1], &grad[head - 1..n - 1]);
+        let (ww, gw) = (&winner[head - w..n - w], &grad[head - w..n - w]);
+        let (ww1, gw1) = (&winner[head - w - 1..n - w - 1], &grad[head - w - 1..n - w - 1]);
+        let out = &mut grad_x[head..n];
+        let (w0, w1, ww, ww1) = (&w0[..len], &w1[..len], &ww[..len], &ww1[..len]);
+        let (g0, g1, gw, gw1) = (&g0[..len], &g1[..len], &gw[..len], &gw1[..len]);
+        for (k, x) in out.iter_mut().enumerate() {
+            let q = (head + k) as u32;
+            let term = |won: u32, g: f32| if won == q { g } else { 0.0 };
+            *x = 0.0 + term(ww1[k], gw1[k]) + term(ww[k], gw[k]) + term(w1[k], g1[k])
+                + term(w0[k], g0[k]);
         }
     }
-    // The last row: (h-1, c) and (h-1, c+1); its last element only sees itself.
-    for p in n..n + w {
-        let (v, i) = if p + 1 < n + w && pick(x[p], x[p + 1]) {
-            (x[p + 1], p + 1)
-        } else {
-            (x[p], p)
-        };
-        best[p].write(v);
-        if track {
-            winner[p] = i as u32;
-        }
-    }
-}
+);
 
 /// Gradient of [`forward`] with respect to `x`: each output's gradient goes to the element that
 /// won its window (the first maximum in row-major window order; the last NaN if any). The winners
@@ -194,9 +240,7 @@ pub fn backward(
                     .zip(grad_out.chunks(h * w))
                 {
                     same_2x2_plane(x, h, w, &mut best, &mut winner);
-                    for (&at, &g) in winner.iter().zip(grad_out) {
-                        grad_x[at as usize] += g;
-                    }
+                    gather_same_2x2(&winner, grad_out, w, grad_x);
                 }
             });
         return grad_x;
@@ -368,6 +412,58 @@ mod tests {
                 want_grad,
                 "{win:?} on {h}x{w}"
             );
+            let baseline = crate::kernels::on_baseline(|| {
+                (forward(&x, 2, h, w, &win), backward(&x, &g, 2, h, w, &win))
+            });
+            assert_eq!(baseline, (want, want_grad), "baseline path, {win:?} on {h}x{w}");
+        }
+    }
+
+    /// The gradient scattered window by window to its winner, the way the gather replaces.
+    fn scattered(winner: &[u32], grad: &[f32]) -> Vec<f32> {
+        let mut grad_x = vec![0.0f32; grad.len()];
+        for (&at, &g) in winner.iter().zip(grad) {
+            grad_x[at as usize] += g;
+        }
+        grad_x
+    }
+
+    #[test]
+    fn gathered_gradients_are_the_scattered_sums_bit_for_bit() {
+        for (h, w) in [(8, 8), (16, 16), (4, 4), (1, 6), (6, 1), (1, 1), (2, 3), (5, 7)] {
+            let n = h * w;
+            // Few distinct values, so windows tie; a NaN and signed zeros among them.
+            let mut x: Vec<f32> = (0..n).map(|i| ((i * 7 % 5) as f32) - 2.0).collect();
+            x[n / 2] = f32::NAN;
+            x[n - 1] = -0.0;
+            // Gradients whose sums round differently in another order; some -0.0.
+            let grad: Vec<f32> = (0..n)
+                .map(|i| match i % 7 {
+                    3 => -0.0,
+                    _ => ((i as f32) * 0.731).sin() * 1e3 + 1e-3 * i as f32,
+                })
+                .collect();
+            for baseline in [false, true] {
+                let run = || {
+                    let mut best = vec![MaybeUninit::uninit(); n];
+                    let mut winner = vec![0u32; n];
+                    same_2x2_plane(&x, h, w, &mut best, &mut winner);
+                    let mut grad_x = vec![f32::NAN; n];
+                    gather_same_2x2(&winner, &grad, w, &mut grad_x);
+                    (winner, grad_x)
+                };
+                let (winner, got) = if baseline {
+                    crate::kernels::on_baseline(run)
+                } else {
+                    run()
+                };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&scattered(&winner, &grad)),
+                    "{h}x{w}, baseline {baseline}"
+                );
+            }
         }
     }
 }
