@@ -179,18 +179,27 @@ super::multiversioned!(
     pub(crate) fn gather_same_2x2(winner: &[u32], grad: &[f32], w: usize, grad_x: &mut [f32]) {
         let n = grad_x.len();
         assert!(winner.len() == n && grad.len() == n, "pool: plane sizes differ");
-        // The first row and one: not all four windows exist. A one-column plane has only
-        // windows `q - 1` and `q` (`q - w` is `q - 1` there), and goes this way whole.
-        let head = if w == 1 { n } else { (w + 1).min(n) };
-        for (q, x) in grad_x[..head].iter_mut().enumerate() {
-            let mut sum = 0.0f32;
-            let above = q.checked_sub(w).filter(|_| w > 1);
-            for p in [above, q.checked_sub(1), Some(q)].into_iter().flatten() {
-                if winner[p] as usize == q {
-                    sum += grad[p];
+        if w == 1 {
+            // One column: only windows `q - 1` and `q` hold `q` (`q - w` is `q - 1` here).
+            for (q, x) in grad_x.iter_mut().enumerate() {
+                let mut sum = 0.0f32;
+                if q > 0 && winner[q - 1] as usize == q {
+                    sum += grad[q - 1];
                 }
+                if winner[q] as usize == q {
+                    sum += grad[q];
+                }
+                *x = sum;
             }
-            *x = sum;
+            return;
+        }
+        // The first row and one: windows `q - 1` and `q`, and for `q = w` also window 0.
+        let head = (w + 1).min(n);
+        let term = |p: usize, q: usize| if winner[p] as usize == q { grad[p] } else { 0.0 };
+        grad_x[0] = 0.0 + term(0, 0);
+        for (q, x) in grad_x[..head].iter_mut().enumerate().skip(1) {
+            let above = if q == w { term(0, q) } else { 0.0 };
+            *x = 0.0 + above + term(q - 1, q) + term(q, q);
         }
         if n == head {
             return;
