@@ -140,31 +140,35 @@ super::multiversioned!(
                 }
             }
         }
-        // The last column: (r, w-1) and (r+1, w-1).
+        // The last column: (r, w-1) and (r+1, w-1). Selects, not branches, throughout.
         for r in 0..h - 1 {
             let p = r * w + w - 1;
-            let (v, i) = if pick(x[p], x[p + w]) {
-                (x[p + w], p + w)
-            } else {
-                (x[p], p)
-            };
-            best[p].write(v);
+            let (a, b) = (x[p], x[p + w]);
+            let take = pick(a, b);
+            best[p].write(if take { b } else { a });
             if track {
-                winner[p] = i as u32;
+                winner[p] = if take { (p + w) as u32 } else { p as u32 };
             }
         }
         // The last row: (h-1, c) and (h-1, c+1); its last element only sees itself.
-        for p in n..n + w {
-            let (v, i) = if p + 1 < n + w && pick(x[p], x[p + 1]) {
-                (x[p + 1], p + 1)
-            } else {
-                (x[p], p)
-            };
-            best[p].write(v);
-            if track {
-                winner[p] = i as u32;
+        let (row, out) = (&x[n..n + w], &mut best[n..n + w]);
+        let pairs = row[..w - 1].iter().zip(&row[1..]);
+        if track {
+            let at = &mut winner[n..n + w];
+            for (((&a, &b), m), (i, at)) in pairs.zip(out.iter_mut()).zip(at.iter_mut().enumerate())
+            {
+                let take = pick(a, b);
+                m.write(if take { b } else { a });
+                let p = (n + i) as u32;
+                *at = if take { p + 1 } else { p };
+            }
+            at[w - 1] = (n + w - 1) as u32;
+        } else {
+            for ((&a, &b), m) in pairs.zip(out.iter_mut()) {
+                m.write(if pick(a, b) { b } else { a });
             }
         }
+        out[w - 1].write(row[w - 1]);
     }
 );
 
