@@ -60,79 +60,84 @@ impl ConvShape {
     }
 }
 
-/// The input patches of `images` consecutive images starting at `x`: `patch` rows × `images *
-/// oh * ow` columns, row-major; padding reads as zero. Every element is written exactly once,
-/// straight into the matrix's uninitialised memory (no zero-fill first).
-///
-/// A strided convolution reads every `sh`-th input row and `sw`-th column, so its images are
-/// first split into their `sh × sw` phases ([`Phases`]): each output row's inputs are then one
-/// contiguous run, copied with vector moves. Gathering them one element at a time, with the
-/// bookkeeping of each short output row (8 and 4 elements in the reference models), was a fifth
-/// of a teacher's inference pass.
-fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
-    let [h, w] = shape.input;
-    let [oh, ow] = shape.output();
-    let [kh, kw] = shape.window.kernel;
-    let [sh, sw] = shape.window.stride;
-    let [ph, pw] = shape.window.pad_begin;
-    let spatial = oh * ow;
-    let columns = images * spatial;
-    let len = shape.patch() * columns;
-    let phases = Phases::split(x, shape, images);
-    // Per kernel offset: the outputs that see the input, and the input index of the first.
-    let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
-    let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
-    let mut col = Vec::with_capacity(len);
-    for (index, dst_row) in col.spare_capacity_mut()[..len]
-        .chunks_exact_mut(columns.max(1))
-        .enumerate()
-    {
-        let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
-        let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
-            fill_zero(dst_row);
-            continue;
-        };
-        let n = hi - lo;
-        for (g, dst) in dst_row.chunks_exact_mut(spatial).enumerate() {
-            fill_zero(&mut dst[..r_lo * ow]);
-            fill_zero(&mut dst[r_hi * ow..]);
-            // Consecutive output rows read consecutive rows of one phase.
-            let first_run = phases.layout.start(g, c, first_row, first);
-            let last_end = first_run + (r_hi - r_lo - 1) * phases.layout.size[1] + n;
-            assert!(
-                last_end <= phases.values.len(),
-                "im2col: runs past the input"
-            );
-            let src = &phases.values[first_run..last_end];
-            let block = &mut dst[r_lo * ow..r_hi * ow];
-            if lo == 0 && phases.layout.size[1] == ow {
-                // Phase rows as long as output rows: the block is one contiguous copy, after
-                // which the columns past the input (a 'same' window's last) are zeroed again.
-                for (d, &v) in block.iter_mut().zip(src) {
-                    d.write(v);
-                }
-                for out_row in block.chunks_exact_mut(ow) {
-                    fill_zero(&mut out_row[hi..]);
-                }
+super::multiversioned!(
+    /// The input patches of `images` consecutive images starting at `x`: `patch` rows × `images *
+    /// oh * ow` columns, row-major; padding reads as zero. Every element is written exactly once,
+    /// straight into the matrix's uninitialised memory (no zero-fill first).
+    ///
+    /// A strided convolution reads every `sh`-th input row and `sw`-th column, so its images are
+    /// first split into their `sh × sw` phases ([`Phases`]): each output row's inputs are then one
+    /// contiguous run, copied with vector moves. Gathering them one element at a time, with the
+    /// bookkeeping of each short output row (8 and 4 elements in the reference models), was a fifth
+    /// of a teacher's inference pass.
+    fn im2col(x: &[f32], shape: &ConvShape, images: usize) -> Vec<f32> {
+        let [h, w] = shape.input;
+        let [oh, ow] = shape.output();
+        let [kh, kw] = shape.window.kernel;
+        let [sh, sw] = shape.window.stride;
+        let [ph, pw] = shape.window.pad_begin;
+        let spatial = oh * ow;
+        let columns = images * spatial;
+        let len = shape.patch() * columns;
+        let phases = Phases::split(x, shape, images);
+        // Per kernel offset: the outputs that see the input, and the input index of the first.
+        let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
+        let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
+        let mut col = Vec::with_capacity(len);
+        for (index, dst_row) in col.spare_capacity_mut()[..len]
+            .chunks_exact_mut(columns.max(1))
+            .enumerate()
+        {
+            let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
+            let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
+                fill_zero(dst_row);
                 continue;
-            }
-            for (out_row, run) in block.chunks_exact_mut(ow).zip(src.chunks(phases.layout.size[1])) {
-                fill_zero(&mut out_row[..lo]);
-                fill_zero(&mut out_row[hi..]);
-                for (d, &v) in out_row[lo..hi].iter_mut().zip(&run[..n]) {
-                    d.write(v);
+            };
+            let n = hi - lo;
+            for (g, dst) in dst_row.chunks_exact_mut(spatial).enumerate() {
+                fill_zero(&mut dst[..r_lo * ow]);
+                fill_zero(&mut dst[r_hi * ow..]);
+                // Consecutive output rows read consecutive rows of one phase.
+                let first_run = phases.layout.start(g, c, first_row, first);
+                let last_end = first_run + (r_hi - r_lo - 1) * phases.layout.size[1] + n;
+                assert!(
+                    last_end <= phases.values.len(),
+                    "im2col: runs past the input"
+                );
+                let src = &phases.values[first_run..last_end];
+                let block = &mut dst[r_lo * ow..r_hi * ow];
+                if lo == 0 && phases.layout.size[1] == ow {
+                    // Phase rows as long as output rows: the block is one contiguous copy, after
+                    // which the columns past the input (a 'same' window's last) are zeroed again.
+                    for (d, &v) in block.iter_mut().zip(src) {
+                        d.write(v);
+                    }
+                    for out_row in block.chunks_exact_mut(ow) {
+                        fill_zero(&mut out_row[hi..]);
+                    }
+                    continue;
+                }
+                for (out_row, run) in block
+                    .chunks_exact_mut(ow)
+                    .zip(src.chunks(phases.layout.size[1]))
+                {
+                    fill_zero(&mut out_row[..lo]);
+                    fill_zero(&mut out_row[hi..]);
+                    for (d, &v) in out_row[lo..hi].iter_mut().zip(&run[..n]) {
+                        d.write(v);
+                    }
                 }
             }
         }
+        // SAFETY: the rows cover the first `len` elements; in each, every image's block is zeroed
+        // outside the valid output rows, and every valid output row is zeroed outside its valid
+        // columns and copied inside them from a run of exactly `hi - lo` elements (the runs end
+        // with the last row's `n` elements, asserted inside the input, so there is one per valid
+        // output row and `&run[..n]` panics rather than run short).
+        unsafe { col.set_len(len) };
+        col
     }
-    // SAFETY: the rows cover the first `len` elements; in each, every image's block is zeroed
-    // outside the valid output rows, and every valid output row is zeroed outside its valid
-    // columns and copied inside them from a run of exactly `hi - lo` elements (the runs end
-    // with the last row's `n` elements, asserted inside the input, so there is one per valid
-    // output row and `&run[..n]` panics rather than run short).
-    unsafe { col.set_len(len) };
-    col
-}
+);
 
 /// Zeroes `dst`; most of the ranges the patches pad are empty, so they are skipped outright
 /// rather than handed to `memset`.
@@ -215,12 +220,41 @@ impl<'a> Phases<'a> {
             };
         }
         let [sh, sw] = layout.stride;
+        let len = layout.len(images);
+        let mut values = Vec::with_capacity(len);
+        let split = &mut values.spare_capacity_mut()[..len];
+        // Where a plane's size is no multiple of the stride, some phases run past its last row
+        // or column: zeroed (never read). Otherwise every element is written below.
+        if h % sh != 0 || w % sw != 0 {
+            fill_zero(split);
+        }
+        split_planes(planes, [h, w], layout, split);
+        // SAFETY: with slack, every element was zeroed first; without, the phases of a plane
+        // hold exactly its `h · w` elements (`size = [h / sh, w / sw]`), one per input element,
+        // each written by `split_planes`, and the planes' phases cover the first `len` elements.
+        unsafe { values.set_len(len) };
+        Phases {
+            values: std::borrow::Cow::Owned(values),
+            layout,
+        }
+    }
+}
+
+super::multiversioned!(
+    /// Writes the phases ([`PhaseLayout`]) of `planes` (each `h × w`) into `phases`: every
+    /// element that holds an input element (the rest is left as it was).
+    fn split_planes(
+        planes: &[f32],
+        input: [usize; 2],
+        layout: PhaseLayout,
+        phases: &mut [MaybeUninit<f32>],
+    ) {
+        let [h, w] = input;
+        let [sh, sw] = layout.stride;
         let phase_len = layout.size[0] * layout.size[1];
-        // Zero where a phase runs past the plane's last row or column (never read).
-        let mut values = vec![0.0f32; layout.len(images)];
         for (plane, out) in planes
             .chunks_exact(h * w)
-            .zip(values.chunks_exact_mut(sh * sw * phase_len))
+            .zip(phases.chunks_exact_mut(sh * sw * phase_len))
         {
             for (r, row) in plane.chunks_exact(w).enumerate() {
                 let phase_row = layout.phase_row(r);
@@ -232,35 +266,32 @@ impl<'a> Phases<'a> {
                     for ((e, o), pair) in
                         even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2))
                     {
-                        *e = pair[0];
-                        *o = pair[1];
+                        e.write(pair[0]);
+                        o.write(pair[1]);
                     }
                     if w % 2 == 1 {
-                        even[w / 2] = row[w - 1];
+                        even[w / 2].write(row[w - 1]);
                     }
                 } else {
                     for (col, &v) in row.iter().enumerate() {
-                        out[phase_row(col % sw) + col / sw] = v;
+                        out[phase_row(col % sw) + col / sw].write(v);
                     }
                 }
             }
         }
-        Phases {
-            values: std::borrow::Cow::Owned(values),
-            layout,
-        }
     }
-}
+);
 
-/// Adds `col` (the layout [`im2col`] writes) back into the input gradient `grad_x` of `images`
-/// consecutive images, which must be zero on entry.
+/// Writes the input gradient `grad_x` of `images` consecutive images from `col` (the layout
+/// [`im2col`] writes): each input element is the sum of the patch elements read from it. Every
+/// element of `grad_x` is written, so it may start uninitialised.
 ///
 /// The reverse of [`im2col`]'s phase split: each output row's contributions are added into one
 /// contiguous run of the phases (vector adds instead of a scatter every `sw`-th element), and the
 /// phases are interleaved into `grad_x` once at the end. Each element still receives its terms in
 /// the same order, starting from zero, so the sums are bit for bit those of adding straight into
-/// `grad_x`.
-fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
+/// a zeroed `grad_x` (which stride 1 does).
+fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [MaybeUninit<f32>]) {
     let [h, w] = shape.input;
     let [oh, ow] = shape.output();
     let [kh, kw] = shape.window.kernel;
@@ -276,7 +307,9 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
         vec![0.0f32; layout.len(images)]
     };
     let acc: &mut [f32] = if layout.is_identity() {
-        grad_x
+        fill_zero(grad_x);
+        // SAFETY: zeroed just above; `MaybeUninit<f32>` has the layout of `f32`.
+        unsafe { &mut *(grad_x as *mut [MaybeUninit<f32>] as *mut [f32]) }
     } else {
         &mut split
     };
@@ -318,15 +351,15 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [f32]) {
                 let even = &phases[phase_row(0)..][..layout.size[1]];
                 let odd = &phases[phase_row(1)..][..layout.size[1]];
                 for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
-                    pair[0] = e;
-                    pair[1] = o;
+                    pair[0].write(e);
+                    pair[1].write(o);
                 }
                 if w % 2 == 1 {
-                    row[w - 1] = even[w / 2];
+                    row[w - 1].write(even[w / 2]);
                 }
             } else {
                 for (col, x) in row.iter_mut().enumerate() {
-                    *x = phases[phase_row(col % sw) + col / sw];
+                    x.write(phases[phase_row(col % sw) + col / sw]);
                 }
             }
         }
@@ -597,13 +630,10 @@ fn backward_impl(
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
     let image_out = filters * spatial;
-    let mut grad_x = if want_x {
-        super::filled(shape.batch * image_in, 0.0)
-    } else {
-        Vec::new()
-    };
+    let grad_x_len = if want_x { shape.batch * image_in } else { 0 };
+    let mut grad_x = super::reserved(grad_x_len);
     let tasks: Vec<(Vec<f32>, Vec<f32>)> = if want_x {
-        grad_x
+        grad_x.spare_capacity_mut()[..grad_x_len]
             .par_chunks_mut(group * image_in)
             .enumerate()
             .map(|(t, gx)| {
@@ -620,6 +650,9 @@ fn backward_impl(
             })
             .collect()
     };
+    // SAFETY: with `want_x`, the groups' chunks cover the first `grad_x_len` elements and
+    // `col2im` wrote every element of each; otherwise the length is 0.
+    unsafe { grad_x.set_len(grad_x_len) };
     // Summed in group order (deterministic whatever the thread count), in parallel over slices of
     // the weight gradient: for the teacher this is ~15 M additions per step.
     let mut grad_w = vec![0.0f32; filters * patch];
@@ -651,7 +684,7 @@ fn backward_impl(
 #[allow(clippy::too_many_arguments)]
 fn group_backward(
     task: usize,
-    grad_x: Option<&mut [f32]>,
+    grad_x: Option<&mut [MaybeUninit<f32>]>,
     x: &[f32],
     patches: Option<&[f32]>,
     weight: &[f32],
@@ -707,7 +740,7 @@ fn group_backward(
             }
         }
     }
-    let grad_b: Vec<f32> = grad_z.chunks(columns).map(|row| row.iter().sum()).collect();
+    let grad_b = row_sums(&grad_z, columns);
 
     let gathered;
     let col = match patches {
@@ -735,6 +768,36 @@ fn group_backward(
         col2im(&grad_col, shape, images, grad_x);
     }
     (grad_w, grad_b)
+}
+
+/// The sum of each `columns`-long row of `matrix`, each added left to right exactly as
+/// `row.iter().sum::<f32>()` adds it (same start, same order, so the same bits), but eight rows
+/// at a time: one row's sum is a chain of dependent additions, each waiting for the last
+/// (a bias gradient's 4,096-term row took 4 cycles an element); eight chains side by side keep
+/// the adder busy.
+fn row_sums(matrix: &[f32], columns: usize) -> Vec<f32> {
+    const ROWS: usize = 8;
+    assert!(columns > 0, "row_sums: rows of no columns");
+    let start = std::iter::empty::<f32>().sum::<f32>();
+    let mut sums = Vec::with_capacity(matrix.len() / columns);
+    let mut blocks = matrix.chunks_exact(ROWS * columns);
+    for block in &mut blocks {
+        let rows: [&[f32]; ROWS] = std::array::from_fn(|r| &block[r * columns..][..columns]);
+        let mut acc = [start; ROWS];
+        for k in 0..columns {
+            for (a, row) in acc.iter_mut().zip(&rows) {
+                *a += row[k];
+            }
+        }
+        sums.extend_from_slice(&acc);
+    }
+    sums.extend(
+        blocks
+            .remainder()
+            .chunks(columns)
+            .map(|row| row.iter().sum::<f32>()),
+    );
+    sums
 }
 
 #[cfg(test)]
@@ -839,6 +902,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn row_sums_are_the_sequential_sums_bit_for_bit() {
+        for (rows, columns) in [(32, 256), (19, 7), (8, 1), (3, 5), (16, 4096)] {
+            // Magnitudes far apart, so any other order rounds differently; signed zeros too.
+            let mut m: Vec<f32> = (0..rows * columns)
+                .map(|i| ((i as f32) * 0.917).sin() * 10f32.powi((i % 9) as i32 - 4))
+                .collect();
+            m[..columns].fill(-0.0);
+            let want: Vec<u32> = m
+                .chunks(columns)
+                .map(|r| r.iter().sum::<f32>().to_bits())
+                .collect();
+            let got: Vec<u32> = row_sums(&m, columns).iter().map(|x| x.to_bits()).collect();
+            assert_eq!(got, want, "{rows} x {columns}");
+        }
+    }
+
     /// col2im as a scatter: every patch element added straight to the input position it was
     /// read from, in im2col's row order (the kernel before the phase split).
     fn scatter_col2im(col: &[f32], s: &ConvShape, images: usize) -> Vec<f32> {
@@ -886,10 +966,17 @@ mod tests {
             let [oh, ow] = s.output();
             let col = values(s.patch() * s.batch * oh * ow, 5);
             let [h, w] = s.input;
-            let mut got = vec![0.0f32; s.batch * s.channels * h * w];
+            // Filled with NaN: col2im must write every element.
+            let mut got = vec![MaybeUninit::new(f32::NAN); s.batch * s.channels * h * w];
             col2im(&col, &s, s.batch, &mut got);
+            // SAFETY: initialised (NaN) from the start.
+            let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&scatter_col2im(&col, &s, s.batch)), "{s:?}");
+            assert_eq!(
+                bits(&got),
+                bits(&scatter_col2im(&col, &s, s.batch)),
+                "{s:?}"
+            );
         }
     }
 

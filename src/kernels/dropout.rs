@@ -75,9 +75,7 @@ pub fn apply(values: &[f32], keep: f32, seed: u64) -> Vec<f32> {
         .par_chunks_mut(CHUNK)
         .zip(values.par_chunks(CHUNK))
         .enumerate()
-        .for_each(|(chunk, (dst, src))| {
-            apply_run(mask, (chunk * CHUNK) as u64, src, dst)
-        });
+        .for_each(|(chunk, (dst, src))| apply_run(mask, (chunk * CHUNK) as u64, src, dst));
     // SAFETY: the chunks cover the first `len` elements and `apply_run` writes each of them.
     unsafe { out.set_len(len) };
     out
@@ -118,7 +116,10 @@ mod tests {
             let mut baseline = vec![MaybeUninit::new(0.0f32); values.len() - 5];
             super::super::on_baseline(|| apply_run(mask, 5, &values[5..], &mut baseline));
             // SAFETY: every element was initialised (to 0, then by `apply_run`).
-            let baseline: Vec<f32> = baseline.iter().map(|v| unsafe { v.assume_init() }).collect();
+            let baseline: Vec<f32> = baseline
+                .iter()
+                .map(|v| unsafe { v.assume_init() })
+                .collect();
             assert_eq!(bits(baseline), expected[5..], "keep {keep}, baseline loop");
         }
     }

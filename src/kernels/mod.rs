@@ -23,11 +23,11 @@ pub mod pool;
 /// for exact operations (comparisons, selects, copies, integer arithmetic, and float arithmetic
 /// without contraction, which Rust never does implicitly), so every path gives the same bits.
 macro_rules! multiversioned {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             if !$crate::kernels::BASELINE_ONLY.load(std::sync::atomic::Ordering::Relaxed) {
                 if std::arch::is_x86_feature_detected!("avx512f")
@@ -36,7 +36,7 @@ macro_rules! multiversioned {
                     && std::arch::is_x86_feature_detected!("avx512vl")
                 {
                     #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl")]
-                    unsafe fn avx512($($arg: $ty),*) {
+                    unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                         generic($($arg),*)
                     }
                     // SAFETY: the CPU supports the features `avx512` was compiled for.
@@ -44,7 +44,7 @@ macro_rules! multiversioned {
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     #[target_feature(enable = "avx2")]
-                    unsafe fn avx2($($arg: $ty),*) {
+                    unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                         generic($($arg),*)
                     }
                     // SAFETY: the CPU supports the features `avx2` was compiled for.

@@ -182,7 +182,10 @@ super::multiversioned!(
     /// scatter adds them, so the sums are the same bits. Every element of `grad_x` is written.
     pub(crate) fn gather_same_2x2(winner: &[u32], grad: &[f32], w: usize, grad_x: &mut [f32]) {
         let n = grad_x.len();
-        assert!(winner.len() == n && grad.len() == n, "pool: plane sizes differ");
+        assert!(
+            winner.len() == n && grad.len() == n,
+            "pool: plane sizes differ"
+        );
         if w == 1 {
             // One column: only windows `q - 1` and `q` hold `q` (`q - w` is `q - 1` here).
             for (q, x) in grad_x.iter_mut().enumerate() {
@@ -199,7 +202,13 @@ super::multiversioned!(
         }
         // The first row and one: windows `q - 1` and `q`, and for `q = w` also window 0.
         let head = (w + 1).min(n);
-        let term = |p: usize, q: usize| if winner[p] as usize == q { grad[p] } else { 0.0 };
+        let term = |p: usize, q: usize| {
+            if winner[p] as usize == q {
+                grad[p]
+            } else {
+                0.0
+            }
+        };
         grad_x[0] = 0.0 + term(0, 0);
         for (q, x) in grad_x[..head].iter_mut().enumerate().skip(1) {
             let above = if q == w { term(0, q) } else { 0.0 };
@@ -212,14 +221,20 @@ super::multiversioned!(
         let (w0, g0) = (&winner[head..n], &grad[head..n]);
         let (w1, g1) = (&winner[head - 1..n - 1], &grad[head - 1..n - 1]);
         let (ww, gw) = (&winner[head - w..n - w], &grad[head - w..n - w]);
-        let (ww1, gw1) = (&winner[head - w - 1..n - w - 1], &grad[head - w - 1..n - w - 1]);
+        let (ww1, gw1) = (
+            &winner[head - w - 1..n - w - 1],
+            &grad[head - w - 1..n - w - 1],
+        );
         let out = &mut grad_x[head..n];
         let (w0, w1, ww, ww1) = (&w0[..len], &w1[..len], &ww[..len], &ww1[..len]);
         let (g0, g1, gw, gw1) = (&g0[..len], &g1[..len], &gw[..len], &gw1[..len]);
         for (k, x) in out.iter_mut().enumerate() {
             let q = (head + k) as u32;
             let term = |won: u32, g: f32| if won == q { g } else { 0.0 };
-            *x = 0.0 + term(ww1[k], gw1[k]) + term(ww[k], gw[k]) + term(w1[k], g1[k])
+            *x = 0.0
+                + term(ww1[k], gw1[k])
+                + term(ww[k], gw[k])
+                + term(w1[k], g1[k])
                 + term(w0[k], g0[k]);
         }
     }
@@ -428,7 +443,11 @@ mod tests {
             let baseline = crate::kernels::on_baseline(|| {
                 (forward(&x, 2, h, w, &win), backward(&x, &g, 2, h, w, &win))
             });
-            assert_eq!(baseline, (want, want_grad), "baseline path, {win:?} on {h}x{w}");
+            assert_eq!(
+                baseline,
+                (want, want_grad),
+                "baseline path, {win:?} on {h}x{w}"
+            );
         }
     }
 
@@ -443,7 +462,16 @@ mod tests {
 
     #[test]
     fn gathered_gradients_are_the_scattered_sums_bit_for_bit() {
-        for (h, w) in [(8, 8), (16, 16), (4, 4), (1, 6), (6, 1), (1, 1), (2, 3), (5, 7)] {
+        for (h, w) in [
+            (8, 8),
+            (16, 16),
+            (4, 4),
+            (1, 6),
+            (6, 1),
+            (1, 1),
+            (2, 3),
+            (5, 7),
+        ] {
             let n = h * w;
             // Few distinct values, so windows tie; a NaN and signed zeros among them.
             let mut x: Vec<f32> = (0..n).map(|i| ((i * 7 % 5) as f32) - 2.0).collect();
