@@ -68,8 +68,23 @@ pub fn update(
         .zip(grad.par_chunks(CHUNK))
         .zip(moment_1.par_chunks_mut(CHUNK))
         .zip(moment_2.par_chunks_mut(CHUNK))
-        .for_each(|(((param, grad), m), v)| coefficients.apply(param, grad, m, v));
+        .for_each(|(((param, grad), m), v)| apply(&coefficients, param, grad, m, v));
 }
+
+super::multiversioned!(
+    /// [`Coefficients::apply`] compiled for the widest vectors the CPU has (the same bits: the
+    /// update is multiplications, additions, a division and a square root, each correctly
+    /// rounded whatever the vector width).
+    fn apply(
+        coefficients: &Coefficients,
+        param: &mut [f32],
+        grad: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+    ) {
+        coefficients.apply(param, grad, m, v)
+    }
+);
 
 /// The step's scalars, computed as burn computes them.
 struct Coefficients {
@@ -131,6 +146,7 @@ impl Coefficients {
         }
     }
 
+    #[inline(always)]
     fn apply(&self, param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
         for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m).zip(v) {
             if self.first {

@@ -662,8 +662,7 @@ fn backward_impl(
         .enumerate()
         .for_each(|(slice, out)| {
             for (gw, _) in &tasks {
-                let part = &gw[slice * SLICE..slice * SLICE + out.len()];
-                out.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                add_assign(out, &gw[slice * SLICE..slice * SLICE + out.len()]);
             }
         });
     let mut grad_b = vec![0.0f32; filters];
@@ -769,6 +768,13 @@ fn group_backward(
     }
     (grad_w, grad_b)
 }
+
+super::multiversioned!(
+    /// `sum[i] += part[i]`.
+    fn add_assign(sum: &mut [f32], part: &[f32]) {
+        sum.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+    }
+);
 
 /// The sum of each `columns`-long row of `matrix`, each added left to right exactly as
 /// `row.iter().sum::<f32>()` adds it (same start, same order, so the same bits), but eight rows
