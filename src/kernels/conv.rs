@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::dropout::{self, DropoutMask};
 use super::matmul::{Layout, Product};
 use super::{valid_outputs, Window2d};
 
@@ -380,7 +381,7 @@ pub fn forward(
     shape: &ConvShape,
     slope: Option<f32>,
 ) -> Vec<f32> {
-    forward_impl(x, weight, bias, shape, slope, false, false).0
+    forward_impl(x, weight, bias, shape, slope, false, None).0
 }
 
 /// [`forward`], also returning the patches for [`backward`].
@@ -391,7 +392,7 @@ pub fn forward_keeping_patches(
     shape: &ConvShape,
     slope: Option<f32>,
 ) -> (Vec<f32>, Patches) {
-    let (y, _, patches) = forward_impl(x, weight, bias, shape, slope, true, false);
+    let (y, _, patches) = forward_impl(x, weight, bias, shape, slope, true, None);
     (y, patches)
 }
 
@@ -401,28 +402,30 @@ pub fn forward_keeping_patches(
 pub struct PooledForward {
     /// `act(conv(x) + bias)`, NCHW: the pool's input, read back by the backward pass.
     pub y: Vec<f32>,
-    /// The pooled output, the shape of `y`.
+    /// The pooled output, the shape of `y` (after dropout, when given).
     pub pooled: Vec<f32>,
     /// The im2col matrices.
     pub patches: Patches,
 }
 
 /// [`forward_keeping_patches`] followed by the 2×2 stride-1 'same' max pool
-/// ([`super::pool::forward`]), bit for bit, with each group's planes pooled right after the
-/// group's product, while they are still in cache.
+/// ([`super::pool::forward`]) and, when given, dropout ([`dropout::apply`]), bit for bit, with
+/// each group's planes pooled (and dropped out) right after the group's product, while they are
+/// still in cache.
 pub fn forward_max_pooled_keeping_patches(
     x: &[f32],
     weight: &[f32],
     bias: &[f32],
     shape: &ConvShape,
     slope: Option<f32>,
+    dropout: Option<DropoutMask>,
 ) -> PooledForward {
-    let (y, pooled, patches) = forward_impl(x, weight, bias, shape, slope, true, true);
+    let (y, pooled, patches) = forward_impl(x, weight, bias, shape, slope, true, Some(dropout));
     PooledForward { y, pooled, patches }
 }
 
-/// The convolution's output, the pooled output when `pool` (else empty) and, when `keep`, the
-/// patches.
+/// The convolution's output, when `pool` is given the pooled output (dropped out with the mask it
+/// holds, if any; else empty) and, when `keep`, the patches.
 fn forward_impl(
     x: &[f32],
     weight: &[f32],
@@ -430,8 +433,9 @@ fn forward_impl(
     shape: &ConvShape,
     slope: Option<f32>,
     keep: bool,
-    pool: bool,
+    pool: Option<Option<DropoutMask>>,
 ) -> (Vec<f32>, Vec<f32>, Patches) {
+    let (pool, dropout) = (pool.is_some(), pool.flatten());
     let [oh, ow] = shape.output();
     let spatial = oh * ow;
     let (filters, group) = (shape.filters, shape.group());
@@ -455,7 +459,8 @@ fn forward_impl(
         .par_chunks_mut(chunk)
         .zip(x.par_chunks(group * image_in))
         .zip(pooled_chunks)
-        .map(|((y, x), pooled)| {
+        .enumerate()
+        .map(|(task, ((y, x), pooled))| {
             let images = y.len() / (filters * spatial);
             let columns = images * spatial;
             let col = im2col(x, shape, images);
@@ -484,6 +489,11 @@ fn forward_impl(
             }
             for (plane, out) in y.chunks_exact(spatial).zip(pooled.chunks_mut(spatial)) {
                 super::pool::same_2x2_plane(plane, oh, ow, out, &mut []);
+            }
+            if let Some(mask) = dropout {
+                // SAFETY: `same_2x2_plane` wrote every element of every plane of the chunk.
+                let pooled = unsafe { &mut *(pooled as *mut [MaybeUninit<f32>] as *mut [f32]) };
+                dropout::apply_in_place(mask, (task * chunk) as u64, pooled);
             }
             keep.then_some(col)
         })
@@ -585,10 +595,11 @@ pub fn backward(
     backward_impl(x, weight, y, grad, shape, slope, want_x, patches)
 }
 
-/// Gradients of [`forward_max_pooled_keeping_patches`] from the pooled output's gradient
-/// `grad_pooled`: bit for bit [`super::pool::backward`] followed by [`backward`], with each
-/// group's pool gradient formed plane by plane where the convolution's backward pass reads it
-/// (the pool's input gradient is never written out whole).
+/// Gradients of [`forward_max_pooled_keeping_patches`] from the (dropped-out) pooled output's
+/// gradient `grad_pooled`: bit for bit dropout's backward pass ([`dropout::apply`] with the
+/// forward pass's mask), [`super::pool::backward`] and [`backward`], with each group's pool
+/// gradient formed plane by plane where the convolution's backward pass reads it (neither the
+/// dropout's nor the pool's input gradient is ever written out whole).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_max_pooled(
     x: &[f32],
@@ -597,10 +608,11 @@ pub fn backward_max_pooled(
     grad_pooled: &[f32],
     shape: &ConvShape,
     slope: Option<f32>,
+    dropout: Option<DropoutMask>,
     want_x: bool,
     patches: Option<&Patches>,
 ) -> ConvGrads {
-    let grad = OutputGradient::ThroughSame2x2Pool(grad_pooled);
+    let grad = OutputGradient::ThroughSame2x2Pool(grad_pooled, dropout);
     backward_impl(x, weight, y, grad, shape, slope, want_x, patches)
 }
 
@@ -609,8 +621,9 @@ pub fn backward_max_pooled(
 enum OutputGradient<'a> {
     /// Given, `[batch, filters, oh, ow]`.
     Direct(&'a [f32]),
-    /// The gradient of a 2×2 stride-1 'same' max pool of the output, the output's shape.
-    ThroughSame2x2Pool(&'a [f32]),
+    /// The gradient of a 2×2 stride-1 'same' max pool of the output (then dropout with the mask,
+    /// when given), the output's shape.
+    ThroughSame2x2Pool(&'a [f32], Option<DropoutMask>),
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -669,7 +682,7 @@ fn backward_impl(
     for (_, gb) in &tasks {
         grad_b.iter_mut().zip(gb).for_each(|(a, b)| *a += b);
     }
-    let (OutputGradient::Direct(g) | OutputGradient::ThroughSame2x2Pool(g)) = grad_y;
+    let (OutputGradient::Direct(g) | OutputGradient::ThroughSame2x2Pool(g, _)) = grad_y;
     debug_assert_eq!(g.len(), shape.batch * image_out);
     ConvGrads {
         x: want_x.then_some(grad_x),
@@ -707,10 +720,11 @@ fn group_backward(
     // A pooled output's gradient, routed back to the pool's input one plane at a time.
     let mut through_pool = match grad_y {
         OutputGradient::Direct(_) => None,
-        OutputGradient::ThroughSame2x2Pool(_) => Some((
+        OutputGradient::ThroughSame2x2Pool(..) => Some((
             vec![0.0f32; spatial],
             vec![MaybeUninit::<f32>::uninit(); spatial],
             vec![0u32; spatial],
+            vec![0.0f32; spatial],
         )),
     };
     for g in 0..images {
@@ -720,13 +734,23 @@ fn group_backward(
             let plane = at + f * spatial..at + (f + 1) * spatial;
             let gy = match (grad_y, &mut through_pool) {
                 (OutputGradient::Direct(grad_y), _) => &grad_y[plane],
-                (OutputGradient::ThroughSame2x2Pool(grad_pooled), Some(scratch)) => {
-                    let (grad_plane, best, winner) = scratch;
+                (OutputGradient::ThroughSame2x2Pool(grad_pooled, mask), Some(scratch)) => {
+                    let (grad_plane, best, winner, dropped) = scratch;
                     super::pool::same_2x2_plane(&y[plane.clone()], oh, ow, best, winner);
-                    super::pool::gather_same_2x2(winner, &grad_pooled[plane], ow, grad_plane);
+                    let grad_pooled = match mask {
+                        Some(mask) => {
+                            dropped.copy_from_slice(&grad_pooled[plane.clone()]);
+                            dropout::apply_in_place(mask, plane.start as u64, dropped);
+                            &dropped[..]
+                        }
+                        None => &grad_pooled[plane],
+                    };
+                    super::pool::gather_same_2x2(winner, grad_pooled, ow, grad_plane);
                     &grad_plane[..]
                 }
-                (OutputGradient::ThroughSame2x2Pool(_), None) => unreachable!("scratch made above"),
+                (OutputGradient::ThroughSame2x2Pool(..), None) => {
+                    unreachable!("scratch made above")
+                }
             };
             match slope {
                 Some(slope) => {
@@ -1095,18 +1119,33 @@ mod tests {
             let wt = values(s.filters * s.patch(), 22);
             let b = values(s.filters, 23);
             let grad_pooled = values(planes * oh * ow, 24);
-            for slope in [None, Some(0.2)] {
-                let fused = forward_max_pooled_keeping_patches(&x, &wt, &b, &s, slope);
+            let masks = [None, Some(DropoutMask { keep: 0.7, seed: 5 })];
+            for (slope, mask) in [None, Some(0.2)]
+                .into_iter()
+                .flat_map(|sl| masks.map(|m| (sl, m)))
+            {
+                let fused = forward_max_pooled_keeping_patches(&x, &wt, &b, &s, slope, mask);
                 let (y, patches) = forward_keeping_patches(&x, &wt, &b, &s, slope);
-                let pooled = crate::kernels::pool::forward(&y, planes, oh, ow, &pool);
+                let mut pooled = crate::kernels::pool::forward(&y, planes, oh, ow, &pool);
+                // Dropout's backward pass is its forward pass on the gradient.
+                let mut grad_dropped = grad_pooled.clone();
+                if let Some(m) = mask {
+                    pooled = dropout::apply(&pooled, m.keep, m.seed);
+                    grad_dropped = dropout::apply(&grad_pooled, m.keep, m.seed);
+                    assert!(
+                        pooled.iter().filter(|&&v| v == 0.0).count() > planes,
+                        "dropped some"
+                    );
+                }
                 assert_eq!(bits(&fused.y), bits(&y), "{s:?}");
-                assert_eq!(bits(&fused.pooled), bits(&pooled), "{s:?}");
+                assert_eq!(bits(&fused.pooled), bits(&pooled), "{s:?} {mask:?}");
                 assert_eq!(fused.patches.0, patches.0);
                 let grad_y =
-                    crate::kernels::pool::backward(&y, &grad_pooled, planes, oh, ow, &pool);
+                    crate::kernels::pool::backward(&y, &grad_dropped, planes, oh, ow, &pool);
                 let want = backward(&x, &wt, &y, &grad_y, &s, slope, true, Some(&patches));
                 for kept in [Some(&fused.patches), None] {
-                    let got = backward_max_pooled(&x, &wt, &y, &grad_pooled, &s, slope, true, kept);
+                    let got =
+                        backward_max_pooled(&x, &wt, &y, &grad_pooled, &s, slope, mask, true, kept);
                     assert_eq!(
                         bits(got.x.as_ref().unwrap()),
                         bits(want.x.as_ref().unwrap())

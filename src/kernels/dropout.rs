@@ -65,6 +65,28 @@ super::multiversioned!(
     }
 );
 
+/// One dropout layer's draw for one pass: the keep probability and the mask's seed. A kernel that
+/// applies it inside another pass (the fused convolution + pool) gives element `i` of the layer's
+/// input the same factor as [`apply`] does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutMask {
+    /// The probability of keeping an element.
+    pub keep: f32,
+    /// The mask's seed.
+    pub seed: u64,
+}
+
+super::multiversioned!(
+    /// `values ⊙ mask / keep` in place, for the run of a tensor that starts at its element
+    /// `first`: the same bits as that run of [`apply`]'s output.
+    pub(crate) fn apply_in_place(mask: DropoutMask, first: u64, values: &mut [f32]) {
+        let mask = Mask::new(mask.keep, mask.seed);
+        for (v, index) in values.iter_mut().zip(first..) {
+            *v *= mask.factor(index);
+        }
+    }
+);
+
 /// `values ⊙ mask / keep`, the mask drawn from `seed`; used for the forward pass (on the input)
 /// and the backward pass (on the output gradient) alike.
 pub fn apply(values: &[f32], keep: f32, seed: u64) -> Vec<f32> {
@@ -121,6 +143,9 @@ mod tests {
                 .map(|v| unsafe { v.assume_init() })
                 .collect();
             assert_eq!(bits(baseline), expected[5..], "keep {keep}, baseline loop");
+            let mut in_place = values[7..].to_vec();
+            apply_in_place(DropoutMask { keep, seed }, 7, &mut in_place);
+            assert_eq!(bits(in_place), expected[7..], "keep {keep}, in place");
         }
     }
 

@@ -15,10 +15,11 @@ use std::sync::Arc;
 
 use super::adam::{self, AdamStep};
 use super::conv::{self, ConvShape, Patches};
+use super::dropout::{self, DropoutMask};
 use super::elementwise::Activation;
 use super::encoder::{self, Dense, EncoderLayerWeights, EncoderShape, Norm};
 use super::norm::{self as batch_norm, NormShape};
-use super::{dropout, pool, Window2d};
+use super::{pool, Window2d};
 
 #[backend_extension(Flex, Autodiff)]
 pub trait LayerKernels: Backend {
@@ -39,6 +40,7 @@ pub trait LayerKernels: Backend {
         bias: FloatTensor<Self>,
         window: Window2d,
         slope: Option<f32>,
+        dropout: Option<DropoutMask>,
     ) -> FloatTensor<Self>;
     /// See [`super::dropout`].
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self>;
@@ -332,8 +334,14 @@ impl LayerKernels for Flex {
         bias: FloatTensor<Self>,
         window: Window2d,
         slope: Option<f32>,
+        dropout: Option<DropoutMask>,
     ) -> FloatTensor<Self> {
-        conv_forward(&x, &weight, &bias, window, slope, true)
+        let pooled = conv_forward(&x, &weight, &bias, window, slope, true);
+        match dropout {
+            // Not a path the models take (they drop out only while tracking gradients).
+            Some(mask) => dropout_apply(&pooled, mask.keep, mask.seed),
+            None => pooled,
+        }
     }
 
     fn cnn_dropout(x: FloatTensor<Self>, keep: f32, seed: u64) -> FloatTensor<Self> {
@@ -506,6 +514,8 @@ struct ConvState {
     /// Whether the op's output is the 2×2 stride-1 'same' max pool of `y` (so the incoming
     /// gradient is the pooled output's).
     pooled: bool,
+    /// The dropout applied to the pooled output, if any.
+    dropout: Option<DropoutMask>,
 }
 
 impl Backward<Flex, 3> for ConvBackward {
@@ -524,21 +534,33 @@ impl Backward<Flex, 3> for ConvBackward {
         let x: FlexTensor = checkpointer.retrieve_node_output(state.x);
         let weight: FlexTensor = checkpointer.retrieve_node_output(state.weight);
         let shape = conv_shape(&x, &weight, window);
-        let backward = if state.pooled {
-            conv::backward_max_pooled
+        let (x_v, weight_v, y_v, grad_v) =
+            (values(&x), values(&weight), values(&state.y), values(&grad));
+        let (want_x, patches) = (node_x.is_some(), Some(&*state.patches));
+        let result = if state.pooled {
+            conv::backward_max_pooled(
+                &x_v,
+                &weight_v,
+                &y_v,
+                &grad_v,
+                &shape,
+                state.slope,
+                state.dropout,
+                want_x,
+                patches,
+            )
         } else {
-            conv::backward
+            conv::backward(
+                &x_v,
+                &weight_v,
+                &y_v,
+                &grad_v,
+                &shape,
+                state.slope,
+                want_x,
+                patches,
+            )
         };
-        let result = backward(
-            &values(&x),
-            &values(&weight),
-            &values(&state.y),
-            &values(&grad),
-            &shape,
-            state.slope,
-            node_x.is_some(),
-            Some(&state.patches),
-        );
         if let (Some(node), Some(grad_x)) = (node_x, result.x) {
             let [h, w] = shape.input;
             grads.register::<Flex>(
@@ -664,7 +686,7 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         window: Window2d,
         slope: Option<f32>,
     ) -> FloatTensor<Self> {
-        tracked_conv::<C>(x, weight, bias, window, slope, false)
+        tracked_conv::<C>(x, weight, bias, window, slope, None)
     }
 
     fn cnn_conv2d_max_pooled(
@@ -673,20 +695,23 @@ impl<C: CheckpointStrategy> LayerKernels for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         window: Window2d,
         slope: Option<f32>,
+        dropout: Option<DropoutMask>,
     ) -> FloatTensor<Self> {
-        tracked_conv::<C>(x, weight, bias, window, slope, true)
+        tracked_conv::<C>(x, weight, bias, window, slope, Some(dropout))
     }
 }
 
-/// The convolution (followed by the 2×2 stride-1 'same' max pool when `pooled`) under autodiff.
+/// The convolution under autodiff, followed when `pool` is given by the 2×2 stride-1 'same' max
+/// pool (and the dropout it holds, if any).
 fn tracked_conv<C: CheckpointStrategy>(
     x: FloatTensor<Autodiff<Flex, C>>,
     weight: FloatTensor<Autodiff<Flex, C>>,
     bias: FloatTensor<Autodiff<Flex, C>>,
     window: Window2d,
     slope: Option<f32>,
-    pooled: bool,
+    pool: Option<Option<DropoutMask>>,
 ) -> FloatTensor<Autodiff<Flex, C>> {
+    let (pooled, dropout) = (pool.is_some(), pool.flatten());
     match ConvBackward
         .prepare::<C>([x.node(), weight.node(), bias.node()])
         .compute_bound()
@@ -700,7 +725,7 @@ fn tracked_conv<C: CheckpointStrategy>(
             let (x_v, weight_v, bias_v) = (values(x_p), values(weight_p), values(bias.primitive()));
             let (y, out, patches) = if pooled {
                 let fused = conv::forward_max_pooled_keeping_patches(
-                    &x_v, &weight_v, &bias_v, &shape, slope,
+                    &x_v, &weight_v, &bias_v, &shape, slope, dropout,
                 );
                 let y = tensor(fused.y, dims.clone());
                 (y, tensor(fused.pooled, dims), fused.patches)
@@ -718,12 +743,17 @@ fn tracked_conv<C: CheckpointStrategy>(
                 slope,
                 patches: Arc::new(patches),
                 pooled,
+                dropout,
             };
             prep.finish(state, out)
         }
         OpsKind::UnTracked(prep) => {
             let (x, weight, bias) = (x.primitive(), weight.primitive(), bias.primitive());
-            prep.finish(conv_forward(x, weight, bias, window, slope, pooled))
+            let y = conv_forward(x, weight, bias, window, slope, pooled);
+            prep.finish(match dropout {
+                Some(mask) => dropout_apply(&y, mask.keep, mask.seed),
+                None => y,
+            })
         }
     }
 }

@@ -309,6 +309,10 @@ pub fn conv2d(
 /// while in cache. Without gradients it is never written out at all; in training it is kept for
 /// the backward pass, which routes the pooled gradient back a plane at a time (Flex only: check
 /// [`active`]).
+///
+/// With `dropout_rate`, training-time [`dropout`] of the pooled output follows in the same pass
+/// (its mask drawn as [`dropout`] draws it, so the result is the same bits as the two calls), and
+/// its backward pass is folded into the convolution's.
 #[cfg(feature = "flex")]
 pub fn conv2d_max_pooled(
     x: Tensor<4>,
@@ -316,14 +320,20 @@ pub fn conv2d_max_pooled(
     bias: Tensor<1>,
     window: Window2d,
     slope: Option<f32>,
+    dropout_rate: Option<f64>,
 ) -> Tensor<4> {
     use burn::backend::Dispatch;
+    let dropout = dropout_rate.map(|rate| dropout::DropoutMask {
+        keep: (1.0 - rate) as f32,
+        seed: draw_dropout_seed(&x.device()),
+    });
     Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_conv2d_max_pooled(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
         window,
         slope,
+        dropout,
     ))
 }
 
@@ -400,21 +410,27 @@ pub fn batch_norm(
 #[cfg(feature = "flex")]
 pub fn dropout<const D: usize>(x: Tensor<D>, rate: f64) -> Tensor<D> {
     use burn::backend::Dispatch;
-    use burn::tensor::Distribution;
-    let draws = Tensor::<1>::random([2], Distribution::Default, &x.device())
-        .into_data()
-        .try_to_vec::<f32>()
-        .expect("f32 draws");
-    // Two 24-bit uniform draws make a 48-bit seed.
-    let seed = draws.iter().fold(0u64, |s, u| {
-        (s << 24) | ((u * (1u32 << 24) as f32) as u64 & 0xFF_FFFF)
-    });
+    let seed = draw_dropout_seed(&x.device());
     let keep = (1.0 - rate) as f32;
     Tensor::from_dispatch(<Dispatch as flex::LayerKernels>::cnn_dropout(
         x.into_dispatch(),
         keep,
         seed,
     ))
+}
+
+/// A dropout mask's seed from the device's random generator: two 24-bit uniform draws make a
+/// 48-bit seed.
+#[cfg(feature = "flex")]
+fn draw_dropout_seed(device: &Device) -> u64 {
+    use burn::tensor::Distribution;
+    let draws = Tensor::<1>::random([2], Distribution::Default, device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .expect("f32 draws");
+    draws.iter().fold(0u64, |s, u| {
+        (s << 24) | ((u * (1u32 << 24) as f32) as u64 & 0xFF_FFFF)
+    })
 }
 
 /// One Adam(W) update of a parameter tensor and its two moments, in one pass (see
@@ -501,6 +517,7 @@ pub fn conv2d_max_pooled(
     _bias: Tensor<1>,
     _window: Window2d,
     _slope: Option<f32>,
+    _dropout_rate: Option<f64>,
 ) -> Tensor<4> {
     unreachable!("local kernels need the flex feature")
 }

@@ -340,6 +340,12 @@ impl Network {
         dims
     }
 
+    /// Whether `drop` runs on the local kernels' dropout for `x` (in training, with gradients
+    /// tracked; the local kernels themselves checked by the caller).
+    fn local_dropout(drop: &Dropout, x: &Activations) -> bool {
+        drop.prob > 0.0 && drop.training.is_enabled() && x.is_autodiff()
+    }
+
     fn forward_observed(
         &self,
         input: Tensor<4>,
@@ -376,10 +382,26 @@ impl Network {
                         }
                         _ => None,
                     };
+                    // And a training-time dropout after the pool, in the same pass too.
+                    let dropout_rate = match self.layers.get(index + 2 + fused) {
+                        Some(Layer::Dropout(drop))
+                            if pool.is_some() && Self::local_dropout(drop, &x) =>
+                        {
+                            Some(drop.prob)
+                        }
+                        _ => None,
+                    };
                     Activations::Image(match pool {
                         Some(_) => {
-                            fused += 1;
-                            kernels::conv2d_max_pooled(x.image(), weight, bias, window, slope)
+                            fused += 1 + usize::from(dropout_rate.is_some());
+                            kernels::conv2d_max_pooled(
+                                x.image(),
+                                weight,
+                                bias,
+                                window,
+                                slope,
+                                dropout_rate,
+                            )
                         }
                         None => kernels::conv2d(x.image(), weight, bias, window, slope),
                     })
@@ -392,17 +414,10 @@ impl Network {
                 Layer::MaxPool2d(pool) => Activations::Image(pool.forward(x.image())),
                 Layer::LeakyRelu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
                 Layer::Relu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
-                Layer::Dropout(drop)
-                    if local_kernels
-                        && drop.prob > 0.0
-                        && drop.training.is_enabled()
-                        && x.is_autodiff() =>
-                {
-                    x.map(
-                        |t| kernels::dropout(t, drop.prob),
-                        |t| kernels::dropout(t, drop.prob),
-                    )
-                }
+                Layer::Dropout(drop) if local_kernels && Self::local_dropout(drop, &x) => x.map(
+                    |t| kernels::dropout(t, drop.prob),
+                    |t| kernels::dropout(t, drop.prob),
+                ),
                 Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
                 Layer::BatchNorm(norm) if local_kernels && matches!(x, Activations::Image(_)) => {
                     // A ReLU right after the norm runs inside its kernel.
