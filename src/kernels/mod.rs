@@ -23,7 +23,10 @@ pub mod pool;
 /// for exact operations (comparisons, selects, copies, integer arithmetic, and float arithmetic
 /// without contraction, which Rust never does implicitly), so every path gives the same bits.
 macro_rules! multiversioned {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    (
+        $(#[$meta:meta])*
+        $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block
+    ) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]

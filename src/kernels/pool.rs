@@ -88,11 +88,12 @@ pub(crate) fn is_keras_same_2x2(window: &Window2d) -> bool {
 }
 
 super::multiversioned!(
-    /// One `h`×`w` plane of the 2×2, stride-1, 'same' pool, computed as whole-plane shifted maxima
-    /// (long contiguous loops that vectorise) and then corrected on the last column and row, where
-    /// the window is cut by the padding. Candidates are visited in window order, so `best` and (when
-    /// `winner` is not empty) the winning input offsets follow the same rule as the general path.
-    /// Every element of `best` is written (never read), so it may start uninitialised.
+    /// One `h`×`w` plane of the 2×2, stride-1, 'same' pool, computed as whole-plane shifted
+    /// maxima (long contiguous loops that vectorise) and then corrected on the last column and
+    /// row, where the window is cut by the padding. Candidates are visited in window order, so
+    /// `best` and (when `winner` is not empty) the winning input offsets follow the same rule as
+    /// the general path. Every element of `best` is written (never read), so it may start
+    /// uninitialised.
     pub(crate) fn same_2x2_plane(
         x: &[f32],
         h: usize,
