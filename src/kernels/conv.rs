@@ -902,18 +902,23 @@ mod tests {
             .collect()
     }
 
+    /// Windows with odd shapes and padding, `filters` filters each.
+    fn awkward_shapes(filters: usize) -> [ConvShape; 6] {
+        [
+            shape(3, 2, [7, 6], filters, 3, 2, [0, 1]),
+            // odd widths and a stride of 3: the phase split's odd last column and general path
+            shape(2, 3, [6, 7], filters, 3, 2, [1, 1]),
+            shape(2, 2, [8, 7], filters, 3, 3, [1, 1]),
+            shape(2, 3, [5, 5], filters, 3, 1, [1, 1]),
+            shape(1, 1, [4, 4], filters, 2, 2, [0, 0]),
+            // kernel offsets with no valid input column at all
+            shape(2, 2, [1, 2], filters, 3, 1, [2, 0]),
+        ]
+    }
+
     #[test]
     fn forward_matches_the_definition_with_odd_shapes_and_padding() {
-        for s in [
-            shape(3, 2, [7, 6], 4, 3, 2, [0, 1]),
-            // odd widths and a stride of 3: the phase split's odd last column and general path
-            shape(2, 3, [6, 7], 3, 3, 2, [1, 1]),
-            shape(2, 2, [8, 7], 3, 3, 3, [1, 1]),
-            shape(2, 3, [5, 5], 2, 3, 1, [1, 1]),
-            shape(1, 1, [4, 4], 3, 2, 2, [0, 0]),
-            // kernel offsets with no valid input column at all
-            shape(2, 2, [1, 2], 2, 3, 1, [2, 0]),
-        ] {
+        for s in awkward_shapes(3) {
             let [h, w] = s.input;
             let x = values(s.batch * s.channels * h * w, 1);
             let wt = values(s.filters * s.patch(), 2);
@@ -982,16 +987,9 @@ mod tests {
 
     #[test]
     fn col2im_through_phases_is_the_scatter_bit_for_bit() {
-        for s in [
-            // the reference models' 3x3 stride-2 'same' window, even and odd inputs
-            shape(3, 2, [16, 16], 1, 3, 2, [0, 1]),
-            shape(2, 3, [7, 6], 1, 3, 2, [0, 1]),
-            shape(2, 3, [6, 7], 1, 3, 2, [1, 1]),
-            shape(2, 2, [8, 7], 1, 3, 3, [1, 1]),
-            shape(2, 3, [5, 5], 1, 3, 1, [1, 1]),
-            shape(1, 1, [4, 4], 1, 2, 2, [0, 0]),
-            shape(2, 2, [1, 2], 1, 3, 1, [2, 0]),
-        ] {
+        // the reference models' 3x3 stride-2 'same' window on an even input, then odd ones
+        let reference = shape(3, 2, [16, 16], 1, 3, 2, [0, 1]);
+        for s in std::iter::once(reference).chain(awkward_shapes(1)) {
             let [oh, ow] = s.output();
             let col = values(s.patch() * s.batch * oh * ow, 5);
             let [h, w] = s.input;
