@@ -8,12 +8,14 @@
 //! convolution over swapped batch and channel axes. Here the backward pass is two `gemm`s per group
 //! on the same im2col matrix the forward pass built.
 
+use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use super::dropout::{self, DropoutMask};
 use super::matmul::{Layout, Product};
+use super::pool::Same2x2;
 use super::{valid_outputs, Window2d};
 
 /// Shapes of one convolution: input `[batch, channels, h, w]`, weight `[filters, channels, kh, kw]`.
@@ -443,6 +445,7 @@ fn forward_impl(
     let image_in = shape.channels * h * w;
     let len = shape.batch * filters * spatial;
     let chunk = group * filters * spatial;
+    let same = Same2x2::new(oh, ow);
     let mut y = super::reserved(len);
     let mut pooled = super::reserved(if pool { len } else { 0 });
     // One destination per group: its share of the pooled output, or nothing.
@@ -487,11 +490,11 @@ fn forward_impl(
             for (row, f) in y.chunks_exact_mut(spatial).zip((0..filters).cycle()) {
                 add_bias_activate(row, bias[f], slope);
             }
-            for (plane, out) in y.chunks_exact(spatial).zip(pooled.chunks_mut(spatial)) {
-                super::pool::same_2x2_plane(plane, oh, ow, out, &mut []);
+            if pool {
+                same.pool(y, pooled);
             }
             if let Some(mask) = dropout {
-                // SAFETY: `same_2x2_plane` wrote every element of every plane of the chunk.
+                // SAFETY: `Same2x2::pool` wrote every element of the chunk.
                 let pooled = unsafe { &mut *(pooled as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 dropout::apply_in_place(mask, (task * chunk) as u64, pooled);
             }
@@ -499,7 +502,7 @@ fn forward_impl(
         })
         .collect::<Vec<_>>();
     // SAFETY: the chunks cover the first `len` elements, each initialised above; when pooling,
-    // `same_2x2_plane` wrote every element of every pooled plane, which cover as many.
+    // `Same2x2::pool` wrote every element of every pooled chunk, which cover as many.
     unsafe {
         y.set_len(len);
         if pool {
@@ -527,6 +530,7 @@ pub fn forward_max_pooled(
     let [h, w] = shape.input;
     let image_in = shape.channels * h * w;
     let len = shape.batch * filters * spatial;
+    let same = Same2x2::new(oh, ow);
     let mut y = super::reserved(len);
     y.spare_capacity_mut()[..len]
         .par_chunks_mut(group * filters * spatial)
@@ -538,14 +542,22 @@ pub fn forward_max_pooled(
             let mut product = shape.group_product(images).new_matrix(weight, &col);
             for (f, row) in product.chunks_exact_mut(columns).enumerate() {
                 add_bias_activate(row, bias[f], slope);
-                for (g, plane) in row.chunks_exact(spatial).enumerate() {
-                    let out = &mut y[(g * filters + f) * spatial..][..spatial];
-                    super::pool::same_2x2_plane(plane, oh, ow, out, &mut []);
+            }
+            // The product's planes run filter-major (filters × images), the output's image-major.
+            if images == 1 {
+                same.pool(&product, y);
+            } else {
+                let mut pooled = vec![MaybeUninit::uninit(); product.len()];
+                same.pool(&product, &mut pooled);
+                for (f, row) in pooled.chunks_exact(columns).enumerate() {
+                    for (g, plane) in row.chunks_exact(spatial).enumerate() {
+                        y[(g * filters + f) * spatial..][..spatial].copy_from_slice(plane);
+                    }
                 }
             }
         });
-    // SAFETY: every image's every filter plane was written by `same_2x2_plane`, which writes all
-    // of its elements; the chunks cover the first `len` elements.
+    // SAFETY: `Same2x2::pool` wrote every element of `pooled` (or of `y`), whose planes cover
+    // every image's every filter plane; the chunks cover the first `len` elements.
     unsafe { y.set_len(len) };
     y
 }
@@ -716,53 +728,57 @@ fn group_backward(
     let columns = images * spatial;
 
     // d loss / d (conv + bias), laid out filters × (image, position) like the forward product.
-    let mut grad_z = vec![0.0f32; filters * columns];
-    // A pooled output's gradient, routed back to the pool's input one plane at a time.
-    let mut through_pool = match grad_y {
-        OutputGradient::Direct(_) => None,
-        OutputGradient::ThroughSame2x2Pool(..) => Some((
-            vec![0.0f32; spatial],
-            vec![MaybeUninit::<f32>::uninit(); spatial],
-            vec![0u32; spatial],
-            vec![0.0f32; spatial],
-        )),
-    };
-    for g in 0..images {
-        let at = (first + g) * image_out;
-        for f in 0..filters {
-            let dst = &mut grad_z[f * columns + g * spatial..][..spatial];
-            let plane = at + f * spatial..at + (f + 1) * spatial;
-            let gy = match (grad_y, &mut through_pool) {
-                (OutputGradient::Direct(grad_y), _) => &grad_y[plane],
-                (OutputGradient::ThroughSame2x2Pool(grad_pooled, mask), Some(scratch)) => {
-                    let (grad_plane, best, winner, dropped) = scratch;
-                    super::pool::same_2x2_plane(&y[plane.clone()], oh, ow, best, winner);
-                    let grad_pooled = match mask {
-                        Some(mask) => {
-                            dropped.copy_from_slice(&grad_pooled[plane.clone()]);
-                            dropout::apply_in_place(mask, plane.start as u64, dropped);
-                            &dropped[..]
-                        }
-                        None => &grad_pooled[plane],
-                    };
-                    super::pool::gather_same_2x2(winner, grad_pooled, ow, grad_plane);
-                    &grad_plane[..]
+    let mut grad_z = Vec::with_capacity(filters * columns);
+    // The group's planes (image-major) in the output and its gradient.
+    let run = first * image_out..(first + images) * image_out;
+    let grad_y = match grad_y {
+        OutputGradient::Direct(grad_y) => Cow::Borrowed(&grad_y[run.clone()]),
+        OutputGradient::ThroughSame2x2Pool(grad_pooled, mask) => {
+            let mut dropped = Vec::new();
+            let grad_pooled = match mask {
+                Some(mask) => {
+                    dropped.extend_from_slice(&grad_pooled[run.clone()]);
+                    dropout::apply_in_place(mask, run.start as u64, &mut dropped);
+                    &dropped[..]
                 }
-                (OutputGradient::ThroughSame2x2Pool(..), None) => {
-                    unreachable!("scratch made above")
-                }
+                None => &grad_pooled[run.clone()],
             };
+            let winner = Same2x2::new(oh, ow).winners(&y[run.clone()]);
+            let mut routed = Vec::with_capacity(run.len());
+            super::pool::gather_same_2x2(
+                &winner,
+                grad_pooled,
+                ow,
+                &mut routed.spare_capacity_mut()[..run.len()],
+            );
+            // SAFETY: the gather wrote each of the run's elements.
+            unsafe { routed.set_len(run.len()) };
+            Cow::Owned(routed)
+        }
+    };
+    let y = &y[run];
+    let gz = &mut grad_z.spare_capacity_mut()[..filters * columns];
+    for g in 0..images {
+        for f in 0..filters {
+            let dst = &mut gz[f * columns + g * spatial..][..spatial];
+            let plane = (g * filters + f) * spatial..(g * filters + f + 1) * spatial;
+            let (gy, yv) = (&grad_y[plane.clone()], &y[plane]);
             match slope {
                 Some(slope) => {
-                    let yv = &y[at + f * spatial..][..spatial];
                     for ((d, &gv), &yv) in dst.iter_mut().zip(gy).zip(yv) {
-                        *d = if yv < 0.0 { gv * slope } else { gv };
+                        d.write(if yv < 0.0 { gv * slope } else { gv });
                     }
                 }
-                None => dst.copy_from_slice(gy),
+                None => {
+                    for (d, &gv) in dst.iter_mut().zip(gy) {
+                        d.write(gv);
+                    }
+                }
             }
         }
     }
+    // SAFETY: every image's every filter plane was written above, and they cover the matrix.
+    unsafe { grad_z.set_len(filters * columns) };
     let grad_b = row_sums(&grad_z, columns);
 
     let gathered;

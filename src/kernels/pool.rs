@@ -22,16 +22,13 @@ pub fn forward(x: &[f32], planes: usize, h: usize, w: usize, window: &Window2d) 
     if is_keras_same_2x2(window) {
         let len = planes * h * w;
         let mut out = super::reserved(len);
+        let pool = Same2x2::new(h, w);
         out.spare_capacity_mut()[..len]
             .par_chunks_mut(PLANES_PER_TASK * h * w)
             .zip(x.par_chunks(PLANES_PER_TASK * h * w))
-            .for_each(|(out, x)| {
-                for (out, x) in out.chunks_mut(h * w).zip(x.chunks(h * w)) {
-                    same_2x2_plane(x, h, w, out, &mut []);
-                }
-            });
-        // SAFETY: `same_2x2_plane` wrote every element of every plane, and the planes cover the
-        // first `len` elements.
+            .for_each(|(out, x)| pool.pool(x, out));
+        // SAFETY: `Same2x2::pool` wrote every element of every task's planes, and the tasks cover
+        // the first `len` elements.
         unsafe { out.set_len(len) };
         return out;
     }
@@ -87,101 +84,222 @@ pub(crate) fn is_keras_same_2x2(window: &Window2d) -> bool {
         }
 }
 
+/// The 2×2, stride-1, 'same' pool over a run of `h`×`w` planes laid end to end (a group's
+/// channels, or several images' planes of one channel): one vector loop over the whole run, each
+/// window's candidates cut to the plane by a per-position pattern, instead of one call per plane
+/// with scalar fix-ups of its last row and column (most of the cost on the 8×8 and 4×4 planes of
+/// the reference models' later layers). Candidates are visited in window order, so the maxima
+/// and winners follow the same rule as the general path.
+pub(crate) struct Same2x2 {
+    h: usize,
+    w: usize,
+    /// Per position of a plane: bit 0 set when the right neighbour is in the plane (not the last
+    /// column), bit 1 when the row below is (not the last row).
+    edges: Vec<u8>,
+}
+
+/// Whether the window at a position with `edges` takes candidate `v` over the current `m`, for
+/// the right neighbour (`RIGHT`), the row below (`BELOW`) or both (`RIGHT | BELOW`): NaN wins,
+/// ties go to the earlier candidate.
+#[inline(always)]
+fn takes(edges: u8, needs: u8, m: f32, v: f32) -> bool {
+    (edges & needs == needs) & ((v > m) | v.is_nan())
+}
+
+const RIGHT: u8 = 1;
+const BELOW: u8 = 2;
+
+impl Same2x2 {
+    /// The pool of `h`×`w` planes.
+    pub(crate) fn new(h: usize, w: usize) -> Self {
+        let edges = (0..h)
+            .flat_map(|i| {
+                (0..w).map(move |j| {
+                    (if j + 1 < w { RIGHT } else { 0 }) | (if i + 1 < h { BELOW } else { 0 })
+                })
+            })
+            .collect();
+        Same2x2 { h, w, edges }
+    }
+
+    /// Pools every plane of `x` into `best` (the same length); every element of `best` is
+    /// written, so it may start uninitialised.
+    pub(crate) fn pool(&self, x: &[f32], best: &mut [MaybeUninit<f32>]) {
+        self.check(x.len(), best.len());
+        pool_planes(x, self.w, &self.edges, best);
+    }
+
+    /// The offset in `x` of the input that wins each window of each plane of `x` (NaN first,
+    /// then the first maximum in window order).
+    pub(crate) fn winners(&self, x: &[f32]) -> Vec<u32> {
+        let len = x.len();
+        self.check(len, len);
+        assert!(
+            u32::try_from(len).is_ok(),
+            "pool: {len} elements do not fit the winners' u32 offsets"
+        );
+        let mut winner = Vec::with_capacity(len);
+        winner_planes(
+            x,
+            self.w,
+            &self.edges,
+            &mut winner.spare_capacity_mut()[..len],
+        );
+        // SAFETY: `winner_planes` wrote each of the first `len` elements.
+        unsafe { winner.set_len(len) };
+        winner
+    }
+
+    fn check(&self, len: usize, out: usize) {
+        let plane = self.h * self.w;
+        assert!(
+            plane > 0 && len.is_multiple_of(plane) && out == len,
+            "pool: {len} inputs and {out} outputs are not whole {}x{} planes",
+            self.h,
+            self.w
+        );
+    }
+}
+
+/// The elements of a run of planes whose four candidates all lie inside it (the last `w + 1`
+/// do not: their row below or right neighbour would be past the end), as `(start, len)` pieces
+/// of at most one plane each, so a piece's positions index `edges` from 0.
+fn pieces(total: usize, w: usize, plane: usize) -> impl Iterator<Item = (usize, usize)> {
+    let body = total.saturating_sub(w + 1);
+    (0..body)
+        .step_by(plane)
+        .map(move |start| (start, plane.min(body - start)))
+}
+
 super::multiversioned!(
-    /// One `h`×`w` plane of the 2×2, stride-1, 'same' pool, computed as whole-plane shifted
-    /// maxima (long contiguous loops that vectorise) and then corrected on the last column and
-    /// row, where the window is cut by the padding. Candidates are visited in window order, so
-    /// `best` and (when `winner` is not empty) the winning input offsets follow the same rule as
-    /// the general path. Every element of `best` is written (never read), so it may start
-    /// uninitialised.
-    pub(crate) fn same_2x2_plane(
-        x: &[f32],
-        h: usize,
-        w: usize,
-        best: &mut [MaybeUninit<f32>],
-        winner: &mut [u32],
-    ) {
-        let track = !winner.is_empty();
-        let pick = |m: f32, v: f32| (v > m) | v.is_nan();
-        let n = (h - 1) * w;
-        if n > 1 {
-            // Interior: all four candidates exist (the last column's values are redone below).
-            let quads = x[..n - 1]
-                .iter()
-                .zip(&x[1..n])
-                .zip(x[w..w + n - 1].iter().zip(&x[w + 1..w + n]));
-            if track {
-                for (p, (((&a, &b), (&c, &d)), (m, at))) in quads
-                    .zip(best.iter_mut().zip(winner.iter_mut()))
-                    .enumerate()
-                {
-                    let p = p as u32;
-                    let (mut v, mut i) = (a, p);
-                    (v, i) = if pick(v, b) { (b, p + 1) } else { (v, i) };
-                    (v, i) = if pick(v, c) {
-                        (c, p + w as u32)
-                    } else {
-                        (v, i)
-                    };
-                    (v, i) = if pick(v, d) {
-                        (d, p + w as u32 + 1)
-                    } else {
-                        (v, i)
-                    };
-                    m.write(v);
-                    *at = i;
-                }
+    /// [`Same2x2::pool`] on checked lengths.
+    fn pool_planes(x: &[f32], w: usize, edges: &[u8], best: &mut [MaybeUninit<f32>]) {
+        let total = x.len();
+        let plane = edges.len();
+        let max = |e: u8, a: f32, b: f32, c: f32, d: f32| {
+            let mut v = a;
+            v = if takes(e, RIGHT, v, b) { b } else { v };
+            v = if takes(e, BELOW, v, c) { c } else { v };
+            if takes(e, RIGHT | BELOW, v, d) {
+                d
             } else {
-                for (((&a, &b), (&c, &d)), m) in quads.zip(best.iter_mut()) {
-                    let mut v = a;
-                    v = if pick(v, b) { b } else { v };
-                    v = if pick(v, c) { c } else { v };
-                    v = if pick(v, d) { d } else { v };
-                    m.write(v);
-                }
+                v
             }
-        }
-        // The last column: (r, w-1) and (r+1, w-1). Selects, not branches, throughout.
-        for r in 0..h - 1 {
-            let p = r * w + w - 1;
-            let (a, b) = (x[p], x[p + w]);
-            let take = pick(a, b);
-            best[p].write(if take { b } else { a });
-            if track {
-                winner[p] = if take { (p + w) as u32 } else { p as u32 };
-            }
-        }
-        // The last row: (h-1, c) and (h-1, c+1); its last element only sees itself.
-        let (row, out) = (&x[n..n + w], &mut best[n..n + w]);
-        let pairs = row[..w - 1].iter().zip(&row[1..]);
-        if track {
-            let at = &mut winner[n..n + w];
-            for (((&a, &b), m), (i, at)) in pairs.zip(out.iter_mut()).zip(at.iter_mut().enumerate())
+        };
+        for (start, len) in pieces(total, w, plane) {
+            let (a, b) = (&x[start..start + len], &x[start + 1..start + 1 + len]);
+            let (c, d) = (&x[start + w..start + w + len], &x[start + w + 1..][..len]);
+            let out = &mut best[start..start + len];
+            for (((((m, &e), &a), &b), &c), &d) in out
+                .iter_mut()
+                .zip(&edges[..len])
+                .zip(a)
+                .zip(b)
+                .zip(c)
+                .zip(d)
             {
-                let take = pick(a, b);
-                m.write(if take { b } else { a });
-                let p = (n + i) as u32;
-                *at = if take { p + 1 } else { p };
-            }
-            at[w - 1] = (n + w - 1) as u32;
-        } else {
-            for ((&a, &b), m) in pairs.zip(out.iter_mut()) {
-                m.write(if pick(a, b) { b } else { a });
+                m.write(max(e, a, b, c, d));
             }
         }
-        out[w - 1].write(row[w - 1]);
+        // The tail: a candidate is read only where the plane holds it, so inside `x`.
+        for p in total.saturating_sub(w + 1)..total {
+            let e = edges[p % plane];
+            let at = |offset: usize, needs: u8| {
+                if e & needs == needs {
+                    x[p + offset]
+                } else {
+                    0.0
+                }
+            };
+            best[p].write(max(
+                e,
+                x[p],
+                at(1, RIGHT),
+                at(w, BELOW),
+                at(w + 1, RIGHT | BELOW),
+            ));
+        }
     }
 );
 
 super::multiversioned!(
-    /// The input gradient of one plane of the 2×2 stride-1 'same' pool, from the pooled
-    /// gradient `grad` and the winners [`same_2x2_plane`] tracked: `grad_x[q]` is the sum of
-    /// `grad[p]` over the windows `p` that `q` won. Only the windows `q - w - 1`, `q - w`,
-    /// `q - 1` and `q` contain `q`, so each element is gathered from those four (vector
-    /// compares and selects) instead of scattering every window's gradient to its winner one
-    /// element at a time; the terms are added in increasing `p`, starting from zero, as the
-    /// scatter adds them, so the sums are the same bits. Every element of `grad_x` is written.
-    pub(crate) fn gather_same_2x2(winner: &[u32], grad: &[f32], w: usize, grad_x: &mut [f32]) {
+    /// [`Same2x2::winners`] on checked lengths.
+    fn winner_planes(x: &[f32], w: usize, edges: &[u8], winner: &mut [MaybeUninit<u32>]) {
+        let total = x.len();
+        let plane = edges.len();
+        let (right, below, diagonal) = (1u32, w as u32, w as u32 + 1);
+        let pick = |e: u8, p: u32, a: f32, b: f32, c: f32, d: f32| {
+            let (mut v, mut i) = (a, p);
+            (v, i) = if takes(e, RIGHT, v, b) {
+                (b, p + right)
+            } else {
+                (v, i)
+            };
+            (v, i) = if takes(e, BELOW, v, c) {
+                (c, p + below)
+            } else {
+                (v, i)
+            };
+            if takes(e, RIGHT | BELOW, v, d) {
+                p + diagonal
+            } else {
+                i
+            }
+        };
+        for (start, len) in pieces(total, w, plane) {
+            let (a, b) = (&x[start..start + len], &x[start + 1..start + 1 + len]);
+            let (c, d) = (&x[start + w..start + w + len], &x[start + w + 1..][..len]);
+            let out = &mut winner[start..start + len];
+            let positions = start as u32..;
+            for ((((((at, &e), &a), &b), &c), &d), p) in out
+                .iter_mut()
+                .zip(&edges[..len])
+                .zip(a)
+                .zip(b)
+                .zip(c)
+                .zip(d)
+                .zip(positions)
+            {
+                at.write(pick(e, p, a, b, c, d));
+            }
+        }
+        for p in total.saturating_sub(w + 1)..total {
+            let e = edges[p % plane];
+            let at = |offset: usize, needs: u8| {
+                if e & needs == needs {
+                    x[p + offset]
+                } else {
+                    0.0
+                }
+            };
+            winner[p].write(pick(
+                e,
+                p as u32,
+                x[p],
+                at(1, RIGHT),
+                at(w, BELOW),
+                at(w + 1, RIGHT | BELOW),
+            ));
+        }
+    }
+);
+
+super::multiversioned!(
+    /// The input gradient of the 2×2 stride-1 'same' pool over a run of planes `w` wide, from
+    /// the pooled gradient `grad` and the winners [`Same2x2::winners`] found (offsets in the
+    /// run): `grad_x[q]` is the sum of `grad[p]` over the windows `p` that `q` won. Only the
+    /// windows `q - w - 1`, `q - w`, `q - 1` and `q` contain `q`, so each element is gathered
+    /// from those four (vector compares and selects) instead of scattering every window's
+    /// gradient to its winner one element at a time; the terms are added in increasing `p`,
+    /// starting from zero, as the scatter adds them, so the sums are the same bits. A window of
+    /// the plane before never names `q`, so the run reads as one tall plane (a zero term added
+    /// to a sum that started at +0 leaves its bits alone). Every element of `grad_x` is written.
+    pub(crate) fn gather_same_2x2(
+        winner: &[u32],
+        grad: &[f32],
+        w: usize,
+        grad_x: &mut [MaybeUninit<f32>],
+    ) {
         let n = grad_x.len();
         assert!(
             winner.len() == n && grad.len() == n,
@@ -197,7 +315,7 @@ super::multiversioned!(
                 if winner[q] as usize == q {
                     sum += grad[q];
                 }
-                *x = sum;
+                x.write(sum);
             }
             return;
         }
@@ -210,10 +328,10 @@ super::multiversioned!(
                 0.0
             }
         };
-        grad_x[0] = 0.0 + term(0, 0);
+        grad_x[0].write(0.0 + term(0, 0));
         for (q, x) in grad_x[..head].iter_mut().enumerate().skip(1) {
             let above = if q == w { term(0, q) } else { 0.0 };
-            *x = 0.0 + above + term(q - 1, q) + term(q, q);
+            x.write(0.0 + above + term(q - 1, q) + term(q, q));
         }
         if n == head {
             return;
@@ -232,11 +350,12 @@ super::multiversioned!(
         for (k, x) in out.iter_mut().enumerate() {
             let q = (head + k) as u32;
             let term = |won: u32, g: f32| if won == q { g } else { 0.0 };
-            *x = 0.0
-                + term(ww1[k], gw1[k])
-                + term(ww[k], gw[k])
-                + term(w1[k], g1[k])
-                + term(w0[k], g0[k]);
+            x.write(
+                0.0 + term(ww1[k], gw1[k])
+                    + term(ww[k], gw[k])
+                    + term(w1[k], g1[k])
+                    + term(w0[k], g0[k]),
+            );
         }
     }
 );
@@ -254,26 +373,22 @@ pub fn backward(
 ) -> Vec<f32> {
     let [oh, ow] = window.output_size([h, w]);
     debug_assert_eq!(grad_out.len(), planes * oh * ow);
-    let mut grad_x = super::filled(planes * h * w, 0.0);
     if is_keras_same_2x2(window) {
-        grad_x
+        let (len, pool) = (planes * h * w, Same2x2::new(h, w));
+        let mut grad_x = super::reserved(len);
+        grad_x.spare_capacity_mut()[..len]
             .par_chunks_mut(PLANES_PER_TASK * h * w)
             .zip(x.par_chunks(PLANES_PER_TASK * h * w))
             .zip(grad_out.par_chunks(PLANES_PER_TASK * h * w))
             .for_each(|((grad_x, x), grad_out)| {
-                let mut best = vec![MaybeUninit::<f32>::uninit(); h * w];
-                let mut winner = vec![0u32; h * w];
-                for ((grad_x, x), grad_out) in grad_x
-                    .chunks_mut(h * w)
-                    .zip(x.chunks(h * w))
-                    .zip(grad_out.chunks(h * w))
-                {
-                    same_2x2_plane(x, h, w, &mut best, &mut winner);
-                    gather_same_2x2(&winner, grad_out, w, grad_x);
-                }
+                gather_same_2x2(&pool.winners(x), grad_out, w, grad_x);
             });
+        // SAFETY: `gather_same_2x2` wrote every element of every task's planes, and the tasks
+        // cover the first `len` elements.
+        unsafe { grad_x.set_len(len) };
         return grad_x;
     }
+    let mut grad_x = super::filled(planes * h * w, 0.0);
     let [kh, kw] = window.kernel;
     let [sh, sw] = window.stride;
     let [ph, pw] = window.pad_begin;
@@ -384,6 +499,9 @@ mod tests {
     /// offsets see no valid input column at all (padding 2 on a 1-wide input).
     #[test]
     fn matches_a_direct_scan_on_awkward_shapes() {
+        // Three planes: the 'same' pool runs over all of them at once, so the middle one has
+        // neighbours on both sides whose values must not leak into its windows.
+        const PLANES: usize = 3;
         for (h, w, k, s, pb, pe) in [
             (1, 1, 3, 1, 2, 0),
             (3, 2, 3, 2, 1, 1),
@@ -404,13 +522,13 @@ mod tests {
                 pad_end: [pe, pe],
             };
             let [oh, ow] = win.output_size([h, w]);
-            let x: Vec<f32> = (0..2 * h * w)
+            let x: Vec<f32> = (0..PLANES * h * w)
                 .map(|i| ((i * 37 % 11) as f32) - 5.0)
                 .collect();
-            let g: Vec<f32> = (0..2 * oh * ow).map(|i| i as f32 + 1.0).collect();
-            let mut want = vec![f32::NEG_INFINITY; 2 * oh * ow];
-            let mut want_grad = vec![0.0; 2 * h * w];
-            for p in 0..2 {
+            let g: Vec<f32> = (0..PLANES * oh * ow).map(|i| i as f32 + 1.0).collect();
+            let mut want = vec![f32::NEG_INFINITY; PLANES * oh * ow];
+            let mut want_grad = vec![0.0; PLANES * h * w];
+            for p in 0..PLANES {
                 for r in 0..oh {
                     for c in 0..ow {
                         let mut best: Option<usize> = None;
@@ -435,14 +553,17 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(forward(&x, 2, h, w, &win), want, "{win:?} on {h}x{w}");
+            assert_eq!(forward(&x, PLANES, h, w, &win), want, "{win:?} on {h}x{w}");
             assert_eq!(
-                backward(&x, &g, 2, h, w, &win),
+                backward(&x, &g, PLANES, h, w, &win),
                 want_grad,
                 "{win:?} on {h}x{w}"
             );
             let baseline = crate::kernels::on_baseline(|| {
-                (forward(&x, 2, h, w, &win), backward(&x, &g, 2, h, w, &win))
+                (
+                    forward(&x, PLANES, h, w, &win),
+                    backward(&x, &g, PLANES, h, w, &win),
+                )
             });
             assert_eq!(
                 baseline,
@@ -487,11 +608,12 @@ mod tests {
                 .collect();
             for baseline in [false, true] {
                 let run = || {
-                    let mut best = vec![MaybeUninit::uninit(); n];
-                    let mut winner = vec![0u32; n];
-                    same_2x2_plane(&x, h, w, &mut best, &mut winner);
-                    let mut grad_x = vec![f32::NAN; n];
+                    let winner = Same2x2::new(h, w).winners(&x);
+                    let mut grad_x = vec![MaybeUninit::new(f32::NAN); n];
                     gather_same_2x2(&winner, &grad, w, &mut grad_x);
+                    // SAFETY: initialised (to NaN, then by the gather).
+                    let grad_x: Vec<f32> =
+                        grad_x.iter().map(|v| unsafe { v.assume_init() }).collect();
                     (winner, grad_x)
                 };
                 let (winner, got) = if baseline {
