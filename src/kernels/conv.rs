@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -285,41 +286,80 @@ super::multiversioned!(
     }
 );
 
-/// Writes the input gradient `grad_x` of `images` consecutive images from `col` (the layout
-/// [`im2col`] writes): each input element is the sum of the patch elements read from it. Every
-/// element of `grad_x` is written, so it may start uninitialised.
+/// Writes the input gradient of channels `channels` of `images` consecutive images into their
+/// planes of `grad_x` (the group's whole input gradient, every channel) from `col`, the rows of
+/// the layout [`im2col`] writes that belong to those channels: each input element is the sum of
+/// the patch elements read from it. Every element of those planes is written, so they may start
+/// uninitialised.
 ///
 /// The reverse of [`im2col`]'s phase split: each output row's contributions are added into one
 /// contiguous run of the phases (vector adds instead of a scatter every `sw`-th element), and the
 /// phases are interleaved into `grad_x` once at the end. Each element still receives its terms in
 /// the same order, starting from zero, so the sums are bit for bit those of adding straight into
 /// a zeroed `grad_x` (which stride 1 does).
-fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [MaybeUninit<f32>]) {
+fn col2im(
+    col: &[f32],
+    shape: &ConvShape,
+    images: usize,
+    channels: Range<usize>,
+    grad_x: &mut [MaybeUninit<f32>],
+) {
     let [h, w] = shape.input;
     let [oh, ow] = shape.output();
     let [kh, kw] = shape.window.kernel;
     let [sh, sw] = shape.window.stride;
     let [ph, pw] = shape.window.pad_begin;
-    let spatial = oh * ow;
+    let (spatial, plane) = (oh * ow, h * w);
     let columns = images * spatial;
-    let layout = PhaseLayout::new(shape);
-    let grad_x = &mut grad_x[..images * shape.channels * h * w];
-    let mut split = if layout.is_identity() {
+    let block = channels.len();
+    let grad_x = &mut grad_x[..images * shape.channels * plane];
+    // The planes of `channels`, image by image.
+    fn planes<'a>(
+        grad_x: &'a mut [MaybeUninit<f32>],
+        per_image: usize,
+        ours: Range<usize>,
+        plane: usize,
+    ) -> impl Iterator<Item = &'a mut [MaybeUninit<f32>]> {
+        grad_x
+            .chunks_exact_mut(per_image)
+            .flat_map(move |image| image[ours.clone()].chunks_exact_mut(plane))
+    }
+    let (per_image, ours) = (
+        shape.channels * plane,
+        channels.start * plane..channels.end * plane,
+    );
+    // Stride 1 adds straight into the zeroed planes, laid out as in `grad_x`; other strides into
+    // the block's phases.
+    let identity = shape.window.stride == [1, 1];
+    let layout = PhaseLayout::new(&ConvShape {
+        channels: if identity { shape.channels } else { block },
+        ..*shape
+    });
+    let first_channel = if identity { channels.start } else { 0 };
+    let mut split = if identity {
+        for plane in planes(grad_x, per_image, ours.clone(), plane) {
+            fill_zero(plane);
+        }
         Vec::new()
     } else {
         vec![0.0f32; layout.len(images)]
     };
-    let acc: &mut [f32] = if layout.is_identity() {
-        fill_zero(grad_x);
-        // SAFETY: zeroed just above; `MaybeUninit<f32>` has the layout of `f32`.
+    let acc: &mut [f32] = if identity {
+        // SAFETY: the planes this call writes were zeroed just above, and only they are added to;
+        // `MaybeUninit<f32>` has the layout of `f32`.
         unsafe { &mut *(grad_x as *mut [MaybeUninit<f32>] as *mut [f32]) }
     } else {
         &mut split
     };
     let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
     let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
-    for (index, src_row) in col.chunks_exact(columns.max(1)).enumerate() {
+    for (index, src_row) in col
+        .chunks_exact(columns.max(1))
+        .take(block * kh * kw)
+        .enumerate()
+    {
         let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
+        let c = first_channel + c;
         let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
             continue;
         };
@@ -339,14 +379,13 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [MaybeUnin
             }
         }
     }
-    if layout.is_identity() {
+    if identity {
         return;
     }
     // Interleave the phases back into the planes (every element of `grad_x` lies in one phase).
     let phase_len = layout.size[0] * layout.size[1];
-    for (plane, phases) in grad_x
-        .chunks_exact_mut(h * w)
-        .zip(split.chunks_exact(sh * sw * phase_len))
+    for (plane, phases) in
+        planes(grad_x, per_image, ours, plane).zip(split.chunks_exact(sh * sw * phase_len))
     {
         for (r, row) in plane.chunks_exact_mut(w).enumerate() {
             let phase_row = layout.phase_row(r);
@@ -368,6 +407,10 @@ fn col2im(col: &[f32], shape: &ConvShape, images: usize, grad_x: &mut [MaybeUnin
         }
     }
 }
+
+/// Elements of the input-gradient patches computed and folded back at a time (about 400 KB, a
+/// third of this machine's 2 MB L2 cache).
+const COL2IM_BLOCK: usize = 96 << 10;
 
 /// The im2col matrices of a forward pass, one per group of images, kept for the backward pass so
 /// it does not gather the patches again (the teacher's largest costs about 38 MB per batch of 64).
@@ -762,19 +805,7 @@ fn group_backward(
         for f in 0..filters {
             let dst = &mut gz[f * columns + g * spatial..][..spatial];
             let plane = (g * filters + f) * spatial..(g * filters + f + 1) * spatial;
-            let (gy, yv) = (&grad_y[plane.clone()], &y[plane]);
-            match slope {
-                Some(slope) => {
-                    for ((d, &gv), &yv) in dst.iter_mut().zip(gy).zip(yv) {
-                        d.write(if yv < 0.0 { gv * slope } else { gv });
-                    }
-                }
-                None => {
-                    for (d, &gv) in dst.iter_mut().zip(gy) {
-                        d.write(gv);
-                    }
-                }
-            }
+            activation_gradient(&grad_y[plane.clone()], &y[plane], slope, dst);
         }
     }
     // SAFETY: every image's every filter plane was written above, and they cover the matrix.
@@ -797,17 +828,52 @@ fn group_backward(
     )
     .new_matrix(&grad_z, col);
     if let Some(grad_x) = grad_x {
-        // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns)
-        let grad_col = Product::new(
-            [patch, columns, filters],
-            Layout::columns(patch),
-            Layout::rows(columns),
-        )
-        .new_matrix(weight, &grad_z);
-        col2im(&grad_col, shape, images, grad_x);
+        // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns),
+        // a block of input channels' rows at a time, each folded into the input gradient while
+        // it is still in cache: the whole matrix (2.4 MB for the teacher's second and third
+        // convolutions) came back from memory for col2im, and gemm wrote it at two thirds of the
+        // rate it writes a block. A row's sum does not depend on how many rows are computed with
+        // it (the reduction over filters is split the same way), so the bits are the same.
+        let window = shape.window.kernel[0] * shape.window.kernel[1];
+        let block = (COL2IM_BLOCK / (window * columns)).max(1);
+        let mut grad_col = Vec::new();
+        for first in (0..shape.channels).step_by(block) {
+            let channels = first..(first + block).min(shape.channels);
+            Product::new(
+                [channels.len() * window, columns, filters],
+                Layout::columns(patch),
+                Layout::rows(columns),
+            )
+            .replace_contents(&mut grad_col, &weight[first * window..], &grad_z);
+            col2im(&grad_col, shape, images, channels, grad_x);
+        }
     }
     (grad_w, grad_b)
 }
+
+super::multiversioned!(
+    /// The gradient through the activation, from the activated output `y`: `grad · slope` where
+    /// `y` is negative when a leaky ReLU's `slope` is given, else `grad` itself.
+    fn activation_gradient(
+        grad: &[f32],
+        y: &[f32],
+        slope: Option<f32>,
+        dst: &mut [MaybeUninit<f32>],
+    ) {
+        match slope {
+            Some(slope) => {
+                for ((d, &g), &y) in dst.iter_mut().zip(grad).zip(y) {
+                    d.write(if y < 0.0 { g * slope } else { g });
+                }
+            }
+            None => {
+                for (d, &g) in dst.iter_mut().zip(grad) {
+                    d.write(g);
+                }
+            }
+        }
+    }
+);
 
 super::multiversioned!(
     /// `sum[i] += part[i]`.
@@ -1009,17 +1075,25 @@ mod tests {
             let [oh, ow] = s.output();
             let col = values(s.patch() * s.batch * oh * ow, 5);
             let [h, w] = s.input;
-            // Filled with NaN: col2im must write every element.
-            let mut got = vec![MaybeUninit::new(f32::NAN); s.batch * s.channels * h * w];
-            col2im(&col, &s, s.batch, &mut got);
-            // SAFETY: initialised (NaN) from the start.
-            let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&got),
-                bits(&scatter_col2im(&col, &s, s.batch)),
-                "{s:?}"
-            );
+            let want = scatter_col2im(&col, &s, s.batch);
+            // All channels at once, then blocks of one channel (each block's rows of `col`).
+            for block in [s.channels, 1] {
+                // Filled with NaN: col2im must write every element.
+                let mut got = vec![MaybeUninit::new(f32::NAN); s.batch * s.channels * h * w];
+                let rows = block * s.window.kernel[0] * s.window.kernel[1] * s.batch * oh * ow;
+                for (b, col) in col.chunks(rows).enumerate() {
+                    let channels = b * block..((b + 1) * block).min(s.channels);
+                    col2im(col, &s, s.batch, channels, &mut got);
+                }
+                // SAFETY: initialised (NaN) from the start.
+                let got: Vec<f32> = got.iter().map(|v| unsafe { v.assume_init() }).collect();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{s:?}, blocks of {block} channel(s)"
+                );
+            }
         }
     }
 
