@@ -286,127 +286,129 @@ super::multiversioned!(
     }
 );
 
-/// Writes the input gradient of channels `channels` of `images` consecutive images into their
-/// planes of `grad_x` (the group's whole input gradient, every channel) from `col`, the rows of
-/// the layout [`im2col`] writes that belong to those channels: each input element is the sum of
-/// the patch elements read from it. Every element of those planes is written, so they may start
-/// uninitialised.
-///
-/// The reverse of [`im2col`]'s phase split: each output row's contributions are added into one
-/// contiguous run of the phases (vector adds instead of a scatter every `sw`-th element), and the
-/// phases are interleaved into `grad_x` once at the end. Each element still receives its terms in
-/// the same order, starting from zero, so the sums are bit for bit those of adding straight into
-/// a zeroed `grad_x` (which stride 1 does).
-fn col2im(
-    col: &[f32],
-    shape: &ConvShape,
-    images: usize,
-    channels: Range<usize>,
-    grad_x: &mut [MaybeUninit<f32>],
-) {
-    let [h, w] = shape.input;
-    let [oh, ow] = shape.output();
-    let [kh, kw] = shape.window.kernel;
-    let [sh, sw] = shape.window.stride;
-    let [ph, pw] = shape.window.pad_begin;
-    let (spatial, plane) = (oh * ow, h * w);
-    let columns = images * spatial;
-    let block = channels.len();
-    let grad_x = &mut grad_x[..images * shape.channels * plane];
-    // The planes of `channels`, image by image.
-    fn planes<'a>(
-        grad_x: &'a mut [MaybeUninit<f32>],
-        per_image: usize,
-        ours: Range<usize>,
-        plane: usize,
-    ) -> impl Iterator<Item = &'a mut [MaybeUninit<f32>]> {
-        grad_x
-            .chunks_exact_mut(per_image)
-            .flat_map(move |image| image[ours.clone()].chunks_exact_mut(plane))
-    }
-    let (per_image, ours) = (
-        shape.channels * plane,
-        channels.start * plane..channels.end * plane,
-    );
-    // Stride 1 adds straight into the zeroed planes, laid out as in `grad_x`; other strides into
-    // the block's phases.
-    let identity = shape.window.stride == [1, 1];
-    let layout = PhaseLayout::new(&ConvShape {
-        channels: if identity { shape.channels } else { block },
-        ..*shape
-    });
-    let first_channel = if identity { channels.start } else { 0 };
-    let mut split = if identity {
-        for plane in planes(grad_x, per_image, ours.clone(), plane) {
-            fill_zero(plane);
+super::multiversioned!(
+    /// Writes the input gradient of channels `channels` of `images` consecutive images into their
+    /// planes of `grad_x` (the group's whole input gradient, every channel) from `col`, the rows of
+    /// the layout [`im2col`] writes that belong to those channels: each input element is the sum of
+    /// the patch elements read from it. Every element of those planes is written, so they may start
+    /// uninitialised.
+    ///
+    /// The reverse of [`im2col`]'s phase split: each output row's contributions are added into one
+    /// contiguous run of the phases (vector adds instead of a scatter every `sw`-th element), and the
+    /// phases are interleaved into `grad_x` once at the end. Each element still receives its terms in
+    /// the same order, starting from zero, so the sums are bit for bit those of adding straight into
+    /// a zeroed `grad_x` (which stride 1 does).
+    fn col2im(
+        col: &[f32],
+        shape: &ConvShape,
+        images: usize,
+        channels: Range<usize>,
+        grad_x: &mut [MaybeUninit<f32>],
+    ) {
+        let [h, w] = shape.input;
+        let [oh, ow] = shape.output();
+        let [kh, kw] = shape.window.kernel;
+        let [sh, sw] = shape.window.stride;
+        let [ph, pw] = shape.window.pad_begin;
+        let (spatial, plane) = (oh * ow, h * w);
+        let columns = images * spatial;
+        let block = channels.len();
+        let grad_x = &mut grad_x[..images * shape.channels * plane];
+        // The planes of `channels`, image by image.
+        fn planes<'a>(
+            grad_x: &'a mut [MaybeUninit<f32>],
+            per_image: usize,
+            ours: Range<usize>,
+            plane: usize,
+        ) -> impl Iterator<Item = &'a mut [MaybeUninit<f32>]> {
+            grad_x
+                .chunks_exact_mut(per_image)
+                .flat_map(move |image| image[ours.clone()].chunks_exact_mut(plane))
         }
-        Vec::new()
-    } else {
-        vec![0.0f32; layout.len(images)]
-    };
-    let acc: &mut [f32] = if identity {
-        // SAFETY: the planes this call writes were zeroed just above, and only they are added to;
-        // `MaybeUninit<f32>` has the layout of `f32`.
-        unsafe { &mut *(grad_x as *mut [MaybeUninit<f32>] as *mut [f32]) }
-    } else {
-        &mut split
-    };
-    let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
-    let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
-    for (index, src_row) in col
-        .chunks_exact(columns.max(1))
-        .take(block * kh * kw)
-        .enumerate()
-    {
-        let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
-        let c = first_channel + c;
-        let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
-            continue;
+        let (per_image, ours) = (
+            shape.channels * plane,
+            channels.start * plane..channels.end * plane,
+        );
+        // Stride 1 adds straight into the zeroed planes, laid out as in `grad_x`; other strides into
+        // the block's phases.
+        let identity = shape.window.stride == [1, 1];
+        let layout = PhaseLayout::new(&ConvShape {
+            channels: if identity { shape.channels } else { block },
+            ..*shape
+        });
+        let first_channel = if identity { channels.start } else { 0 };
+        let mut split = if identity {
+            for plane in planes(grad_x, per_image, ours.clone(), plane) {
+                fill_zero(plane);
+            }
+            Vec::new()
+        } else {
+            vec![0.0f32; layout.len(images)]
         };
-        let n = hi - lo;
-        for (g, src) in src_row.chunks_exact(spatial).enumerate() {
-            let first_run = layout.start(g, c, first_row, first);
-            let block = &src[r_lo * ow..r_hi * ow];
-            if lo == 0 && n == ow && layout.size[1] == ow {
-                // Output rows as long as phase rows, all valid: one contiguous run.
-                let dst = &mut acc[first_run..][..block.len()];
-                dst.iter_mut().zip(block).for_each(|(d, &v)| *d += v);
+        let acc: &mut [f32] = if identity {
+            // SAFETY: the planes this call writes were zeroed just above, and only they are added to;
+            // `MaybeUninit<f32>` has the layout of `f32`.
+            unsafe { &mut *(grad_x as *mut [MaybeUninit<f32>] as *mut [f32]) }
+        } else {
+            &mut split
+        };
+        let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
+        let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
+        for (index, src_row) in col
+            .chunks_exact(columns.max(1))
+            .take(block * kh * kw)
+            .enumerate()
+        {
+            let (c, i, j) = (index / (kh * kw), index / kw % kh, index % kw);
+            let c = first_channel + c;
+            let (Some((r_lo, r_hi, first_row)), Some((lo, hi, first))) = (rows[i], cols[j]) else {
                 continue;
-            }
-            for (r, run) in block.chunks_exact(ow).enumerate() {
-                let dst = &mut acc[first_run + r * layout.size[1]..][..n];
-                dst.iter_mut().zip(&run[lo..hi]).for_each(|(d, &v)| *d += v);
-            }
-        }
-    }
-    if identity {
-        return;
-    }
-    // Interleave the phases back into the planes (every element of `grad_x` lies in one phase).
-    let phase_len = layout.size[0] * layout.size[1];
-    for (plane, phases) in
-        planes(grad_x, per_image, ours, plane).zip(split.chunks_exact(sh * sw * phase_len))
-    {
-        for (r, row) in plane.chunks_exact_mut(w).enumerate() {
-            let phase_row = layout.phase_row(r);
-            if sw == 2 {
-                let even = &phases[phase_row(0)..][..layout.size[1]];
-                let odd = &phases[phase_row(1)..][..layout.size[1]];
-                for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
-                    pair[0].write(e);
-                    pair[1].write(o);
+            };
+            let n = hi - lo;
+            for (g, src) in src_row.chunks_exact(spatial).enumerate() {
+                let first_run = layout.start(g, c, first_row, first);
+                let block = &src[r_lo * ow..r_hi * ow];
+                if lo == 0 && n == ow && layout.size[1] == ow {
+                    // Output rows as long as phase rows, all valid: one contiguous run.
+                    let dst = &mut acc[first_run..][..block.len()];
+                    dst.iter_mut().zip(block).for_each(|(d, &v)| *d += v);
+                    continue;
                 }
-                if w % 2 == 1 {
-                    row[w - 1].write(even[w / 2]);
-                }
-            } else {
-                for (col, x) in row.iter_mut().enumerate() {
-                    x.write(phases[phase_row(col % sw) + col / sw]);
+                for (r, run) in block.chunks_exact(ow).enumerate() {
+                    let dst = &mut acc[first_run + r * layout.size[1]..][..n];
+                    dst.iter_mut().zip(&run[lo..hi]).for_each(|(d, &v)| *d += v);
                 }
             }
         }
+        if identity {
+            return;
+        }
+        // Interleave the phases back into the planes (every element of `grad_x` lies in one phase).
+        let phase_len = layout.size[0] * layout.size[1];
+        for (plane, phases) in
+            planes(grad_x, per_image, ours, plane).zip(split.chunks_exact(sh * sw * phase_len))
+        {
+            for (r, row) in plane.chunks_exact_mut(w).enumerate() {
+                let phase_row = layout.phase_row(r);
+                if sw == 2 {
+                    let even = &phases[phase_row(0)..][..layout.size[1]];
+                    let odd = &phases[phase_row(1)..][..layout.size[1]];
+                    for ((pair, &e), &o) in row.chunks_exact_mut(2).zip(even).zip(odd) {
+                        pair[0].write(e);
+                        pair[1].write(o);
+                    }
+                    if w % 2 == 1 {
+                        row[w - 1].write(even[w / 2]);
+                    }
+                } else {
+                    for (col, x) in row.iter_mut().enumerate() {
+                        x.write(phases[phase_row(col % sw) + col / sw]);
+                    }
+                }
+            }
+        }
     }
-}
+);
 
 /// Elements of the input-gradient patches computed and folded back at a time (about 400 KB, a
 /// third of this machine's 2 MB L2 cache).
