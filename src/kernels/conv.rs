@@ -315,12 +315,12 @@ super::multiversioned!(
         let block = channels.len();
         let grad_x = &mut grad_x[..images * shape.channels * plane];
         // The planes of `channels`, image by image.
-        fn planes<'a>(
-            grad_x: &'a mut [MaybeUninit<f32>],
+        fn planes(
+            grad_x: &mut [MaybeUninit<f32>],
             per_image: usize,
             ours: Range<usize>,
             plane: usize,
-        ) -> impl Iterator<Item = &'a mut [MaybeUninit<f32>]> {
+        ) -> impl Iterator<Item = &mut [MaybeUninit<f32>]> {
             grad_x
                 .chunks_exact_mut(per_image)
                 .flat_map(move |image| image[ours.clone()].chunks_exact_mut(plane))
