@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 15, 2026-12-02: the 2x2 'same' pool over a whole run of planes in one vector loop and its
 # backward routed a whole group at once, the input-gradient patches computed and folded back a
-# block of input channels at a time (in cache), col2im compiled for AVX-512/AVX2, side by side in
-# one run with the binary before them (BEFORE, commit 7b73e26, the engine behind the README's
-# 2026-12-01 table), ONNX Runtime on the same teacher-v3 exported by `distill export`, and the
-# Keras harness. Part 1 alternates BEFORE, NEW, ONNX Runtime and Keras for ROUNDS rounds (`bench
-# --model`); part 2 is the README's whole table once (`distill bench` on every workload, burn's
-# layers alongside, one and two threads). One thread is pinned to core 0; two use both cores.
+# block of input channels at a time (in cache), col2im compiled for AVX-512/AVX2 with short rows
+# added as masked blocks, side by side in one run with the binary before them (BEFORE, commit
+# 7b73e26, the engine behind the README's 2026-12-01 table), ONNX Runtime on the same teacher-v3
+# exported by `distill export`, and the Keras harness. Part 1 alternates BEFORE, NEW, ONNX Runtime
+# and Keras for ROUNDS rounds (`bench --model`); part 2 is the README's whole table once (`distill
+# bench` on every workload, burn's layers alongside, one and two threads). One thread is pinned to
+# core 0; two use both cores. NEW was commit ff7e0fc's binary.
 #
 #   BEFORE=path/to/old/distill NEW=target/release/distill docs/results/speed-2026-12-02/run.sh
 set -euo pipefail
