@@ -355,16 +355,20 @@ super::multiversioned!(
         let rows: Vec<_> = (0..kh).map(|i| valid_outputs(i, sh, ph, h, oh)).collect();
         let cols: Vec<_> = (0..kw).map(|j| valid_outputs(j, sw, pw, w, ow)).collect();
         // Per kernel column offset: all ones for the output columns that read the input, zero
-        // for the rest, over every output position (see the masked add below).
-        let keep: Vec<Vec<u32>> = cols
-            .iter()
-            .map(|valid| {
-                let (lo, hi) = valid.map_or((0, 0), |(lo, hi, _)| (lo, hi));
-                (0..spatial)
-                    .map(|k| if (lo..hi).contains(&(k % ow)) { !0 } else { 0 })
-                    .collect()
-            })
-            .collect();
+        // for the rest, over every output position (see the masked add below; only short rows
+        // take it, so longer ones skip building the masks).
+        let keep: Vec<Vec<u32>> = if ow < SHORT_ROW {
+            cols.iter()
+                .map(|valid| {
+                    let (lo, hi) = valid.map_or((0, 0), |(lo, hi, _)| (lo, hi));
+                    (0..spatial)
+                        .map(|k| if (lo..hi).contains(&(k % ow)) { !0 } else { 0 })
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let phase_len = layout.size[0] * layout.size[1];
         for (index, src_row) in col
             .chunks_exact(columns.max(1))
