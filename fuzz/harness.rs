@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use distill::data::{cifar, idx, Augmentation};
+use distill::data::{cifar, cifar100, idx, Augmentation};
 use distill::distill::{decode_logits, decode_view_logits};
 use distill::experiment::ExperimentConfig;
 use distill::models::summary;
@@ -57,6 +57,49 @@ pub fn cifar_bin(data: &[u8]) {
         // the class count is the whole file here: use byte 1 as part of it
         if let Ok(classes) = cifar::parse_classes(&data[1..], path) {
             assert!(!classes.is_empty(), "no class must be an error");
+            assert!(classes
+                .iter()
+                .all(|c| !c.is_empty() && c.trim() == c && !c.contains('\n')));
+        }
+    }
+}
+
+/// `cifar100_bin`: byte 0 selects the parser (even: `train.bin`/`test.bin`, odd: a class-name
+/// file) and the labels (bit 1 clear: fine, set: coarse); the rest is the file. An accepted
+/// `.bin` file had both labels of every record in range, and the split holds exactly its images
+/// and the chosen labels; an accepted name file has exactly 100 (fine) or 20 (coarse) names.
+pub fn cifar100_bin(data: &[u8]) {
+    use cifar100::Labels;
+    let [selector, file @ ..] = data else {
+        return;
+    };
+    let labels = if selector & 2 == 0 {
+        Labels::Fine
+    } else {
+        Labels::Coarse
+    };
+    if selector % 2 == 0 {
+        let path = Path::new("fuzz/train.bin");
+        if let Ok(split) = cifar100::parse_batch(file, path, labels) {
+            assert_eq!(split.shape, cifar100::SHAPE);
+            assert!(!split.is_empty(), "an empty file must be an error");
+            assert_eq!(split.len() * cifar100::RECORD, file.len());
+            assert_eq!(split.len() * (cifar100::RECORD - 2), split.images.len());
+            for (i, record) in file.chunks_exact(cifar100::RECORD).enumerate() {
+                let (coarse, fine) = (usize::from(record[0]), usize::from(record[1]));
+                assert!(coarse < cifar100::COARSE_CLASSES && fine < cifar100::FINE_CLASSES);
+                let chosen = match labels {
+                    Labels::Fine => fine,
+                    Labels::Coarse => coarse,
+                };
+                assert_eq!(split.labels[i] as usize, chosen);
+                assert_eq!(split.image(i), &record[2..]);
+            }
+        }
+    } else {
+        let path = Path::new("fuzz").join(labels.names_file());
+        if let Ok(classes) = cifar100::parse_classes(file, &path, labels) {
+            assert_eq!(classes.len(), labels.num_classes());
             assert!(classes
                 .iter()
                 .all(|c| !c.is_empty() && c.trim() == c && !c.contains('\n')));

@@ -15,6 +15,8 @@ pub enum Origin {
     Checkpoint,
     /// A safetensors file written by `distill export`.
     Safetensors,
+    /// A PyTorch checkpoint (`torch.save` of a state dict).
+    PyTorch,
     /// An ONNX file, imported natively or run by tract.
     Onnx {
         /// The engine that runs it.
@@ -125,6 +127,46 @@ pub fn load_classifier(
             engine: Engine::Native(loaded.network),
             hash: loaded.sha256,
             origin: Origin::Safetensors,
+        });
+    }
+    if crate::models::pytorch::is_pytorch(path) {
+        let Some(spec) = options.spec.as_deref() else {
+            anyhow::bail!(
+                "{} is a PyTorch checkpoint: give the architecture its state dict follows with --spec (a zoo name such as resnet56 or resnet56-proj, or a spec .toml)",
+                path.display()
+            );
+        };
+        let spec = crate::models::resolve_spec(spec).context("--spec")?;
+        let Some(input) = options.expected_input else {
+            anyhow::bail!(
+                "{}: a PyTorch checkpoint does not record its input shape; it comes from the data (--data)",
+                path.display()
+            );
+        };
+        let loaded = crate::models::pytorch::load(
+            path,
+            &spec,
+            input,
+            options.normalize.as_ref(),
+            device,
+        )?;
+        let hash = match &options.normalize {
+            None => loaded.sha256,
+            Some(norm) => {
+                let mut hasher = Sha256::new();
+                hasher.update(loaded.sha256.as_bytes());
+                hasher.update(format!("normalize {:?} {:?}", norm.mean, norm.std).as_bytes());
+                format!("{:x}", hasher.finalize())
+            }
+        };
+        return Ok(Classifier {
+            outputs: loaded.classes,
+            classes: None,
+            input,
+            spec: Some(loaded.spec),
+            engine: Engine::Native(loaded.network),
+            hash,
+            origin: Origin::PyTorch,
         });
     }
     if !is_onnx(path) {
@@ -261,6 +303,7 @@ impl Classifier {
             (Some(spec), _) => Ok(spec.stats(self.input)?),
             (None, Origin::Onnx { params, .. }) => Ok(ModelStats {
                 params: *params,
+                trainable: *params,
                 flops: 0,
                 bytes: params * 4,
             }),

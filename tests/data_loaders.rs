@@ -36,6 +36,13 @@ fn spec_parses_every_form_and_round_trips() {
         ("embedded", DataSpec::Embedded),
         ("cifar10", DataSpec::Cifar10(None)),
         ("cifar10:/d/c", DataSpec::Cifar10(Some("/d/c".into()))),
+        ("cifar100", DataSpec::Cifar100(None)),
+        ("cifar100:/d/c", DataSpec::Cifar100(Some("/d/c".into()))),
+        ("cifar100-coarse", DataSpec::Cifar100Coarse(None)),
+        (
+            "cifar100-coarse:/d/c",
+            DataSpec::Cifar100Coarse(Some("/d/c".into())),
+        ),
         ("mnist", DataSpec::Mnist(None)),
         ("mnist:rel/dir", DataSpec::Mnist(Some("rel/dir".into()))),
         ("fashion-mnist", DataSpec::FashionMnist(None)),
@@ -60,6 +67,8 @@ fn spec_errors_list_the_accepted_forms() {
             &[
                 "embedded",
                 "cifar10[:DIR]",
+                "cifar100[:DIR]",
+                "cifar100-coarse[:DIR]",
                 "fashion-mnist[:DIR]",
                 "folder:DIR",
             ],

@@ -70,22 +70,35 @@ fn logits_and_grads(
     let r = Tensor::<2>::from_data(TensorData::new(values(b * k, 5), [b, k]), &device);
     let grads = (logits.clone() * r).sum().backward();
     let mut out = Vec::new();
-    for layer in &network.layers {
+    layer_grads(&network.layers, &grads, &mut out);
+    kernels::set_enabled(true);
+    (logits.into_data().try_to_vec::<f32>().unwrap(), out)
+}
+
+/// Every parameter's gradient in `layers`, residual blocks' bodies and shortcuts included.
+fn layer_grads(layers: &[Layer], grads: &burn::tensor::Gradients, out: &mut Vec<Vec<f32>>) {
+    for layer in layers {
         match layer {
             Layer::Conv2d(conv) => {
-                out.push(grad_values(&conv.weight, &grads));
-                out.push(grad_values(conv.bias.as_ref().expect("a bias"), &grads));
+                out.push(grad_values(&conv.weight, grads));
+                if let Some(bias) = &conv.bias {
+                    out.push(grad_values(bias, grads));
+                }
             }
-            Layer::Dense(dense) => out.extend(linear_grads(&dense.linear, &grads)),
+            Layer::Dense(dense) => out.extend(linear_grads(&dense.linear, grads)),
             Layer::BatchNorm(norm) => {
-                out.push(grad_values(&norm.gamma, &grads));
-                out.push(grad_values(&norm.beta, &grads));
+                out.push(grad_values(&norm.gamma, grads));
+                out.push(grad_values(&norm.beta, grads));
+            }
+            Layer::Residual(stage) => {
+                for block in &stage.blocks {
+                    layer_grads(&block.body, grads, out);
+                    layer_grads(&block.shortcut, grads, out);
+                }
             }
             _ => {}
         }
     }
-    kernels::set_enabled(true);
-    (logits.into_data().try_to_vec::<f32>().unwrap(), out)
 }
 
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
@@ -187,6 +200,8 @@ fn odd_sizes_valid_padding_and_a_conv_without_activation_match_burn_layers() {
                 kernel: 3,
                 stride: 2,
                 padding: Padding::Valid,
+                bias: true,
+                groups: 1,
             },
             LayerSpec::MaxPool2d {
                 size: 3,
@@ -198,6 +213,8 @@ fn odd_sizes_valid_padding_and_a_conv_without_activation_match_burn_layers() {
                 kernel: 2,
                 stride: 1,
                 padding: Padding::Same,
+                bias: true,
+                groups: 1,
             },
             LayerSpec::LeakyRelu { slope: 0.3 },
             LayerSpec::MaxPool2d {
@@ -236,8 +253,10 @@ fn batch_norm_with_and_without_a_fused_relu_matches_burn_layers() {
                 kernel: 3,
                 stride: 1,
                 padding: Padding::Same,
+                bias: true,
+                groups: 1,
             },
-            LayerSpec::BatchNorm { epsilon: None },
+            LayerSpec::BatchNorm { epsilon: None, momentum: None },
             LayerSpec::MaxPool2d {
                 size: 5,
                 stride: None,
@@ -246,6 +265,7 @@ fn batch_norm_with_and_without_a_fused_relu_matches_burn_layers() {
             // Four values per channel: a small epsilon would leave the gradient ill-conditioned.
             LayerSpec::BatchNorm {
                 epsilon: Some(1e-2),
+                momentum: None,
             },
             LayerSpec::Relu,
             LayerSpec::Flatten,
@@ -253,7 +273,7 @@ fn batch_norm_with_and_without_a_fused_relu_matches_burn_layers() {
                 units: 6,
                 activation: None,
             },
-            LayerSpec::BatchNorm { epsilon: None },
+            LayerSpec::BatchNorm { epsilon: None, momentum: None },
             LayerSpec::Dense {
                 units: 3,
                 activation: None,
@@ -335,6 +355,30 @@ fn one_and_two_threads_give_bit_identical_logits_and_gradients() {
                 "{name}: gradient {i} differs between 1 and 2 threads"
             );
         }
+    }
+}
+
+#[test]
+fn residual_networks_match_burn_layers_forward_and_backward() {
+    // option A (zero-padded subsampling), option B (projection with its batch norm), Wide
+    // ResNet's pre-activation blocks with a bare 1x1 shortcut, and MobileNetV2's depthwise
+    // convolutions and blocks without shortcut
+    for name in ["resnet8", "resnet8-proj", "wrn-16-2", "mobilenetv2"] {
+        compare(&zoo::get(name).unwrap(), [3, 32, 32], 3);
+    }
+}
+
+#[test]
+fn residual_networks_give_bit_identical_results_on_one_and_two_threads() {
+    let _guard = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, batch) in [("resnet20", 5), ("resnet8-proj", 70)] {
+        let spec = zoo::get(name).unwrap();
+        let network = Network::init(&spec, [3, 32, 32], 3, &Device::flex().autodiff()).unwrap();
+        let dims = [batch, 3, 32, 32];
+        let x = values(dims.iter().product(), 4);
+        let one = on_threads(1, || logits_and_grads(&network, &x, dims, true));
+        let two = on_threads(2, || logits_and_grads(&network, &x, dims, true));
+        assert!(one == two, "{name}: 1 and 2 threads differ");
     }
 }
 

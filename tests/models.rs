@@ -498,6 +498,8 @@ fn bad_specs_are_rejected_naming_layer_and_field() {
                 kernel: 5,
                 stride: 1,
                 padding: Padding::Valid,
+                bias: true,
+                groups: 1,
             }],
             tail(),
         ]

@@ -26,9 +26,16 @@ pub enum ExportFormat {
 /// Options of `distill export`.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Checkpoint directory (the --out of a train or distill run).
+    /// Checkpoint directory (the --out of a train or distill run), or a PyTorch checkpoint
+    /// (`.pth`/`.pt`/`.th`) with --spec.
     #[arg(long)]
     pub model: PathBuf,
+    /// Architecture of a PyTorch checkpoint: a zoo name (`resnet56`) or a spec .toml.
+    #[arg(long)]
+    pub spec: Option<String>,
+    /// Input shape CxHxW of a PyTorch checkpoint (a checkpoint directory records its own).
+    #[arg(long, default_value = "3x32x32", value_parser = super::parse_shape)]
+    pub input: [usize; 3],
     /// Output format.
     #[arg(long, value_enum, default_value_t = ExportFormat::Onnx)]
     pub format: ExportFormat,
@@ -40,7 +47,28 @@ pub struct ExportArgs {
 /// `distill export`.
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let device = Backend::default_compiled().device()?.without_autodiff();
-    let loaded = checkpoint::load(&args.model, &device)?;
+    let loaded = if crate::models::pytorch::is_pytorch(&args.model) {
+        let Some(spec) = &args.spec else {
+            anyhow::bail!(
+                "{} is a PyTorch checkpoint: give its architecture with --spec (a zoo name such as resnet56, or a spec .toml)",
+                args.model.display()
+            );
+        };
+        let spec = crate::models::resolve_spec(spec).context("--spec")?;
+        let torch = crate::models::pytorch::load(&args.model, &spec, args.input, None, &device)?;
+        checkpoint::LoadedModel {
+            meta: checkpoint::ModelMeta {
+                format: 1,
+                input: args.input,
+                classes: (0..torch.classes).map(|c| c.to_string()).collect(),
+                params: torch.spec.stats(args.input)?.params,
+            },
+            spec: torch.spec,
+            network: torch.network,
+        }
+    } else {
+        checkpoint::load(&args.model, &device)?
+    };
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;

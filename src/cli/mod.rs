@@ -86,8 +86,8 @@ enum Command {
     Distill(Box<train::DistillArgs>),
     /// Test accuracy and cross-entropy of a trained model.
     Eval {
-        /// Model directory (the --out of a train or distill run), an ONNX classifier (`.onnx`)
-        /// or a `.safetensors` file.
+        /// Model directory (the --out of a train or distill run), an ONNX classifier (`.onnx`),
+        /// a `.safetensors` file or a PyTorch checkpoint (`.pth`/`.pt`/`.th`, with --spec).
         #[arg(long)]
         model: std::path::PathBuf,
         #[command(flatten)]

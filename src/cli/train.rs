@@ -32,8 +32,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub resume: bool,
     /// Start from the weights of this checkpoint directory (same architecture; dropout rates may
-    /// differ) or of a `.safetensors` file whose tensor names follow the model's spec (PyTorch
-    /// weights), with a fresh optimizer, instead of a random initialisation.
+    /// differ), of a `.safetensors` file whose tensor names follow the model's spec, or of a
+    /// PyTorch checkpoint (`.pth`/`.pt`/`.th`) of the same architecture, with a fresh optimizer,
+    /// instead of a random initialisation.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
     /// Seeds initialisation, shuffling, dropout and augmentation.
@@ -200,13 +201,13 @@ pub struct TeacherImportArgs {
     /// from the shape against the data's C×H×W; Keras/tf2onnx exports are NHWC).
     #[arg(long, value_enum)]
     pub teacher_layout: Option<crate::onnx::Layout>,
-    /// Per-channel normalisation an ONNX teacher was trained with, applied to our [0, 1] pixels:
-    /// `mean=0.485,0.456,0.406,std=0.229,0.224,0.225`.
+    /// Per-channel normalisation an ONNX or PyTorch teacher was trained with, applied to our
+    /// [0, 1] pixels: `mean=0.485,0.456,0.406,std=0.229,0.224,0.225`.
     #[arg(long)]
     pub teacher_normalize: Option<String>,
-    /// Model spec (zoo name or spec .toml) of a `.safetensors` model whose file carries none:
-    /// weights trained elsewhere (PyTorch) under the names `distill export` writes
-    /// (`layers.<i>.weight`, `layers.<i>.linear.weight`, ...).
+    /// Model spec (zoo name or spec .toml) of a PyTorch checkpoint (`.pth`/`.pt`/`.th`, e.g.
+    /// `--spec resnet56`), or of a `.safetensors` model whose file carries none: weights
+    /// trained elsewhere under the names `distill export` writes (`layers.<i>.weight`, ...).
     #[arg(long)]
     pub spec: Option<String>,
     /// Engine for an ONNX model: `auto` imports it natively (our kernels) when every node maps

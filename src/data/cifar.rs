@@ -136,7 +136,7 @@ pub fn parse_batch(bytes: &[u8], path: &Path, num_classes: usize) -> Result<Spli
 }
 
 /// Reads a file that the layout requires, turning "not found" into a [`DataError::Missing`].
-fn read_existing(path: &Path, expected: &str) -> Result<Vec<u8>, DataError> {
+pub(super) fn read_existing(path: &Path, expected: &str) -> Result<Vec<u8>, DataError> {
     match fs::read(path) {
         Ok(bytes) => Ok(bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(DataError::Missing {

@@ -1,10 +1,11 @@
 //! Downloading the standard datasets into a local cache, with checksums.
 //!
-//! `cifar10`, `mnist` and `fashion-mnist` given without a directory are looked up in the cache
-//! directory — `$DISTILL_DATA`, else `~/.cache/distill` — under a subdirectory per dataset, and
-//! downloaded from their official URLs when absent. Setting `DISTILL_MIRROR` to a base URL
-//! (e.g. `http://127.0.0.1:8000/`) fetches every file as `<mirror>/<file name>` instead; the
-//! published MD5s are still checked, so a mirror must serve the original files.
+//! `cifar10`, `cifar100` (and `cifar100-coarse`, which shares its files), `mnist` and
+//! `fashion-mnist` given without a directory are looked up in the cache directory —
+//! `$DISTILL_DATA`, else `~/.cache/distill` — under a subdirectory per dataset, and downloaded
+//! from their official URLs when absent. Setting `DISTILL_MIRROR` to a base URL (e.g.
+//! `http://127.0.0.1:8000/`) fetches every file as `<mirror>/<file name>` instead; the published
+//! MD5s are still checked, so a mirror must serve the original files.
 //!
 //! A download goes to a hidden `.<name>.part-<pid>` file next to its destination and is renamed
 //! only after its MD5 matched, so a file with the final name is always complete; on any error the
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use md5::{Digest, Md5};
 
-use super::{cifar, hex, progress, DataError};
+use super::{cifar, cifar100, hex, progress, DataError};
 
 /// Environment variable overriding the cache directory.
 pub const DATA_ENV: &str = "DISTILL_DATA";
@@ -90,6 +91,16 @@ pub const CIFAR10: Remote = Remote {
     files: &[("cifar-10-binary.tar.gz", "c32a1d4ab5d03f1284b67883e8d87530")],
 };
 
+/// CIFAR-100, binary version, from its authors' site. `cifar100` and `cifar100-coarse` share it.
+pub const CIFAR100: Remote = Remote {
+    cache_subdir: "cifar100",
+    base_url: "https://www.cs.toronto.edu/~kriz/",
+    files: &[(
+        "cifar-100-binary.tar.gz",
+        "03b5dce01913d631647c71ecec9e9cb8",
+    )],
+};
+
 /// The cache directory: `$DISTILL_DATA`, else `$HOME/.cache/distill`.
 pub fn cache_dir() -> Result<PathBuf, DataError> {
     if let Some(dir) = std::env::var_os(DATA_ENV).filter(|d| !d.is_empty()) {
@@ -128,51 +139,73 @@ pub fn ensure_idx(remote: &Remote) -> Result<PathBuf, DataError> {
 /// Makes sure the extracted CIFAR-10 binary files are in the cache, downloading and extracting
 /// the tarball when needed, and returns the directory holding `cifar-10-batches-bin/`.
 pub fn ensure_cifar10() -> Result<PathBuf, DataError> {
-    let dir = cache_dir()?.join(CIFAR10.cache_subdir);
-    let batches = dir.join(cifar::SUBDIR);
-    let complete = |d: &Path| {
-        cifar::TRAIN_FILES
-            .iter()
-            .chain([&cifar::TEST_FILE, &cifar::META_FILE])
-            .all(|f| d.join(f).is_file())
-    };
-    if complete(&batches) {
+    let files: Vec<&str> = cifar::TRAIN_FILES
+        .iter()
+        .chain([&cifar::TEST_FILE, &cifar::META_FILE])
+        .copied()
+        .collect();
+    ensure_tarball(&CIFAR10, cifar::SUBDIR, &files, "the CIFAR-10 .bin files")
+}
+
+/// Makes sure the extracted CIFAR-100 binary files (both splits and both class-name files) are
+/// in the cache, downloading and extracting the tarball when needed, and returns the directory
+/// holding `cifar-100-binary/`.
+pub fn ensure_cifar100() -> Result<PathBuf, DataError> {
+    ensure_tarball(
+        &CIFAR100,
+        cifar100::SUBDIR,
+        &cifar100::FILES,
+        "the CIFAR-100 .bin and class-name files",
+    )
+}
+
+/// Makes sure `files` are in `<cache>/<remote.cache_subdir>/<subdir>/`, else downloads the one
+/// tarball of `remote` (unless it is already there), extracts it and moves its `subdir` into
+/// place. Returns `<cache>/<remote.cache_subdir>`. `what` describes `files` in errors.
+fn ensure_tarball(
+    remote: &Remote,
+    subdir: &str,
+    files: &[&str],
+    what: &str,
+) -> Result<PathBuf, DataError> {
+    let dir = cache_dir()?.join(remote.cache_subdir);
+    let target = dir.join(subdir);
+    let complete = |d: &Path| files.iter().all(|f| d.join(f).is_file());
+    if complete(&target) {
         return Ok(dir);
     }
-    let (file, md5) = CIFAR10.files[0];
+    let (file, md5) = remote.files[0];
     let archive = dir.join(file);
     if !archive.is_file() {
-        fetch(&url(&CIFAR10, file), &archive, md5)?;
+        fetch(&url(remote, file), &archive, md5)?;
     }
     // Extract next to the destination and move the directory into place in one rename, so an
-    // interrupted extraction never leaves a half-filled `cifar-10-batches-bin`.
+    // interrupted extraction never leaves a half-filled target directory.
     let staging = dir.join(format!(".extract-{}", std::process::id()));
     let result = extract_tar_gz(&archive, &staging).and_then(|()| {
-        let extracted = staging.join(cifar::SUBDIR);
+        let extracted = staging.join(subdir);
         if !complete(&extracted) {
             return Err(DataError::format(
                 &archive,
-                format!(
-                    "a tarball holding {}/ with the CIFAR-10 .bin files",
-                    cifar::SUBDIR
-                ),
+                format!("a tarball holding {subdir}/ with {what}"),
                 "an archive without them",
             ));
         }
-        if batches.exists() {
-            fs::remove_dir_all(&batches).map_err(|e| DataError::Write {
-                path: batches.clone(),
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(|e| DataError::Write {
+                path: target.clone(),
                 source: e,
             })?;
         }
-        fs::rename(&extracted, &batches).map_err(|e| DataError::Write {
-            path: batches.clone(),
+        fs::rename(&extracted, &target).map_err(|e| DataError::Write {
+            path: target.clone(),
             source: e,
         })
     });
     let _ = fs::remove_dir_all(&staging);
     result?;
-    // the extracted files are all that is read from now on; the 170 MB tarball is redundant
+    // the extracted files are all that is read from now on; the tarball (about 170 MB for either
+    // CIFAR) is redundant
     let _ = fs::remove_file(&archive);
     Ok(dir)
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A dataset specification string that is not one of the accepted forms.
-    #[error("unknown dataset `{input}`: {reason}; expected one of: embedded, cifar10[:DIR], mnist[:DIR], fashion-mnist[:DIR], folder:DIR")]
+    #[error("unknown dataset `{input}`: {reason}; expected one of: embedded, cifar10[:DIR], cifar100[:DIR], cifar100-coarse[:DIR], mnist[:DIR], fashion-mnist[:DIR], folder:DIR")]
     Spec {
         /// The string as given.
         input: String,

@@ -8,12 +8,15 @@
 //! |---|---|
 //! | `embedded` | 6,000 + 1,000 Fashion-MNIST images compiled into the binary ([`embedded`]) |
 //! | `cifar10[:DIR]` | the official CIFAR-10 binary files ([`cifar`]) |
+//! | `cifar100[:DIR]` | the official CIFAR-100 binary files, with the 100 fine labels ([`cifar100`]) |
+//! | `cifar100-coarse[:DIR]` | the same files, with the 20 coarse labels (superclasses) |
 //! | `mnist[:DIR]`, `fashion-mnist[:DIR]` | IDX files, gzipped or not ([`idx`]) |
 //! | `folder:DIR` | `DIR/{train,test}/<class>/*.{png,jpg,jpeg}` ([`folder`]) |
 //!
-//! Without a directory, `cifar10`, `mnist` and `fashion-mnist` are taken from the cache
-//! (`$DISTILL_DATA`, else `~/.cache/distill`) and downloaded there first when absent
-//! (`DISTILL_MIRROR` overrides the base URL; see [`download`]).
+//! Without a directory, `cifar10`, `cifar100`, `cifar100-coarse` (the same files as `cifar100`),
+//! `mnist` and `fashion-mnist` are taken from the cache (`$DISTILL_DATA`, else
+//! `~/.cache/distill`) and downloaded there first when absent (`DISTILL_MIRROR` overrides the
+//! base URL; see [`download`]).
 //!
 //! Text datasets (`rotten-tomatoes`, `text:FILE`) live in [`text`] and are tokenised by
 //! [`tokenizer`] into padded [`tokenizer::TokenBatch`]es.
@@ -24,6 +27,7 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod cifar100;
 pub mod download;
 pub mod embedded;
 mod error;
@@ -71,6 +75,11 @@ pub enum DataSpec {
     Embedded,
     /// `cifar10` (cached download) or `cifar10:DIR`.
     Cifar10(Option<PathBuf>),
+    /// `cifar100` (cached download) or `cifar100:DIR`: CIFAR-100 with its 100 fine labels.
+    Cifar100(Option<PathBuf>),
+    /// `cifar100-coarse` (cached download) or `cifar100-coarse:DIR`: CIFAR-100 with its 20
+    /// coarse labels (superclasses).
+    Cifar100Coarse(Option<PathBuf>),
     /// `mnist` (cached download) or `mnist:DIR`.
     Mnist(Option<PathBuf>),
     /// `fashion-mnist` (cached download) or `fashion-mnist:DIR`.
@@ -97,6 +106,8 @@ impl FromStr for DataSpec {
             ("embedded", None) => Ok(DataSpec::Embedded),
             ("embedded", Some(_)) => Err(err("`embedded` takes no directory")),
             ("cifar10", dir) => Ok(DataSpec::Cifar10(dir)),
+            ("cifar100", dir) => Ok(DataSpec::Cifar100(dir)),
+            ("cifar100-coarse", dir) => Ok(DataSpec::Cifar100Coarse(dir)),
             ("mnist", dir) => Ok(DataSpec::Mnist(dir)),
             ("fashion-mnist", dir) => Ok(DataSpec::FashionMnist(dir)),
             ("folder", Some(dir)) => Ok(DataSpec::Folder(dir)),
@@ -115,6 +126,8 @@ impl fmt::Display for DataSpec {
         match self {
             DataSpec::Embedded => f.write_str("embedded"),
             DataSpec::Cifar10(dir) => with_dir(f, "cifar10", dir),
+            DataSpec::Cifar100(dir) => with_dir(f, "cifar100", dir),
+            DataSpec::Cifar100Coarse(dir) => with_dir(f, "cifar100-coarse", dir),
             DataSpec::Mnist(dir) => with_dir(f, "mnist", dir),
             DataSpec::FashionMnist(dir) => with_dir(f, "fashion-mnist", dir),
             DataSpec::Folder(dir) => write!(f, "folder:{}", dir.display()),
@@ -135,6 +148,8 @@ pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
             };
             cifar::load(&dir)
         }
+        DataSpec::Cifar100(dir) => load_cifar100(dir, cifar100::Labels::Fine),
+        DataSpec::Cifar100Coarse(dir) => load_cifar100(dir, cifar100::Labels::Coarse),
         DataSpec::Mnist(dir) => {
             let dir = match dir {
                 Some(dir) => dir.clone(),
@@ -153,10 +168,20 @@ pub fn load(spec: &DataSpec) -> Result<Dataset, DataError> {
     }
 }
 
+/// CIFAR-100 from `dir`, or from the cache (downloaded first when absent) without one.
+fn load_cifar100(dir: &Option<PathBuf>, labels: cifar100::Labels) -> Result<Dataset, DataError> {
+    let dir = match dir {
+        Some(dir) => dir.clone(),
+        None => download::ensure_cifar100()?,
+    };
+    cifar100::load(&dir, labels)
+}
+
 /// A dataset in memory: class names, image shape and the train and test splits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// Short name (`embedded`, `cifar10`, `mnist`, `fashion-mnist`, or a folder's name).
+    /// Short name (`embedded`, `cifar10`, `cifar100`, `cifar100-coarse`, `mnist`,
+    /// `fashion-mnist`, or a folder's name).
     pub name: String,
     /// Class names, indexed by label.
     pub classes: Vec<String>,

@@ -272,6 +272,18 @@ pub fn load_for_warm_start(
     if super::safetensors::is_safetensors(dir) {
         return super::safetensors::load_weights_into(dir, spec, network).with_context(context);
     }
+    if super::pytorch::is_pytorch(dir) {
+        let device = network.devices().first().cloned().unwrap_or_default();
+        let loaded = super::pytorch::load(dir, spec, input, None, &device).with_context(context)?;
+        if loaded.classes != classes {
+            anyhow::bail!(
+                "--init-from {}: the checkpoint predicts {} classes, but the data has {classes}",
+                dir.display(),
+                loaded.classes
+            );
+        }
+        return Ok(loaded.network);
+    }
     if !dir.is_dir() {
         anyhow::bail!(
             "--init-from {}: checkpoint directory does not exist; expected the --out of an earlier train or distill run",

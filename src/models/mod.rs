@@ -1,12 +1,16 @@
-//! Models: a Keras-like layer spec ([`spec`]), the reference zoo ([`zoo`]), the burn network
-//! built from a spec ([`network`]), per-layer summaries and checkpoints ([`checkpoint`]); for
-//! text, a BERT-family encoder loadable from Hugging Face files ([`bert`]).
+//! Models: a Keras-like layer spec with residual stages ([`spec`]), the zoo of named models
+//! ([`zoo`]), the burn network built from a spec ([`network`], [`residual`]), per-layer
+//! summaries and checkpoints ([`checkpoint`]), weights from safetensors files ([`safetensors`])
+//! and PyTorch checkpoints ([`pytorch`]); for text, a BERT-family encoder loadable from Hugging
+//! Face files ([`bert`]).
 
 pub mod bert;
 pub mod bilstm;
 pub mod checkpoint;
 pub mod network;
 pub mod pretrained;
+pub mod pytorch;
+pub mod residual;
 pub mod safetensors;
 pub mod spec;
 pub mod summary;

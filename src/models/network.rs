@@ -11,7 +11,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
-use super::spec::{same_padding, Activation, LayerSpec, ModelSpec, Padding, Shape, SpecError};
+use super::residual::ResidualStage;
+use super::spec::{Activation, LayerSpec, ModelSpec, Padding, Shape, SpecError};
 use crate::kernels::{self, Window2d};
 
 /// Collapses channels x height x width into one feature vector (channel-major, as burn lays out
@@ -54,6 +55,8 @@ pub enum Layer {
     BatchNorm(BatchNorm),
     /// See [`LayerSpec::GlobalAvgPool`].
     GlobalAvgPool(GlobalAvgPool),
+    /// See [`LayerSpec::Residual`].
+    Residual(ResidualStage),
 }
 
 /// A sequential CNN built from a [`ModelSpec`]. Input `[batch, C, H, W]`, output logits `[batch, classes]`.
@@ -64,13 +67,13 @@ pub struct Network {
 }
 
 /// Activations between layers: feature maps before a flatten, vectors after.
-enum Activations {
+pub(super) enum Activations {
     Image(Tensor<4>),
     Flat(Tensor<2>),
 }
 
 impl Activations {
-    fn image(self) -> Tensor<4> {
+    pub(super) fn image(self) -> Tensor<4> {
         match self {
             Activations::Image(x) => x,
             // `ModelSpec::infer` rejects every spec that would get here.
@@ -131,8 +134,8 @@ fn window_on(
     let ((top, bottom), (left, right)) = match *padding {
         PaddingConfig2d::Valid => ((0, 0), (0, 0)),
         PaddingConfig2d::Same => (
-            same_padding(h, kernel[0], stride[0]),
-            same_padding(w, kernel[1], stride[1]),
+            Padding::Same.amounts(h, kernel[0], stride[0]),
+            Padding::Same.amounts(w, kernel[1], stride[1]),
         ),
         PaddingConfig2d::Explicit(top, left, bottom, right) => ((top, bottom), (left, right)),
     };
@@ -150,7 +153,7 @@ fn window_on(
     fits.then_some(window)
 }
 
-fn conv_window(conv: &Conv2d, x: &Activations) -> Option<Window2d> {
+pub(super) fn conv_window(conv: &Conv2d, x: &Activations) -> Option<Window2d> {
     if conv.dilation != [1, 1] || conv.groups != 1 {
         return None;
     }
@@ -175,7 +178,7 @@ fn pool_window_on(pool: &MaxPool2d, [h, w]: [usize; 2]) -> Option<Window2d> {
 
 /// burn's `BatchNorm::forward` on the local kernel: batch statistics and a running-average
 /// update when training under autodiff, the running statistics otherwise.
-fn local_batch_norm(norm: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+pub(super) fn local_batch_norm(norm: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     let device = x.device();
     let channels = x.dims()[1];
     let training = device.is_autodiff() && norm.training.is_enabled();
@@ -216,6 +219,7 @@ fn padding_config(padding: Padding) -> PaddingConfig2d {
     match padding {
         Padding::Same => PaddingConfig2d::Same,
         Padding::Valid => PaddingConfig2d::Valid,
+        Padding::Explicit(n) => PaddingConfig2d::Explicit(n, n, n, n),
     }
 }
 
@@ -234,6 +238,160 @@ fn glorot_uniform(
     Tensor::<1>::from_data(TensorData::new(values, [n]), device)
 }
 
+/// Builds the layer `spec` describes for inputs of `shape` (already validated), drawing its
+/// initial weights from `rng`.
+pub(super) fn build_layer(
+    spec: &LayerSpec,
+    shape: Shape,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Layer {
+    match *spec {
+        LayerSpec::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            bias,
+            groups,
+        } => {
+            let Shape::Image([c, _, _]) = shape else {
+                unreachable!("a convolution after flatten passed validation")
+            };
+            Layer::Conv2d(glorot_conv(
+                rng,
+                [c, filters],
+                kernel,
+                stride,
+                padding,
+                bias,
+                groups,
+                device,
+            ))
+        }
+        LayerSpec::LeakyRelu { slope } => {
+            Layer::LeakyRelu(LeakyReluConfig::new().with_negative_slope(slope).init())
+        }
+        LayerSpec::Relu => Layer::Relu(Relu::new()),
+        LayerSpec::MaxPool2d {
+            size,
+            stride,
+            padding,
+        } => {
+            let stride = stride.unwrap_or(size);
+            Layer::MaxPool2d(
+                MaxPool2dConfig::new([size, size])
+                    .with_strides([stride, stride])
+                    .with_padding(padding_config(padding))
+                    .init(),
+            )
+        }
+        LayerSpec::Dropout { rate } => Layer::Dropout(DropoutConfig::new(rate).init()),
+        LayerSpec::Flatten => Layer::Flatten(Flatten),
+        LayerSpec::GlobalAvgPool => Layer::GlobalAvgPool(GlobalAvgPool),
+        LayerSpec::BatchNorm { epsilon, momentum } => {
+            let features = match shape {
+                Shape::Image([c, _, _]) => c,
+                Shape::Flat(n) => n,
+            };
+            // Keras' defaults: epsilon 1e-3, moving-average momentum 0.99 (burn's 0.01).
+            Layer::BatchNorm(batch_norm(
+                features,
+                epsilon.unwrap_or(1e-3),
+                momentum.unwrap_or(0.01),
+                device,
+            ))
+        }
+        LayerSpec::Dense { units, activation } => {
+            let Shape::Flat(n) = shape else {
+                unreachable!("dense on a feature map passed validation")
+            };
+            let mut linear = LinearConfig::new(n, units)
+                .with_initializer(Initializer::Zeros)
+                .init(device);
+            let weight = glorot_uniform(rng, vec![n, units], n, units, device);
+            linear.weight = Param::from_tensor(weight.reshape([n, units]));
+            Layer::Dense(Dense {
+                linear,
+                relu: activation == Some(Activation::Relu),
+            })
+        }
+        LayerSpec::Residual {
+            repeat,
+            ref body,
+            shortcut,
+            relu,
+        } => {
+            let Shape::Image(input) = shape else {
+                unreachable!("a residual block after flatten passed validation")
+            };
+            Layer::Residual(ResidualStage::init(
+                repeat, body, shortcut, relu, input, rng, device,
+            ))
+        }
+    }
+}
+
+/// A batch norm over `features` channels with burn's `momentum` convention (PyTorch's).
+pub(super) fn batch_norm(
+    features: usize,
+    epsilon: f64,
+    momentum: f64,
+    device: &Device,
+) -> BatchNorm {
+    BatchNormConfig::new(features)
+        .with_epsilon(epsilon)
+        .with_momentum(momentum)
+        .init(device)
+}
+
+/// A convolution from `channels[0]` to `channels[1]` with Keras' Glorot-uniform kernel.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn glorot_conv(
+    rng: &mut ChaCha8Rng,
+    [c, filters]: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    bias: bool,
+    groups: usize,
+    device: &Device,
+) -> Conv2d {
+    let mut conv = Conv2dConfig::new([c, filters], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(padding_config(padding))
+        .with_bias(bias)
+        .with_groups(groups)
+        .with_initializer(Initializer::Zeros)
+        .init(device);
+    let per_group = c / groups;
+    let weight = glorot_uniform(
+        rng,
+        vec![filters, per_group, kernel, kernel],
+        kernel * kernel * per_group,
+        kernel * kernel * filters / groups,
+        device,
+    );
+    conv.weight = Param::from_tensor(weight.reshape([filters, per_group, kernel, kernel]));
+    conv
+}
+
+/// Builds the layers of `specs` for inputs of `input` (validated by the caller).
+pub(super) fn build_layers(
+    specs: &[LayerSpec],
+    input: Shape,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Vec<Layer> {
+    let infos = super::spec::sequence_info(specs, input).expect("validated by the caller");
+    let inputs = std::iter::once(input).chain(infos.iter().map(|info| info.output));
+    specs
+        .iter()
+        .zip(inputs)
+        .map(|(spec, shape)| build_layer(spec, shape, rng, device))
+        .collect()
+}
+
 impl Network {
     /// Builds the network for `input` (C, H, W) with Keras' initialisation (Glorot-uniform
     /// kernels, zero biases), seeded by `seed`. The spec is validated first.
@@ -243,87 +401,9 @@ impl Network {
         seed: u64,
         device: &Device,
     ) -> Result<Self, SpecError> {
-        let infos = spec.infer(input)?;
-        let inputs =
-            std::iter::once(Shape::Image(input)).chain(infos.iter().map(|info| info.output));
+        spec.infer(input)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut layers = Vec::with_capacity(spec.layers.len());
-        for (layer, shape) in spec.layers.iter().zip(inputs) {
-            let built = match *layer {
-                LayerSpec::Conv2d {
-                    filters,
-                    kernel,
-                    stride,
-                    padding,
-                } => {
-                    let Shape::Image([c, _, _]) = shape else {
-                        unreachable!()
-                    };
-                    let mut conv = Conv2dConfig::new([c, filters], [kernel, kernel])
-                        .with_stride([stride, stride])
-                        .with_padding(padding_config(padding))
-                        .with_initializer(Initializer::Zeros)
-                        .init(device);
-                    let weight = glorot_uniform(
-                        &mut rng,
-                        vec![filters, c, kernel, kernel],
-                        kernel * kernel * c,
-                        kernel * kernel * filters,
-                        device,
-                    );
-                    conv.weight = Param::from_tensor(weight.reshape([filters, c, kernel, kernel]));
-                    Layer::Conv2d(conv)
-                }
-                LayerSpec::LeakyRelu { slope } => {
-                    Layer::LeakyRelu(LeakyReluConfig::new().with_negative_slope(slope).init())
-                }
-                LayerSpec::Relu => Layer::Relu(Relu::new()),
-                LayerSpec::MaxPool2d {
-                    size,
-                    stride,
-                    padding,
-                } => {
-                    let stride = stride.unwrap_or(size);
-                    Layer::MaxPool2d(
-                        MaxPool2dConfig::new([size, size])
-                            .with_strides([stride, stride])
-                            .with_padding(padding_config(padding))
-                            .init(),
-                    )
-                }
-                LayerSpec::Dropout { rate } => Layer::Dropout(DropoutConfig::new(rate).init()),
-                LayerSpec::Flatten => Layer::Flatten(Flatten),
-                LayerSpec::GlobalAvgPool => Layer::GlobalAvgPool(GlobalAvgPool),
-                LayerSpec::BatchNorm { epsilon } => {
-                    let features = match shape {
-                        Shape::Image([c, _, _]) => c,
-                        Shape::Flat(n) => n,
-                    };
-                    // Keras' defaults: epsilon 1e-3, moving-average momentum 0.99 (burn's 0.01).
-                    Layer::BatchNorm(
-                        BatchNormConfig::new(features)
-                            .with_epsilon(epsilon.unwrap_or(1e-3))
-                            .with_momentum(0.01)
-                            .init(device),
-                    )
-                }
-                LayerSpec::Dense { units, activation } => {
-                    let Shape::Flat(n) = shape else {
-                        unreachable!()
-                    };
-                    let mut linear = LinearConfig::new(n, units)
-                        .with_initializer(Initializer::Zeros)
-                        .init(device);
-                    let weight = glorot_uniform(&mut rng, vec![n, units], n, units, device);
-                    linear.weight = Param::from_tensor(weight.reshape([n, units]));
-                    Layer::Dense(Dense {
-                        linear,
-                        relu: activation == Some(Activation::Relu),
-                    })
-                }
-            };
-            layers.push(built);
-        }
+        let layers = build_layers(&spec.layers, Shape::Image(input), &mut rng, device);
         Ok(Network { layers })
     }
 
@@ -340,128 +420,143 @@ impl Network {
         dims
     }
 
-    /// Whether `drop` runs on the local kernels' dropout for `x` (in training, with gradients
-    /// tracked; the local kernels themselves checked by the caller).
-    fn local_dropout(drop: &Dropout, x: &Activations) -> bool {
-        drop.prob > 0.0 && drop.training.is_enabled() && x.is_autodiff()
-    }
-
     fn forward_observed(
         &self,
         input: Tensor<4>,
         mut observe: impl FnMut(usize, Vec<usize>),
     ) -> Tensor<2> {
         let local_kernels = kernels::active(&input.device());
-        let mut x = Activations::Image(input);
-        let mut layers = self.layers.iter().enumerate().peekable();
-        while let Some((index, layer)) = layers.next() {
-            // How many of the following layers this layer's kernel also applied.
-            let mut fused = 0;
-            x = match layer {
-                Layer::Conv2d(conv) if local_kernels && conv_window(conv, &x).is_some() => {
-                    let window = conv_window(conv, &x).expect("checked above");
-                    // A leaky ReLU right after the convolution runs inside its kernel.
-                    let slope = match layers.peek() {
-                        Some((_, Layer::LeakyRelu(act))) if act.negative_slope > 0.0 => {
-                            Some(act.negative_slope as f32)
-                        }
-                        _ => None,
-                    };
-                    let weight = conv.weight.val();
-                    let bias = match &conv.bias {
-                        Some(bias) => bias.val(),
-                        None => Tensor::zeros([weight.dims()[0]], &weight.device()),
-                    };
-                    fused = usize::from(slope.is_some());
-                    // A 2×2 stride-1 'same' pool next is applied in the same pass.
-                    let pool = match self.layers.get(index + 1 + fused) {
-                        Some(Layer::MaxPool2d(pool)) => {
-                            let [_, _, h, w] = x.image_dims();
-                            let [oh, ow] = window.output_size([h, w]);
-                            pool_window_on(pool, [oh, ow]).filter(kernels::is_same_2x2_pool)
-                        }
-                        _ => None,
-                    };
-                    // And a training-time dropout after the pool, in the same pass too.
-                    let dropout_rate = match self.layers.get(index + 2 + fused) {
-                        Some(Layer::Dropout(drop))
-                            if pool.is_some() && Self::local_dropout(drop, &x) =>
-                        {
-                            Some(drop.prob)
-                        }
-                        _ => None,
-                    };
-                    Activations::Image(match pool {
-                        Some(_) => {
-                            fused += 1 + usize::from(dropout_rate.is_some());
-                            kernels::conv2d_max_pooled(
-                                x.image(),
-                                weight,
-                                bias,
-                                window,
-                                slope,
-                                dropout_rate,
-                            )
-                        }
-                        None => kernels::conv2d(x.image(), weight, bias, window, slope),
-                    })
-                }
-                Layer::MaxPool2d(pool) if local_kernels && pool_window(pool, &x).is_some() => {
-                    let window = pool_window(pool, &x).expect("checked above");
-                    Activations::Image(kernels::max_pool2d(x.image(), window))
-                }
-                Layer::Conv2d(conv) => Activations::Image(conv.forward(x.image())),
-                Layer::MaxPool2d(pool) => Activations::Image(pool.forward(x.image())),
-                Layer::LeakyRelu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
-                Layer::Relu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
-                Layer::Dropout(drop) if local_kernels && Self::local_dropout(drop, &x) => x.map(
-                    |t| kernels::dropout(t, drop.prob),
-                    |t| kernels::dropout(t, drop.prob),
-                ),
-                Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
-                Layer::BatchNorm(norm) if local_kernels && matches!(x, Activations::Image(_)) => {
-                    // A ReLU right after the norm runs inside its kernel.
-                    let relu = matches!(layers.peek(), Some((_, Layer::Relu(_))));
-                    fused = usize::from(relu);
-                    Activations::Image(local_batch_norm(norm, x.image(), relu))
-                }
-                Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
-                Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
-                Layer::GlobalAvgPool(_) => {
-                    let t = x.image();
-                    let [b, c, _, _] = t.dims();
-                    Activations::Flat(t.mean_dim(3).mean_dim(2).reshape([b, c]))
-                }
-                Layer::Dense(dense) => match x {
-                    Activations::Flat(t) => {
-                        let y = dense.linear.forward(t);
-                        Activations::Flat(if dense.relu {
-                            burn::tensor::activation::relu(y)
-                        } else {
-                            y
-                        })
-                    }
-                    Activations::Image(_) => {
-                        unreachable!("dense on a feature map passed validation")
-                    }
-                },
-            };
-            let dims = match &x {
-                Activations::Image(t) => t.dims().to_vec(),
-                Activations::Flat(t) => t.dims().to_vec(),
-            };
-            // The fused layers keep the feature map's size (an activation, a 'same' pool).
-            observe(index, dims.clone());
-            for _ in 0..fused {
-                let (next, _) = layers.next().expect("fused layers follow");
-                observe(next, dims.clone());
-            }
-        }
-        match x {
+        match run_layers(
+            &self.layers,
+            Activations::Image(input),
+            local_kernels,
+            &mut observe,
+        ) {
             Activations::Flat(logits) => logits,
             Activations::Image(_) => {
                 unreachable!("a model ending in a feature map passed validation")
             }
         }
     }
+}
+
+/// Whether `drop` runs on the local kernels' dropout for `x` (in training, with gradients
+/// tracked; the local kernels themselves checked by the caller).
+fn local_dropout(drop: &Dropout, x: &Activations) -> bool {
+    drop.prob > 0.0 && drop.training.is_enabled() && x.is_autodiff()
+}
+
+/// Applies `layers` in order to `x`, on the local kernels where `local_kernels` allows (fusing a
+/// convolution with the activation, pool and dropout after it, a batch norm with its ReLU), and
+/// reports each layer's output dimensions to `observe` by index.
+pub(super) fn run_layers(
+    layers: &[Layer],
+    mut x: Activations,
+    local_kernels: bool,
+    observe: &mut dyn FnMut(usize, Vec<usize>),
+) -> Activations {
+    let mut iter = layers.iter().enumerate().peekable();
+    while let Some((index, layer)) = iter.next() {
+        // How many of the following layers this layer's kernel also applied.
+        let mut fused = 0;
+        x = match layer {
+            Layer::Conv2d(conv) if local_kernels && conv_window(conv, &x).is_some() => {
+                let window = conv_window(conv, &x).expect("checked above");
+                // A leaky ReLU right after the convolution runs inside its kernel.
+                let slope = match iter.peek() {
+                    Some((_, Layer::LeakyRelu(act))) if act.negative_slope > 0.0 => {
+                        Some(act.negative_slope as f32)
+                    }
+                    _ => None,
+                };
+                let weight = conv.weight.val();
+                let bias = match &conv.bias {
+                    Some(bias) => bias.val(),
+                    None => Tensor::zeros([weight.dims()[0]], &weight.device()),
+                };
+                fused = usize::from(slope.is_some());
+                // A 2×2 stride-1 'same' pool next is applied in the same pass.
+                let pool = match layers.get(index + 1 + fused) {
+                    Some(Layer::MaxPool2d(pool)) => {
+                        let [_, _, h, w] = x.image_dims();
+                        let [oh, ow] = window.output_size([h, w]);
+                        pool_window_on(pool, [oh, ow]).filter(kernels::is_same_2x2_pool)
+                    }
+                    _ => None,
+                };
+                // And a training-time dropout after the pool, in the same pass too.
+                let dropout_rate = match layers.get(index + 2 + fused) {
+                    Some(Layer::Dropout(drop)) if pool.is_some() && local_dropout(drop, &x) => {
+                        Some(drop.prob)
+                    }
+                    _ => None,
+                };
+                Activations::Image(match pool {
+                    Some(_) => {
+                        fused += 1 + usize::from(dropout_rate.is_some());
+                        kernels::conv2d_max_pooled(
+                            x.image(),
+                            weight,
+                            bias,
+                            window,
+                            slope,
+                            dropout_rate,
+                        )
+                    }
+                    None => kernels::conv2d(x.image(), weight, bias, window, slope),
+                })
+            }
+            Layer::MaxPool2d(pool) if local_kernels && pool_window(pool, &x).is_some() => {
+                let window = pool_window(pool, &x).expect("checked above");
+                Activations::Image(kernels::max_pool2d(x.image(), window))
+            }
+            Layer::Conv2d(conv) => Activations::Image(conv.forward(x.image())),
+            Layer::MaxPool2d(pool) => Activations::Image(pool.forward(x.image())),
+            Layer::LeakyRelu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
+            Layer::Relu(act) => x.map(|t| act.forward(t), |t| act.forward(t)),
+            Layer::Dropout(drop) if local_kernels && local_dropout(drop, &x) => x.map(
+                |t| kernels::dropout(t, drop.prob),
+                |t| kernels::dropout(t, drop.prob),
+            ),
+            Layer::Dropout(drop) => x.map(|t| drop.forward(t), |t| drop.forward(t)),
+            Layer::BatchNorm(norm) if local_kernels && matches!(x, Activations::Image(_)) => {
+                // A ReLU right after the norm runs inside its kernel.
+                let relu = matches!(iter.peek(), Some((_, Layer::Relu(_))));
+                fused = usize::from(relu);
+                Activations::Image(local_batch_norm(norm, x.image(), relu))
+            }
+            Layer::BatchNorm(norm) => x.map(|t| norm.forward(t), |t| norm.forward(t)),
+            Layer::Flatten(_) => Activations::Flat(x.image().flatten(1, 3)),
+            Layer::GlobalAvgPool(_) => {
+                let t = x.image();
+                let [b, c, _, _] = t.dims();
+                Activations::Flat(t.mean_dim(3).mean_dim(2).reshape([b, c]))
+            }
+            Layer::Dense(dense) => match x {
+                Activations::Flat(t) => {
+                    let y = dense.linear.forward(t);
+                    Activations::Flat(if dense.relu {
+                        burn::tensor::activation::relu(y)
+                    } else {
+                        y
+                    })
+                }
+                Activations::Image(_) => {
+                    unreachable!("dense on a feature map passed validation")
+                }
+            },
+            Layer::Residual(stage) => Activations::Image(stage.forward(x.image(), local_kernels)),
+        };
+        let dims = match &x {
+            Activations::Image(t) => t.dims().to_vec(),
+            Activations::Flat(t) => t.dims().to_vec(),
+        };
+        // The fused layers keep the feature map's size (an activation, a 'same' pool).
+        observe(index, dims.clone());
+        for _ in 0..fused {
+            let (next, _) = iter.next().expect("fused layers follow");
+            observe(next, dims.clone());
+        }
+    }
+    x
 }

@@ -121,24 +121,86 @@ pub fn load(
 /// Loads the tensors of the safetensors file at `path` into `network` (built from `spec`): every
 /// parameter must be found under its PyTorch-style name, and every tensor of the file used (bar
 /// PyTorch's batch-norm step counters). For warm starts from weights trained elsewhere.
-pub fn load_weights_into(
-    path: &Path,
+pub fn load_weights_into(path: &Path, spec: &ModelSpec, network: Network) -> anyhow::Result<Network> {
+    load_store_into(
+        SafetensorsStore::from_file(path),
+        &path.display().to_string(),
+        spec,
+        network,
+    )
+}
+
+/// The names and (PyTorch-layout) shapes of `network`'s tensors as [`save`] writes them.
+pub fn tensor_shapes(network: &Network) -> anyhow::Result<Vec<(String, Vec<usize>)>> {
+    let mut store = SafetensorsStore::from_bytes(None)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .skip_enum_variants(true);
+    network
+        .save_into(&mut store)
+        .map_err(|e| anyhow::anyhow!("cannot list the model's tensors: {e}"))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| anyhow::anyhow!("cannot list the model's tensors: {e}"))?;
+    let tensors = safetensors::SafeTensors::deserialize(&bytes)?;
+    let mut shapes: Vec<(String, Vec<usize>)> = tensors
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect();
+    shapes.sort();
+    Ok(shapes)
+}
+
+/// Loads `tensors` (f32, under the names and PyTorch-layout shapes of [`tensor_shapes`]) into
+/// `network`, built from `spec`.
+pub fn load_named_tensors(
+    tensors: &[(String, super::pytorch::TorchTensor)],
+    spec: &ModelSpec,
+    network: Network,
+) -> anyhow::Result<Network> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), bytes, t.shape.clone())
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .map(|view| (name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let serialized = safetensors::serialize(views, None)?;
+    load_store_into(
+        SafetensorsStore::from_bytes(Some(serialized)),
+        "the renamed state dict",
+        spec,
+        network,
+    )
+}
+
+/// Loads what `store` holds into `network` (see [`load_weights_into`]); `what` names the source
+/// in errors.
+fn load_store_into(
+    store: SafetensorsStore,
+    what: &str,
     spec: &ModelSpec,
     mut network: Network,
 ) -> anyhow::Result<Network> {
     // burn-store's own validation reports in Debug form: collect everything and say it here
-    let mut store = SafetensorsStore::from_file(path)
+    let mut store = store
         .with_from_adapter(PyTorchToBurnAdapter)
         .skip_enum_variants(true)
         .validate(false)
         .allow_partial(true);
     let result = network
         .load_from(&mut store)
-        .map_err(|e| anyhow::anyhow!("cannot load the weights of {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("cannot load the weights of {what}: {e}"))?;
     if let Some(error) = result.errors.first() {
         bail!(
-            "the weights in {} do not fit the model spec `{}`: {}",
-            path.display(),
+            "the weights in {what} do not fit the model spec `{}`: {}",
             spec.name,
             describe(error)
         );
@@ -152,8 +214,7 @@ pub fn load_weights_into(
         .collect();
     if !unused.is_empty() {
         bail!(
-            "{} holds tensors the model spec `{}` has no place for: {} (names follow the layer indices of the spec)",
-            path.display(),
+            "{what} holds tensors the model spec `{}` has no place for: {} (names follow the layer indices of the spec)",
             spec.name,
             unused.join(", ")
         );
@@ -165,8 +226,7 @@ pub fn load_weights_into(
             .map(|(name, _)| name.as_str())
             .collect();
         bail!(
-            "the weights in {} do not fit the model spec `{}`: it has no tensor {} (names follow the layer indices of the spec)",
-            path.display(),
+            "the weights in {what} do not fit the model spec `{}`: it has no tensor {} (names follow the layer indices of the spec)",
             spec.name,
             missing.join(", ")
         );

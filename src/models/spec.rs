@@ -22,9 +22,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// How a convolution or pooling window treats the border, with Keras/TensorFlow semantics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+/// How a convolution or pooling window treats the border: Keras/TensorFlow's `"same"` and
+/// `"valid"`, or PyTorch's symmetric padding written as a number (`padding = 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Padding {
     /// Output size `ceil(in / stride)`; the total padding is split with the extra pixel at the
     /// bottom/right, exactly as TensorFlow does.
@@ -32,6 +32,55 @@ pub enum Padding {
     Same,
     /// No padding: output size `floor((in - kernel) / stride) + 1`.
     Valid,
+    /// `n` zero pixels on every side, as PyTorch's `padding=n`: output size
+    /// `floor((in + 2n - kernel) / stride) + 1`. Weights trained in PyTorch need it: with stride 2,
+    /// TensorFlow's 'same' pads only the bottom/right, PyTorch pads both sides.
+    Explicit(usize),
+}
+
+/// Padding as TOML writes it: a string (`"same"`, `"valid"`) or a number of pixels.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum PaddingRepr {
+    Pixels(usize),
+    Named(String),
+}
+
+impl Serialize for Padding {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match *self {
+            Padding::Same => PaddingRepr::Named("same".into()),
+            Padding::Valid => PaddingRepr::Named("valid".into()),
+            Padding::Explicit(n) => PaddingRepr::Pixels(n),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Padding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match PaddingRepr::deserialize(deserializer)? {
+            PaddingRepr::Pixels(n) => Ok(Padding::Explicit(n)),
+            PaddingRepr::Named(name) => match name.as_str() {
+                "same" => Ok(Padding::Same),
+                "valid" => Ok(Padding::Valid),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown padding `{other}`: expected \"same\", \"valid\" or a number of pixels per side"
+                ))),
+            },
+        }
+    }
+}
+
+impl Padding {
+    /// The padding (before, after) along an axis of `input` pixels.
+    pub fn amounts(self, input: usize, kernel: usize, stride: usize) -> (usize, usize) {
+        match self {
+            Padding::Same => same_padding(input, kernel, stride),
+            Padding::Valid => (0, 0),
+            Padding::Explicit(n) => (n, n),
+        }
+    }
 }
 
 /// Activation applied by a dense layer.
@@ -58,6 +107,13 @@ pub enum LayerSpec {
         /// Border handling.
         #[serde(default)]
         padding: Padding,
+        /// Whether the convolution adds a bias (PyTorch's ResNets have none: a batch norm follows).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        bias: bool,
+        /// Channel groups: input and output channels split into `groups` independent
+        /// convolutions (`groups` = input channels = filters is a depthwise convolution).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        groups: usize,
     },
     /// `x` if positive, else `slope * x`.
     LeakyRelu {
@@ -98,13 +154,77 @@ pub enum LayerSpec {
         /// default is 1e-5 (set it for weights trained there).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         epsilon: Option<f64>,
+        /// Weight of a batch's statistics in the running averages, PyTorch's convention: Keras'
+        /// 0.01 (its `momentum = 0.99`) when absent; PyTorch's default is 0.1.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        momentum: Option<f64>,
     },
     /// Mean over height and width: channels x height x width → channels.
     GlobalAvgPool,
+    /// A residual block: `body(x) + shortcut(x)`, optionally followed by ReLU, repeated as a
+    /// stage. See [`Shortcut`] for the shortcuts and [`LayerSpec::residual`] for `repeat`.
+    Residual {
+        /// Blocks in the stage. The first is as written; each further block runs the same body
+        /// with every stride set to 1 on the previous block's output, with an identity shortcut.
+        #[serde(default = "one")]
+        repeat: usize,
+        /// The block's layers (convolutions, norms, activations, pools).
+        body: Vec<LayerSpec>,
+        /// What is added to the body's output.
+        #[serde(default)]
+        shortcut: Shortcut,
+        /// Whether ReLU follows the addition (the original ResNet's basic block).
+        #[serde(default)]
+        relu: bool,
+    },
+}
+
+/// The shortcut of a residual block: what carries the block's input to the addition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Shortcut {
+    /// The input itself: the body must keep its shape (no stride, same channels).
+    #[default]
+    Identity,
+    /// He et al.'s option A: every `stride`-th pixel of the input, with the new channels
+    /// zero-filled, half before and half after (the odd one after). No parameters.
+    ZeroPad,
+    /// Option B: a 1×1 convolution without bias at the body's stride, then batch norm
+    /// (epsilon 1e-5, momentum 0.1: PyTorch's defaults, as the block comes from there).
+    Projection,
+    /// A 1×1 convolution without bias at the body's stride, alone (Wide ResNet's `convShortcut`).
+    Conv,
+    /// No shortcut: the block is its body alone (MobileNetV2's blocks that change the shape).
+    None,
+}
+
+impl Shortcut {
+    /// The name as written in TOML.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shortcut::Identity => "identity",
+            Shortcut::ZeroPad => "zero_pad",
+            Shortcut::Projection => "projection",
+            Shortcut::Conv => "conv",
+            Shortcut::None => "none",
+        }
+    }
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl LayerSpec {
@@ -120,6 +240,7 @@ impl LayerSpec {
             LayerSpec::Dense { .. } => "dense",
             LayerSpec::BatchNorm { .. } => "batch_norm",
             LayerSpec::GlobalAvgPool => "global_avg_pool",
+            LayerSpec::Residual { .. } => "residual",
         }
     }
 
@@ -130,6 +251,40 @@ impl LayerSpec {
             kernel,
             stride,
             padding: Padding::Same,
+            bias: true,
+            groups: 1,
+        }
+    }
+
+    /// Convenience constructor: PyTorch's `Conv2d(..., padding=kernel // 2, bias=False)`, the
+    /// convolution of residual networks.
+    pub fn torch_conv(filters: usize, kernel: usize, stride: usize, groups: usize) -> Self {
+        LayerSpec::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding: Padding::Explicit(kernel / 2),
+            bias: false,
+            groups,
+        }
+    }
+
+    /// Convenience constructor: PyTorch's `BatchNorm2d` defaults (epsilon 1e-5, momentum 0.1).
+    pub fn torch_batch_norm() -> Self {
+        LayerSpec::BatchNorm {
+            epsilon: Some(1e-5),
+            momentum: Some(0.1),
+        }
+    }
+
+    /// Convenience constructor: a stage of `repeat` residual blocks (see
+    /// [`LayerSpec::Residual`]).
+    pub fn residual(repeat: usize, body: Vec<LayerSpec>, shortcut: Shortcut, relu: bool) -> Self {
+        LayerSpec::Residual {
+            repeat,
+            body,
+            shortcut,
+            relu,
         }
     }
 
@@ -220,8 +375,10 @@ pub struct LayerInfo {
     pub kind: &'static str,
     /// Shape of one example after this layer.
     pub output: Shape,
-    /// Trainable parameters (batch norm also counts its running mean/variance, as Keras does).
+    /// Parameters, batch norm's running mean and variance included (Keras' "Total params").
     pub params: usize,
+    /// Trainable parameters only (PyTorch's `sum(p.numel() for p in model.parameters())`).
+    pub trainable: usize,
     /// Forward floating-point operations per example (a multiply-add counts 2; only conv and dense).
     pub flops: u64,
 }
@@ -231,6 +388,10 @@ pub fn output_size(input: usize, kernel: usize, stride: usize, padding: Padding)
     match padding {
         Padding::Same => Some(input.div_ceil(stride)),
         Padding::Valid => (input >= kernel).then(|| (input - kernel) / stride + 1),
+        Padding::Explicit(n) => {
+            let padded = input.checked_add(n.checked_mul(2)?)?;
+            (padded >= kernel).then(|| (padded - kernel) / stride + 1)
+        }
     }
 }
 
@@ -410,6 +571,17 @@ impl ModelSpec {
         Ok(infos)
     }
 
+    /// The same model with its last layer predicting `outputs` classes (a zoo model for CIFAR-100,
+    /// say); `None` when the model does not end in a dense layer.
+    pub fn with_outputs(&self, outputs: usize) -> Option<ModelSpec> {
+        let mut spec = self.clone();
+        match spec.layers.last_mut()? {
+            LayerSpec::Dense { units, .. } => *units = outputs,
+            _ => return None,
+        }
+        Some(spec)
+    }
+
     /// Number of output logits (classes) for an input shape.
     pub fn num_outputs(&self, input: [usize; 3]) -> Result<usize, SpecError> {
         let infos = self.infer(input)?;
@@ -439,6 +611,8 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
             kernel,
             stride,
             padding,
+            bias,
+            groups,
         } => {
             let [c, h, w] = need_image(shape)?;
             if filters == 0 {
@@ -450,19 +624,31 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
             if stride == 0 {
                 return Err(err("stride", "must be at least 1".into()));
             }
+            if groups == 0 || c % groups != 0 || filters % groups != 0 {
+                return Err(err(
+                    "groups",
+                    format!("{groups} group(s) must divide both the {c} input channels and the {filters} filters"),
+                ));
+            }
+            if let Padding::Explicit(n) = padding {
+                if n >= kernel {
+                    return Err(err(
+                        "padding",
+                        format!("{n} pixels per side is not less than the {kernel}x{kernel} kernel; expected at most {}", kernel - 1),
+                    ));
+                }
+            }
             let (Some(oh), Some(ow)) = (
                 output_size(h, kernel, stride, padding),
                 output_size(w, kernel, stride, padding),
             ) else {
                 return Err(err(
                     "kernel",
-                    format!(
-                        "{kernel}x{kernel} is larger than its {h}x{w} input with 'valid' padding"
-                    ),
+                    format!("{kernel}x{kernel} is larger than its padded {h}x{w} input"),
                 ));
             };
-            let weights = checked_product(&[kernel, kernel, c, filters]);
-            let params = weights.and_then(|w| w.checked_add(filters));
+            let weights = checked_product(&[kernel, kernel, c / groups, filters]);
+            let params = weights.and_then(|w| w.checked_add(if bias { filters } else { 0 }));
             let flops = weights.and_then(|w| checked_product(&[2, w, oh, ow]));
             let (Some(params), Some(flops)) = (params, flops) else {
                 return Err(err(
@@ -493,7 +679,7 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
             ) else {
                 return Err(err(
                         "size",
-                        format!("{size}x{size} window is larger than its {h}x{w} input with 'valid' padding"),
+                        format!("{size}x{size} window is larger than its padded {h}x{w} input"),
                     ));
             };
             (Shape::Image([c, oh, ow]), 0, 0)
@@ -563,13 +749,218 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
             };
             (Shape::Flat(units), params, flops as u64)
         }
+        LayerSpec::Residual {
+            repeat,
+            ref body,
+            shortcut,
+            ..
+        } => return residual_info(index, repeat, body, shortcut, shape),
+    };
+    let trainable = match layer {
+        // gamma and beta; the running mean and variance are statistics, not parameters
+        LayerSpec::BatchNorm { .. } => params / 2,
+        _ => params,
     };
     Ok(LayerInfo {
         kind: layer.kind(),
         output,
         params,
+        trainable,
         flops,
     })
+}
+
+/// Runs [`layer_info`] over `layers` from `shape`: every layer's info, or the index and error of
+/// the first that does not fit.
+pub fn sequence_info(
+    layers: &[LayerSpec],
+    mut shape: Shape,
+) -> Result<Vec<LayerInfo>, (usize, SpecError)> {
+    let mut infos = Vec::with_capacity(layers.len());
+    for (index, layer) in layers.iter().enumerate() {
+        let info = layer_info(index, layer, shape).map_err(|e| (index, e))?;
+        shape = info.output;
+        infos.push(info);
+    }
+    Ok(infos)
+}
+
+/// The layers of a residual stage's `block`-th block: the body as written for the first, with
+/// every stride set to 1 for the others.
+pub fn block_body(body: &[LayerSpec], block: usize) -> Vec<LayerSpec> {
+    let mut layers = body.to_vec();
+    if block > 0 {
+        for layer in &mut layers {
+            match layer {
+                LayerSpec::Conv2d { stride, .. } => *stride = 1,
+                LayerSpec::MaxPool2d { stride, .. } => *stride = Some(1),
+                _ => {}
+            }
+        }
+    }
+    layers
+}
+
+/// The stride a block's body applies (the product of its convolutions' and pools' strides).
+pub fn body_stride(body: &[LayerSpec]) -> usize {
+    body.iter()
+        .map(|layer| match *layer {
+            LayerSpec::Conv2d { stride, .. } => stride,
+            LayerSpec::MaxPool2d { size, stride, .. } => stride.unwrap_or(size),
+            _ => 1,
+        })
+        .product()
+}
+
+/// The shape a shortcut gives to an input of `[c, h, w]` for a body with `stride` and `filters`
+/// output channels (`None` for a block without shortcut).
+pub fn shortcut_output(
+    shortcut: Shortcut,
+    [c, h, w]: [usize; 3],
+    stride: usize,
+    filters: usize,
+) -> Option<[usize; 3]> {
+    match shortcut {
+        Shortcut::Identity => Some([c, h, w]),
+        Shortcut::ZeroPad => Some([filters.max(c), h.div_ceil(stride), w.div_ceil(stride)]),
+        Shortcut::Projection | Shortcut::Conv => {
+            Some([filters, h.div_ceil(stride), w.div_ceil(stride)])
+        }
+        Shortcut::None => None,
+    }
+}
+
+/// [`layer_info`] of a residual stage: the body checked block by block, then its shortcut.
+fn residual_info(
+    index: usize,
+    repeat: usize,
+    body: &[LayerSpec],
+    shortcut: Shortcut,
+    input: Shape,
+) -> Result<LayerInfo, SpecError> {
+    let err = |field: &'static str, message: String| SpecError::Layer {
+        index,
+        kind: "residual".into(),
+        field,
+        message,
+    };
+    let Shape::Image(chw) = input else {
+        return Err(err(
+            "input",
+            format!("needs a 3-D (channels, height, width) input but gets {input} after a flatten"),
+        ));
+    };
+    if repeat == 0 {
+        return Err(err("repeat", "must be at least 1".into()));
+    }
+    if body.is_empty() {
+        return Err(err("body", "is empty; a block needs at least one layer".into()));
+    }
+    let (mut shape, mut params, mut trainable, mut flops) = (chw, 0usize, 0usize, 0u64);
+    for block in 0..repeat {
+        let layers = block_body(body, block);
+        let kind = if block == 0 { shortcut } else { Shortcut::Identity };
+        let infos = sequence_info(&layers, Shape::Image(shape)).map_err(|(j, e)| {
+            err(
+                "body",
+                format!("block {block}, body layer {j} {}", inner_message(&e)),
+            )
+        })?;
+        let Some(Shape::Image(out)) = infos.last().map(|i| i.output) else {
+            return Err(err(
+                "body",
+                "must end with a feature map (no flatten, dense or global pool in a block)".into(),
+            ));
+        };
+        let stride = body_stride(&layers);
+        let joined = shortcut_output(kind, shape, stride, out[0]);
+        if let Some(joined) = joined {
+            if joined != out {
+                return Err(err(
+                    "shortcut",
+                    shortcut_mismatch(kind, block, shape, stride, out, joined),
+                ));
+            }
+        }
+        let (extra, extra_flops) = shortcut_params(kind, shape[0], out);
+        for info in &infos {
+            params += info.params;
+            trainable += info.trainable;
+            flops += info.flops;
+        }
+        params += extra;
+        trainable += if kind == Shortcut::Projection {
+            extra - 2 * out[0]
+        } else {
+            extra
+        };
+        flops += extra_flops;
+        shape = out;
+    }
+    Ok(LayerInfo {
+        kind: "residual",
+        output: Shape::Image(shape),
+        params,
+        trainable,
+        flops,
+    })
+}
+
+/// Parameters (running statistics included) and FLOPs of a shortcut from `in_channels` to `out`.
+fn shortcut_params(shortcut: Shortcut, in_channels: usize, out: [usize; 3]) -> (usize, u64) {
+    let [filters, h, w] = out;
+    let conv = in_channels * filters;
+    let flops = (2 * conv * h * w) as u64;
+    match shortcut {
+        Shortcut::Projection => (conv + 4 * filters, flops),
+        Shortcut::Conv => (conv, flops),
+        Shortcut::Identity | Shortcut::ZeroPad | Shortcut::None => (0, 0),
+    }
+}
+
+/// Why a block's shortcut cannot be added to its body's output, and what would fit.
+fn shortcut_mismatch(
+    shortcut: Shortcut,
+    block: usize,
+    input: [usize; 3],
+    stride: usize,
+    body: [usize; 3],
+    joined: [usize; 3],
+) -> String {
+    let shape = |s: [usize; 3]| Shape::Image(s).to_string();
+    let advice = match shortcut {
+        Shortcut::Identity if block > 0 => {
+            "repeated blocks keep their shape: the body must map its own output shape to itself (same filters in and out)".to_string()
+        }
+        Shortcut::Identity => format!(
+            "an identity shortcut needs a body that keeps the shape{}; use `zero_pad`, `projection` or `conv` for a block that changes it",
+            if stride > 1 { format!(" (this body has stride {stride})") } else { String::new() }
+        ),
+        Shortcut::ZeroPad if body[0] < input[0] => {
+            "`zero_pad` can only add channels; use `projection` or `conv` to reduce them".to_string()
+        }
+        _ => "the body's padding must keep ceil(size / stride), as a 1x1 stride-s shortcut does".to_string(),
+    };
+    format!(
+        "block {block}: the body maps {} to {}, but the `{}` shortcut gives {}; {advice}",
+        shape(input),
+        shape(body),
+        shortcut.name(),
+        shape(joined)
+    )
+}
+
+/// The message of a nested layer's error, with its layer kind and field.
+fn inner_message(error: &SpecError) -> String {
+    match error {
+        SpecError::Layer {
+            kind,
+            field,
+            message,
+            ..
+        } => format!("({kind}), field `{field}`: {message}"),
+        other => other.to_string(),
+    }
 }
 
 /// Totals over a model for one input shape.
@@ -577,6 +968,8 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
 pub struct ModelStats {
     /// Parameters (all weights, including batch-norm statistics).
     pub params: usize,
+    /// Trainable parameters (batch-norm statistics excluded), PyTorch's count.
+    pub trainable: usize,
     /// Forward FLOPs per example.
     pub flops: u64,
     /// Bytes of the weights as f32.
@@ -590,6 +983,7 @@ impl ModelSpec {
         let params = infos
             .iter()
             .try_fold(0usize, |acc, i| acc.checked_add(i.params));
+        let trainable: usize = infos.iter().map(|i| i.trainable).sum();
         let flops = infos
             .iter()
             .try_fold(0u64, |acc, i| acc.checked_add(i.flops));
@@ -603,6 +997,7 @@ impl ModelSpec {
         };
         Ok(ModelStats {
             params,
+            trainable,
             flops,
             bytes,
         })

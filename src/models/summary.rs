@@ -12,8 +12,10 @@ use super::zoo;
 pub struct ZooEntry {
     /// Zoo name.
     pub name: String,
-    /// Parameter count.
+    /// Parameter count (batch-norm statistics included, as Keras counts).
     pub params: usize,
+    /// Trainable parameters (PyTorch's count).
+    pub trainable: usize,
     /// Forward FLOPs per image.
     pub flops: u64,
     /// Bytes of f32 weights.
@@ -30,6 +32,7 @@ pub fn zoo_entries(input: [usize; 3]) -> Result<Vec<ZooEntry>, SpecError> {
             Ok(ZooEntry {
                 name: name.to_string(),
                 params: stats.params,
+                trainable: stats.trainable,
                 flops: stats.flops,
                 bytes: stats.bytes,
             })
@@ -57,15 +60,16 @@ pub fn zoo_table(input: [usize; 3]) -> Result<String, SpecError> {
     let _ = writeln!(out, "Model zoo for input {c}x{h}x{w}");
     let _ = writeln!(
         out,
-        "{:<12} {:>12} {:>16} {:>12}",
-        "name", "params", "FLOPs/image", "weights"
+        "{:<15} {:>12} {:>12} {:>16} {:>12}",
+        "name", "params", "trainable", "FLOPs/image", "weights"
     );
     for entry in zoo_entries(input)? {
         let _ = writeln!(
             out,
-            "{:<12} {:>12} {:>16} {:>9.2} MB",
+            "{:<15} {:>12} {:>12} {:>16} {:>9.2} MB",
             entry.name,
             thousands(entry.params as u64),
+            thousands(entry.trainable as u64),
             thousands(entry.flops),
             entry.bytes as f64 / 1e6
         );
@@ -110,6 +114,13 @@ pub fn layer_table(spec: &ModelSpec, input: [usize; 3]) -> Result<String, SpecEr
         thousands(stats.params as u64),
         stats.bytes as f64 / 1024.0
     );
+    if stats.trainable != stats.params {
+        let _ = writeln!(
+            out,
+            "Trainable params: {} (batch-norm statistics excluded)",
+            thousands(stats.trainable as u64)
+        );
+    }
     let _ = writeln!(out, "Forward FLOPs per image: {}", thousands(stats.flops));
     Ok(out)
 }

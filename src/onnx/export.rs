@@ -12,7 +12,7 @@ use super::proto::{
 };
 use super::{CLASSES_KEY, SPEC_KEY};
 use crate::models::network::Layer;
-use crate::models::spec::{same_padding, LayerSpec, Padding, Shape};
+use crate::models::spec::{LayerSpec, Padding, Shape};
 use crate::models::{ModelSpec, Network};
 
 /// The opset the exported graphs use.
@@ -57,6 +57,7 @@ pub fn to_onnx_bytes(
                     kernel,
                     stride,
                     padding,
+                    groups,
                     ..
                 },
                 Layer::Conv2d(conv),
@@ -73,11 +74,14 @@ pub fn to_onnx_bytes(
                         values(b),
                     ));
                 }
-                let attributes = vec![
+                let mut attributes = vec![
                     ints("kernel_shape", &[kernel, kernel]),
                     ints("strides", &[stride, stride]),
                     ints("pads", &pads(shape, kernel, stride, padding)),
                 ];
+                if groups != 1 {
+                    attributes.push(int("group", groups as i64));
+                }
                 graph.node("Conv", &name, inputs, attributes)
             }
             (LayerSpec::LeakyRelu { slope }, _) => graph.node(
@@ -162,6 +166,9 @@ pub fn to_onnx_bytes(
                     None => out,
                 }
             }
+            (LayerSpec::Residual { .. }, _) => anyhow::bail!(
+                "layer {index} is a residual stage: ONNX export of residual networks is not supported yet; export the weights with `--format safetensors` instead"
+            ),
             (spec_layer, _) => anyhow::bail!(
                 "layer {index} (`{}`) does not match the network's layer",
                 spec_layer.kind()
@@ -216,14 +223,9 @@ fn pads(shape: Shape, kernel: usize, stride: usize, padding: Padding) -> [usize;
     let Shape::Image([_, h, w]) = shape else {
         unreachable!("spec inference puts windows on images only")
     };
-    match padding {
-        Padding::Valid => [0; 4],
-        Padding::Same => {
-            let (top, bottom) = same_padding(h, kernel, stride);
-            let (left, right) = same_padding(w, kernel, stride);
-            [top, left, bottom, right]
-        }
-    }
+    let (top, bottom) = padding.amounts(h, kernel, stride);
+    let (left, right) = padding.amounts(w, kernel, stride);
+    [top, left, bottom, right]
 }
 
 fn values<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Vec<f32> {

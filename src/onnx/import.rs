@@ -25,7 +25,7 @@ use super::proto::{
 };
 use super::{Layout, Normalization, CLASSES_KEY};
 use crate::models::network::Layer;
-use crate::models::spec::{layer_info, same_padding, Activation, LayerSpec, Padding, Shape};
+use crate::models::spec::{layer_info, Activation, LayerSpec, Padding, Shape};
 use crate::models::{ModelSpec, Network};
 
 /// What the model's last operation yields.
@@ -495,7 +495,10 @@ impl<'a> Walk<'a> {
         };
         let (mean, std) = norm.per_channel(c)?;
         self.layers.push(ImportedLayer {
-            spec: LayerSpec::BatchNorm { epsilon: None },
+            spec: LayerSpec::BatchNorm {
+                epsilon: None,
+                momentum: None,
+            },
             weights: Weights::BatchNorm {
                 gamma: vec![1.0; c],
                 beta: vec![0.0; c],
@@ -627,6 +630,8 @@ impl<'a> Walk<'a> {
                 kernel: kh,
                 stride,
                 padding,
+                bias: true,
+                groups: 1,
             },
             Weights::Conv {
                 weight: weight.values,
@@ -774,7 +779,10 @@ impl<'a> Walk<'a> {
             (vec![1.0; features], values)
         };
         self.push(
-            LayerSpec::BatchNorm { epsilon: None },
+            LayerSpec::BatchNorm {
+                epsilon: None,
+                momentum: None,
+            },
             Weights::BatchNorm {
                 gamma,
                 beta,
@@ -811,7 +819,10 @@ impl<'a> Walk<'a> {
             epsilon: f64::from(float_attr(node, "epsilon").unwrap_or(1e-5)),
         };
         // the file's epsilon is set on the built layer with the other weights
-        self.push(LayerSpec::BatchNorm { epsilon: None }, weights)
+        self.push(LayerSpec::BatchNorm {
+                epsilon: None,
+                momentum: None,
+            }, weights)
     }
 
     fn gemm(&mut self, node: &NodeProto) -> anyhow::Result<()> {
@@ -1057,14 +1068,16 @@ fn padding(
     if pads.is_empty() || pads.iter().all(|&p| p == 0) {
         return Ok(Padding::Valid);
     }
-    let (top, bottom) = same_padding(h, kernel, stride);
-    let (left, right) = same_padding(w, kernel, stride);
+    let (top, bottom) = Padding::Same.amounts(h, kernel, stride);
+    let (left, right) = Padding::Same.amounts(w, kernel, stride);
     let same = [top, left, bottom, right].map(|p| p as i64);
     if pads == same {
         Ok(Padding::Same)
+    } else if pads.len() == 4 && pads.iter().all(|&p| p == pads[0]) && (pads[0] as usize) < kernel {
+        Ok(Padding::Explicit(pads[0] as usize))
     } else {
         bail!(
-            "pads {pads:?} are neither 'valid' nor TensorFlow's 'same' ({same:?} for a {h}x{w} input)"
+            "pads {pads:?} are neither 'valid', TensorFlow's 'same' ({same:?} for a {h}x{w} input) nor the same on every side"
         )
     }
 }

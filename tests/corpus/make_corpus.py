@@ -63,6 +63,43 @@ def cifar_case(case, **override):
             write(case, name, data)
 
 
+CIFAR100_RECORD = 2 + 3 * 32 * 32
+CIFAR100_FINE = "".join(f"fine_{i:02}\n" for i in range(100))
+CIFAR100_COARSE = "".join(f"coarse_{i:02}\n" for i in range(20))
+
+
+def cifar100_records(labels):
+    """CIFAR-100 records, one per (coarse, fine) label pair."""
+    out = b""
+    for i, (coarse, fine) in enumerate(labels):
+        out += bytes([coarse, fine]) + bytes((i * 7 + j) % 256 for j in range(CIFAR100_RECORD - 2))
+    return out
+
+
+def cifar100_case(case, **override):
+    """A valid two-records-per-file CIFAR-100 directory, with some files replaced."""
+    files = {
+        "train.bin": cifar100_records([(3, 5), (19, 99)]),
+        "test.bin": cifar100_records([(0, 0), (7, 42)]),
+        "fine_label_names.txt": CIFAR100_FINE,
+        "coarse_label_names.txt": CIFAR100_COARSE,
+    }
+    files.update(override)
+    for name, data in files.items():
+        if data is not None:
+            write(case, name, data)
+
+
+def cifar100_cases():
+    """The CIFAR-100 binary layout (`distill data info cifar100:.` / `cifar100-coarse:.`)."""
+    cifar100_case("cifar100-fine-label-out-of-range", **{"train.bin": cifar100_records([(3, 5), (4, 100)])})
+    cifar100_case("cifar100-coarse-label-out-of-range", **{"test.bin": cifar100_records([(20, 7), (1, 1)])})
+    cifar100_case("cifar100-truncated-record", **{"test.bin": cifar100_records([(1, 2)]) + b"\x05" * 1000})
+    cifar100_case("cifar100-wrong-name-count", **{"fine_label_names.txt": CIFAR100_FINE.replace("fine_42\n", "")})
+    cifar100_case("cifar100-missing-train", **{"train.bin": None})
+    cifar_case("cifar100-given-cifar10-files")
+
+
 def idx_images(n, h, w, magic=0x00000803, count=None):
     header = struct.pack(">IIII", magic, n if count is None else count, h, w)
     return header + bytes((i * 13) % 256 for i in range(n * h * w))
@@ -205,6 +242,7 @@ def main():
     cifar_case("cifar-missing-batch", **{"data_batch_3.bin": None})
     cifar_case("cifar-binary-class-names", **{"batches.meta.txt": b"\xff\xfe\x00\x01cat\n\x80"})
     cifar_case("cifar-blank-class-names", **{"batches.meta.txt": "\n  \n\n"})
+    cifar100_cases()
 
     # IDX (MNIST / Fashion-MNIST)
     idx_case("idx-bad-magic", **{"train-images-idx3-ubyte.gz": gz(idx_images(3, 28, 28, magic=0x00000999))})

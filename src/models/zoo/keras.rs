@@ -1,9 +1,9 @@
 //! The reference experiment's models, layer for layer as in the Keras notebook
 //! (output: 10 logits, no softmax), plus `teacher-small` for quick runs.
 
-use super::spec::{LayerSpec, ModelSpec};
+use crate::models::spec::LayerSpec;
 
-/// Names of the zoo models, in display order.
+/// Names of these models, in display order.
 pub const NAMES: [&str; 5] = [
     "teacher-v1",
     "teacher-v2",
@@ -12,19 +12,15 @@ pub const NAMES: [&str; 5] = [
     "student",
 ];
 
-/// The zoo model called `name`, or `None`.
-pub fn get(name: &str) -> Option<ModelSpec> {
-    let layers = match name {
+/// The layers of the model called `name`, or `None`.
+pub fn layers(name: &str) -> Option<Vec<LayerSpec>> {
+    Some(match name {
         "teacher-v1" => teacher_v1(),
         "teacher-v2" => teacher_v2(false),
         "teacher-v3" => teacher_v2(true),
         "teacher-small" => teacher_small(),
         "student" => student(),
         _ => return None,
-    };
-    Some(ModelSpec {
-        name: name.to_string(),
-        layers,
     })
 }
 
