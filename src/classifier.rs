@@ -143,13 +143,8 @@ pub fn load_classifier(
                 path.display()
             );
         };
-        let loaded = crate::models::pytorch::load(
-            path,
-            &spec,
-            input,
-            options.normalize.as_ref(),
-            device,
-        )?;
+        let loaded =
+            crate::models::pytorch::load(path, &spec, input, options.normalize.as_ref(), device)?;
         let hash = match &options.normalize {
             None => loaded.sha256,
             Some(norm) => {

@@ -34,7 +34,10 @@ fn floats(value: &serde_json::Value) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -75,7 +78,10 @@ fn the_state_dict_is_found_under_its_wrapper_without_module_prefixes() {
     assert_eq!(legacy.wrapper.as_deref(), Some("state_dict"));
     assert!(legacy.tensors.contains_key("conv1.weight"));
     assert!(legacy.tensors.keys().all(|k| !k.starts_with("module.")));
-    assert!(legacy.tensors.keys().all(|k| !k.ends_with("num_batches_tracked")));
+    assert!(legacy
+        .tensors
+        .keys()
+        .all(|k| !k.ends_with("num_batches_tracked")));
     let zip = pytorch::read_state_dict(&fixtures().join("resnet8-zip.pt")).unwrap();
     assert_eq!(zip.wrapper, None);
     // the same weights in both formats
@@ -103,7 +109,10 @@ fn bad_checkpoints_are_refused_with_what_was_expected() {
         )
     };
     let hostile = error("torch-hostile-global");
-    assert!(hostile.contains("`posix.system`") && hostile.contains("refused"), "{hostile}");
+    assert!(
+        hostile.contains("`posix.system`") && hostile.contains("refused"),
+        "{hostile}"
+    );
     let truncated = error("torch-truncated");
     assert!(truncated.contains("model.pth"), "{truncated}");
     let missing = error("torch-zip-missing-storage");
@@ -181,7 +190,10 @@ fn the_shared_pretrained_resnets_score_their_stated_accuracy_and_match_pytorch()
             .try_to_vec::<f32>()
             .unwrap();
         let diff = max_abs_diff(&logits, &floats(&case["logits"]));
-        assert!(diff <= 1e-4, "{name}: logits differ from PyTorch's by {diff}");
+        assert!(
+            diff <= 1e-4,
+            "{name}: logits differ from PyTorch's by {diff}"
+        );
         let (_, accuracy) = classifier.evaluate(&dataset.test, &device, 500).unwrap();
         let stated = case["accuracy"].as_f64().unwrap();
         eprintln!("{name}: {:.2}% (stated {stated}%)", accuracy * 100.0);

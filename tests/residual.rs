@@ -10,8 +10,7 @@ use distill::models::spec::Shortcut;
 use distill::models::{zoo, LayerSpec, ModelSpec, Network, Padding};
 
 fn reference_counts() -> serde_json::Value {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch/param_counts.json");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch/param_counts.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

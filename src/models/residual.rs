@@ -10,9 +10,7 @@ use burn::tensor::{s, Device, Tensor};
 use rand::rngs::ChaCha8Rng;
 
 use super::network::{batch_norm, build_layers, glorot_conv, run_layers, Activations, Layer};
-use super::spec::{
-    block_body, body_stride, sequence_info, LayerSpec, Padding, Shape, Shortcut,
-};
+use super::spec::{block_body, body_stride, sequence_info, LayerSpec, Padding, Shape, Shortcut};
 
 /// One residual block.
 #[derive(Module, Debug)]

@@ -121,7 +121,11 @@ pub fn load(
 /// Loads the tensors of the safetensors file at `path` into `network` (built from `spec`): every
 /// parameter must be found under its PyTorch-style name, and every tensor of the file used (bar
 /// PyTorch's batch-norm step counters). For warm starts from weights trained elsewhere.
-pub fn load_weights_into(path: &Path, spec: &ModelSpec, network: Network) -> anyhow::Result<Network> {
+pub fn load_weights_into(
+    path: &Path,
+    spec: &ModelSpec,
+    network: Network,
+) -> anyhow::Result<Network> {
     load_store_into(
         SafetensorsStore::from_file(path),
         &path.display().to_string(),

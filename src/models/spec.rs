@@ -403,6 +403,14 @@ fn checked_product(factors: &[usize]) -> Option<usize> {
         .try_fold(1usize, |acc, &f| acc.checked_mul(f))
 }
 
+/// How a window too large for its input was padded, for the error message.
+fn padding_note(padding: Padding) -> String {
+    match padding {
+        Padding::Explicit(n) => format!(" padded by {n} on each side"),
+        _ => " with 'valid' padding".into(),
+    }
+}
+
 /// The message for a count that does not fit in a `usize`.
 fn too_large(what: &str) -> String {
     format!(
@@ -644,7 +652,10 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
             ) else {
                 return Err(err(
                     "kernel",
-                    format!("{kernel}x{kernel} is larger than its padded {h}x{w} input"),
+                    format!(
+                        "{kernel}x{kernel} is larger than its {h}x{w} input{}",
+                        padding_note(padding)
+                    ),
                 ));
             };
             let weights = checked_product(&[kernel, kernel, c / groups, filters]);
@@ -678,9 +689,12 @@ pub fn layer_info(index: usize, layer: &LayerSpec, shape: Shape) -> Result<Layer
                 output_size(w, size, stride, padding),
             ) else {
                 return Err(err(
-                        "size",
-                        format!("{size}x{size} window is larger than its padded {h}x{w} input"),
-                    ));
+                    "size",
+                    format!(
+                        "{size}x{size} window is larger than its {h}x{w} input{}",
+                        padding_note(padding)
+                    ),
+                ));
             };
             (Shape::Image([c, oh, ow]), 0, 0)
         }
@@ -854,12 +868,19 @@ fn residual_info(
         return Err(err("repeat", "must be at least 1".into()));
     }
     if body.is_empty() {
-        return Err(err("body", "is empty; a block needs at least one layer".into()));
+        return Err(err(
+            "body",
+            "is empty; a block needs at least one layer".into(),
+        ));
     }
     let (mut shape, mut params, mut trainable, mut flops) = (chw, 0usize, 0usize, 0u64);
     for block in 0..repeat {
         let layers = block_body(body, block);
-        let kind = if block == 0 { shortcut } else { Shortcut::Identity };
+        let kind = if block == 0 {
+            shortcut
+        } else {
+            Shortcut::Identity
+        };
         let infos = sequence_info(&layers, Shape::Image(shape)).map_err(|(j, e)| {
             err(
                 "body",

@@ -819,10 +819,13 @@ impl<'a> Walk<'a> {
             epsilon: f64::from(float_attr(node, "epsilon").unwrap_or(1e-5)),
         };
         // the file's epsilon is set on the built layer with the other weights
-        self.push(LayerSpec::BatchNorm {
+        self.push(
+            LayerSpec::BatchNorm {
                 epsilon: None,
                 momentum: None,
-            }, weights)
+            },
+            weights,
+        )
     }
 
     fn gemm(&mut self, node: &NodeProto) -> anyhow::Result<()> {

@@ -38,8 +38,8 @@ pub fn allowed(module: &str, name: &str) -> bool {
 /// Checks every pickle in the checkpoint at `path` (a zip archive's `.pkl` entries, or the
 /// pickles at the start of a legacy stream) against the whitelist.
 pub fn check_file(path: &Path) -> anyhow::Result<()> {
-    let bytes =
-        std::fs::read(path).with_context(|| format!("cannot read PyTorch checkpoint {}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read PyTorch checkpoint {}", path.display()))?;
     if bytes.starts_with(b"PK\x03\x04") {
         check_zip(&bytes)
     } else {
@@ -80,7 +80,13 @@ fn check_zip(bytes: &[u8]) -> anyhow::Result<()> {
 /// saved object, and the list of storage keys; the raw storages follow.
 fn check_legacy(bytes: &[u8]) -> anyhow::Result<()> {
     let mut at = 0;
-    for what in ["magic number", "protocol version", "system info", "saved object", "storage keys"] {
+    for what in [
+        "magic number",
+        "protocol version",
+        "system info",
+        "saved object",
+        "storage keys",
+    ] {
         at = check_pickle(bytes, at).with_context(|| {
             format!("the legacy torch.save stream's {what} pickle (at byte {at})")
         })?;
@@ -103,9 +109,9 @@ enum Argument {
 fn argument(opcode: u8) -> Option<Argument> {
     use Argument::*;
     Some(match opcode {
-        b'(' | b'.' | b'0' | b'1' | b'2' | b'N' | b'Q' | b'R' | b'a' | b'b' | b'd' | b'}' | b'e'
-        | b'l' | b']' | b'o' | b's' | b't' | b')' | b'u' | 0x81 | 0x85 | 0x86 | 0x87 | 0x88
-        | 0x89 | 0x8f | 0x90 | 0x91 | 0x92 | 0x93 | 0x94 | 0x97 | 0x98 => None,
+        b'(' | b'.' | b'0' | b'1' | b'2' | b'N' | b'Q' | b'R' | b'a' | b'b' | b'd' | b'}'
+        | b'e' | b'l' | b']' | b'o' | b's' | b't' | b')' | b'u' | 0x81 | 0x85 | 0x86 | 0x87
+        | 0x88 | 0x89 | 0x8f | 0x90 | 0x91 | 0x92 | 0x93 | 0x94 | 0x97 | 0x98 => None,
         b'I' | b'L' | b'F' | b'S' | b'V' | b'P' | b'g' | b'p' => Line,
         b'c' | b'i' => TwoLines,
         b'K' | b'h' | b'q' | 0x80 => Fixed(1),
@@ -128,7 +134,11 @@ pub fn check_pickle(bytes: &[u8], start: usize) -> anyhow::Result<usize> {
     // every memo entry, with its value where that is a string
     let mut memo: std::collections::HashMap<u64, Option<String>> = std::collections::HashMap::new();
     let mut at = start;
-    let truncated = |at: usize| anyhow::anyhow!("the pickle ends at byte {at} before its STOP opcode: the file is truncated");
+    let truncated = |at: usize| {
+        anyhow::anyhow!(
+            "the pickle ends at byte {at} before its STOP opcode: the file is truncated"
+        )
+    };
     loop {
         let &opcode = bytes.get(at).ok_or_else(|| truncated(at))?;
         let position = at;
@@ -274,7 +284,8 @@ mod tests {
     #[test]
     fn os_system_is_refused_by_name() {
         // pickle.dumps of a __reduce__ returning (os.system, ('echo pwned',)), protocol 2
-        let hostile = b"\x80\x02cposix\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
+        let hostile =
+            b"\x80\x02cposix\nsystem\nq\x00X\n\x00\x00\x00echo pwnedq\x01\x85q\x02Rq\x03.";
         let err = check_pickle(hostile, 0).unwrap_err().to_string();
         assert!(err.contains("`posix.system`"), "{err}");
     }
@@ -305,7 +316,10 @@ mod tests {
     #[test]
     fn truncation_and_unknown_opcodes_are_errors() {
         let cut = &ORDERED_DICT[..ORDERED_DICT.len() - 3];
-        assert!(check_pickle(cut, 0).unwrap_err().to_string().contains("truncated"));
+        assert!(check_pickle(cut, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         assert!(check_pickle(b"\x80\x02\xff.", 0)
             .unwrap_err()
             .to_string()

@@ -72,7 +72,11 @@ pub fn read_state_dict(path: &Path) -> anyhow::Result<StateDict> {
     })?;
     globals::check_file(path).with_context(context)?;
     let reader = pytorch_reader::PytorchReader::new(path)
-        .map_err(|e| anyhow::anyhow!("{e}; expected a state dict written by torch.save (zip or legacy format), complete"))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; expected a state dict written by torch.save (zip or legacy format), complete"
+            )
+        })
         .with_context(context)?;
     let all = reader.into_tensors();
     let wrapper = WRAPPERS
@@ -118,7 +122,9 @@ pub fn read_state_dict(path: &Path) -> anyhow::Result<StateDict> {
 
 fn to_f32(tensor: &pytorch_reader::Tensor) -> anyhow::Result<Vec<f32>> {
     use pytorch_reader::DType;
-    let bytes = tensor.read()?;
+    let bytes = tensor
+        .read()
+        .map_err(|e| anyhow::anyhow!("{e}: the file is incomplete or corrupt"))?;
     Ok(match tensor.dtype() {
         DType::F32 => bytes
             .chunks_exact(4)

@@ -130,7 +130,10 @@ mod tests {
         let spec = zoo::get("resnet20-proj").unwrap();
         let aliases = module_aliases(&spec);
         assert_eq!(candidates(&aliases, "layers.0.weight")[0], "conv1.weight");
-        assert_eq!(candidates(&aliases, "layers.1.running_var")[0], "bn1.running_var");
+        assert_eq!(
+            candidates(&aliases, "layers.1.running_var")[0],
+            "bn1.running_var"
+        );
         // stage 2 is layers.4, its block 1, body layer 3 is the second convolution
         assert_eq!(
             candidates(&aliases, "layers.4.blocks.1.body.3.weight")[0],
