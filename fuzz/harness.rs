@@ -344,3 +344,29 @@ pub fn safetensors_file(data: &[u8]) {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// `pytorch_checkpoint`: the input is a `torch.save` file (zip or legacy stream) read as the state
+/// dict of the committed `tests/corpus/tiny-a.toml` (1x28x28 images): whatever the bytes, the
+/// reader returns a network or an error, and a network it returns predicts as many classes as
+/// it says.
+pub fn pytorch_checkpoint(data: &[u8]) {
+    let path = std::env::temp_dir().join(format!("distill-fuzz-{}.pth", std::process::id()));
+    if std::fs::write(&path, data).is_err() {
+        return;
+    }
+    let spec =
+        ModelSpec::from_toml_str(include_str!("../tests/corpus/tiny-a.toml")).expect("tiny-a spec");
+    let device = distill::backend::Backend::default_compiled()
+        .device()
+        .expect("the default backend");
+    if let Ok(model) = distill::models::pytorch::load(&path, &spec, [1, 28, 28], None, &device) {
+        assert_eq!(
+            model
+                .spec
+                .num_outputs([1, 28, 28])
+                .expect("a loaded spec fits its input"),
+            model.classes
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+}

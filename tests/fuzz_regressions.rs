@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 type Harness = fn(&[u8]);
 
 /// The fuzz targets and the harness function each runs.
-const TARGETS: [(&str, Harness); 8] = [
+const TARGETS: [(&str, Harness); 9] = [
     ("cifar_bin", harness::cifar_bin),
     ("idx", harness::idx),
     ("experiment_config", harness::experiment_config),
@@ -30,6 +30,7 @@ const TARGETS: [(&str, Harness); 8] = [
     ("text_table", harness::text_table),
     ("onnx_model", harness::onnx_model),
     ("safetensors_file", harness::safetensors_file),
+    ("pytorch_checkpoint", harness::pytorch_checkpoint),
 ];
 
 fn root() -> PathBuf {
