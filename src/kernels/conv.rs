@@ -857,13 +857,7 @@ fn group_backward(
             &gathered
         }
     };
-    // grad_w (filters × patch) = grad_z (filters × columns) · colᵀ (columns × patch)
-    let grad_w = Product::new(
-        [filters, patch, columns],
-        Layout::rows(columns),
-        Layout::columns(columns),
-    )
-    .new_matrix(&grad_z, col);
+    let grad_w = weight_gradient(&grad_z, col, [filters, patch, columns]);
     if let Some(grad_x) = grad_x {
         // grad_col (patch × columns) = weightᵀ (patch × filters) · grad_z (filters × columns),
         // a block of input channels' rows at a time, each folded into the input gradient while
@@ -886,6 +880,43 @@ fn group_backward(
         }
     }
     (grad_w, grad_b)
+}
+
+/// grad_w (filters × patch) = grad_z (filters × columns) · colᵀ (columns × patch).
+///
+/// Where the streaming product applies, it computes the transpose, colᵀ's rows being the
+/// positions: `grad_wᵀ (patch × filters) = col (patch × columns) · grad_zᵀ (columns × filters)`,
+/// reading `col` in place (gemm packed both operands, and this product ran at a quarter of the
+/// rate of the forward one). Each element is the same chain of multiply-adds over the positions
+/// in order, so the same bits.
+fn weight_gradient(grad_z: &[f32], col: &[f32], [filters, patch, columns]: [usize; 3]) -> Vec<f32> {
+    let transposed = Product::new(
+        [patch, filters, columns],
+        Layout::rows(columns),
+        Layout::rows(filters),
+    );
+    if !transposed.streams() {
+        return Product::new(
+            [filters, patch, columns],
+            Layout::rows(columns),
+            Layout::columns(columns),
+        )
+        .new_matrix(grad_z, col);
+    }
+    let mut grad_z_t = vec![0.0; columns * filters];
+    for (f, row) in grad_z.chunks_exact(columns).enumerate() {
+        for (n, &v) in row.iter().enumerate() {
+            grad_z_t[n * filters + f] = v;
+        }
+    }
+    let grad_w_t = transposed.new_matrix(col, &grad_z_t);
+    let mut grad_w = vec![0.0; filters * patch];
+    for (p, row) in grad_w_t.chunks_exact(filters).enumerate() {
+        for (f, &v) in row.iter().enumerate() {
+            grad_w[f * patch + p] = v;
+        }
+    }
+    grad_w
 }
 
 super::multiversioned!(
@@ -1052,6 +1083,36 @@ mod tests {
                 let w = if *w < 0.0 { w * 0.2 } else { *w };
                 assert!((g - w).abs() < 1e-5);
             }
+        }
+    }
+
+    #[test]
+    fn the_streamed_weight_gradient_is_gemms_bit_for_bit() {
+        if !crate::kernels::streaming::available() {
+            eprintln!("note: no AVX-512 on this CPU; the weight gradient stays on gemm");
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        for [filters, patch, columns] in [
+            [16, 144, 256],
+            [32, 288, 256],
+            [64, 576, 256],
+            [32, 27, 512],
+            [24, 50, 100],
+        ] {
+            let grad_z = values(filters * columns, 3);
+            let col = values(patch * columns, 4);
+            let streamed = weight_gradient(&grad_z, &col, [filters, patch, columns]);
+            crate::kernels::matmul::STREAMING_OFF.store(true, Relaxed);
+            let gemm = weight_gradient(&grad_z, &col, [filters, patch, columns]);
+            crate::kernels::matmul::STREAMING_OFF.store(false, Relaxed);
+            assert!(
+                streamed
+                    .iter()
+                    .zip(&gemm)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{filters}x{patch} over {columns} positions"
+            );
         }
     }
 

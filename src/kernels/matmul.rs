@@ -31,6 +31,10 @@ impl Layout {
     }
 }
 
+/// Sends every product to `gemm` (tests compare the two paths).
+pub(crate) static STREAMING_OFF: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// `dst (m×n) = scale · lhs (m×k) · rhs (k×n)`, plus `dst` itself when accumulating.
 #[derive(Clone, Copy, Debug)]
 pub struct Product {
@@ -166,10 +170,40 @@ impl Product {
         );
     }
 
+    /// Whether [`super::streaming`] computes this product, the same bits as `gemm` faster: a plain
+    /// product (no scale, no accumulation, one thread) with a row-major right operand at least a
+    /// vector wide, one side thin (a convolution's filters) and a depth `gemm` does in one block.
+    pub fn streams(&self) -> bool {
+        !self.accumulate
+            && self.scale == 1.0
+            && matches!(self.threads, Parallelism::None)
+            && self.rhs.col == 1
+            && self.n >= 16
+            && self.k <= super::streaming::MAX_DEPTH
+            && (self.m <= 64 || self.n <= 64 || self.k <= 64)
+            && !STREAMING_OFF.load(std::sync::atomic::Ordering::Relaxed)
+            && super::streaming::available()
+    }
+
     /// # Safety
     /// `dst` is valid for writes (and, when accumulating, reads) of the m×n elements at row
     /// stride `dst_row`, does not alias the operands, and the operands fit their slices.
     unsafe fn run(&self, dst: *mut f32, dst_row: usize, lhs: &[f32], rhs: &[f32]) {
+        if self.streams() {
+            // SAFETY: `streams` checked the CPU; the rest is this function's own contract.
+            unsafe {
+                super::streaming::product(
+                    [self.m, self.n, self.k],
+                    dst,
+                    dst_row,
+                    lhs,
+                    [self.lhs.row, self.lhs.col],
+                    rhs,
+                    self.rhs.row,
+                )
+            };
+            return;
+        }
         gemm(
             self.m,
             self.n,
@@ -191,5 +225,69 @@ impl Product {
             false,
             self.threads,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_streaming_product_gives_gemms_bits() {
+        if !super::super::streaming::available() {
+            eprintln!("note: no AVX-512 on this CPU; the streaming product is never used");
+            return;
+        }
+        // the convolutions' forward and input-gradient shapes, with row and column tails
+        let shapes = [
+            [16, 1024, 144],
+            [32, 256, 288],
+            [64, 256, 512],
+            [144, 1024, 16],
+            [288, 256, 32],
+            [27, 100, 32],
+            [7, 17, 3],
+            [13, 50, 64],
+            [64, 47, 1],
+            // the weight gradient, transposed: patch × filters over a group's positions
+            [144, 16, 256],
+            [288, 32, 256],
+            [576, 64, 256],
+            [27, 32, 512],
+            [9, 40, 100],
+        ];
+        for [m, n, k] in shapes {
+            for (lhs_layout, name) in [(Layout::rows(k), "rows"), (Layout::columns(m), "columns")] {
+                let lhs = values(m * k, (m * n + k) as u32);
+                let rhs = values(k * n + 3, (m + n * k) as u32);
+                let product = Product::new([m, n, k], lhs_layout, Layout::rows(n));
+                assert!(product.streams(), "{m}x{n}x{k}");
+                let ours = product.new_matrix(&lhs, &rhs);
+                STREAMING_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+                let theirs = product.new_matrix(&lhs, &rhs);
+                STREAMING_OFF.store(false, std::sync::atomic::Ordering::Relaxed);
+                let differ = ours
+                    .iter()
+                    .zip(&theirs)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(
+                    differ, 0,
+                    "{m}x{n}x{k}, lhs {name}: {differ} elements differ"
+                );
+            }
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod encoder;
 mod matmul;
 pub mod norm;
 pub mod pool;
+pub mod streaming;
 
 /// Defines `fn $name` whose body is compiled three times, for AVX-512, for AVX2 and for the
 /// baseline target, the widest the CPU has picked at run time: for loops LLVM vectorises (the

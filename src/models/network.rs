@@ -440,6 +440,24 @@ impl Network {
     }
 }
 
+/// The weight and bias of `conv` followed by `norm` in inference mode (running statistics):
+/// `w·s` and `(b - mean)·s + beta` per filter, with `s = gamma / sqrt(var + epsilon)`.
+pub fn fold_batch_norm(conv: &Conv2d, norm: &BatchNorm) -> (Tensor<4>, Tensor<1>) {
+    let weight = conv.weight.val();
+    let device = weight.device();
+    let filters = weight.dims()[0];
+    let variance = norm.running_var.value().to_device(&device);
+    let mean = norm.running_mean.value().to_device(&device);
+    let scale = norm.gamma.val() / variance.add_scalar(norm.epsilon).sqrt();
+    let bias = match &conv.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([filters], &device),
+    };
+    let folded_bias = (bias - mean) * scale.clone() + norm.beta.val();
+    let folded_weight = weight * scale.reshape([filters, 1, 1, 1]);
+    (folded_weight, folded_bias)
+}
+
 /// Whether `drop` runs on the local kernels' dropout for `x` (in training, with gradients
 /// tracked; the local kernels themselves checked by the caller).
 fn local_dropout(drop: &Dropout, x: &Activations) -> bool {
@@ -460,6 +478,22 @@ pub(super) fn run_layers(
         // How many of the following layers this layer's kernel also applied.
         let mut fused = 0;
         x = match layer {
+            Layer::Conv2d(conv)
+                if local_kernels
+                    && !x.is_autodiff()
+                    && matches!(iter.peek(), Some((_, Layer::BatchNorm(_))))
+                    && conv_window(conv, &x).is_some() =>
+            {
+                // Inference: the batch norm's affine map folded into the weights and bias, so
+                // its pass over the feature map disappears.
+                let Some((_, Layer::BatchNorm(norm))) = iter.peek() else {
+                    unreachable!("checked above")
+                };
+                let window = conv_window(conv, &x).expect("checked above");
+                let (weight, bias) = fold_batch_norm(conv, norm);
+                fused = 1;
+                Activations::Image(kernels::conv2d(x.image(), weight, bias, window, None))
+            }
             Layer::Conv2d(conv) if local_kernels && conv_window(conv, &x).is_some() => {
                 let window = conv_window(conv, &x).expect("checked above");
                 // A leaky ReLU right after the convolution runs inside its kernel.
