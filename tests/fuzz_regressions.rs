@@ -21,8 +21,9 @@ use sha2::{Digest, Sha256};
 type Harness = fn(&[u8]);
 
 /// The fuzz targets and the harness function each runs.
-const TARGETS: [(&str, Harness); 9] = [
+const TARGETS: [(&str, Harness); 10] = [
     ("cifar_bin", harness::cifar_bin),
+    ("cifar100_bin", harness::cifar100_bin),
     ("idx", harness::idx),
     ("experiment_config", harness::experiment_config),
     ("model_spec", harness::model_spec),
@@ -81,7 +82,7 @@ fn every_seed_and_saved_finding_gives_ok_or_err() {
             .iter()
             .find(|(t, _)| name.starts_with(&format!("{t}-")))
             .unwrap_or_else(|| {
-                panic!("{name}: a saved finding must be named <target>-<name>, target one of cifar_bin, idx, experiment_config, model_spec, logit_cache, text_table")
+                panic!("{name}: a saved finding must be named <target>-<name>, target one of cifar_bin, cifar100_bin, idx, experiment_config, model_spec, logit_cache, text_table, onnx_model, safetensors_file, pytorch_checkpoint")
             });
         replay(target, *run, &path);
         count += 1;

@@ -132,7 +132,7 @@ enum Command {
 enum DataCommand {
     /// Print the number of images per split, the classes and the image shape.
     Info {
-        /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]`, `folder:DIR`, or text: `rotten-tomatoes[:DIR]`, `text:TRAIN[,TEST]`.
+        /// Dataset: `embedded`, `cifar10[:DIR]`, `cifar100[:DIR]`, `cifar100-coarse[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]`, `folder:DIR`, or text: `rotten-tomatoes[:DIR]`, `text:TRAIN[,TEST]`.
         spec: String,
         /// Print exactly one JSON object on stdout.
         #[arg(long)]

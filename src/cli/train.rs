@@ -15,7 +15,8 @@ use crate::train::{fit, Objective, OptimizerConfig, TrainConfig, TrainJob};
 /// Options shared by every training command.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Dataset: `embedded`, `cifar10[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`;
+    /// Dataset: `embedded`, `cifar10[:DIR]`, `cifar100[:DIR]` (fine labels),
+    /// `cifar100-coarse[:DIR]`, `mnist[:DIR]`, `fashion-mnist[:DIR]` or `folder:DIR`;
     /// text: `rotten-tomatoes[:DIR]` or `text:TRAIN[,TEST]` (.tsv/.csv with label and text columns).
     #[arg(long, default_value = "embedded")]
     pub data: String,
