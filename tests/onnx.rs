@@ -18,7 +18,8 @@ use burn::module::{Module, Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{embedded, max_abs_diff, to_vec};
 use distill::models::network::Layer;
-use distill::models::{zoo, ModelSpec, Network};
+use distill::models::spec::Shortcut;
+use distill::models::{zoo, LayerSpec, ModelSpec, Network};
 use distill::onnx::{self, ImportOptions, Layout, OutputKind};
 use serde_json::Value;
 
@@ -145,26 +146,40 @@ units = 10
     .unwrap()
 }
 
-/// Random batch-norm statistics and affine terms, so the export of every term is exercised.
+/// Random batch-norm statistics and affine terms, so the export of every term is exercised (in
+/// residual blocks' bodies and shortcuts too).
 fn randomize_batch_norms(network: Network, device: &Device) -> Network {
-    let mut network = network;
-    let mut k = 0.0f32;
-    for layer in &mut network.layers {
-        if let Layer::BatchNorm(norm) = layer {
-            let n = norm.gamma.val().dims()[0];
-            let ramp = |offset: f32, scale: f32| -> Tensor<1> {
-                let values: Vec<f32> = (0..n)
-                    .map(|i| offset + scale * ((i as f32 + k) * 0.7).sin())
-                    .collect();
-                Tensor::from_data(TensorData::new(values, [n]), device)
-            };
-            norm.gamma = Param::from_tensor(ramp(1.0, 0.3));
-            norm.beta = Param::from_tensor(ramp(0.0, 0.2));
-            norm.running_mean = RunningState::new(ramp(0.1, 0.3));
-            norm.running_var = RunningState::new(ramp(1.2, 0.5));
-            k += 1.0;
+    fn visit(layers: &mut [Layer], k: &mut f32, device: &Device) {
+        for layer in layers {
+            match layer {
+                Layer::BatchNorm(norm) => {
+                    let n = norm.gamma.val().dims()[0];
+                    // a different period per term: with one period for all four, the deep
+                    // residual zoo models' ReLUs zeroed every logit
+                    let ramp = |offset: f32, scale: f32, speed: f32| -> Tensor<1> {
+                        let values: Vec<f32> = (0..n)
+                            .map(|i| offset + scale * ((i as f32 + *k) * speed).sin())
+                            .collect();
+                        Tensor::from_data(TensorData::new(values, [n]), device)
+                    };
+                    norm.gamma = Param::from_tensor(ramp(1.0, 0.3, 0.7));
+                    norm.beta = Param::from_tensor(ramp(0.0, 0.2, 1.3));
+                    norm.running_mean = RunningState::new(ramp(0.1, 0.3, 0.9));
+                    norm.running_var = RunningState::new(ramp(1.2, 0.5, 0.4));
+                    *k += 1.0;
+                }
+                Layer::Residual(stage) => {
+                    for block in &mut stage.blocks {
+                        visit(&mut block.body, k, device);
+                        visit(&mut block.shortcut, k, device);
+                    }
+                }
+                _ => {}
+            }
         }
     }
+    let mut network = network;
+    visit(&mut network.layers, &mut 0.0, device);
     network
 }
 
@@ -215,9 +230,28 @@ fn exported_models_import_back_to_the_same_logits() {
         let imported = to_vec(back.network.valid().forward(images));
         let diff = max_abs_diff(&native, &imported);
         assert!(diff <= 1e-5, "{}: {diff}", spec.name);
-        // dropout is left out of the graph; the rest maps one for one
+        // dropout is left out of the graph; the rest maps one for one (residual stages too,
+        // except a block without shortcut, which is its body's layers in the graph)
         let without_dropout = spec.layers.iter().filter(|l| l.kind() != "dropout").count();
-        assert_eq!(back.spec.layers.len(), without_dropout, "{}", spec.name);
+        let no_shortcut = spec.layers.iter().any(|l| {
+            matches!(
+                l,
+                LayerSpec::Residual {
+                    shortcut: Shortcut::None,
+                    ..
+                }
+            )
+        });
+        if !no_shortcut {
+            assert_eq!(back.spec.layers.len(), without_dropout, "{}", spec.name);
+        }
+        // and every parameter comes back
+        assert_eq!(
+            back.spec.stats(input).unwrap(),
+            spec.stats(input).unwrap(),
+            "{}",
+            spec.name
+        );
     }
 }
 
@@ -237,12 +271,18 @@ fn write_onnxruntime_cases(dir: &Path) {
         .unwrap();
         let batch = 3;
         let (values, images) = probe_images(input, batch, &device);
+        let logits = to_vec(network.forward(images));
+        // logits that are all equal (every ReLU dead) would compare nothing
+        let (low, high) = logits
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        assert!(high - low > 1e-3, "{}: logits {logits:?}", spec.name);
         let [c, h, w] = input;
         manifest.push(serde_json::json!({
             "file": file,
             "shape": [batch, c, h, w],
             "input": values,
-            "logits": to_vec(network.forward(images)),
+            "logits": logits,
         }));
     }
     std::fs::write(
@@ -282,6 +322,10 @@ fn exported_models_run_in_onnx_runtime_with_the_native_logits() {
     assert_eq!(cases.len(), export_cases().len());
     for case in cases {
         let diff = case["max_abs_diff"].as_f64().unwrap();
+        eprintln!(
+            "{}: ONNX Runtime vs native, max abs diff {diff:e}",
+            case["file"]
+        );
         assert!(diff <= 1e-4, "{case}");
     }
 }
@@ -422,6 +466,10 @@ fn safetensors_export_round_trips_to_identical_logits_under_pytorch_names() {
         let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
         for (index, layer) in spec.layers.iter().enumerate() {
             let names: Vec<String> = match layer.kind() {
+                // PyTorch's ResNets have convolutions without bias
+                "conv2d" if matches!(layer, LayerSpec::Conv2d { bias: false, .. }) => {
+                    vec![format!("layers.{index}.weight")]
+                }
                 "conv2d" => vec![
                     format!("layers.{index}.weight"),
                     format!("layers.{index}.bias"),
@@ -436,7 +484,7 @@ fn safetensors_export_round_trips_to_identical_logits_under_pytorch_names() {
             for name in names {
                 assert!(header.get(&name).is_some(), "{}: no {name}", spec.name);
             }
-            if let (distill::models::LayerSpec::Dense { units, .. }, Some(shape)) = (
+            if let (LayerSpec::Dense { units, .. }, Some(shape)) = (
                 layer,
                 header[format!("layers.{index}.linear.weight")]["shape"].as_array(),
             ) {

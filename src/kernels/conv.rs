@@ -887,8 +887,8 @@ fn group_backward(
 /// Where the streaming product applies, it computes the transpose, colᵀ's rows being the
 /// positions: `grad_wᵀ (patch × filters) = col (patch × columns) · grad_zᵀ (columns × filters)`,
 /// reading `col` in place (gemm packed both operands, and this product ran at a quarter of the
-/// rate of the forward one). Each element is the same chain of multiply-adds over the positions
-/// in order, so the same bits.
+/// rate of the forward one). Each element is the same chains of multiply-adds over the positions
+/// in gemm's depth blocks, whose rule is the same for the transpose, so the same bits.
 fn weight_gradient(grad_z: &[f32], col: &[f32], [filters, patch, columns]: [usize; 3]) -> Vec<f32> {
     let transposed = Product::new(
         [patch, filters, columns],
@@ -1088,11 +1088,12 @@ mod tests {
 
     #[test]
     fn the_streamed_weight_gradient_is_gemms_bit_for_bit() {
+        use crate::kernels::matmul::{on_gemm, SWITCH};
+        let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         if !crate::kernels::streaming::available() {
             eprintln!("note: no AVX-512 on this CPU; the weight gradient stays on gemm");
             return;
         }
-        use std::sync::atomic::Ordering::Relaxed;
         for [filters, patch, columns] in [
             [16, 144, 256],
             [32, 288, 256],
@@ -1102,10 +1103,18 @@ mod tests {
         ] {
             let grad_z = values(filters * columns, 3);
             let col = values(patch * columns, 4);
-            let streamed = weight_gradient(&grad_z, &col, [filters, patch, columns]);
-            crate::kernels::matmul::STREAMING_OFF.store(true, Relaxed);
-            let gemm = weight_gradient(&grad_z, &col, [filters, patch, columns]);
-            crate::kernels::matmul::STREAMING_OFF.store(false, Relaxed);
+            let shape = [filters, patch, columns];
+            assert!(
+                Product::new(
+                    [patch, filters, columns],
+                    Layout::rows(columns),
+                    Layout::rows(filters)
+                )
+                .streams(),
+                "{shape:?} streams"
+            );
+            let streamed = weight_gradient(&grad_z, &col, shape);
+            let gemm = on_gemm(|| weight_gradient(&grad_z, &col, shape));
             assert!(
                 streamed
                     .iter()

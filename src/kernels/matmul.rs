@@ -35,6 +35,20 @@ impl Layout {
 pub(crate) static STREAMING_OFF: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
+/// `f()` with every product on `gemm`. Tests that compare the paths take turns through here;
+/// other code running meanwhile merely takes gemm, which gives the same bits.
+#[cfg(test)]
+pub(crate) fn on_gemm<R>(f: impl FnOnce() -> R) -> R {
+    STREAMING_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = f();
+    STREAMING_OFF.store(false, std::sync::atomic::Ordering::Relaxed);
+    result
+}
+
+/// Held by the tests that switch [`STREAMING_OFF`], for their whole run.
+#[cfg(test)]
+pub(crate) static SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// `dst (m×n) = scale · lhs (m×k) · rhs (k×n)`, plus `dst` itself when accumulating.
 #[derive(Clone, Copy, Debug)]
 pub struct Product {
@@ -179,10 +193,28 @@ impl Product {
             && matches!(self.threads, Parallelism::None)
             && self.rhs.col == 1
             && self.n >= 16
-            && self.k <= super::streaming::MAX_DEPTH
             && (self.m <= 64 || self.n <= 64 || self.k <= 64)
+            && self.gemm_depth_block().is_some()
             && !STREAMING_OFF.load(std::sync::atomic::Ordering::Relaxed)
             && super::streaming::available()
+    }
+
+    /// The depth blocks `gemm` sums this product in, or `None` where it takes a path that sums
+    /// in another order (dot products for tiny outputs, matrix-vector products, depth ≤ 2).
+    /// `gemm` transposes our row-major destination; the rule is symmetric in `m` and `n`. Its
+    /// blocks: up to 512 deep for outputs of at most 64 × 64, else the `kc` of its cache-blocking
+    /// parameters for the AVX-512 micro-kernel (64 × 6), which depends on the depth and the L1
+    /// cache only (512-deep or balanced blocks on the CPUs seen here).
+    fn gemm_depth_block(&self) -> Option<usize> {
+        let [m, n, k] = [self.m, self.n, self.k];
+        if k <= 2 || m <= 1 || n <= 1 || m * n <= 256 {
+            return None;
+        }
+        Some(if m <= 64 && n <= 64 {
+            k.min(512)
+        } else {
+            gemm_common::cache::kernel_params(m, n, k, 64, 6, std::mem::size_of::<f32>()).kc
+        })
     }
 
     /// # Safety
@@ -194,6 +226,7 @@ impl Product {
             unsafe {
                 super::streaming::product(
                     [self.m, self.n, self.k],
+                    self.gemm_depth_block().expect("checked by `streams`"),
                     dst,
                     dst_row,
                     lhs,
@@ -246,6 +279,7 @@ mod tests {
 
     #[test]
     fn the_streaming_product_gives_gemms_bits() {
+        let _turn = SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         if !super::super::streaming::available() {
             eprintln!("note: no AVX-512 on this CPU; the streaming product is never used");
             return;
@@ -253,14 +287,19 @@ mod tests {
         // the convolutions' forward and input-gradient shapes, with row and column tails
         let shapes = [
             [16, 1024, 144],
+            [16, 1024, 27],
             [32, 256, 288],
             [64, 256, 512],
             [144, 1024, 16],
             [288, 256, 32],
             [27, 100, 32],
-            [7, 17, 3],
+            [7, 40, 3],
             [13, 50, 64],
-            [64, 47, 1],
+            // deeper than one of gemm's blocks: 512 + 64, balanced blocks, two blocks of 512
+            [64, 256, 576],
+            [16, 784, 1024],
+            [144, 16, 1024],
+            [32, 100, 1500],
             // the weight gradient, transposed: patch × filters over a group's positions
             [144, 16, 256],
             [288, 32, 256],
@@ -275,9 +314,7 @@ mod tests {
                 let product = Product::new([m, n, k], lhs_layout, Layout::rows(n));
                 assert!(product.streams(), "{m}x{n}x{k}");
                 let ours = product.new_matrix(&lhs, &rhs);
-                STREAMING_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
-                let theirs = product.new_matrix(&lhs, &rhs);
-                STREAMING_OFF.store(false, std::sync::atomic::Ordering::Relaxed);
+                let theirs = on_gemm(|| product.new_matrix(&lhs, &rhs));
                 let differ = ours
                     .iter()
                     .zip(&theirs)

@@ -8,9 +8,9 @@
 //! tile of 8 rows × 48 columns keeps 24 AVX-512 accumulators, each step loading three vectors
 //! of `rhs` and broadcasting eight elements of `lhs`.
 //!
-//! Every element is one fused multiply-add chain over `k` in order, starting from zero: what
-//! `gemm` computes for `k ≤ 512` (a single depth block), so the results are the same bits (the
-//! tests compare them with `gemm`).
+//! Every element is what `gemm` computes, so the results are the same bits (the tests compare
+//! them with `gemm`): `k` is cut into the depth blocks `gemm` uses, each block's sum one fused
+//! multiply-add chain in order starting from zero, the blocks' sums added in order.
 
 /// Whether [`product`] runs on this CPU (AVX-512F).
 pub fn available() -> bool {
@@ -24,11 +24,8 @@ pub fn available() -> bool {
     }
 }
 
-/// The deepest product [`product`] accepts: `gemm` splits deeper ones into blocks whose sums it
-/// adds, and this kernel would not reproduce that order.
-pub const MAX_DEPTH: usize = 512;
-
-/// `dst[i * dst_row + j] = Σ_p lhs[i * lhs_row + p * lhs_col] · rhs[p * rhs_row + j]`.
+/// `dst[i * dst_row + j] = Σ_p lhs[i * lhs_row + p * lhs_col] · rhs[p * rhs_row + j]`, summed in
+/// depth blocks of `block` (the last one shorter).
 ///
 /// # Safety
 /// [`available`] is true; `dst` is valid for writes of the `m × n` block at row stride
@@ -36,6 +33,7 @@ pub const MAX_DEPTH: usize = 512;
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn product(
     [m, n, k]: [usize; 3],
+    block: usize,
     dst: *mut f32,
     dst_row: usize,
     lhs: &[f32],
@@ -48,6 +46,7 @@ pub unsafe fn product(
     unsafe {
         avx512::product(
             [m, n, k],
+            block.max(1),
             dst,
             dst_row,
             lhs,
@@ -58,7 +57,17 @@ pub unsafe fn product(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = ([m, n, k], dst, dst_row, lhs, lhs_row, lhs_col, rhs, rhs_row);
+        let _ = (
+            [m, n, k],
+            block,
+            dst,
+            dst_row,
+            lhs,
+            lhs_row,
+            lhs_col,
+            rhs,
+            rhs_row,
+        );
         unreachable!("`available` is false off x86-64");
     }
 }
@@ -76,6 +85,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub unsafe fn product(
         [m, n, k]: [usize; 3],
+        block: usize,
         dst: *mut f32,
         dst_row: usize,
         lhs: &[f32],
@@ -93,7 +103,7 @@ mod avx512 {
             let mut row = 0;
             while row < m {
                 let rows = ROWS.min(m - row);
-                let at = [row, rows, col, last];
+                let at = [row, rows, col, last, block];
                 let lhs_layout = [lhs_row, lhs_col];
                 // SAFETY: the tile lies inside the block the caller vouched for.
                 unsafe {
@@ -110,12 +120,12 @@ mod avx512 {
     }
 
     /// Rows `row..row + rows` (at most 8) × `V` vectors of columns from `col`, the last vector
-    /// holding `last` columns.
+    /// holding `last` columns, summed over depth blocks of `block`.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f")]
     unsafe fn tile<const V: usize>(
-        [row, rows, col, last]: [usize; 4],
+        [row, rows, col, last, block]: [usize; 5],
         k: usize,
         dst: *mut f32,
         dst_row: usize,
@@ -132,26 +142,38 @@ mod avx512 {
         let mask = |v: usize| if v + 1 == V { last_mask } else { 0xffff };
         // rows past the end repeat the last row's multipliers, and are not stored
         let lhs_rows: [usize; ROWS] = std::array::from_fn(|r| (row + r.min(rows - 1)) * lhs_row);
-        let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
         let lhs = lhs.as_ptr();
         let rhs = rhs.as_ptr().add(col);
-        for p in 0..k {
-            let b: [__m512; V] = std::array::from_fn(|v| {
-                _mm512_maskz_loadu_ps(mask(v), rhs.add(p * rhs_row + v * LANES))
-            });
-            let column = p * lhs_col;
-            for r in 0..ROWS {
-                let a = _mm512_set1_ps(*lhs.add(lhs_rows[r] + column));
-                for v in 0..V {
-                    acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+        let mut start = 0;
+        while start < k {
+            let end = (start + block).min(k);
+            let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
+            for p in start..end {
+                let b: [__m512; V] = std::array::from_fn(|v| {
+                    _mm512_maskz_loadu_ps(mask(v), rhs.add(p * rhs_row + v * LANES))
+                });
+                let column = p * lhs_col;
+                for r in 0..ROWS {
+                    let a = _mm512_set1_ps(*lhs.add(lhs_rows[r] + column));
+                    for v in 0..V {
+                        acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+                    }
                 }
             }
-        }
-        for (r, acc) in acc.iter().enumerate().take(rows) {
-            let out = dst.add((row + r) * dst_row + col);
-            for (v, &value) in acc.iter().enumerate() {
-                _mm512_mask_storeu_ps(out.add(v * LANES), mask(v), value);
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                let out = dst.add((row + r) * dst_row + col);
+                for (v, &value) in acc.iter().enumerate() {
+                    let at = out.add(v * LANES);
+                    // later blocks add their sum to the earlier blocks' (gemm's alpha = 1)
+                    let value = if start == 0 {
+                        value
+                    } else {
+                        _mm512_add_ps(_mm512_maskz_loadu_ps(mask(v), at), value)
+                    };
+                    _mm512_mask_storeu_ps(at, mask(v), value);
+                }
             }
+            start = end;
         }
     }
 }

@@ -2,7 +2,13 @@
 //! `[0, 1]`, logits out. Dropout is left out (inference graph). TensorFlow's 'same' padding is
 //! written as explicit pads, so the asymmetric case (stride 2 on an even size pads only the
 //! bottom/right) is reproduced exactly by every runtime.
+//!
+//! Residual stages are written block by block: the body's nodes, the shortcut (the block input
+//! itself; option A's `Slice` with steps on H and W then a constant `Pad` of the channels; a 1x1
+//! `Conv` without bias, with a `BatchNormalization` for a projection), an `Add` and the `Relu`
+//! after it, all in opset-13 forms (Slice's and Pad's operands as `int64` initializers).
 
+use anyhow::Context;
 use prost::Message;
 
 use super::proto::{
@@ -12,7 +18,8 @@ use super::proto::{
 };
 use super::{CLASSES_KEY, SPEC_KEY};
 use crate::models::network::Layer;
-use crate::models::spec::{LayerSpec, Padding, Shape};
+use crate::models::residual::{ResidualBlock, ResidualStage};
+use crate::models::spec::{block_body, sequence_info, LayerSpec, Padding, Shape};
 use crate::models::{ModelSpec, Network};
 
 /// The opset the exported graphs use.
@@ -52,127 +59,12 @@ pub fn to_onnx_bytes(
     {
         let name = format!("layer{index}_{}", layer_spec.kind());
         current = match (layer_spec, layer) {
-            (
-                &LayerSpec::Conv2d {
-                    kernel,
-                    stride,
-                    padding,
-                    groups,
-                    ..
-                },
-                Layer::Conv2d(conv),
-            ) => {
-                let weight = conv.weight.val();
-                let dims = weight.dims().iter().map(|&d| d as i64).collect();
-                let w = graph.initializer(&format!("{name}.weight"), dims, values(weight));
-                let mut inputs = vec![current, w];
-                if let Some(bias) = &conv.bias {
-                    let b = bias.val();
-                    inputs.push(graph.initializer(
-                        &format!("{name}.bias"),
-                        vec![b.dims()[0] as i64],
-                        values(b),
-                    ));
-                }
-                let mut attributes = vec![
-                    ints("kernel_shape", &[kernel, kernel]),
-                    ints("strides", &[stride, stride]),
-                    ints("pads", &pads(shape, kernel, stride, padding)),
-                ];
-                if groups != 1 {
-                    attributes.push(int("group", groups as i64));
-                }
-                graph.node("Conv", &name, inputs, attributes)
+            (LayerSpec::Residual { body, .. }, Layer::Residual(stage)) => {
+                residual_stage(&mut graph, &name, body, stage, shape, current)
+                    .with_context(|| format!("layer {index} (residual)"))?
             }
-            (LayerSpec::LeakyRelu { slope }, _) => graph.node(
-                "LeakyRelu",
-                &name,
-                vec![current],
-                vec![float("alpha", *slope as f32)],
-            ),
-            (LayerSpec::Relu, _) => graph.node("Relu", &name, vec![current], vec![]),
-            (
-                &LayerSpec::MaxPool2d {
-                    size,
-                    stride,
-                    padding,
-                },
-                _,
-            ) => {
-                let stride = stride.unwrap_or(size);
-                let attributes = vec![
-                    ints("kernel_shape", &[size, size]),
-                    ints("strides", &[stride, stride]),
-                    ints("pads", &pads(shape, size, stride, padding)),
-                ];
-                graph.node("MaxPool", &name, vec![current], attributes)
-            }
-            // inference graph: dropout is the identity
-            (LayerSpec::Dropout { .. }, _) => current,
-            (LayerSpec::Flatten, _) => {
-                graph.node("Flatten", &name, vec![current], vec![int("axis", 1)])
-            }
-            (LayerSpec::GlobalAvgPool, _) => {
-                // ONNX keeps [N, C, 1, 1]; the layer's output is [N, C]
-                let pooled = graph.node("GlobalAveragePool", &name, vec![current], vec![]);
-                graph.node(
-                    "Flatten",
-                    &format!("{name}_flatten"),
-                    vec![pooled],
-                    vec![int("axis", 1)],
-                )
-            }
-            (LayerSpec::BatchNorm { .. }, Layer::BatchNorm(norm)) => {
-                let features = norm.gamma.val().dims()[0] as i64;
-                let mut inputs = vec![current];
-                for (suffix, tensor) in [
-                    ("scale", norm.gamma.val()),
-                    ("bias", norm.beta.val()),
-                    ("mean", norm.running_mean.value()),
-                    ("var", norm.running_var.value()),
-                ] {
-                    inputs.push(graph.initializer(
-                        &format!("{name}.{suffix}"),
-                        vec![features],
-                        values(tensor),
-                    ));
-                }
-                graph.node(
-                    "BatchNormalization",
-                    &name,
-                    inputs,
-                    vec![float("epsilon", norm.epsilon as f32)],
-                )
-            }
-            (LayerSpec::Dense { activation, .. }, Layer::Dense(dense)) => {
-                // burn stores the weight as [inputs, units]: Gemm's B without transposition
-                let weight = dense.linear.weight.val();
-                let dims = weight.dims().iter().map(|&d| d as i64).collect();
-                let mut inputs = vec![
-                    current,
-                    graph.initializer(&format!("{name}.weight"), dims, values(weight)),
-                ];
-                if let Some(bias) = &dense.linear.bias {
-                    let b = bias.val();
-                    inputs.push(graph.initializer(
-                        &format!("{name}.bias"),
-                        vec![b.dims()[0] as i64],
-                        values(b),
-                    ));
-                }
-                let out = graph.node("Gemm", &name, inputs, vec![]);
-                match activation {
-                    Some(_) => graph.node("Relu", &format!("{name}_relu"), vec![out], vec![]),
-                    None => out,
-                }
-            }
-            (LayerSpec::Residual { .. }, _) => anyhow::bail!(
-                "layer {index} is a residual stage: ONNX export of residual networks is not supported yet; export the weights with `--format safetensors` instead"
-            ),
-            (spec_layer, _) => anyhow::bail!(
-                "layer {index} (`{}`) does not match the network's layer",
-                spec_layer.kind()
-            ),
+            _ => emit_layer(&mut graph, &name, layer_spec, layer, shape, current)
+                .with_context(|| format!("layer {index} (`{}`)", layer_spec.kind()))?,
         };
         shape = info.output;
     }
@@ -218,6 +110,261 @@ pub fn to_onnx_bytes(
     Ok(model.encode_to_vec())
 }
 
+/// Writes the nodes of one non-residual layer reading `current` (on `shape`); returns the name of
+/// its output (`current` itself for a layer left out of the inference graph).
+fn emit_layer(
+    graph: &mut GraphBuilder,
+    name: &str,
+    layer_spec: &LayerSpec,
+    layer: &Layer,
+    shape: Shape,
+    current: String,
+) -> anyhow::Result<String> {
+    let name = name.to_string();
+    Ok(match (layer_spec, layer) {
+        (
+            &LayerSpec::Conv2d {
+                kernel,
+                stride,
+                padding,
+                groups,
+                ..
+            },
+            Layer::Conv2d(conv),
+        ) => {
+            let weight = conv.weight.val();
+            let dims = weight.dims().iter().map(|&d| d as i64).collect();
+            let w = graph.initializer(&format!("{name}.weight"), dims, values(weight));
+            let mut inputs = vec![current, w];
+            if let Some(bias) = &conv.bias {
+                let b = bias.val();
+                inputs.push(graph.initializer(
+                    &format!("{name}.bias"),
+                    vec![b.dims()[0] as i64],
+                    values(b),
+                ));
+            }
+            let mut attributes = vec![
+                ints("kernel_shape", &[kernel, kernel]),
+                ints("strides", &[stride, stride]),
+                ints("pads", &pads(shape, kernel, stride, padding)),
+            ];
+            if groups != 1 {
+                attributes.push(int("group", groups as i64));
+            }
+            graph.node("Conv", &name, inputs, attributes)
+        }
+        (LayerSpec::LeakyRelu { slope }, _) => graph.node(
+            "LeakyRelu",
+            &name,
+            vec![current],
+            vec![float("alpha", *slope as f32)],
+        ),
+        (LayerSpec::Relu, _) => graph.node("Relu", &name, vec![current], vec![]),
+        (
+            &LayerSpec::MaxPool2d {
+                size,
+                stride,
+                padding,
+            },
+            _,
+        ) => {
+            let stride = stride.unwrap_or(size);
+            let attributes = vec![
+                ints("kernel_shape", &[size, size]),
+                ints("strides", &[stride, stride]),
+                ints("pads", &pads(shape, size, stride, padding)),
+            ];
+            graph.node("MaxPool", &name, vec![current], attributes)
+        }
+        // inference graph: dropout is the identity
+        (LayerSpec::Dropout { .. }, _) => current,
+        (LayerSpec::Flatten, _) => {
+            graph.node("Flatten", &name, vec![current], vec![int("axis", 1)])
+        }
+        (LayerSpec::GlobalAvgPool, _) => {
+            // ONNX keeps [N, C, 1, 1]; the layer's output is [N, C]
+            let pooled = graph.node("GlobalAveragePool", &name, vec![current], vec![]);
+            graph.node(
+                "Flatten",
+                &format!("{name}_flatten"),
+                vec![pooled],
+                vec![int("axis", 1)],
+            )
+        }
+        (LayerSpec::BatchNorm { .. }, Layer::BatchNorm(norm)) => {
+            let features = norm.gamma.val().dims()[0] as i64;
+            let mut inputs = vec![current];
+            for (suffix, tensor) in [
+                ("scale", norm.gamma.val()),
+                ("bias", norm.beta.val()),
+                ("mean", norm.running_mean.value()),
+                ("var", norm.running_var.value()),
+            ] {
+                inputs.push(graph.initializer(
+                    &format!("{name}.{suffix}"),
+                    vec![features],
+                    values(tensor),
+                ));
+            }
+            graph.node(
+                "BatchNormalization",
+                &name,
+                inputs,
+                vec![float("epsilon", norm.epsilon as f32)],
+            )
+        }
+        (LayerSpec::Dense { activation, .. }, Layer::Dense(dense)) => {
+            // burn stores the weight as [inputs, units]: Gemm's B without transposition
+            let weight = dense.linear.weight.val();
+            let dims = weight.dims().iter().map(|&d| d as i64).collect();
+            let mut inputs = vec![
+                current,
+                graph.initializer(&format!("{name}.weight"), dims, values(weight)),
+            ];
+            if let Some(bias) = &dense.linear.bias {
+                let b = bias.val();
+                inputs.push(graph.initializer(
+                    &format!("{name}.bias"),
+                    vec![b.dims()[0] as i64],
+                    values(b),
+                ));
+            }
+            let out = graph.node("Gemm", &name, inputs, vec![]);
+            match activation {
+                Some(_) => graph.node("Relu", &format!("{name}_relu"), vec![out], vec![]),
+                None => out,
+            }
+        }
+        (spec_layer, _) => {
+            anyhow::bail!("`{}` does not match the network's layer", spec_layer.kind())
+        }
+    })
+}
+
+/// Writes a residual stage reading `current` (on `shape`): per block, the body's nodes, the
+/// shortcut (the block input itself; option A's Slice and Pad; a 1x1 Conv, with a
+/// BatchNormalization for a projection), their Add and the ReLU after it. A block without
+/// shortcut is its body alone (no ReLU either, as [`ResidualBlock::forward`] computes it).
+fn residual_stage(
+    graph: &mut GraphBuilder,
+    name: &str,
+    body: &[LayerSpec],
+    stage: &ResidualStage,
+    shape: Shape,
+    mut current: String,
+) -> anyhow::Result<String> {
+    let Shape::Image(mut input) = shape else {
+        anyhow::bail!("a residual stage on flat features")
+    };
+    for (b, block) in stage.blocks.iter().enumerate() {
+        let layers = block_body(body, b);
+        anyhow::ensure!(
+            layers.len() == block.body.len(),
+            "block {b} has {} body layers but its spec {}",
+            block.body.len(),
+            layers.len()
+        );
+        let infos = sequence_info(&layers, Shape::Image(input))
+            .map_err(|(j, e)| anyhow::anyhow!("block {b}, body layer {j}: {e}"))?;
+        let block_name = format!("{name}_block{b}");
+        let mut out = current.clone();
+        let mut at = Shape::Image(input);
+        for (j, ((spec, layer), info)) in layers.iter().zip(&block.body).zip(&infos).enumerate() {
+            if let LayerSpec::Residual { .. } = spec {
+                anyhow::bail!("block {b}, body layer {j}: residual stages inside residual blocks cannot be exported");
+            }
+            let layer_name = format!("{block_name}_body{j}_{}", spec.kind());
+            out = emit_layer(graph, &layer_name, spec, layer, at, out)
+                .with_context(|| format!("block {b}, body layer {j}"))?;
+            at = info.output;
+        }
+        let Shape::Image(output) = at else {
+            anyhow::bail!("block {b} ends with flat features")
+        };
+        if block.add_input {
+            let carried = shortcut(graph, &block_name, block, input, current)
+                .with_context(|| format!("block {b}, shortcut"))?;
+            let sum = graph.node(
+                "Add",
+                &format!("{block_name}_add"),
+                vec![out, carried],
+                vec![],
+            );
+            current = match block.relu {
+                true => graph.node("Relu", &format!("{block_name}_relu"), vec![sum], vec![]),
+                false => sum,
+            };
+        } else {
+            current = out;
+        }
+        input = output;
+    }
+    Ok(current)
+}
+
+/// Writes the shortcut of `block` on its input `current` (of `input` C×H×W); returns what is
+/// added to the body's output.
+fn shortcut(
+    graph: &mut GraphBuilder,
+    block_name: &str,
+    block: &ResidualBlock,
+    input: [usize; 3],
+    current: String,
+) -> anyhow::Result<String> {
+    let mut x = current;
+    if block.shortcut.is_empty() {
+        // identity, or option A: x[:, :, ::s, ::s], then zero channels before and after
+        if block.subsample > 1 {
+            let slice = format!("{block_name}_shortcut_slice");
+            let step = block.subsample as i64;
+            let inputs = vec![
+                x,
+                graph.int_initializer(&format!("{slice}.starts"), vec![0, 0]),
+                graph.int_initializer(&format!("{slice}.ends"), vec![i64::MAX, i64::MAX]),
+                graph.int_initializer(&format!("{slice}.axes"), vec![2, 3]),
+                graph.int_initializer(&format!("{slice}.steps"), vec![step, step]),
+            ];
+            x = graph.node("Slice", &slice, inputs, vec![]);
+        }
+        if block.pad_before + block.pad_after > 0 {
+            let pad = format!("{block_name}_shortcut_pad");
+            let (before, after) = (block.pad_before as i64, block.pad_after as i64);
+            // [N, C, H, W] begins, then ends: channels only
+            let pads = graph.int_initializer(
+                &format!("{pad}.pads"),
+                vec![0, before, 0, 0, 0, after, 0, 0],
+            );
+            x = graph.node("Pad", &pad, vec![x, pads], vec![string("mode", "constant")]);
+        }
+        return Ok(x);
+    }
+    // a 1x1 convolution without bias at the body's stride, then a projection's batch norm
+    let shape = Shape::Image(input);
+    for (k, layer) in block.shortcut.iter().enumerate() {
+        let spec = match layer {
+            Layer::Conv2d(conv) => LayerSpec::Conv2d {
+                filters: conv.weight.val().dims()[0],
+                kernel: 1,
+                stride: conv.stride[0],
+                padding: Padding::Valid,
+                bias: conv.bias.is_some(),
+                groups: conv.groups,
+            },
+            Layer::BatchNorm(_) => LayerSpec::BatchNorm {
+                epsilon: None,
+                momentum: None,
+            },
+            _ => {
+                anyhow::bail!("layer {k} of the shortcut is neither a convolution nor a batch norm")
+            }
+        };
+        let name = format!("{block_name}_shortcut{k}_{}", spec.kind());
+        x = emit_layer(graph, &name, &spec, layer, shape, x)?;
+    }
+    Ok(x)
+}
+
 /// Explicit `[top, left, bottom, right]` pads of a square window on `shape`.
 fn pads(shape: Shape, kernel: usize, stride: usize, padding: Padding) -> [usize; 4] {
     let Shape::Image([_, h, w]) = shape else {
@@ -244,6 +391,18 @@ struct GraphBuilder {
 }
 
 impl GraphBuilder {
+    /// A one-dimensional `int64` constant (Slice's and Pad's operands).
+    fn int_initializer(&mut self, name: &str, values: Vec<i64>) -> String {
+        self.initializers.push(TensorProto {
+            dims: vec![values.len() as i64],
+            data_type: data_type::INT64,
+            name: name.into(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..TensorProto::default()
+        });
+        name.into()
+    }
+
     fn initializer(&mut self, name: &str, dims: Vec<i64>, values: Vec<f32>) -> String {
         self.initializers.push(TensorProto {
             dims,
@@ -300,6 +459,15 @@ fn int(name: &str, value: i64) -> AttributeProto {
         name: name.into(),
         r#type: attribute_type::INT,
         i: value,
+        ..AttributeProto::default()
+    }
+}
+
+fn string(name: &str, value: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::STRING,
+        s: value.as_bytes().to_vec(),
         ..AttributeProto::default()
     }
 }
