@@ -14,10 +14,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burn::module::{Module, Param, RunningState};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{embedded, max_abs_diff, to_vec};
-use distill::models::network::Layer;
 use distill::models::spec::Shortcut;
 use distill::models::{zoo, LayerSpec, ModelSpec, Network};
 use distill::onnx::{self, ImportOptions, Layout, OutputKind};
@@ -146,43 +145,6 @@ units = 10
     .unwrap()
 }
 
-/// Random batch-norm statistics and affine terms, so the export of every term is exercised (in
-/// residual blocks' bodies and shortcuts too).
-fn randomize_batch_norms(network: Network, device: &Device) -> Network {
-    fn visit(layers: &mut [Layer], k: &mut f32, device: &Device) {
-        for layer in layers {
-            match layer {
-                Layer::BatchNorm(norm) => {
-                    let n = norm.gamma.val().dims()[0];
-                    // a different period per term: with one period for all four, the deep
-                    // residual zoo models' ReLUs zeroed every logit
-                    let ramp = |offset: f32, scale: f32, speed: f32| -> Tensor<1> {
-                        let values: Vec<f32> = (0..n)
-                            .map(|i| offset + scale * ((i as f32 + *k) * speed).sin())
-                            .collect();
-                        Tensor::from_data(TensorData::new(values, [n]), device)
-                    };
-                    norm.gamma = Param::from_tensor(ramp(1.0, 0.3, 0.7));
-                    norm.beta = Param::from_tensor(ramp(0.0, 0.2, 1.3));
-                    norm.running_mean = RunningState::new(ramp(0.1, 0.3, 0.9));
-                    norm.running_var = RunningState::new(ramp(1.2, 0.5, 0.4));
-                    *k += 1.0;
-                }
-                Layer::Residual(stage) => {
-                    for block in &mut stage.blocks {
-                        visit(&mut block.body, k, device);
-                        visit(&mut block.shortcut, k, device);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut network = network;
-    visit(&mut network.layers, &mut 0.0, device);
-    network
-}
-
 /// Every zoo model (on its usual input) and the batch-norm/GAP spec, as `(spec, input)`.
 fn export_cases() -> Vec<(ModelSpec, [usize; 3])> {
     let mut cases: Vec<(ModelSpec, [usize; 3])> = zoo::NAMES
@@ -215,7 +177,7 @@ fn exported_models_import_back_to_the_same_logits() {
     let classes: Vec<String> = (0..10).map(|i| format!("class {i}")).collect();
     for (seed, (spec, input)) in export_cases().into_iter().enumerate() {
         let network = Network::init(&spec, input, seed as u64, &device).unwrap();
-        let network = randomize_batch_norms(network, &device).valid();
+        let network = common::randomize_batch_norms(network, &device).valid();
         let bytes = onnx::to_onnx_bytes(&spec, &network, input, &classes).unwrap();
         let options = ImportOptions {
             expected_input: Some(input),
@@ -262,7 +224,7 @@ fn write_onnxruntime_cases(dir: &Path) {
     let mut manifest = Vec::new();
     for (seed, (spec, input)) in export_cases().into_iter().enumerate() {
         let network = Network::init(&spec, input, seed as u64, &device).unwrap();
-        let network = randomize_batch_norms(network, &device).valid();
+        let network = common::randomize_batch_norms(network, &device).valid();
         let file = format!("{}.onnx", spec.name);
         std::fs::write(
             dir.join(&file),
@@ -447,7 +409,7 @@ fn safetensors_export_round_trips_to_identical_logits_under_pytorch_names() {
     let classes: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
     for (seed, (spec, input)) in export_cases().into_iter().enumerate() {
         let network = Network::init(&spec, input, seed as u64, &device).unwrap();
-        let network = randomize_batch_norms(network, &device).valid();
+        let network = common::randomize_batch_norms(network, &device).valid();
         let path = dir.path().join(format!("{}.safetensors", spec.name));
         distill::models::safetensors::save(&path, &spec, &network, input, &classes).unwrap();
         let back = distill::models::safetensors::load(&path, None, None, &device).unwrap();

@@ -15,51 +15,16 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, Param, RunningState};
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{max_abs_diff, to_vec};
 use distill::classifier::{load_classifier, Classifier, Origin};
-use distill::models::network::Layer;
 use distill::models::spec::Shortcut;
 use distill::models::{zoo, LayerSpec, ModelSpec, Network, Padding};
 use distill::onnx::{self, EngineChoice, ImportOptions};
 use serde_json::Value;
 
 const INPUT: [usize; 3] = [3, 32, 32];
-
-/// Non-trivial batch-norm statistics and affine terms everywhere, blocks included.
-fn randomize_batch_norms(network: Network, device: &Device) -> Network {
-    fn visit(layers: &mut [Layer], k: &mut f32, device: &Device) {
-        for layer in layers {
-            match layer {
-                Layer::BatchNorm(norm) => {
-                    let n = norm.gamma.val().dims()[0];
-                    let ramp = |offset: f32, scale: f32, speed: f32| -> Tensor<1> {
-                        let values: Vec<f32> = (0..n)
-                            .map(|i| offset + scale * ((i as f32 + *k) * speed).sin())
-                            .collect();
-                        Tensor::from_data(TensorData::new(values, [n]), device)
-                    };
-                    norm.gamma = Param::from_tensor(ramp(1.0, 0.3, 0.7));
-                    norm.beta = Param::from_tensor(ramp(0.0, 0.2, 1.3));
-                    norm.running_mean = RunningState::new(ramp(0.1, 0.3, 0.9));
-                    norm.running_var = RunningState::new(ramp(1.2, 0.5, 0.4));
-                    *k += 1.0;
-                }
-                Layer::Residual(stage) => {
-                    for block in &mut stage.blocks {
-                        visit(&mut block.body, k, device);
-                        visit(&mut block.shortcut, k, device);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut network = network;
-    visit(&mut network.layers, &mut 0.0, device);
-    network
-}
 
 fn images(batch: usize, device: &Device) -> Tensor<4> {
     let [c, h, w] = INPUT;
@@ -128,7 +93,7 @@ fn residual_exports_import_natively_with_the_same_logits() {
     {
         let spec = zoo::get(name).unwrap();
         let network = Network::init(&spec, INPUT, 100 + seed as u64, &device).unwrap();
-        let network = randomize_batch_norms(network, &device).valid();
+        let network = common::randomize_batch_norms(network, &device).valid();
         let path = dir.path().join(format!("{name}.onnx"));
         std::fs::write(
             &path,

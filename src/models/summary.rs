@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::spec::{ModelSpec, SpecError};
+use super::spec::{LayerSpec, ModelSpec, SpecError};
 use super::zoo;
 
 /// One row of the zoo table (`distill models --json` prints an array of these).
@@ -77,6 +77,16 @@ pub fn zoo_table(input: [usize; 3]) -> Result<String, SpecError> {
     Ok(out)
 }
 
+/// A layer's name in the summary: its type, and for a residual stage its blocks and shortcut.
+fn layer_name(layer: &LayerSpec) -> String {
+    match layer {
+        LayerSpec::Residual {
+            repeat, shortcut, ..
+        } => format!("residual x{repeat} ({})", shortcut.name()),
+        other => other.kind().to_string(),
+    }
+}
+
 /// A Keras-style per-layer summary (layer, output shape, params) with totals.
 pub fn layer_table(spec: &ModelSpec, input: [usize; 3]) -> Result<String, SpecError> {
     let infos = spec.infer(input)?;
@@ -96,7 +106,7 @@ pub fn layer_table(spec: &ModelSpec, input: [usize; 3]) -> Result<String, SpecEr
         let _ = writeln!(
             out,
             "{:<28} {:<20} {:>14}",
-            format!("{index:>2} {}", info.kind),
+            format!("{index:>2} {}", layer_name(&spec.layers[index])),
             format!(
                 "(None, {})",
                 info.output

@@ -4,8 +4,11 @@
 
 use std::path::Path;
 
+use burn::module::{Param, RunningState};
+use burn::tensor::{Device, Tensor, TensorData};
 use distill::data::{self, DataSpec, Dataset, Split};
-use distill::models::ModelSpec;
+use distill::models::network::Layer;
+use distill::models::{ModelSpec, Network};
 use distill::train::{Objective, TrainConfig, TrainJob};
 
 /// The embedded real Fashion-MNIST subset.
@@ -69,4 +72,41 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// Random batch-norm statistics and affine terms, so the export of every term is exercised (in
+/// residual blocks' bodies and shortcuts too).
+pub fn randomize_batch_norms(network: Network, device: &Device) -> Network {
+    fn visit(layers: &mut [Layer], k: &mut f32, device: &Device) {
+        for layer in layers {
+            match layer {
+                Layer::BatchNorm(norm) => {
+                    let n = norm.gamma.val().dims()[0];
+                    // a different period per term: with one period for all four, the deep
+                    // residual zoo models' ReLUs zeroed every logit
+                    let ramp = |offset: f32, scale: f32, speed: f32| -> Tensor<1> {
+                        let values: Vec<f32> = (0..n)
+                            .map(|i| offset + scale * ((i as f32 + *k) * speed).sin())
+                            .collect();
+                        Tensor::from_data(TensorData::new(values, [n]), device)
+                    };
+                    norm.gamma = Param::from_tensor(ramp(1.0, 0.3, 0.7));
+                    norm.beta = Param::from_tensor(ramp(0.0, 0.2, 1.3));
+                    norm.running_mean = RunningState::new(ramp(0.1, 0.3, 0.9));
+                    norm.running_var = RunningState::new(ramp(1.2, 0.5, 0.4));
+                    *k += 1.0;
+                }
+                Layer::Residual(stage) => {
+                    for block in &mut stage.blocks {
+                        visit(&mut block.body, k, device);
+                        visit(&mut block.shortcut, k, device);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut network = network;
+    visit(&mut network.layers, &mut 0.0, device);
+    network
 }

@@ -7,7 +7,6 @@
 //! building any value, knowing each opcode's argument layout (Python's `pickletools`).
 
 use std::io::Read;
-use std::path::Path;
 
 use anyhow::{bail, Context};
 
@@ -35,15 +34,13 @@ pub fn allowed(module: &str, name: &str) -> bool {
     ALLOWED.iter().any(|&(m, n)| m == module && n == name)
 }
 
-/// Checks every pickle in the checkpoint at `path` (a zip archive's `.pkl` entries, or the
+/// Checks every pickle in a checkpoint's `bytes` (a zip archive's `.pkl` entries, or the
 /// pickles at the start of a legacy stream) against the whitelist.
-pub fn check_file(path: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read PyTorch checkpoint {}", path.display()))?;
+pub fn check(bytes: &[u8]) -> anyhow::Result<()> {
     if bytes.starts_with(b"PK\x03\x04") {
-        check_zip(&bytes)
+        check_zip(bytes)
     } else {
-        check_legacy(&bytes)
+        check_legacy(bytes)
     }
 }
 

@@ -70,7 +70,7 @@ pub fn read_state_dict(path: &Path) -> anyhow::Result<StateDict> {
             path.display()
         )
     })?;
-    globals::check_file(path).with_context(context)?;
+    globals::check(&bytes).with_context(context)?;
     let reader = pytorch_reader::PytorchReader::new(path)
         .map_err(|e| {
             anyhow::anyhow!(
