@@ -231,3 +231,19 @@ fn pytorch_padding_differs_from_tensorflow_same_at_stride_2() {
     assert_eq!(output_size(32, 1, 2, Padding::Explicit(0)), Some(16));
     assert_eq!(output_size(2, 5, 1, Padding::Explicit(1)), None);
 }
+
+#[test]
+fn zoo_classifiers_are_sized_to_the_data_and_spec_files_are_not() {
+    let sized = distill::models::resolve_spec_for("resnet8", 100).unwrap();
+    assert_eq!(sized.num_outputs([3, 32, 32]).unwrap(), 100);
+    // the same architecture otherwise: only the classifier's rows change
+    let ten = zoo::get("resnet8").unwrap().stats([3, 32, 32]).unwrap();
+    assert_eq!(
+        sized.stats([3, 32, 32]).unwrap().trainable - ten.trainable,
+        90 * 65
+    );
+    // a spec file says what it predicts; a mismatch is reported where the data is known
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/tiny-a.toml");
+    let kept = distill::models::resolve_spec_for(file.to_str().unwrap(), 100).unwrap();
+    assert_eq!(kept.num_outputs([1, 28, 28]).unwrap(), 10);
+}

@@ -181,6 +181,7 @@ pub fn train(model: &str, args: &TrainArgs) -> anyhow::Result<()> {
     let spec = resolve_spec(model)?;
     let device = args.backend.device()?;
     let (dataset, train, eval) = args.load_data()?;
+    let spec = crate::models::sized_for(spec, model, dataset.classes.len());
     args.fit(&spec, &dataset, &train, &eval, Objective::Labels, &device)
 }
 
@@ -354,6 +355,7 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
     let spec = resolve_spec(&args.student)?;
     let device = args.train.backend.device()?;
     let (dataset, train, eval) = args.train.load_data()?;
+    let spec = crate::models::sized_for(spec, &args.student, dataset.classes.len());
     let teacher = Teacher::load_with(
         &args.teacher,
         &args.teacher_import.options(Some(dataset.shape))?,

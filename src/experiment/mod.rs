@@ -937,7 +937,10 @@ fn preflight(
     };
     fits("student", student_spec)?;
     match &config.teacher {
-        TeacherSetting::Train(teacher) => fits("teacher", &resolve_spec(&teacher.model)?)?,
+        TeacherSetting::Train(teacher) => fits(
+            "teacher",
+            &crate::models::resolve_spec_for(&teacher.model, classes)?,
+        )?,
         TeacherSetting::Checkpoint(dir) => {
             let meta = checkpoint::read_meta(dir).context("`teacher`")?;
             if meta.input != dataset.shape || meta.classes.len() != classes {
@@ -1049,6 +1052,9 @@ fn run_study(
     let (student_spec, scratch_spec) = config.student.specs()?;
     let spec: DataSpec = config.data.parse()?;
     let dataset: Dataset = data::load(&spec)?;
+    let classes = dataset.classes.len();
+    let student_spec = crate::models::sized_for(student_spec, &config.student.model, classes);
+    let scratch_spec = crate::models::sized_for(scratch_spec, &config.student.model, classes);
     let mut train = dataset.train.clone();
     let eval_split = match config.training.val_split {
         Some(fraction) => train.split_off_validation(fraction, config.training.seed)?,
@@ -1069,7 +1075,7 @@ fn run_study(
     let teacher_dir = match &config.teacher {
         TeacherSetting::Checkpoint(path) => path.clone(),
         TeacherSetting::Train(teacher) => {
-            let spec = resolve_spec(&teacher.model)?;
+            let spec = crate::models::resolve_spec_for(&teacher.model, dataset.classes.len())?;
             let dir = out.join("teacher");
             println!("== teacher `{}` ({} epochs)", spec.name, teacher.epochs);
             runner.fit(
