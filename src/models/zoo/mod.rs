@@ -1,6 +1,6 @@
 //! Named models: the reference notebook's Keras models ([`keras`]) and the residual networks of
 //! the distillation literature's CIFAR tables ([`resnet`], [`wrn`], [`mobilenet`]), each with 10
-//! output logits (see [`ModelSpec::with_outputs`] for other class counts).
+//! output logits; training sizes the classifier to the data's classes ([`super::sized_for`]).
 
 pub mod keras;
 pub mod mobilenet;
