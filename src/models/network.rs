@@ -153,7 +153,7 @@ fn window_on(
     fits.then_some(window)
 }
 
-pub(super) fn conv_window(conv: &Conv2d, x: &Activations) -> Option<Window2d> {
+fn conv_window(conv: &Conv2d, x: &Activations) -> Option<Window2d> {
     if conv.dilation != [1, 1] || conv.groups != 1 {
         return None;
     }
@@ -178,7 +178,7 @@ fn pool_window_on(pool: &MaxPool2d, [h, w]: [usize; 2]) -> Option<Window2d> {
 
 /// burn's `BatchNorm::forward` on the local kernel: batch statistics and a running-average
 /// update when training under autodiff, the running statistics otherwise.
-pub(super) fn local_batch_norm(norm: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
+fn local_batch_norm(norm: &BatchNorm, x: Tensor<4>, relu: bool) -> Tensor<4> {
     let device = x.device();
     let channels = x.dims()[1];
     let training = device.is_autodiff() && norm.training.is_enabled();
