@@ -10,15 +10,13 @@ mod data_common;
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use data_common::{gzip, pixel};
+use data_common::{assert_mentions, dir_entries, gzip, load, md5_hex, path_str, pixel, serve};
 use distill::data::cifar100::{self, Labels};
-use distill::data::{self, download, DataError, DataSpec};
-use md5::{Digest, Md5};
+use distill::data::{download, DataError, DataSpec};
 
 // ---------------------------------------------------------------- generated files
 
@@ -95,31 +93,12 @@ fn tarball(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     gzip(&builder.into_inner().unwrap())
 }
 
-fn load(spec: DataSpec) -> Result<data::Dataset, DataError> {
-    data::load(&spec)
-}
-
 fn fine_spec(dir: &Path) -> DataSpec {
     DataSpec::Cifar100(Some(dir.to_path_buf()))
 }
 
 fn coarse_spec(dir: &Path) -> DataSpec {
     DataSpec::Cifar100Coarse(Some(dir.to_path_buf()))
-}
-
-/// Asserts that `err`'s message mentions every one of `needles`.
-fn assert_mentions(err: &DataError, needles: &[&str]) {
-    let msg = err.to_string();
-    for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "error `{msg}` does not mention `{needle}`"
-        );
-    }
-}
-
-fn path_str(p: &Path) -> String {
-    p.display().to_string()
 }
 
 // ---------------------------------------------------------------- spec strings
@@ -478,17 +457,6 @@ fn assert_info(out: &Output, name: &str, train: u64, test: u64, classes: usize) 
     assert_eq!(info["classes"].as_array().unwrap().len(), classes);
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    names.sort();
-    names
-}
-
 #[test]
 fn cli_reads_a_directory_in_both_labellings() {
     let tmp = tempfile::tempdir().unwrap();
@@ -540,12 +508,12 @@ fn cli_extracts_a_cached_tarball_into_place_and_drops_it() {
     let out = data_info("cifar100-coarse", cache.path(), &dead_mirror());
     assert_info(&out, "cifar100-coarse", 6, 2, 20);
     assert_eq!(
-        entries(&dir),
+        dir_entries(&dir),
         ["cifar-100-binary"],
         "tarball and staging gone"
     );
     assert_eq!(
-        entries(&dir.join("cifar-100-binary")),
+        dir_entries(&dir.join("cifar-100-binary")),
         [
             "coarse_label_names.txt",
             "fine_label_names.txt",
@@ -582,43 +550,10 @@ fn cli_refuses_a_tarball_without_the_files_and_leaves_no_half_directory() {
         );
     }
     assert_eq!(
-        entries(&dir),
+        dir_entries(&dir),
         ["cifar-100-binary.tar.gz"],
         "no staging left"
     );
-}
-
-/// Serves `files` (path → body) over HTTP/1.1 on an ephemeral local port until the test process
-/// ends; unknown paths get a 404. Returns the base URL.
-fn serve(files: HashMap<String, Vec<u8>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-            let (status, body) = match files.get(path) {
-                Some(body) => ("200 OK", body.clone()),
-                None => ("404 Not Found", b"not found".to_vec()),
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(&body);
-        }
-    });
-    base
 }
 
 #[test]
@@ -638,10 +573,7 @@ fn download_fetches_the_official_file_name_and_checks_the_official_md5() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "nothing on stdout on failure");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let found: String = Md5::digest(&fake)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let found = md5_hex(&fake);
     let url = format!("{base}/{file}");
     for needle in [url.as_str(), md5, found.as_str(), "checksum"] {
         assert!(
@@ -650,9 +582,9 @@ fn download_fetches_the_official_file_name_and_checks_the_official_md5() {
         );
     }
     assert!(
-        entries(&cache.path().join("cifar100")).is_empty(),
+        dir_entries(&cache.path().join("cifar100")).is_empty(),
         "{:?}",
-        entries(&cache.path().join("cifar100"))
+        dir_entries(&cache.path().join("cifar100"))
     );
 }
 

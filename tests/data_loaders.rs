@@ -9,25 +9,6 @@ use std::path::{Path, PathBuf};
 use data_common::*;
 use distill::data::{self, idx, DataError, DataSpec};
 
-fn load(spec: DataSpec) -> Result<data::Dataset, DataError> {
-    data::load(&spec)
-}
-
-/// Asserts that `err`'s message mentions every one of `needles`.
-fn assert_mentions(err: &DataError, needles: &[&str]) {
-    let msg = err.to_string();
-    for needle in needles {
-        assert!(
-            msg.contains(needle),
-            "error `{msg}` does not mention `{needle}`"
-        );
-    }
-}
-
-fn path_str(p: &Path) -> String {
-    p.display().to_string()
-}
-
 // ---------------------------------------------------------------- spec strings
 
 #[test]

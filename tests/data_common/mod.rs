@@ -4,8 +4,13 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::Write;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
 use std::path::Path;
+
+use distill::data::{self, DataError, DataSpec};
+use md5::{Digest, Md5};
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -108,4 +113,83 @@ pub fn write_cifar_dir(dir: &Path, per_batch: usize, n_test: usize) {
         CIFAR_CLASSES.join("\n") + "\n\n",
     )
     .unwrap();
+}
+
+/// Loads a dataset spec.
+pub fn load(spec: DataSpec) -> Result<data::Dataset, DataError> {
+    data::load(&spec)
+}
+
+/// Asserts that `err`'s message mentions every one of `needles`.
+pub fn assert_mentions(err: &DataError, needles: &[&str]) {
+    let msg = err.to_string();
+    for needle in needles {
+        assert!(
+            msg.contains(needle),
+            "error `{msg}` does not mention `{needle}`"
+        );
+    }
+}
+
+/// A path as text.
+pub fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// The MD5 of `bytes`, in hex.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The names in `dir`, sorted (none when it does not exist).
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// Serves `files` (path → body) over HTTP/1.1 on an ephemeral local port, one connection at a
+/// time, until the test process ends; unknown paths get a 404. Returns the base URL.
+pub fn serve(files: HashMap<String, Vec<u8>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            // skip the headers
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let (status, body) = match files.get(&path) {
+                Some(body) => ("200 OK", body.clone()),
+                None => ("404 Not Found", b"not found".to_vec()),
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&body);
+        }
+    });
+    base
 }
