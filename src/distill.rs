@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::classifier::Engine;
 use crate::data::{batch_order, Augmentation, Split};
 use crate::models::checkpoint::{self, write_atomic};
-use crate::models::Network;
+use crate::models::{ModelSpec, Network};
 use crate::onnx::ImportOptions;
 
 /// Magic bytes at the start of a logit-cache file.
@@ -48,6 +48,8 @@ pub struct Teacher {
     pub classes: usize,
     /// What was found when importing an ONNX teacher, for the run's log.
     pub note: Option<String>,
+    /// Its architecture, when known (feature methods find its taps there).
+    pub spec: Option<ModelSpec>,
 }
 
 impl Teacher {
@@ -73,6 +75,7 @@ impl Teacher {
             input: model.input,
             classes: model.outputs,
             note,
+            spec: model.spec.clone(),
         })
     }
 
@@ -106,7 +109,14 @@ impl Teacher {
             input,
             classes,
             note: None,
+            spec: None,
         }
+    }
+
+    /// The same teacher with its architecture known.
+    pub fn with_spec(mut self, spec: ModelSpec) -> Self {
+        self.spec = Some(spec);
+        self
     }
 
     /// Logits for `[batch, C, H, W]` images, in inference mode.

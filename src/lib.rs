@@ -13,7 +13,8 @@
 //! |---|---|
 //! | [`data`] | datasets (CIFAR-10 binary, MNIST/Fashion-MNIST IDX, image folders, an embedded default; labelled text and its tokenizer), batching, augmentation |
 //! | [`models`] | a Keras-like layer spec, the reference model zoo, shape/parameter/FLOP summaries, checkpoints; a BERT encoder for text |
-//! | [`losses`] | cross-entropy and the distillation losses (`kd`, `mse` on logits) |
+//! | [`losses`] | cross-entropy and the distillation losses on logits (`kd`, `mse`, `dkd`) |
+//! | [`methods`] | feature distillation methods (FitNets, AT, RKD, CRD), one file each, and the teacher's taps |
 //! | [`train`] | the one training loop (teacher, scratch or distilled student, any modality) |
 //! | [`optimizer`] | Adam and AdamW with a one-pass update per parameter on Flex (burn's elsewhere) |
 //! | [`modality`] | what the loop needs from a kind of data: images (CNNs) or text (BERT-family classifiers) |
@@ -38,6 +39,7 @@ pub mod distill;
 pub mod experiment;
 pub mod kernels;
 pub mod losses;
+pub mod methods;
 pub mod modality;
 pub mod models;
 pub mod onnx;

@@ -10,6 +10,7 @@
 //! `history.json`), a log (`train.log`) and, under `checkpoints/epoch-NNNN/`, the last two full
 //! training states (model, optimizer, epoch, history) that `--resume` continues from.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{augmentation_seed, batch_order, view_of, Augmentation, Split};
 use crate::distill::TeacherLogits;
 use crate::losses::{cross_entropy, mapped_hidden_cosine, DistillLoss, HiddenTerm};
+use crate::methods::{FeatureMethod, MethodBatch, MethodRun, TeacherFeatures};
 use crate::modality::image::{ImageArchitecture, Images};
 use crate::modality::{Architecture, Modality, ModelOf, SoftTargets};
 use crate::models::checkpoint::{self, write_atomic};
@@ -180,6 +182,9 @@ pub struct EpochRecord {
     pub learning_rate: f64,
     /// Wall time of the epoch (training + evaluation).
     pub seconds: f64,
+    /// A feature method's parts, unweighted, averaged over the epoch's training examples.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, f64>,
 }
 
 /// What a student is trained against; `T` supplies the teacher's logits ([`SoftTargets`]).
@@ -194,6 +199,18 @@ pub enum Objective<'a, T: ?Sized = TeacherLogits> {
         teacher: &'a T,
         /// A cosine term on hidden states (the teacher must offer them), if any.
         hidden: Option<HiddenTerm>,
+    },
+    /// Labels and a teacher's hidden features through a feature method ([`crate::methods`]),
+    /// with KD on the teacher's logits as well when `kd` is set.
+    Features {
+        /// The method and its settings.
+        method: &'a FeatureMethod,
+        /// The teacher's taps.
+        teacher: &'a TeacherFeatures,
+        /// Weight of the label cross-entropy (without `kd`; KD's `alpha` weighs it otherwise).
+        ce_weight: f64,
+        /// KD (or DKD) on the logits too, and where the teacher's logits come from.
+        kd: Option<(DistillLoss, &'a T)>,
     },
 }
 
@@ -294,6 +311,20 @@ fn objective_label<I, T: SoftTargets<I> + ?Sized>(objective: &Objective<T>) -> S
                 .map(|h| format!(" cosine={}", h.weight))
                 .unwrap_or_default();
             format!("{loss:?}{hidden} teacher={}", teacher.teacher_id())
+        }
+        Objective::Features {
+            method,
+            teacher,
+            ce_weight,
+            kd,
+        } => {
+            let kd = kd
+                .map(|(loss, logits)| format!(" kd={loss:?} logits={}", logits.teacher_id()))
+                .unwrap_or_default();
+            format!(
+                "{method:?} ce={ce_weight}{kd} teacher={}",
+                teacher.teacher_id()
+            )
         }
     }
 }
@@ -510,6 +541,7 @@ fn save_checkpoint<A: Architecture>(
     architecture: &A,
     model: &ModelOf<A>,
     optimizer: &ModuleOptimizer,
+    method: Option<&MethodRun>,
     state: &TrainState,
 ) -> anyhow::Result<()> {
     let root = out.join(CHECKPOINTS_DIR);
@@ -527,6 +559,9 @@ fn save_checkpoint<A: Architecture>(
     )?;
     let mut files = architecture.model_files();
     files.extend([OPTIMIZER_FILE, STATE_FILE]);
+    if let Some(method) = method {
+        files.extend(method.save(&tmp_dir)?);
+    }
     checkpoint::write_manifest(&tmp_dir, &files)?;
     let _ = fs::remove_dir_all(&final_dir);
     fs::rename(&tmp_dir, &final_dir).with_context(|| {
@@ -569,8 +604,13 @@ pub fn fit(job: TrainJob, device: &Device) -> anyhow::Result<TrainOutcome> {
         progress,
         verbose,
     } = job;
-    if let Objective::Distill { teacher, .. } = &objective {
-        teacher.check_compatible(train, classes.len())?;
+    match &objective {
+        Objective::Distill { teacher, .. }
+        | Objective::Features {
+            kd: Some((_, teacher)),
+            ..
+        } => teacher.check_compatible(train, classes.len())?,
+        _ => {}
     }
     let outcome = fit_model(
         ModelJob {
@@ -628,6 +668,22 @@ where
             term.validate().map_err(anyhow::Error::msg)?;
         }
     }
+    if let Objective::Features {
+        method,
+        ce_weight,
+        kd,
+        ..
+    } = &objective
+    {
+        method
+            .validate()
+            .map_err(|e| anyhow::anyhow!("method {}: {e}", method.name()))?;
+        crate::methods::check_weight("ce_weight", *ce_weight).map_err(anyhow::Error::msg)?;
+        if let Some((loss, _)) = kd {
+            loss.validate()
+                .map_err(|e| anyhow::anyhow!("method {} kd: {e}", method.name()))?;
+        }
+    }
     architecture.check()?;
     let identity = architecture.identity();
     fs::create_dir_all(out)
@@ -649,6 +705,19 @@ where
     let objective_name = objective_label(&objective);
     let mut model = architecture.init(config.seed, &train_device)?;
     let mut optimizer = config.optimizer.build();
+    let mut method_run = match &objective {
+        Objective::Features {
+            method, teacher, ..
+        } => Some(prepare_method(
+            &architecture,
+            method,
+            teacher,
+            <A::Modality as Modality>::labels(train),
+            config,
+            &train_device,
+        )?),
+        _ => None,
+    };
     let mut history = Vec::new();
 
     let existing = checkpoint_dirs(out);
@@ -693,6 +762,9 @@ where
             )
         })?;
         history = state.history;
+        if let Some(run) = method_run.take() {
+            method_run = Some(run.load(dir)?);
+        }
         if verbose {
             println!(
                 "Resuming {} from epoch {epochs_done}/{}",
@@ -715,6 +787,7 @@ where
             progress,
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
+        let mut part_sums: Vec<(&'static str, f64)> = Vec::new();
         let mut lr = config.optimizer.learning_rate;
         // Each image's transform is keyed by this seed and its dataset index.
         let augment = config
@@ -728,18 +801,43 @@ where
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
-            let (next, loss_value, batch_correct) = model_step::<A::Modality, T>(
-                model,
-                &mut optimizer,
-                &objective,
-                batch,
-                indices,
-                views.as_deref(),
-                lr,
-                config.label_smoothing,
-                epoch + 1,
-                &plain_device,
-            )?;
+            let (next, loss_value, batch_correct) = match (&objective, method_run.as_mut()) {
+                (Objective::Features { .. }, Some(run)) => {
+                    let (next, loss_value, batch_correct, parts) = feature_step::<A::Modality, T>(
+                        model,
+                        &mut optimizer,
+                        run,
+                        &objective,
+                        batch,
+                        FeatureStepInfo {
+                            indices,
+                            views: views.as_deref(),
+                            learning_rate: lr,
+                            label_smoothing: config.label_smoothing,
+                            epoch: epoch + 1,
+                            step_seed: method_step_seed(
+                                config.seed,
+                                epoch * steps_per_epoch + step,
+                            ),
+                        },
+                        &plain_device,
+                    )?;
+                    add_parts(&mut part_sums, &parts, indices.len());
+                    (next, loss_value, batch_correct)
+                }
+                _ => model_step::<A::Modality, T>(
+                    model,
+                    &mut optimizer,
+                    &objective,
+                    batch,
+                    indices,
+                    views.as_deref(),
+                    lr,
+                    config.label_smoothing,
+                    epoch + 1,
+                    &plain_device,
+                )?,
+            };
             model = next;
             if !loss_value.is_finite() {
                 bar.abandon();
@@ -782,11 +880,18 @@ where
             val_accuracy,
             learning_rate: lr,
             seconds: started.elapsed().as_secs_f64(),
+            parts: part_sums
+                .iter()
+                .map(|(name, sum)| (name.to_string(), sum / seen as f64))
+                .collect(),
         };
-        let line = format!(
+        let mut line = format!(
             "Epoch {}/{} - {:.1}s - loss: {:.4} - accuracy: {:.4} - val_loss: {:.4} - val_accuracy: {:.4}",
             record.epoch, config.epochs, record.seconds, record.loss, record.accuracy, record.val_loss, record.val_accuracy
         );
+        for (name, value) in &record.parts {
+            let _ = write!(line, " - {name}: {value:.4}");
+        }
         if verbose {
             println!("{line}");
         }
@@ -800,7 +905,14 @@ where
             model: identity.clone(),
             history: history.clone(),
         };
-        save_checkpoint(out, &architecture, &model, &optimizer, &state)?;
+        save_checkpoint(
+            out,
+            &architecture,
+            &model,
+            &optimizer,
+            method_run.as_ref(),
+            &state,
+        )?;
     }
     if history.len() == config.epochs
         && existing.last().map(|(e, _)| *e) == Some(config.epochs)
@@ -879,6 +991,9 @@ where
     };
     let loss = match objective {
         Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
+        Objective::Features { .. } => {
+            bail!("a feature method trains through `fit_model`, which keeps its heads")
+        }
         Objective::Distill {
             loss,
             teacher,
@@ -922,5 +1037,150 @@ where
         optimizer.step(learning_rate, model, grads),
         loss_value,
         correct,
+    ))
+}
+
+/// Builds a feature method's heads and state for `architecture`'s student: its taps resolved by
+/// name (an unknown one is an error listing those that exist).
+fn prepare_method<A: Architecture>(
+    architecture: &A,
+    method: &FeatureMethod,
+    teacher: &TeacherFeatures,
+    labels: Vec<usize>,
+    config: &TrainConfig,
+    device: &Device,
+) -> anyhow::Result<MethodRun> {
+    let all = architecture.taps()?;
+    let student = method
+        .student_taps()
+        .iter()
+        .map(|name| crate::models::taps::pick_tap(&all, "the student", name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (heads, state) = method
+        .prepare(&student, teacher.taps(), labels, config.seed, device)
+        .with_context(|| format!("method {}", method.name()))?;
+    Ok(MethodRun {
+        heads,
+        optimizer: config.optimizer.build(),
+        state,
+        student_layers: student.iter().map(|t| t.layer).collect(),
+    })
+}
+
+/// Seeds what a method samples at global step `step` (CRD's negatives): a function of the run's
+/// seed and the step, so a resumed run draws the same.
+fn method_step_seed(seed: u64, step: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (step as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+}
+
+fn add_parts(sums: &mut Vec<(&'static str, f64)>, parts: &[(&'static str, f32)], batch: usize) {
+    for &(name, value) in parts {
+        match sums.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, sum)) => *sum += value as f64 * batch as f64,
+            None => sums.push((name, value as f64 * batch as f64)),
+        }
+    }
+}
+
+/// A feature method's parts for one batch, by name, unweighted.
+type MethodParts = Vec<(&'static str, f32)>;
+
+/// What a feature step needs to know about its batch besides the data.
+struct FeatureStepInfo<'a> {
+    indices: &'a [usize],
+    views: Option<&'a [usize]>,
+    learning_rate: f64,
+    label_smoothing: f64,
+    epoch: usize,
+    step_seed: u64,
+}
+
+/// One optimisation step of a student under a feature method: the student's logits and taps,
+/// the teacher's reads, CE (or KD) plus the method's terms, and one update of the student and of
+/// the method's heads. Returns the model, the batch loss, the correct predictions and the
+/// method's parts (unweighted).
+fn feature_step<M, T>(
+    model: M::Model,
+    optimizer: &mut ModuleOptimizer,
+    run: &mut MethodRun,
+    objective: &Objective<T>,
+    (input, labels): (M::Input, Tensor<1, Int>),
+    info: FeatureStepInfo,
+    plain_device: &Device,
+) -> anyhow::Result<(M::Model, f32, i64, MethodParts)>
+where
+    M: Modality,
+    T: SoftTargets<M::Input> + ?Sized,
+{
+    let Objective::Features {
+        method,
+        teacher,
+        ce_weight,
+        kd,
+    } = objective
+    else {
+        unreachable!("called for feature objectives only")
+    };
+    let (logits, student) = M::logits_and_features(&model, input.clone(), &run.student_layers)?;
+    let images = M::images(&input).context("feature methods read images")?;
+    let teacher_reads = teacher
+        .at(info.indices, images, plain_device)
+        .into_iter()
+        .map(|t| t.autodiff())
+        .collect();
+    let method_loss = method.loss(
+        &run.heads,
+        &mut run.state,
+        MethodBatch {
+            student,
+            teacher: teacher_reads,
+            indices: info.indices,
+            step_seed: info.step_seed,
+        },
+    )?;
+    let base = match kd {
+        None => cross_entropy(logits.clone(), labels.clone(), info.label_smoothing)
+            .mul_scalar(*ce_weight),
+        Some((loss, logit_source)) => {
+            let teacher_logits = logit_source
+                .logits_at(info.indices, info.views, &input, plain_device)?
+                .autodiff();
+            loss.forward(
+                logits.clone(),
+                teacher_logits,
+                labels.clone(),
+                info.label_smoothing,
+                info.epoch,
+            )
+            .total
+        }
+    };
+    let loss = base + method_loss.total;
+    let loss_value: f32 = loss.clone().into_scalar();
+    let parts = method_loss
+        .parts
+        .into_iter()
+        .map(|(name, part)| (name, part.into_scalar::<f32>()))
+        .collect();
+    if !loss_value.is_finite() {
+        return Ok((model, loss_value, 0, parts));
+    }
+    let correct = count_correct(logits.detach(), labels);
+    let mut grads = loss.backward();
+    let student_grads = GradientsParams::from_module(&mut grads, &model);
+    let head_grads = GradientsParams::from_module(&mut grads, &run.heads);
+    let heads = std::mem::replace(
+        &mut run.heads,
+        crate::methods::MethodHeads {
+            regressor: None,
+            embeds: None,
+        },
+    );
+    run.heads = run.optimizer.step(info.learning_rate, heads, head_grads);
+    Ok((
+        optimizer.step(info.learning_rate, model, student_grads),
+        loss_value,
+        correct,
+        parts,
     ))
 }

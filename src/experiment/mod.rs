@@ -941,7 +941,9 @@ fn preflight(
             "teacher",
             &crate::models::resolve_spec_for(&teacher.model, classes)?,
         )?,
-        TeacherSetting::Checkpoint(dir) => {
+        // A model file (ONNX, PyTorch, safetensors) is checked when it loads, before any
+        // student trains.
+        TeacherSetting::Checkpoint(dir) if !dir.is_file() => {
             let meta = checkpoint::read_meta(dir).context("`teacher`")?;
             if meta.input != dataset.shape || meta.classes.len() != classes {
                 bail!(
@@ -954,6 +956,7 @@ fn preflight(
                 );
             }
         }
+        TeacherSetting::Checkpoint(_) => {}
     }
     if let Some(dir) = &config.student.init_from {
         // the same checks `fit` makes, before hours of teacher training

@@ -9,7 +9,8 @@ use super::{Architecture, Modality, SoftTargets};
 use crate::data::{Augmentation, Split};
 use crate::distill::TeacherLogits;
 use crate::models::checkpoint::{self, ModelMeta};
-use crate::models::{ModelSpec, Network};
+use crate::models::taps::{taps, Tap};
+use crate::models::{Feature, ModelSpec, Network};
 
 /// Images `[N, C, H, W]` in `[0, 1]`, read by a [`Network`].
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +41,22 @@ impl Modality for Images {
     fn example_noun() -> &'static str {
         "image"
     }
+
+    fn labels(split: &Split) -> Vec<usize> {
+        split.labels.iter().map(|&l| l as usize).collect()
+    }
+
+    fn logits_and_features(
+        model: &Network,
+        input: Tensor<4>,
+        layers: &[usize],
+    ) -> anyhow::Result<(Tensor<2>, Vec<Feature>)> {
+        Ok(model.forward_tapped(input, layers))
+    }
+
+    fn images(input: &Tensor<4>) -> Option<Tensor<4>> {
+        Some(input.clone())
+    }
 }
 
 /// A CNN spec for one input shape and class list; stored as a checkpoint directory
@@ -63,6 +80,10 @@ impl Architecture for ImageArchitecture<'_> {
 
     fn params(&self) -> anyhow::Result<usize> {
         Ok(self.spec.stats(self.input)?.params)
+    }
+
+    fn taps(&self) -> anyhow::Result<Vec<Tap>> {
+        taps(self.spec, self.input)
     }
 
     fn check(&self) -> anyhow::Result<()> {

@@ -18,6 +18,8 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::data::Augmentation;
 use crate::losses::HiddenStates;
+use crate::models::taps::Tap;
+use crate::models::Feature;
 
 /// A kind of labelled data and the models that read it.
 pub trait Modality {
@@ -54,6 +56,30 @@ pub trait Modality {
 
     /// What one example is called in messages ("image", "text").
     fn example_noun() -> &'static str;
+
+    /// The class of every example of `split`, in index order.
+    fn labels(split: &Self::Split) -> Vec<usize>;
+
+    /// Class logits and the outputs of the top-level layers at `layers` (a feature method's
+    /// taps); only image CNNs have taps.
+    fn logits_and_features(
+        model: &Self::Model,
+        input: Self::Input,
+        layers: &[usize],
+    ) -> anyhow::Result<(Tensor<2>, Vec<Feature>)> {
+        let _ = (model, input, layers);
+        anyhow::bail!(
+            "feature methods (fitnets, at, rkd, crd) read a CNN's hidden layers; a {} model has no feature taps",
+            Self::example_noun()
+        )
+    }
+
+    /// The batch as images, for a teacher that reads them (feature methods); `None` for other
+    /// inputs.
+    fn images(input: &Self::Input) -> Option<Tensor<4>> {
+        let _ = input;
+        None
+    }
 }
 
 /// How a training job builds its model and keeps it in a run directory.
@@ -66,6 +92,11 @@ pub trait Architecture {
 
     /// Number of trainable parameters.
     fn params(&self) -> anyhow::Result<usize>;
+
+    /// The feature taps of the model ([`crate::models::taps`]); none for models without them.
+    fn taps(&self) -> anyhow::Result<Vec<Tap>> {
+        Ok(Vec::new())
+    }
 
     /// Rejects an architecture that cannot serve its data (e.g. more or fewer outputs than
     /// classes), naming what is wrong.

@@ -124,6 +124,10 @@ impl Modality for Text {
     fn example_noun() -> &'static str {
         "text"
     }
+
+    fn labels(split: &TokenizedSplit) -> Vec<usize> {
+        split.labels.clone()
+    }
 }
 
 /// What a text model directory records besides the spec and the weights.

@@ -14,10 +14,11 @@ pub mod residual;
 pub mod safetensors;
 pub mod spec;
 pub mod summary;
+pub mod taps;
 pub mod text;
 pub mod zoo;
 
-pub use network::Network;
+pub use network::{Feature, Network};
 pub use spec::{LayerSpec, ModelSpec, ModelStats, Padding};
 
 use std::path::Path;

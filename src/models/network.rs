@@ -66,6 +66,36 @@ pub struct Network {
     pub layers: Vec<Layer>,
 }
 
+/// What a feature tap reads: a feature map, or a vector after flattening or global pooling.
+#[derive(Debug, Clone)]
+pub enum Feature {
+    /// `[batch, C, H, W]`.
+    Map(Tensor<4>),
+    /// `[batch, features]`.
+    Vector(Tensor<2>),
+}
+
+impl Feature {
+    /// The values flattened per example, `[batch, C·H·W]` (an embedding as it is).
+    pub fn flat(self) -> Tensor<2> {
+        match self {
+            Feature::Map(t) => t.flatten(1, 3),
+            Feature::Vector(t) => t,
+        }
+    }
+
+    /// The feature map; `Err` for a vector.
+    pub fn map(self) -> anyhow::Result<Tensor<4>> {
+        match self {
+            Feature::Map(t) => Ok(t),
+            Feature::Vector(t) => anyhow::bail!(
+                "expected a feature map, got a vector of {} features",
+                t.dims()[1]
+            ),
+        }
+    }
+}
+
 /// Activations between layers: feature maps before a flatten, vectors after.
 pub(super) enum Activations {
     Image(Tensor<4>),
@@ -85,6 +115,13 @@ impl Activations {
         match self {
             Activations::Image(x) => x.dims(),
             Activations::Flat(_) => unreachable!("spatial layer after flatten passed validation"),
+        }
+    }
+
+    fn dims(&self) -> Vec<usize> {
+        match self {
+            Activations::Image(t) => t.dims().to_vec(),
+            Activations::Flat(t) => t.dims().to_vec(),
         }
     }
 
@@ -412,18 +449,39 @@ impl Network {
         self.forward_observed(input, |_, _| {})
     }
 
+    /// Logits and the outputs of the top-level layers at `layers` (indices from
+    /// [`crate::models::taps`]), in the order asked. Each is a feature map `[batch, C, H, W]` or,
+    /// after flattening or global pooling, a vector `[batch, features]`.
+    pub fn forward_tapped(&self, input: Tensor<4>, layers: &[usize]) -> (Tensor<2>, Vec<Feature>) {
+        let mut taken: Vec<Option<Feature>> = vec![None; layers.len()];
+        let logits = self.forward_observed(input, |index, x| {
+            for (slot, _) in taken.iter_mut().zip(layers).filter(|(_, &l)| l == index) {
+                *slot = Some(match x {
+                    Activations::Image(t) => Feature::Map(t.clone()),
+                    Activations::Flat(t) => Feature::Vector(t.clone()),
+                });
+            }
+        });
+        let features = taken
+            .into_iter()
+            .zip(layers)
+            .map(|(f, l)| f.unwrap_or_else(|| panic!("layer {l} is not in this network")))
+            .collect();
+        (logits, features)
+    }
+
     /// The output dimensions (batch included) of every layer for `input`; checks a spec's shape
     /// arithmetic against what the tensors really do.
     pub fn layer_output_dims(&self, input: Tensor<4>) -> Vec<Vec<usize>> {
         let mut dims = Vec::with_capacity(self.layers.len());
-        self.forward_observed(input, |_, d| dims.push(d));
+        self.forward_observed(input, |_, x| dims.push(x.dims()));
         dims
     }
 
     fn forward_observed(
         &self,
         input: Tensor<4>,
-        mut observe: impl FnMut(usize, Vec<usize>),
+        mut observe: impl FnMut(usize, &Activations),
     ) -> Tensor<2> {
         let local_kernels = kernels::active(&input.device());
         match run_layers(
@@ -471,7 +529,7 @@ pub(super) fn run_layers(
     layers: &[Layer],
     mut x: Activations,
     local_kernels: bool,
-    observe: &mut dyn FnMut(usize, Vec<usize>),
+    observe: &mut dyn FnMut(usize, &Activations),
 ) -> Activations {
     let mut iter = layers.iter().enumerate().peekable();
     while let Some((index, layer)) = iter.next() {
@@ -581,15 +639,12 @@ pub(super) fn run_layers(
             },
             Layer::Residual(stage) => Activations::Image(stage.forward(x.image(), local_kernels)),
         };
-        let dims = match &x {
-            Activations::Image(t) => t.dims().to_vec(),
-            Activations::Flat(t) => t.dims().to_vec(),
-        };
-        // The fused layers keep the feature map's size (an activation, a 'same' pool).
-        observe(index, dims.clone());
+        // The fused layers keep the feature map's size (an activation, a 'same' pool), and
+        // their observers see the group's output.
+        observe(index, &x);
         for _ in 0..fused {
             let (next, _) = iter.next().expect("fused layers follow");
-            observe(next, dims.clone());
+            observe(next, &x);
         }
     }
     x
