@@ -164,6 +164,29 @@ impl DistilledResult {
     }
 }
 
+/// One `[[method]]` arm as the runner hands it over.
+#[derive(Debug, Clone)]
+pub struct MethodInput {
+    /// Readable description (`AT`, `CRD + KD alpha 0.5, T 4, T² on`).
+    pub label: String,
+    /// Its results (its `name` is the arm's).
+    pub result: ModelResult,
+}
+
+/// One row of the method table: a paired arm against the student from scratch.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodRow {
+    /// Readable description.
+    pub label: String,
+    /// Per-seed difference to scratch (test accuracy, fraction).
+    pub paired_diff: Option<PairedDiff>,
+    /// Its mean training epoch over a scratch epoch (wall time), when both were timed.
+    pub epoch_cost: Option<f64>,
+    /// Full result.
+    #[serde(flatten)]
+    pub result: ModelResult,
+}
+
 /// How the best distilled setting was chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,6 +283,8 @@ pub struct ReportInputs {
     pub scratch_label: String,
     /// Every distilled setting.
     pub distilled: Vec<DistilledInput>,
+    /// The `[[method]]` arms.
+    pub methods: Vec<MethodInput>,
     /// Chain stages, with `sweep.chain`.
     pub chain: Option<Vec<ChainStage>>,
     /// Seconds spent building the augmented-view cache, when one was used.
@@ -305,6 +330,9 @@ pub struct Report {
     pub scratch_label: String,
     /// Every distilled student.
     pub distilled: Vec<DistilledResult>,
+    /// The method table: every `[[method]]` arm against scratch.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<MethodRow>,
     /// Chain stages, with `sweep.chain`.
     pub chain: Option<Vec<ChainStage>>,
     /// The augmented-view cache's cost, when one was used.
@@ -350,11 +378,25 @@ impl Report {
             scratch,
             scratch_label,
             distilled,
+            methods,
             chain,
             cache_build_seconds,
             augmentation,
             wall_seconds,
         } = inputs;
+        let methods: Vec<MethodRow> = methods
+            .into_iter()
+            .map(|m| MethodRow {
+                label: m.label,
+                paired_diff: paired_diff(&m.result.accuracies, &scratch.accuracies).ok(),
+                epoch_cost: m
+                    .result
+                    .epoch_seconds
+                    .zip(scratch.epoch_seconds)
+                    .map(|(arm, control)| arm / control),
+                result: m.result,
+            })
+            .collect();
         let distilled: Vec<DistilledResult> = distilled
             .into_iter()
             .map(|d| {
@@ -385,6 +427,10 @@ impl Report {
             + distilled
                 .iter()
                 .map(|d| epoch_seconds(&d.result))
+                .sum::<f64>()
+            + methods
+                .iter()
+                .map(|m| epoch_seconds(&m.result))
                 .sum::<f64>();
         let cache = augmentation
             .as_ref()
@@ -419,6 +465,7 @@ impl Report {
             scratch,
             scratch_label,
             distilled,
+            methods,
             chain,
             cache,
             best,
@@ -449,6 +496,9 @@ impl Report {
         ];
         for d in &self.distilled {
             curves.push(curve(d.label.clone(), &d.result));
+        }
+        for m in &self.methods {
+            curves.push(curve(m.label.clone(), &m.result));
         }
         curves
     }
@@ -555,6 +605,9 @@ impl Report {
                 r.result.loss
             );
         }
+        if !self.methods.is_empty() {
+            self.method_table(&mut md);
+        }
         if let Some(stages) = &self.chain {
             let _ = writeln!(
                 md,
@@ -604,6 +657,40 @@ impl Report {
         let _ = writeln!(md, "![accuracy vs alpha](accuracy_vs_alpha.png)\n");
         let _ = writeln!(md, "![learning curves](learning_curves.png)");
         md
+    }
+
+    /// The `## Methods` section: each arm against scratch, paired, with its cost.
+    fn method_table(&self, md: &mut String) {
+        let _ = writeln!(md, "\n## Methods\n");
+        let _ = writeln!(
+            md,
+            "Each method is a paired arm: the same seeds, initial weights, batch order and views as the student from scratch. Cost: the arm's mean training epoch (wall time, teacher reads included) over a scratch epoch.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| method | test accuracy | val accuracy | vs scratch, paired [95% CI] | epoch cost vs scratch |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|");
+        let val = |r: &ModelResult| r.final_val_accuracy.map_or_else(|| "n/a".into(), pct);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | (control) | 1.00x |",
+            self.scratch_label,
+            self.accuracy_cell(&self.scratch),
+            val(&self.scratch)
+        );
+        for m in &self.methods {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} |",
+                m.label,
+                self.accuracy_cell(&m.result),
+                val(&m.result),
+                interval_cell(m.paired_diff.as_ref()),
+                m.epoch_cost
+                    .map_or_else(|| "n/a".into(), |c| format!("{c:.2}x"))
+            );
+        }
     }
 
     /// Writes `report.md`, `report.json`, `learning_curves.png`, `accuracy_vs_alpha.png` and

@@ -517,6 +517,11 @@ fn newest_valid_checkpoint(
     }
 }
 
+/// Whether the run in `out` has a checkpoint after its last epoch (of `epochs`).
+pub fn is_complete(out: &Path, epochs: usize) -> bool {
+    checkpoint_dirs(out).last().map(|(e, _)| *e) == Some(epochs)
+}
+
 fn write_history(out: &Path, history: &[EpochRecord]) -> anyhow::Result<()> {
     let mut csv = String::from("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate,seconds\n");
     for r in history {

@@ -1,7 +1,10 @@
 //! The real datasets: the embedded subset, Debian's Fashion-MNIST and the CIFAR-10 JPEG folder
-//! tarball (the last two are skipped, with a note, where absent), and the `data info` command.
+//! tarball in `../shared` (the last two skipped, through `common::require`, where absent), and the
+//! `data info` command.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
@@ -9,8 +12,15 @@ use distill::data::{self, DataInfo, DataSpec, FASHION_MNIST_CLASSES};
 
 const DEBIAN_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-fn cifar_jpeg_tarball() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar10-jpeg.tar.gz")
+/// Debian's Fashion-MNIST, where the package is installed.
+fn debian_fashion_mnist_dir() -> Option<&'static Path> {
+    let dir = Path::new(DEBIAN_FASHION_MNIST);
+    common::require(
+        dir.is_dir(),
+        &format!("the Fashion-MNIST IDX files in {DEBIAN_FASHION_MNIST}"),
+        "apt-get install dataset-fashion-mnist (.ci/run installs it)",
+    )
+    .then_some(dir)
 }
 
 #[test]
@@ -31,13 +41,9 @@ fn embedded_is_a_balanced_fashion_mnist_subset() {
 
 #[test]
 fn embedded_matches_the_first_images_of_debian_fashion_mnist() {
-    let dir = Path::new(DEBIAN_FASHION_MNIST);
-    if !dir.is_dir() {
-        eprintln!(
-            "note: {DEBIAN_FASHION_MNIST} is absent (package dataset-fashion-mnist); skipping"
-        );
+    let Some(dir) = debian_fashion_mnist_dir() else {
         return;
-    }
+    };
     let full = data::load(&DataSpec::FashionMnist(Some(dir.into()))).unwrap();
     let embedded = data::load(&DataSpec::Embedded).unwrap();
     // no class reaches its quota within the first images, so all of them are kept, in order
@@ -50,13 +56,9 @@ fn embedded_matches_the_first_images_of_debian_fashion_mnist() {
 
 #[test]
 fn debian_fashion_mnist() {
-    let dir = Path::new(DEBIAN_FASHION_MNIST);
-    if !dir.is_dir() {
-        eprintln!(
-            "note: {DEBIAN_FASHION_MNIST} is absent (package dataset-fashion-mnist); skipping"
-        );
+    let Some(dir) = debian_fashion_mnist_dir() else {
         return;
-    }
+    };
     let start = Instant::now();
     let ds = data::load(&DataSpec::FashionMnist(Some(dir.into()))).unwrap();
     eprintln!(
@@ -72,11 +74,9 @@ fn debian_fashion_mnist() {
 
 #[test]
 fn cifar10_jpeg_folder() {
-    let tarball = cifar_jpeg_tarball();
-    if !tarball.is_file() {
-        eprintln!("note: {} is absent; skipping", tarball.display());
+    let Some(tarball) = common::shared("datasets/cifar10-jpeg.tar.gz") else {
         return;
-    }
+    };
     let tmp = tempfile::tempdir().unwrap();
     let start = Instant::now();
     data::download::extract_tar_gz(&tarball, tmp.path()).unwrap();

@@ -2,11 +2,15 @@
 //! wrappers, `module.` prefixes and both naming conventions, against logits PyTorch computed
 //! (`tests/fixtures/torch/synthetic.json`); the shared pretrained CIFAR-10 ResNets against their
 //! stated accuracy and a reference forward (`shared_resnets.json`); and bad files refused.
-//! Fixtures: `scripts/torch_reference.py`.
+//! Fixtures: `scripts/torch_reference.py`. The shared ResNets and CIFAR-10 come from `../shared`,
+//! which a user's clone has not: that test says SKIPPED there (`common::shared`).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
+use common::max_abs_diff;
 use distill::classifier::load_classifier;
 use distill::data::{self, DataSpec};
 use distill::models::{pytorch, zoo};
@@ -30,14 +34,6 @@ fn floats(value: &serde_json::Value) -> Vec<f32> {
             None => vec![row.as_f64().unwrap() as f32],
         })
         .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -141,30 +137,22 @@ fn bad_checkpoints_are_refused_with_what_was_expected() {
     );
 }
 
-/// CIFAR-10's original pixels from `../shared`, extracted once per test run.
-fn shared_cifar10(tmp: &Path) -> Option<PathBuf> {
-    let tarball =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar10-bin.tar.gz");
-    if !tarball.is_file() {
-        eprintln!("note: {} is absent; skipping", tarball.display());
-        return None;
-    }
-    let file = std::fs::File::open(&tarball).unwrap();
-    tar::Archive::new(flate2::read::GzDecoder::new(file))
-        .unpack(tmp)
-        .unwrap();
-    Some(tmp.to_path_buf())
-}
-
 #[test]
 fn the_shared_pretrained_resnets_score_their_stated_accuracy_and_match_pytorch() {
-    let teachers = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/teachers/cifar10-resnet");
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(dir) = shared_cifar10(tmp.path()) else {
+    let Some(teachers) = common::shared("teachers/cifar10-resnet") else {
         return;
     };
+    let Some(tarball) = common::shared("datasets/cifar10-bin.tar.gz") else {
+        return;
+    };
+    // CIFAR-10's original pixels
+    let tmp = tempfile::tempdir().unwrap();
+    let file = std::fs::File::open(&tarball).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(file))
+        .unpack(tmp.path())
+        .unwrap();
     let reference = json(&fixtures().join("shared_resnets.json"));
-    let dataset = data::load(&DataSpec::Cifar10(Some(dir))).unwrap();
+    let dataset = data::load(&DataSpec::Cifar10(Some(tmp.path().into()))).unwrap();
     let device = Device::flex();
     let normalize = Normalization {
         mean: floats(&reference["normalize"]["mean"]),

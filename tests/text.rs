@@ -5,7 +5,8 @@
 //! float64 numpy BERT, no shared code with the `tokenizers` crate or burn):
 //! - `tiny-bert/`: a 2-layer random BERT under PyTorch names, committed, so it runs everywhere;
 //! - `minilm-expected.json`: all-MiniLM-L6-v2, whose 87 MB weights `scripts/fetch-text-data.sh`
-//!   puts in the cache (`.ci/run` runs it).
+//!   puts in the cache (`.ci/run` runs it); the tests that need it, or the Rotten Tomatoes corpus
+//!   the script fetches too, say SKIPPED where the cache lacks them (`common::require`).
 
 mod common;
 
@@ -26,8 +27,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/text")
 }
 
-fn cache() -> PathBuf {
-    distill::data::download::cache_dir().unwrap()
+/// The dataset cache, `DISTILL_DATA` or `~/.cache/distill`.
+fn cache() -> Option<PathBuf> {
+    distill::data::download::cache_dir().ok()
 }
 
 fn expected(path: &Path) -> Value {
@@ -74,16 +76,29 @@ fn batch(tokenizer: &TextTokenizer, ids: &[Vec<u32>], device: &Device) -> TokenB
     TokenBatch::new(&refs, tokenizer.pad_id(), device)
 }
 
-fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("DISTILL_MINILM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join("all-MiniLM-L6-v2"));
-    assert!(
-        dir.join(bert::WEIGHTS_FILE).is_file(),
-        "{} has no MiniLM weights: run scripts/fetch-text-data.sh (or set DISTILL_MINILM)",
-        dir.display()
+/// `what` in the cache, where `scripts/fetch-text-data.sh` has put it (`file` tells whether it is
+/// there); `None`, through `common::require`, where not.
+fn fetched(dir: Option<PathBuf>, file: &str, what: &str, how_to_get: &str) -> Option<PathBuf> {
+    let present = dir.as_ref().is_some_and(|d| d.join(file).is_file());
+    let place = dir.as_ref().map_or_else(
+        || "the cache (neither DISTILL_DATA nor HOME is set)".into(),
+        |d| d.display().to_string(),
     );
-    dir
+    common::require(present, &format!("{what} in {place}"), how_to_get)
+        .then(|| dir.unwrap())
+}
+
+fn minilm_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("DISTILL_MINILM") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => cache().map(|c| c.join("all-MiniLM-L6-v2")),
+    };
+    fetched(
+        dir,
+        bert::WEIGHTS_FILE,
+        "the MiniLM-L6 weights",
+        "run scripts/fetch-text-data.sh (or set DISTILL_MINILM)",
+    )
 }
 
 #[test]
@@ -216,9 +231,11 @@ fn bert_loading_names_what_does_not_fit() {
 
 #[test]
 fn minilm_tokenizer_matches_the_reference_tokenizer() {
+    let Some(dir) = minilm_dir() else {
+        return;
+    };
     let reference = expected(&fixtures().join("minilm-expected.json"));
-    let tokenizer =
-        TextTokenizer::from_file(&minilm_dir().join(bert::TOKENIZER_FILE), 128).unwrap();
+    let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 128).unwrap();
     let sentences: Vec<String> = serde_json::from_value(reference["sentences"].clone()).unwrap();
     assert_eq!(
         tokenizer.encode_all(&sentences).unwrap(),
@@ -227,7 +244,7 @@ fn minilm_tokenizer_matches_the_reference_tokenizer() {
     assert_eq!(tokenizer.vocab_size(), 30_522);
     assert_eq!(tokenizer.pad_id(), 0);
     // Truncation keeps [CLS] … [SEP] within max_len.
-    let short = TextTokenizer::from_file(&minilm_dir().join(bert::TOKENIZER_FILE), 8).unwrap();
+    let short = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 8).unwrap();
     let ids = short.encode(&sentences[0]).unwrap();
     assert_eq!(ids.len(), 8);
     assert_eq!((ids[0], ids[7]), (101, 102));
@@ -235,9 +252,11 @@ fn minilm_tokenizer_matches_the_reference_tokenizer() {
 
 #[test]
 fn minilm_mean_pooled_embeddings_match_a_float64_reference_alone_and_in_a_padded_batch() {
+    let Some(dir) = minilm_dir() else {
+        return;
+    };
     let device = Device::default();
     let reference = expected(&fixtures().join("minilm-expected.json"));
-    let dir = minilm_dir();
     let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 128).unwrap();
     let (model, config) = bert::load_pretrained(&dir, &device).unwrap();
     // The encoder tensors of the file, pooler excluded (counted from its safetensors header).
@@ -265,8 +284,16 @@ fn minilm_mean_pooled_embeddings_match_a_float64_reference_alone_and_in_a_padded
 
 #[test]
 fn rotten_tomatoes_is_split_by_movie_into_the_documented_sizes() {
-    let data = load_text(&"rotten-tomatoes".parse().unwrap())
-        .unwrap_or_else(|e| panic!("{e} (run scripts/fetch-text-data.sh to fill the cache)"));
+    let corpus = fetched(
+        cache().map(|c| c.join("rotten-tomatoes")),
+        distill::data::text::ROTTEN_TOMATOES_FILE,
+        "the Rotten Tomatoes corpus",
+        "run scripts/fetch-text-data.sh",
+    );
+    if corpus.is_none() {
+        return;
+    }
+    let data = load_text(&"rotten-tomatoes".parse().unwrap()).unwrap();
     assert_eq!(data.classes, ["rotten", "fresh"]);
     assert_eq!((data.train.len(), data.test.len()), (10_300, 2_452));
     let fresh = data.test.iter().filter(|e| e.label == 1).count();
@@ -444,8 +471,10 @@ fn tiny_teacher(device: &Device) -> (TextClassifier, EncoderConfig) {
 
 #[test]
 fn distilbert_student_from_layers_0_2_4_reproduces_those_teacher_layers_exactly() {
+    let Some(dir) = minilm_dir() else {
+        return;
+    };
     let device = Device::default();
-    let dir = minilm_dir();
     let reference = expected(&fixtures().join("minilm-expected.json"));
     let tokenizer = TextTokenizer::from_file(&dir.join(bert::TOKENIZER_FILE), 128).unwrap();
     let (teacher, teacher_config) = bert::load_pretrained(&dir, &device).unwrap();

@@ -27,12 +27,18 @@ use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
 use crate::models::{checkpoint, pretrained, resolve_spec, ModelSpec};
 use crate::onnx::{ImportOptions, Layout, Normalization};
-use crate::report::{ChainStage, DistilledInput, ModelResult, Report, ReportInputs, Selection};
+use crate::methods::{FeatureMethod, TeacherFeatures};
+use crate::report::{
+    ChainStage, DistilledInput, MethodInput, ModelResult, Report, ReportInputs, Selection,
+};
 use crate::train::{
     fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
 };
 
+pub mod plan;
 mod text;
+
+pub use plan::{plan, ArmKind, MethodArm, PlannedArm};
 
 fn default_data() -> String {
     "embedded".into()
@@ -383,6 +389,10 @@ pub struct ExperimentConfig {
     /// Settings of a study on a text dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextStudyConfig>,
+    /// Further paired arms, `[[method]]` in the file: feature methods (FitNets, AT, RKD, CRD),
+    /// alone or with KD, and single logit losses.
+    #[serde(default, rename = "method", skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<MethodArm>,
 }
 
 /// Most points a sweep may have (alpha × temperature × T² values): each point trains a student
@@ -548,6 +558,25 @@ impl ExperimentConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.seeds == 0 {
             bail!("`seeds` must be at least 1");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (k, method) in self.methods.iter().enumerate() {
+            method
+                .validate()
+                .map_err(|e| anyhow::anyhow!("[[method]] number {} (`{}`): {e}", k + 1, method.name()))?;
+            if !names.insert(method.name()) {
+                bail!(
+                    "[[method]] number {}: another method is already called `{}`; give one a `name`",
+                    k + 1,
+                    method.name()
+                );
+            }
+        }
+        if !self.methods.is_empty() && self.sweep.chain {
+            bail!("[[method]] arms are not chained: drop them or set `sweep.chain = false`");
+        }
+        if !self.methods.is_empty() && self.is_text() {
+            bail!("[[method]] arms apply to image studies; a text study distils through `[text]`");
         }
         if self.student.epochs == 0 {
             bail!("`student.epochs` must be at least 1");
@@ -1106,6 +1135,23 @@ fn run_study(
     }
     let teacher_history = read_history(&teacher_dir);
     let init_from = config.student.init_from.as_deref();
+    // The teacher's side of every feature method, resolved now so that a tap that does not
+    // exist (or a teacher on tract) stops the study before any student trains.
+    let mut method_features = config
+        .methods
+        .iter()
+        .map(|arm| {
+            arm.features
+                .as_ref()
+                .map(|method| {
+                    let features = TeacherFeatures::new(&teacher, &method.teacher_taps())?;
+                    check_method(method, &features, &student_spec, &train, config.training.seed)?;
+                    anyhow::Ok(features)
+                })
+                .transpose()
+                .with_context(|| format!("[[method]] `{}`", arm.name()))
+        })
+        .collect::<anyhow::Result<Vec<Option<TeacherFeatures>>>>()?;
 
     // The teacher logits every distilled student shares (built before any student trains, so
     // parallel workers find the cache ready).
@@ -1127,14 +1173,14 @@ fn run_study(
             start_workers()?;
         }
     }
-    let plan = RunPlan::new(shard);
+    let plan_runs = RunPlan::new(shard);
 
     // Students from scratch (the first stage of the scratch chain).
     let scratch = ArmRuns::train(
         &seeds(config),
         &out.join("scratch"),
         &format!("student `{}` from scratch", scratch_spec.name),
-        &plan,
+        &plan_runs,
         |seed, dir| {
             let outcome = runner.fit(
                 &scratch_spec,
@@ -1169,7 +1215,7 @@ fn run_study(
             };
             for (k, seed) in seeds(config).into_iter().enumerate() {
                 // a chain's stages depend on each other: a worker owns whole seeds
-                if !plan.owns(k) {
+                if !plan_runs.owns(k) {
                     continue;
                 }
                 let dir = out
@@ -1209,7 +1255,7 @@ fn run_study(
                 histories: Vec::new(),
             };
             for (k, seed) in seeds(config).into_iter().enumerate() {
-                if !plan.owns(k) {
+                if !plan_runs.owns(k) {
                     continue;
                 }
                 let dir = out
@@ -1239,7 +1285,7 @@ fn run_study(
                 &seeds(config),
                 &out.join("distilled").join(point.dir_name()),
                 &format!("distilled student: {}", point.label()),
-                &plan,
+                &plan_runs,
                 |seed, dir| {
                     let outcome = runner.fit(
                         &student_spec,
@@ -1257,6 +1303,52 @@ fn run_study(
             )?;
             distilled.push((*point, runs));
         }
+    }
+    let mut methods = Vec::new();
+    let method_arms = plan(config)
+        .into_iter()
+        .filter(|arm| matches!(arm.kind, ArmKind::Method(_)));
+    for (arm, features) in method_arms.zip(method_features.iter_mut()) {
+        let ArmKind::Method(method) = &arm.kind else {
+            unreachable!("filtered above")
+        };
+        let runs = ArmRuns::train(
+            &arm.seeds,
+            &out.join(&arm.dir),
+            &format!("method: {}", arm.label),
+            &plan_runs,
+            |seed, dir| {
+                let train_config = config.train_config(arm.epochs, seed);
+                // Exact only when the batches show the stored images: no augmentation.
+                if let Some(f) = features.as_mut() {
+                    if train_config.augmentation.is_none()
+                        && !f.is_cached()
+                        && !crate::train::is_complete(dir, arm.epochs)
+                    {
+                        println!("== teacher features for {}", arm.label);
+                        f.cache_split(&train, device, options.progress);
+                    }
+                }
+                let objective = match (&method.features, features.as_ref()) {
+                    (Some(feature_method), Some(teacher_features)) => Objective::Features {
+                        method: feature_method,
+                        teacher: teacher_features,
+                        ce_weight: method.ce_weight,
+                        kd: method.logits.map(|loss| (loss, &logits)),
+                    },
+                    _ => Objective::Distill {
+                        loss: method.logits.expect("validated: features or logits"),
+                        teacher: &logits,
+                        hidden: None,
+                    },
+                };
+                let outcome = runner.fit(&student_spec, &train_config, objective, dir, init_from)?;
+                Ok(outcome.history)
+            },
+        )?;
+        // the cached reads of a finished arm are not needed again
+        *features = None;
+        methods.push((arm, runs));
     }
 
     if shard.is_some() {
@@ -1315,6 +1407,21 @@ fn run_study(
             control: chain_controls.get(stage).cloned(),
         });
     }
+    let mut method_inputs = Vec::new();
+    for (arm, runs) in methods {
+        let result = eval_result(
+            &arm.name,
+            &runs.dirs,
+            &ImportOptions::default(),
+            runs.histories,
+            test,
+            device,
+        )?;
+        method_inputs.push(MethodInput {
+            label: arm.label,
+            result,
+        });
+    }
     let teacher_classifier =
         crate::classifier::load_classifier(&teacher_dir, &import_options, device)?;
     let teacher_engine = teacher_classifier.engine.valid();
@@ -1357,6 +1464,13 @@ fn run_study(
             .map(|mut d| {
                 d.result = d.result.with_speed(student_speed);
                 d
+            })
+            .collect(),
+        methods: method_inputs
+            .into_iter()
+            .map(|mut m| {
+                m.result = m.result.with_speed(student_speed);
+                m
             })
             .collect(),
         chain,
@@ -1449,4 +1563,29 @@ fn read_history(dir: &Path) -> Vec<EpochRecord> {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
+}
+
+/// Checks a feature method against the student before anything trains: its taps exist, their
+/// shapes fit the teacher's (a regressor or attention map can be built), and CRD's bank fits the
+/// training split.
+fn check_method(
+    method: &FeatureMethod,
+    teacher: &TeacherFeatures,
+    student_spec: &ModelSpec,
+    train: &Split,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let taps = crate::models::taps::taps(student_spec, train.shape)?;
+    let student = method
+        .student_taps()
+        .iter()
+        .map(|name| {
+            crate::models::taps::pick_tap(&taps, &format!("the student `{}`", student_spec.name), name)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let labels = train.labels.iter().map(|&l| l as usize).collect();
+    // probe on a plain device: only the shapes and settings are checked
+    let device = burn::tensor::Device::default();
+    method.prepare(&student, teacher.taps(), labels, seed, &device)?;
+    Ok(())
 }

@@ -347,6 +347,7 @@ pub(super) fn run(
             _ => "student from scratch".into(),
         },
         distilled: distilled_inputs,
+        methods: Vec::new(),
         chain: None,
         cache_build_seconds: None,
         augmentation: None,

@@ -1,8 +1,10 @@
-//! Helpers shared by the integration tests that train on the embedded data.
+//! Helpers shared by the integration tests that train on the embedded data, and [`require`], the
+//! one gate of every test that needs something a fresh clone lacks.
 // each test binary uses its own subset of these
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -10,6 +12,47 @@ use distill::data::{self, DataSpec, Dataset, Split};
 use distill::models::network::Layer;
 use distill::models::{ModelSpec, Network};
 use distill::train::{Objective, TrainConfig, TrainJob};
+
+/// Set to `1` (`.ci/run` does), a missing resource fails its test instead of skipping it.
+pub const STRICT_ENV: &str = "DISTILL_STRICT_TESTS";
+
+/// Whether a test that needs an external resource (downloaded data, a Python with packages, the
+/// files in `../shared`) may go on: `present`. Where it is missing the test is to return at once,
+/// after one line on stderr, `SKIPPED <test>: needs <what>; <how_to_get>` (written past the test
+/// harness's capture, so it shows in a passing run); under `DISTILL_STRICT_TESTS=1` the same line
+/// is a panic instead, so a run where everything is installed proves that every test ran.
+pub fn require(present: bool, what: &str, how_to_get: &str) -> bool {
+    if present {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let line = format!(
+        "SKIPPED {}::{test}: needs {what}; {how_to_get}",
+        env!("CARGO_CRATE_NAME")
+    );
+    if std::env::var_os(STRICT_ENV).is_some_and(|v| v == "1") {
+        panic!("{line} ({STRICT_ENV}=1: a skipped test fails)");
+    }
+    let _ = writeln!(std::io::stderr(), "{line}");
+    false
+}
+
+/// `relative` under the project's shared directory, `../shared` beside the checkout (or
+/// `DISTILL_SHARED_DIR`): the pretrained teachers and dataset tarballs the maintainers keep next to
+/// their clones, which a user's clone has not. `None`, through [`require`], where it is absent.
+pub fn shared(relative: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("DISTILL_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    let path = dir.join(relative);
+    require(
+        path.exists(),
+        &format!("{}", path.display()),
+        "it is in the maintainers' shared directory beside their checkouts (../shared), not in a clone",
+    )
+    .then_some(path)
+}
 
 /// The embedded real Fashion-MNIST subset.
 pub fn embedded() -> Dataset {
