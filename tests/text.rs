@@ -84,8 +84,7 @@ fn fetched(dir: Option<PathBuf>, file: &str, what: &str, how_to_get: &str) -> Op
         || "the cache (neither DISTILL_DATA nor HOME is set)".into(),
         |d| d.display().to_string(),
     );
-    common::require(present, &format!("{what} in {place}"), how_to_get)
-        .then(|| dir.unwrap())
+    common::require(present, &format!("{what} in {place}"), how_to_get).then(|| dir.unwrap())
 }
 
 fn minilm_dir() -> Option<PathBuf> {

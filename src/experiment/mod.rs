@@ -25,9 +25,9 @@ use crate::bench::{measure_speed, measure_speed_of};
 use crate::data::{self, Augmentation, DataSpec, Dataset, Split};
 use crate::distill::{self, CacheLocation, LogitSource, Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
+use crate::methods::{FeatureMethod, TeacherFeatures};
 use crate::models::{checkpoint, pretrained, resolve_spec, ModelSpec};
 use crate::onnx::{ImportOptions, Layout, Normalization};
-use crate::methods::{FeatureMethod, TeacherFeatures};
 use crate::report::{
     ChainStage, DistilledInput, MethodInput, ModelResult, Report, ReportInputs, Selection,
 };
@@ -561,9 +561,9 @@ impl ExperimentConfig {
         }
         let mut names = std::collections::BTreeSet::new();
         for (k, method) in self.methods.iter().enumerate() {
-            method
-                .validate()
-                .map_err(|e| anyhow::anyhow!("[[method]] number {} (`{}`): {e}", k + 1, method.name()))?;
+            method.validate().map_err(|e| {
+                anyhow::anyhow!("[[method]] number {} (`{}`): {e}", k + 1, method.name())
+            })?;
             if !names.insert(method.name()) {
                 bail!(
                     "[[method]] number {}: another method is already called `{}`; give one a `name`",
@@ -1130,9 +1130,6 @@ fn run_study(
                 config.data
             )
         })?;
-    if let Some(note) = &teacher.note {
-        println!("{note}");
-    }
     let teacher_history = read_history(&teacher_dir);
     let init_from = config.student.init_from.as_deref();
     // The teacher's side of every feature method, resolved now so that a tap that does not
@@ -1145,13 +1142,22 @@ fn run_study(
                 .as_ref()
                 .map(|method| {
                     let features = TeacherFeatures::new(&teacher, &method.teacher_taps())?;
-                    check_method(method, &features, &student_spec, &train, config.training.seed)?;
+                    check_method(
+                        method,
+                        &features,
+                        &student_spec,
+                        &train,
+                        config.training.seed,
+                    )?;
                     anyhow::Ok(features)
                 })
                 .transpose()
                 .with_context(|| format!("[[method]] `{}`", arm.name()))
         })
         .collect::<anyhow::Result<Vec<Option<TeacherFeatures>>>>()?;
+    if let Some(note) = &teacher.note {
+        println!("{note}");
+    }
 
     // The teacher logits every distilled student shares (built before any student trains, so
     // parallel workers find the cache ready).
@@ -1342,7 +1348,8 @@ fn run_study(
                         hidden: None,
                     },
                 };
-                let outcome = runner.fit(&student_spec, &train_config, objective, dir, init_from)?;
+                let outcome =
+                    runner.fit(&student_spec, &train_config, objective, dir, init_from)?;
                 Ok(outcome.history)
             },
         )?;
@@ -1580,7 +1587,11 @@ fn check_method(
         .student_taps()
         .iter()
         .map(|name| {
-            crate::models::taps::pick_tap(&taps, &format!("the student `{}`", student_spec.name), name)
+            crate::models::taps::pick_tap(
+                &taps,
+                &format!("the student `{}`", student_spec.name),
+                name,
+            )
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let labels = train.labels.iter().map(|&l| l as usize).collect();

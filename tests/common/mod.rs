@@ -21,6 +21,7 @@ pub const STRICT_ENV: &str = "DISTILL_STRICT_TESTS";
 /// after one line on stderr, `SKIPPED <test>: needs <what>; <how_to_get>` (written past the test
 /// harness's capture, so it shows in a passing run); under `DISTILL_STRICT_TESTS=1` the same line
 /// is a panic instead, so a run where everything is installed proves that every test ran.
+#[track_caller]
 pub fn require(present: bool, what: &str, how_to_get: &str) -> bool {
     if present {
         return true;
@@ -41,6 +42,7 @@ pub fn require(present: bool, what: &str, how_to_get: &str) -> bool {
 /// `relative` under the project's shared directory, `../shared` beside the checkout (or
 /// `DISTILL_SHARED_DIR`): the pretrained teachers and dataset tarballs the maintainers keep next to
 /// their clones, which a user's clone has not. `None`, through [`require`], where it is absent.
+#[track_caller]
 pub fn shared(relative: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("DISTILL_SHARED_DIR")
         .map(PathBuf::from)

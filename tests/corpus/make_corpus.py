@@ -403,5 +403,42 @@ def onnx_cases():
     write("predict-undecodable-image", "image.jpg", b"\xff\xd8\xff\xe0 not really a JPEG" * 3)
 
 
+METHOD_EXPERIMENT = """data = "embedded"
+teacher = "../../tiny-a-checkpoint"
+[student]
+model = "{student}"
+epochs = 1
+[sweep]
+alpha = [0.5]
+temperature = [4.0]
+t2_scaling = [false]
+[[method]]
+{method}
+"""
+
+
+def method_cases():
+    """Feature methods ([[method]] arms) the student or teacher cannot serve. The teacher is
+    tiny-a, whose only tap is `embedding` (its 98 flattened features)."""
+    def case(name, method, student="student", teacher=None):
+        text = METHOD_EXPERIMENT.format(student=student, method=method)
+        if teacher is not None:
+            text = text.replace('teacher = "../../tiny-a-checkpoint"', teacher)
+        write(name, "experiment.toml", text)
+
+    case("method-unknown-tap", 'features = { kind = "at", taps = ["stage1"] }')
+    case("method-taps-no-regressor",
+         'features = { kind = "fitnets", student_tap = "block1", teacher_tap = "embedding" }')
+    case("method-crd-bank-larger-than-data", 'features = { kind = "crd", negatives = 10000 }',
+         student="../../tiny-b.toml")
+    case("method-negative-weight", 'features = { kind = "at", beta = -1.0 }')
+    case("method-nan-weight", 'features = { kind = "rkd", weight = nan }')
+    case("method-features-from-tract", 'features = { kind = "rkd" }',
+         teacher='teacher = "model.onnx"\nteacher_engine = "tract"\nteacher_layout = "nhwc"')
+    write("method-features-from-tract", "model.onnx",
+          read(os.path.join(ROOT, "tests", "fixtures", "onnx-keras", "keras-nhwc.onnx")))
+
+
 if __name__ == "__main__":
     main()
+    method_cases()
