@@ -35,8 +35,11 @@ use crate::train::{
     fit, EpochRecord, Objective, OptimizerConfig, TrainConfig, TrainJob, TrainOutcome,
 };
 
+mod execute;
 pub mod plan;
 mod text;
+
+use execute::{execute, ArmRuns, ArmTrainer, RunPlan, TrainedArm};
 
 pub use plan::{plan, ArmKind, MethodArm, PlannedArm};
 
@@ -864,34 +867,6 @@ impl std::str::FromStr for Shard {
     }
 }
 
-/// Decides which student runs this process trains: all of them, or those of its shard. Runs are
-/// numbered in the order every process visits them, so the shards are disjoint and cover all.
-struct RunPlan {
-    shard: Option<Shard>,
-    next: std::cell::Cell<usize>,
-}
-
-impl RunPlan {
-    fn new(shard: Option<Shard>) -> Self {
-        RunPlan {
-            shard,
-            next: std::cell::Cell::new(0),
-        }
-    }
-
-    /// Whether the next run in visiting order is this process's to train.
-    fn take(&self) -> bool {
-        let k = self.next.get();
-        self.next.set(k + 1);
-        self.owns(k)
-    }
-
-    /// Whether run (or seed, for chains) number `k` is this process's.
-    fn owns(&self, k: usize) -> bool {
-        self.shard.is_none_or(|s| k % s.count == s.index)
-    }
-}
-
 fn seeds(config: &ExperimentConfig) -> Vec<u64> {
     (0..config.seeds as u64)
         .map(|k| config.training.seed + k)
@@ -1011,41 +986,6 @@ fn preflight(
     Ok(())
 }
 
-/// A trained arm: its run directories (one per seed) and histories.
-struct ArmRuns {
-    dirs: Vec<PathBuf>,
-    histories: Vec<Vec<EpochRecord>>,
-}
-
-impl ArmRuns {
-    /// Trains (or resumes) one run per seed into `root/seed-S`, announcing each with `label`;
-    /// `fit` trains one run into its directory and returns its history.
-    /// With a sharded `plan`, only this process's runs train (the arm is then incomplete: a
-    /// worker stops before evaluation).
-    fn train(
-        seeds: &[u64],
-        root: &Path,
-        label: &str,
-        plan: &RunPlan,
-        mut fit: impl FnMut(u64, &Path) -> anyhow::Result<Vec<EpochRecord>>,
-    ) -> anyhow::Result<Self> {
-        let mut runs = ArmRuns {
-            dirs: Vec::new(),
-            histories: Vec::new(),
-        };
-        for &seed in seeds {
-            if !plan.take() {
-                continue;
-            }
-            let dir = root.join(format!("seed-{seed}"));
-            println!("== {label}, seed {seed}");
-            runs.histories.push(fit(seed, &dir)?);
-            runs.dirs.push(dir);
-        }
-        Ok(runs)
-    }
-}
-
 /// Runs (or resumes) the experiment and writes the report into `options.out`.
 pub fn run(config: &ExperimentConfig, options: &RunOptions) -> anyhow::Result<Report> {
     let report = run_study(config, options, None)?;
@@ -1134,7 +1074,7 @@ fn run_study(
     let init_from = config.student.init_from.as_deref();
     // The teacher's side of every feature method, resolved now so that a tap that does not
     // exist (or a teacher on tract) stops the study before any student trains.
-    let mut method_features = config
+    let method_features = config
         .methods
         .iter()
         .map(|arm| {
@@ -1181,27 +1121,42 @@ fn run_study(
     }
     let plan_runs = RunPlan::new(shard);
 
-    // Students from scratch (the first stage of the scratch chain).
-    let scratch = ArmRuns::train(
-        &seeds(config),
-        &out.join("scratch"),
-        &format!("student `{}` from scratch", scratch_spec.name),
-        &plan_runs,
-        |seed, dir| {
-            let outcome = runner.fit(
-                &scratch_spec,
-                &config.train_config(config.student.epochs, seed),
-                Objective::Labels,
-                dir,
-                init_from,
-            )?;
-            Ok(outcome.history)
-        },
-    )?;
-
-    // Distilled students over the grid.
-    let grid = config.grid();
+    let arms = plan(config);
+    let mut trainer = ImageTrainer {
+        config,
+        runner: &runner,
+        scratch_spec: &scratch_spec,
+        student_spec: &student_spec,
+        logits: &logits,
+        features: config
+            .methods
+            .iter()
+            .map(MethodArm::name)
+            .zip(method_features)
+            .filter_map(|(name, f)| Some((name, f?)))
+            .collect(),
+        train: &train,
+        init_from,
+        progress: options.progress,
+    };
+    // A chain's stages depend on each other: it trains its own way after the scratch arm.
+    let arms = if config.sweep.chain {
+        arms.into_iter().take(1).collect()
+    } else {
+        arms
+    };
+    let mut scratch = None;
     let mut distilled = Vec::new();
+    let mut methods = Vec::new();
+    for trained in execute(arms, out, &plan_runs, &mut trainer)? {
+        match trained.arm.kind {
+            ArmKind::Scratch => scratch = Some(trained.runs),
+            ArmKind::Sweep(point) => distilled.push((point, trained.runs)),
+            ArmKind::Method(_) => methods.push(trained),
+        }
+    }
+    let scratch = scratch.expect("every plan starts with the scratch arm");
+    let grid = config.grid();
     let mut scratch_chain: Vec<ArmRuns> = Vec::new();
     if config.sweep.chain {
         // Stage k of each chain starts from stage k-1's weights with a fresh optimizer.
@@ -1285,77 +1240,6 @@ fn run_study(
             }
             scratch_chain.push(control);
         }
-    } else {
-        for point in &grid {
-            let runs = ArmRuns::train(
-                &seeds(config),
-                &out.join("distilled").join(point.dir_name()),
-                &format!("distilled student: {}", point.label()),
-                &plan_runs,
-                |seed, dir| {
-                    let outcome = runner.fit(
-                        &student_spec,
-                        &config.train_config(config.student.distilled_epochs(), seed),
-                        Objective::Distill {
-                            loss: point.loss,
-                            teacher: &logits,
-                            hidden: None,
-                        },
-                        dir,
-                        init_from,
-                    )?;
-                    Ok(outcome.history)
-                },
-            )?;
-            distilled.push((*point, runs));
-        }
-    }
-    let mut methods = Vec::new();
-    let method_arms = plan(config)
-        .into_iter()
-        .filter(|arm| matches!(arm.kind, ArmKind::Method(_)));
-    for (arm, features) in method_arms.zip(method_features.iter_mut()) {
-        let ArmKind::Method(method) = &arm.kind else {
-            unreachable!("filtered above")
-        };
-        let runs = ArmRuns::train(
-            &arm.seeds,
-            &out.join(&arm.dir),
-            &format!("method: {}", arm.label),
-            &plan_runs,
-            |seed, dir| {
-                let train_config = config.train_config(arm.epochs, seed);
-                // Exact only when the batches show the stored images: no augmentation.
-                if let Some(f) = features.as_mut() {
-                    if train_config.augmentation.is_none()
-                        && !f.is_cached()
-                        && !crate::train::is_complete(dir, arm.epochs)
-                    {
-                        println!("== teacher features for {}", arm.label);
-                        f.cache_split(&train, device, options.progress);
-                    }
-                }
-                let objective = match (&method.features, features.as_ref()) {
-                    (Some(feature_method), Some(teacher_features)) => Objective::Features {
-                        method: feature_method,
-                        teacher: teacher_features,
-                        ce_weight: method.ce_weight,
-                        kd: method.logits.map(|loss| (loss, &logits)),
-                    },
-                    _ => Objective::Distill {
-                        loss: method.logits.expect("validated: features or logits"),
-                        teacher: &logits,
-                        hidden: None,
-                    },
-                };
-                let outcome =
-                    runner.fit(&student_spec, &train_config, objective, dir, init_from)?;
-                Ok(outcome.history)
-            },
-        )?;
-        // the cached reads of a finished arm are not needed again
-        *features = None;
-        methods.push((arm, runs));
     }
 
     if shard.is_some() {
@@ -1415,7 +1299,7 @@ fn run_study(
         });
     }
     let mut method_inputs = Vec::new();
-    for (arm, runs) in methods {
+    for TrainedArm { arm, runs } in methods {
         let result = eval_result(
             &arm.name,
             &runs.dirs,
@@ -1599,4 +1483,96 @@ fn check_method(
     let device = burn::tensor::Device::default();
     method.prepare(&student, teacher.taps(), labels, seed, &device)?;
     Ok(())
+}
+
+/// How an image study trains each arm's runs: scratch on labels, sweep points on the teacher's
+/// logits, `[[method]]` arms through their method.
+struct ImageTrainer<'a> {
+    config: &'a ExperimentConfig,
+    runner: &'a Runner<'a>,
+    scratch_spec: &'a ModelSpec,
+    student_spec: &'a ModelSpec,
+    logits: &'a TeacherLogits,
+    /// The teacher's side of each `[[method]]` with a feature method, by arm name.
+    features: Vec<(String, TeacherFeatures)>,
+    train: &'a Split,
+    init_from: Option<&'a Path>,
+    progress: bool,
+}
+
+impl ArmTrainer for ImageTrainer<'_> {
+    fn announce(&self, arm: &PlannedArm) -> String {
+        match &arm.kind {
+            ArmKind::Scratch => format!("student `{}` from scratch", self.scratch_spec.name),
+            ArmKind::Sweep(point) => format!("distilled student: {}", point.label()),
+            ArmKind::Method(_) => format!("method: {}", arm.label),
+        }
+    }
+
+    fn train(
+        &mut self,
+        arm: &PlannedArm,
+        seed: u64,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<EpochRecord>> {
+        let train_config = self.config.train_config(arm.epochs, seed);
+        let (spec, objective) = match &arm.kind {
+            ArmKind::Scratch => (self.scratch_spec, Objective::Labels),
+            ArmKind::Sweep(point) => (
+                self.student_spec,
+                Objective::Distill {
+                    loss: point.loss,
+                    teacher: self.logits,
+                    hidden: None,
+                },
+            ),
+            ArmKind::Method(method) => {
+                let features = self
+                    .features
+                    .iter_mut()
+                    .find(|(name, _)| *name == method.name())
+                    .map(|(_, f)| f);
+                // Exact only when the batches show the stored images: no augmentation.
+                if let Some(f) = features {
+                    if train_config.augmentation.is_none()
+                        && !f.is_cached()
+                        && !crate::train::is_complete(dir, arm.epochs)
+                    {
+                        println!("== teacher features for {}", arm.label);
+                        f.cache_split(self.train, self.runner.device, self.progress);
+                    }
+                }
+                let features = self
+                    .features
+                    .iter()
+                    .find(|(name, _)| *name == method.name())
+                    .map(|(_, f)| f);
+                let objective = match (&method.features, features) {
+                    (Some(feature_method), Some(teacher)) => Objective::Features {
+                        method: feature_method,
+                        teacher,
+                        ce_weight: method.ce_weight,
+                        kd: method.logits.map(|loss| (loss, self.logits)),
+                    },
+                    _ => Objective::Distill {
+                        loss: method.logits.expect("validated: features or logits"),
+                        teacher: self.logits,
+                        hidden: None,
+                    },
+                };
+                (self.student_spec, objective)
+            }
+        };
+        let outcome = self
+            .runner
+            .fit(spec, &train_config, objective, dir, self.init_from)?;
+        Ok(outcome.history)
+    }
+
+    fn finished(&mut self, arm: &PlannedArm) {
+        // the cached reads of a finished arm are not needed again
+        if let ArmKind::Method(method) = &arm.kind {
+            self.features.retain(|(name, _)| *name != method.name());
+        }
+    }
 }

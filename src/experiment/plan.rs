@@ -146,9 +146,7 @@ impl PlannedArm {
 /// the `[[method]]` entries. (A chain's stages depend on each other and are planned by the
 /// runner, stage by stage.)
 pub fn plan(config: &ExperimentConfig) -> Vec<PlannedArm> {
-    let seeds: Vec<u64> = (0..config.seeds as u64)
-        .map(|k| config.training.seed + k)
-        .collect();
+    let seeds = super::seeds(config);
     let mut arms = vec![PlannedArm {
         kind: ArmKind::Scratch,
         dir: PathBuf::from("scratch"),

@@ -12,7 +12,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use burn::tensor::Device;
 
-use super::{seeds, ArmRuns, ExperimentConfig, RunOptions, RunPlan, Shard, TeacherSetting};
+use super::{
+    execute, plan, ArmKind, ArmTrainer, ExperimentConfig, PlannedArm, RunOptions, RunPlan, Shard,
+    TeacherSetting,
+};
 use crate::bench::measure_text_speed;
 use crate::data::text::load_text;
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
@@ -20,7 +23,8 @@ use crate::data::{download, DataInfo};
 use crate::distill::{CacheLocation, TeacherLogits};
 use crate::losses::HiddenTerm;
 use crate::modality::text::{
-    load_text_model, prepare_text_teaching, BaseModel, Text, TextArchitecture, TokenizedSplit,
+    load_text_model, prepare_text_teaching, BaseModel, Text, TextArchitecture, TextTeaching,
+    TokenizedSplit,
 };
 use crate::modality::SoftTargets;
 use crate::models::bert::{BertConfig, CONFIG_FILE, TOKENIZER_FILE};
@@ -248,52 +252,28 @@ pub(super) fn run(
             start_workers()?;
         }
     }
-    let plan = RunPlan::new(shard);
-    let seeds = seeds(config);
-    let scratch = ArmRuns::train(
-        &seeds,
-        &out.join("scratch"),
-        &format!("student `{}` from scratch", config.student.model),
-        &plan,
-        |seed, dir| {
-            fit_text(
-                architecture,
-                (&train, &eval),
-                &config.train_config(config.student.epochs, seed),
-                Objective::<TeacherLogits>::Labels,
-                dir,
-                options,
-            )
-        },
-    )?;
-
-    let hidden = (settings.cosine_weight != 0.0).then_some(HiddenTerm {
-        weight: settings.cosine_weight,
-    });
+    let plan_runs = RunPlan::new(shard);
+    let mut trainer = TextTrainer {
+        config,
+        architecture,
+        train: &train,
+        teaching: &teaching,
+        eval: &eval,
+        hidden: (settings.cosine_weight != 0.0).then_some(HiddenTerm {
+            weight: settings.cosine_weight,
+        }),
+        options,
+    };
+    let mut scratch = None;
     let mut distilled = Vec::new();
-    for point in config.grid() {
-        let runs = ArmRuns::train(
-            &seeds,
-            &out.join("distilled").join(point.dir_name()),
-            &format!("distilled student: {}", point.label()),
-            &plan,
-            |seed, dir| {
-                fit_text(
-                    architecture,
-                    (&teaching.train, &eval),
-                    &config.train_config(config.student.distilled_epochs(), seed),
-                    Objective::Distill {
-                        loss: point.loss,
-                        teacher: &teaching.teacher,
-                        hidden,
-                    },
-                    dir,
-                    options,
-                )
-            },
-        )?;
-        distilled.push((point, runs));
+    for trained in execute(plan(config), out, &plan_runs, &mut trainer)? {
+        match trained.arm.kind {
+            ArmKind::Scratch => scratch = Some(trained.runs),
+            ArmKind::Sweep(point) => distilled.push((point, trained.runs)),
+            ArmKind::Method(_) => unreachable!("validated: no [[method]] in a text study"),
+        }
     }
+    let scratch = scratch.expect("every plan starts with the scratch arm");
     if shard.is_some() {
         return Ok(None);
     }
@@ -355,4 +335,58 @@ pub(super) fn run(
     });
     report.write(out)?;
     Ok(Some(report))
+}
+
+/// How a text study trains each arm's runs: scratch on the training texts and labels, sweep
+/// points on the teacher-labelled texts (with the transfer set) and the teacher's logits.
+struct TextTrainer<'a> {
+    config: &'a ExperimentConfig,
+    architecture: TextArchitecture<'a>,
+    train: &'a TokenizedSplit,
+    teaching: &'a TextTeaching,
+    eval: &'a TokenizedSplit,
+    hidden: Option<HiddenTerm>,
+    options: &'a RunOptions,
+}
+
+impl ArmTrainer for TextTrainer<'_> {
+    fn announce(&self, arm: &PlannedArm) -> String {
+        match &arm.kind {
+            ArmKind::Scratch => format!("student `{}` from scratch", self.config.student.model),
+            ArmKind::Sweep(point) => format!("distilled student: {}", point.label()),
+            ArmKind::Method(_) => format!("method: {}", arm.label),
+        }
+    }
+
+    fn train(
+        &mut self,
+        arm: &PlannedArm,
+        seed: u64,
+        dir: &Path,
+    ) -> anyhow::Result<Vec<EpochRecord>> {
+        let train_config = self.config.train_config(arm.epochs, seed);
+        match &arm.kind {
+            ArmKind::Scratch => fit_text(
+                self.architecture,
+                (self.train, self.eval),
+                &train_config,
+                Objective::<TeacherLogits>::Labels,
+                dir,
+                self.options,
+            ),
+            ArmKind::Sweep(point) => fit_text(
+                self.architecture,
+                (&self.teaching.train, self.eval),
+                &train_config,
+                Objective::Distill {
+                    loss: point.loss,
+                    teacher: &self.teaching.teacher,
+                    hidden: self.hidden,
+                },
+                dir,
+                self.options,
+            ),
+            ArmKind::Method(_) => anyhow::bail!("[[method]] arms apply to image studies"),
+        }
+    }
 }
