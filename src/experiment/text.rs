@@ -13,11 +13,11 @@ use anyhow::{bail, Context};
 use burn::tensor::Device;
 
 use super::{
-    execute, plan, ArmKind, ArmTrainer, ExperimentConfig, PlannedArm, RunOptions, RunPlan, Shard,
-    TeacherSetting,
+    execute, plan, ArmKind, ArmRuns, ArmTrainer, ExperimentConfig, GridPoint, PlannedArm,
+    RunOptions, RunPlan, Shard, TeacherSetting, TextStudyConfig,
 };
 use crate::bench::measure_text_speed;
-use crate::data::text::load_text;
+use crate::data::text::{load_text, TextDataset, TextExample};
 use crate::data::tokenizer::{TextTokenizer, TokenBatch};
 use crate::data::{download, DataInfo};
 use crate::distill::{CacheLocation, TeacherLogits};
@@ -143,38 +143,8 @@ pub(super) fn run(
             .context("`student.model`")?;
     }
 
-    // Teacher: fine-tune a pretrained encoder (resumable), or load a trained text model.
-    let teacher_dir = match &config.teacher {
-        TeacherSetting::Checkpoint(dir) => dir.clone(),
-        TeacherSetting::Train(teacher) => {
-            let pretrained = resolve_pretrained(&teacher.model)?;
-            let teacher_spec = TextModelSpec::Pretrained {
-                dir: pretrained.clone(),
-            };
-            let tokenizer_path = pretrained.join(TOKENIZER_FILE);
-            let tokenizer = TextTokenizer::from_file(&tokenizer_path, settings.max_len)?;
-            let train = TokenizedSplit::new(&dataset.train, &tokenizer)?;
-            let eval = TokenizedSplit::new(&eval_examples, &tokenizer)?;
-            let dir = out.join("teacher");
-            println!("== teacher `{}` ({} epochs)", teacher.model, teacher.epochs);
-            fit_text(
-                TextArchitecture {
-                    spec: &teacher_spec,
-                    classes: &dataset.classes,
-                    teacher: None,
-                    tokenizer: &tokenizer_path,
-                    freeze_word_embeddings: settings.freeze_teacher_word_embeddings,
-                    max_len: settings.max_len,
-                },
-                (&train, &eval),
-                &config.teacher_train_config(teacher),
-                Objective::<TeacherLogits>::Labels,
-                &dir,
-                options,
-            )?;
-            dir
-        }
-    };
+    let teacher_dir =
+        fine_tune_or_load_teacher(config, &settings, &dataset, &eval_examples, options)?;
     let base = BaseModel::load(&teacher_dir, "`teacher`", device)?;
     let Some((teacher, meta)) = &base.classifier else {
         bail!(
@@ -278,63 +248,22 @@ pub(super) fn run(
         return Ok(None);
     }
 
-    // Evaluation on the test split (once, after every choice is made), speed, report.
-    println!("== evaluating on the test split and timing inference");
-    let teacher_result = eval_result(
-        "teacher",
-        std::slice::from_ref(&teacher_dir),
-        vec![teacher_history],
-        &test,
-        device,
-    )?
-    .with_speed(speed_of(&teacher_dir, &test, device)?);
-    let student_speed = speed_of(&scratch.dirs[0], &test, device)?;
-    let scratch_result = eval_result("scratch", &scratch.dirs, scratch.histories, &test, device)?
-        .with_speed(student_speed);
-    let mut distilled_inputs = Vec::new();
-    for (point, runs) in distilled {
-        let result = eval_result(&point.dir_name(), &runs.dirs, runs.histories, &test, device)?
-            .with_speed(student_speed);
-        distilled_inputs.push(DistilledInput {
-            loss: point.loss,
-            label: point.label(),
-            result,
-            control: None,
-        });
-    }
-    let report = Report::build(ReportInputs {
-        dataset: DataInfo {
-            name: dataset.name.clone(),
-            train: dataset.train.len(),
-            test: dataset.test.len(),
-            classes: dataset.classes.clone(),
-            shape: None,
-            max_tokens: Some(settings.max_len),
+    render(
+        config,
+        options,
+        TextResults {
+            dataset: &dataset,
+            spec: &spec,
+            teacher_dir: &teacher_dir,
+            teacher_history,
+            test: &test,
+            scratch,
+            distilled,
+            transfer,
         },
-        backend: options.backend.clone(),
-        seeds: config.seeds,
-        student_epochs: config.student.epochs,
-        distilled_epochs: config.distinct_distilled_epochs(),
-        transfer,
-        selection: config.selection(),
-        teacher: teacher_result,
-        scratch: scratch_result,
-        scratch_label: match &spec {
-            TextModelSpec::Transformer {
-                teacher_layers: Some(_),
-                ..
-            } => "student on labels alone (from the teacher's layers)".into(),
-            _ => "student from scratch".into(),
-        },
-        distilled: distilled_inputs,
-        methods: Vec::new(),
-        chain: None,
-        cache_build_seconds: None,
-        augmentation: None,
-        wall_seconds: started.elapsed().as_secs_f64(),
-    });
-    report.write(out)?;
-    Ok(Some(report))
+        started,
+    )
+    .map(Some)
 }
 
 /// How a text study trains each arm's runs: scratch on the training texts and labels, sweep
@@ -389,4 +318,137 @@ impl ArmTrainer for TextTrainer<'_> {
             ArmKind::Method(_) => anyhow::bail!("[[method]] arms apply to image studies"),
         }
     }
+}
+
+/// The teacher's directory: a trained text model given as `teacher = "DIR"`, or a pretrained
+/// encoder fine-tuned here on the training texts (`[teacher]`, resumable).
+fn fine_tune_or_load_teacher(
+    config: &ExperimentConfig,
+    settings: &TextStudyConfig,
+    dataset: &TextDataset,
+    eval_examples: &[TextExample],
+    options: &RunOptions,
+) -> anyhow::Result<PathBuf> {
+    let out = &options.out;
+    Ok(match &config.teacher {
+        TeacherSetting::Checkpoint(dir) => dir.clone(),
+        TeacherSetting::Train(teacher) => {
+            let pretrained = resolve_pretrained(&teacher.model)?;
+            let teacher_spec = TextModelSpec::Pretrained {
+                dir: pretrained.clone(),
+            };
+            let tokenizer_path = pretrained.join(TOKENIZER_FILE);
+            let tokenizer = TextTokenizer::from_file(&tokenizer_path, settings.max_len)?;
+            let train = TokenizedSplit::new(&dataset.train, &tokenizer)?;
+            let eval = TokenizedSplit::new(eval_examples, &tokenizer)?;
+            let dir = out.join("teacher");
+            println!("== teacher `{}` ({} epochs)", teacher.model, teacher.epochs);
+            fit_text(
+                TextArchitecture {
+                    spec: &teacher_spec,
+                    classes: &dataset.classes,
+                    teacher: None,
+                    tokenizer: &tokenizer_path,
+                    freeze_word_embeddings: settings.freeze_teacher_word_embeddings,
+                    max_len: settings.max_len,
+                },
+                (&train, &eval),
+                &config.teacher_train_config(teacher),
+                Objective::<TeacherLogits>::Labels,
+                &dir,
+                options,
+            )?;
+            dir
+        }
+    })
+}
+
+/// What a text study trained and what its report needs.
+struct TextResults<'a> {
+    dataset: &'a TextDataset,
+    spec: &'a TextModelSpec,
+    teacher_dir: &'a Path,
+    teacher_history: Vec<EpochRecord>,
+    test: &'a TokenizedSplit,
+    scratch: ArmRuns,
+    distilled: Vec<(GridPoint, ArmRuns)>,
+    transfer: Option<String>,
+}
+
+/// Evaluates every run once on the test split, times teacher and student, writes the report.
+fn render(
+    config: &ExperimentConfig,
+    options: &RunOptions,
+    results: TextResults,
+    started: Instant,
+) -> anyhow::Result<Report> {
+    let TextResults {
+        dataset,
+        spec,
+        teacher_dir,
+        teacher_history,
+        test,
+        scratch,
+        distilled,
+        transfer,
+    } = results;
+    let settings = config.text.clone().unwrap_or_default();
+    let device = &options.device;
+    // Evaluation on the test split (once, after every choice is made), speed, report.
+    println!("== evaluating on the test split and timing inference");
+    let teacher_result = eval_result(
+        "teacher",
+        std::slice::from_ref(&teacher_dir.to_path_buf()),
+        vec![teacher_history],
+        &test,
+        device,
+    )?
+    .with_speed(speed_of(teacher_dir, test, device)?);
+    let student_speed = speed_of(&scratch.dirs[0], test, device)?;
+    let scratch_result = eval_result("scratch", &scratch.dirs, scratch.histories, test, device)?
+        .with_speed(student_speed);
+    let mut distilled_inputs = Vec::new();
+    for (point, runs) in distilled {
+        let result = eval_result(&point.dir_name(), &runs.dirs, runs.histories, test, device)?
+            .with_speed(student_speed);
+        distilled_inputs.push(DistilledInput {
+            loss: point.loss,
+            label: point.label(),
+            result,
+            control: None,
+        });
+    }
+    let report = Report::build(ReportInputs {
+        dataset: DataInfo {
+            name: dataset.name.clone(),
+            train: dataset.train.len(),
+            test: dataset.test.len(),
+            classes: dataset.classes.clone(),
+            shape: None,
+            max_tokens: Some(settings.max_len),
+        },
+        backend: options.backend.clone(),
+        seeds: config.seeds,
+        student_epochs: config.student.epochs,
+        distilled_epochs: config.distinct_distilled_epochs(),
+        transfer,
+        selection: config.selection(),
+        teacher: teacher_result,
+        scratch: scratch_result,
+        scratch_label: match spec {
+            TextModelSpec::Transformer {
+                teacher_layers: Some(_),
+                ..
+            } => "student on labels alone (from the teacher's layers)".into(),
+            _ => "student from scratch".into(),
+        },
+        distilled: distilled_inputs,
+        methods: Vec::new(),
+        chain: None,
+        cache_build_seconds: None,
+        augmentation: None,
+        wall_seconds: started.elapsed().as_secs_f64(),
+    });
+    report.write(&options.out)?;
+    Ok(report)
 }
