@@ -447,16 +447,7 @@ t2_scaling = [false]
     );
     let config = dir.path().join("sweep.toml");
     std::fs::write(&config, &text).unwrap();
-    let command = |out: &Path| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_distill"));
-        command
-            .args(["run", "--config", config.to_str().unwrap(), "--quiet"])
-            .arg("--out")
-            .arg(out)
-            .env("RAYON_NUM_THREADS", "1")
-            .stdout(std::process::Stdio::null());
-        command
-    };
+    let command = |out: &Path| run_support::quiet_run(&config, out);
     let whole = dir.path().join("whole");
     assert!(command(&whole).status().unwrap().success());
 

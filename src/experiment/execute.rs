@@ -5,14 +5,23 @@
 
 use std::path::{Path, PathBuf};
 
-use super::plan::PlannedArm;
+use super::plan::{ArmKind, PlannedArm};
 use super::Shard;
 use crate::train::EpochRecord;
 
 /// Trains one run of an arm: the part of a study that depends on its modality.
 pub(super) trait ArmTrainer {
+    /// The scratch student's name, for the log.
+    fn scratch_name(&self) -> String;
+
     /// What the log announces before each run of `arm` (`student `x` from scratch`, ...).
-    fn announce(&self, arm: &PlannedArm) -> String;
+    fn announce(&self, arm: &PlannedArm) -> String {
+        match &arm.kind {
+            ArmKind::Scratch => format!("student `{}` from scratch", self.scratch_name()),
+            ArmKind::Sweep(point) => format!("distilled student: {}", point.label()),
+            ArmKind::Method(_) => format!("method: {}", arm.label),
+        }
+    }
 
     /// Trains (or resumes, or finds finished) the run of `arm` for `seed` in `dir`; returns its
     /// history.
@@ -89,6 +98,7 @@ impl RunPlan {
 }
 
 /// A trained arm: its run directories (one per seed) and histories.
+#[derive(Default)]
 pub(super) struct ArmRuns {
     pub(super) dirs: Vec<PathBuf>,
     pub(super) histories: Vec<Vec<EpochRecord>>,
@@ -106,10 +116,7 @@ impl ArmRuns {
         plan: &RunPlan,
         mut fit: impl FnMut(u64, &Path) -> anyhow::Result<Vec<EpochRecord>>,
     ) -> anyhow::Result<Self> {
-        let mut runs = ArmRuns {
-            dirs: Vec::new(),
-            histories: Vec::new(),
-        };
+        let mut runs = ArmRuns::default();
         for &seed in seeds {
             if !plan.take() {
                 continue;

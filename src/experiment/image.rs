@@ -307,10 +307,7 @@ fn train_chain(
         .map(|seed| out.join("scratch").join(format!("seed-{seed}")))
         .collect();
     for (stage, point) in grid.iter().enumerate() {
-        let mut runs = ArmRuns {
-            dirs: Vec::new(),
-            histories: Vec::new(),
-        };
+        let mut runs = ArmRuns::default();
         for (k, seed) in seeds(config).into_iter().enumerate() {
             // a chain's stages depend on each other: a worker owns whole seeds
             if !plan_runs.owns(k) {
@@ -348,10 +345,7 @@ fn train_chain(
             });
             continue;
         }
-        let mut control = ArmRuns {
-            dirs: Vec::new(),
-            histories: Vec::new(),
-        };
+        let mut control = ArmRuns::default();
         for (k, seed) in seeds(config).into_iter().enumerate() {
             if !plan_runs.owns(k) {
                 continue;
@@ -559,12 +553,8 @@ struct ImageTrainer<'a> {
 }
 
 impl ArmTrainer for ImageTrainer<'_> {
-    fn announce(&self, arm: &PlannedArm) -> String {
-        match &arm.kind {
-            ArmKind::Scratch => format!("student `{}` from scratch", self.scratch_spec.name),
-            ArmKind::Sweep(point) => format!("distilled student: {}", point.label()),
-            ArmKind::Method(_) => format!("method: {}", arm.label),
-        }
+    fn scratch_name(&self) -> String {
+        self.scratch_spec.name.clone()
     }
 
     fn train(

@@ -279,12 +279,8 @@ struct TextTrainer<'a> {
 }
 
 impl ArmTrainer for TextTrainer<'_> {
-    fn announce(&self, arm: &PlannedArm) -> String {
-        match &arm.kind {
-            ArmKind::Scratch => format!("student `{}` from scratch", self.config.student.model),
-            ArmKind::Sweep(point) => format!("distilled student: {}", point.label()),
-            ArmKind::Method(_) => format!("method: {}", arm.label),
-        }
+    fn scratch_name(&self) -> String {
+        self.config.student.model.clone()
     }
 
     fn train(
@@ -400,7 +396,7 @@ fn render(
         "teacher",
         std::slice::from_ref(&teacher_dir.to_path_buf()),
         vec![teacher_history],
-        &test,
+        test,
         device,
     )?
     .with_speed(speed_of(teacher_dir, test, device)?);

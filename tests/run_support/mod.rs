@@ -24,13 +24,16 @@ pub fn weights(dir: &Path) -> Vec<f32> {
     collect.0
 }
 
-/// A run directory's `history.json` without the wall-clock field.
+/// A run directory's `history.json` without the wall-clock field and the compute settings it was
+/// measured under (threads, jobs, CPU).
 pub fn history(dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("history.json"))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut h: serde_json::Value = serde_json::from_str(&text).unwrap();
     for epoch in h.as_array_mut().unwrap() {
-        epoch.as_object_mut().unwrap().remove("seconds");
+        let epoch = epoch.as_object_mut().unwrap();
+        epoch.remove("seconds");
+        epoch.remove("compute");
     }
     h
 }
@@ -56,4 +59,19 @@ pub fn kill_after(child: &mut Child, marker: &Path, extra: Duration) {
     std::thread::sleep(extra);
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
+}
+
+/// `distill run --config CONFIG --out OUT --quiet` on one compute thread, stdout discarded: a
+/// study to run whole, or to kill and resume.
+pub fn quiet_run(config: &Path, out: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_distill"));
+    command
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--quiet")
+        .arg("--out")
+        .arg(out)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::null());
+    command
 }
