@@ -185,6 +185,73 @@ pub struct EpochRecord {
     /// A feature method's parts, unweighted, averaged over the epoch's training examples.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parts: BTreeMap<String, f64>,
+    /// What the epoch ran on, so that the report compares only wall times measured alike
+    /// (`None` in histories written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute: Option<Compute>,
+}
+
+/// Set by `distill run --jobs N` on each of its worker processes: N (the training processes
+/// sharing the machine). Absent, a run is alone: 1.
+pub const JOBS_ENV: &str = "DISTILL_JOBS";
+
+/// What an epoch's wall time depends on besides the work: the compute threads, the training
+/// processes side by side and the CPU. Epoch times are comparable only under equal settings.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Compute {
+    /// Threads of the compute pool the run used (rayon's global pool: Flex runs its kernels on
+    /// it; `--threads` or `RAYON_NUM_THREADS` size it).
+    pub threads: usize,
+    /// Training processes running side by side (`distill run --jobs`; 1 otherwise).
+    pub jobs: usize,
+    /// The CPU model (`model name` in `/proc/cpuinfo`), or `unknown`.
+    pub cpu: String,
+}
+
+impl Compute {
+    /// The settings of this process, now.
+    pub fn current() -> Self {
+        static CPU: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let cpu = CPU.get_or_init(|| {
+            std::fs::read_to_string("/proc/cpuinfo")
+                .ok()
+                .and_then(|text| cpu_model(&text))
+                .unwrap_or_else(|| "unknown".into())
+        });
+        Compute {
+            threads: rayon::current_num_threads(),
+            jobs: std::env::var(JOBS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(1),
+            cpu: cpu.clone(),
+        }
+    }
+
+    /// `2 threads, 1 job, Intel(R) Xeon(R) ...`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} thread{}, {} job{}, {}",
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.jobs,
+            if self.jobs == 1 { "" } else { "s" },
+            self.cpu
+        )
+    }
+}
+
+/// The first `model name` of a `/proc/cpuinfo`, whitespace collapsed.
+fn cpu_model(cpuinfo: &str) -> Option<String> {
+    cpuinfo
+        .lines()
+        .find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key.trim() == "model name")
+                .then(|| value.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+        .filter(|m| !m.is_empty())
 }
 
 /// What a student is trained against; `T` supplies the teacher's logits ([`SoftTargets`]).
@@ -779,6 +846,7 @@ where
         }
     }
 
+    let compute = Compute::current();
     let steps_per_epoch = train_len.div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
     let plain_device = device.clone().without_autodiff();
@@ -889,6 +957,7 @@ where
                 .iter()
                 .map(|(name, sum)| (name.to_string(), sum / seen as f64))
                 .collect(),
+            compute: Some(compute.clone()),
         };
         let mut line = format!(
             "Epoch {}/{} - {:.1}s - loss: {:.4} - accuracy: {:.4} - val_loss: {:.4} - val_accuracy: {:.4}",
@@ -1188,4 +1257,21 @@ where
         correct,
         parts,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_model_is_the_first_model_name_of_proc_cpuinfo() {
+        let text = "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R)  CPU @ 2.20GHz\n\nprocessor\t: 1\nmodel name\t: other\n";
+        assert_eq!(
+            cpu_model(text).as_deref(),
+            Some("Intel(R) Xeon(R) CPU @ 2.20GHz")
+        );
+        assert_eq!(cpu_model("processor\t: 0\nmodel name\t:\n"), None);
+        let here = Compute::current();
+        assert!(here.threads >= 1 && here.jobs >= 1 && !here.cpu.is_empty());
+    }
 }

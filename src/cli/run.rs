@@ -99,14 +99,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "\nReport: {} (also report.json, learning_curves.png, accuracy_vs_alpha.png, accuracy_by_setting.png)",
+        "\nReport: {} (also report.html, report.json, learning_curves.png, accuracy_vs_alpha.png, accuracy_by_setting.png)",
         out.join("report.md").display()
     );
     Ok(())
 }
 
 /// Starts `jobs` copies of this command as workers (`--shard I/N`), each on `cores / jobs`
-/// threads with its output in `out/logs/job-K.log`, and waits for all of them.
+/// threads (`RAYON_NUM_THREADS`) and told the number of jobs (`DISTILL_JOBS`, recorded with each
+/// epoch) with its output in `out/logs/job-K.log`, and waits for all of them.
 fn workers(jobs: usize, out: &Path) -> Box<dyn Fn() -> anyhow::Result<()>> {
     let out = out.to_path_buf();
     Box::new(move || {
@@ -135,6 +136,8 @@ fn workers(jobs: usize, out: &Path) -> Box<dyn Fn() -> anyhow::Result<()>> {
                 .arg("--shard")
                 .arg(format!("{index}/{jobs}"))
                 .env("RAYON_NUM_THREADS", threads.to_string())
+                // recorded with every epoch: times under other settings are not compared
+                .env(crate::train::JOBS_ENV, jobs.to_string())
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .spawn()

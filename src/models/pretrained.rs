@@ -45,7 +45,42 @@ pub fn write_embedded_teacher(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create teacher directory {}", dir.display()))?;
     for (name, bytes) in FILES {
-        write_atomic(&dir.join(name), bytes)?;
+        let path = dir.join(name);
+        // `--jobs` workers find the teacher their parent wrote: rewriting it (through the same
+        // temporary names) would race.
+        if std::fs::read(&path).is_ok_and(|existing| existing == *bytes) {
+            continue;
+        }
+        write_atomic(&path, bytes)?;
     }
     checkpoint::verify_manifest(dir).context("the embedded teacher")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writing_the_embedded_teacher_again_leaves_it_alone_even_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("teacher");
+        write_embedded_teacher(&teacher).unwrap();
+        let modified = |name: &str| {
+            std::fs::metadata(teacher.join(name))
+                .unwrap()
+                .modified()
+                .unwrap()
+        };
+        let before: Vec<_> = FILES.iter().map(|(name, _)| modified(name)).collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| write_embedded_teacher(&teacher)))
+                .collect();
+            for worker in workers {
+                worker.join().unwrap().unwrap();
+            }
+        });
+        let after: Vec<_> = FILES.iter().map(|(name, _)| modified(name)).collect();
+        assert_eq!(before, after, "an identical teacher was rewritten");
+    }
 }
