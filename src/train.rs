@@ -1124,12 +1124,7 @@ fn prepare_method<A: Architecture>(
     config: &TrainConfig,
     device: &Device,
 ) -> anyhow::Result<MethodRun> {
-    let all = architecture.taps()?;
-    let student = method
-        .student_taps()
-        .iter()
-        .map(|name| crate::models::taps::pick_tap(&all, "the student", name))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let student = method.pick_student_taps(&architecture.taps()?, "the student")?;
     let (heads, state) = method
         .prepare(&student, teacher.taps(), labels, config.seed, device)
         .with_context(|| format!("method {}", method.name()))?;
@@ -1243,13 +1238,7 @@ where
     let mut grads = loss.backward();
     let student_grads = GradientsParams::from_module(&mut grads, &model);
     let head_grads = GradientsParams::from_module(&mut grads, &run.heads);
-    let heads = std::mem::replace(
-        &mut run.heads,
-        crate::methods::MethodHeads {
-            regressor: None,
-            embeds: None,
-        },
-    );
+    let heads = std::mem::take(&mut run.heads);
     run.heads = run.optimizer.step(info.learning_rate, heads, head_grads);
     Ok((
         optimizer.step(info.learning_rate, model, student_grads),

@@ -186,18 +186,10 @@ fn check_method(
     train: &Split,
     seed: u64,
 ) -> anyhow::Result<()> {
-    let taps = crate::models::taps::taps(student_spec, train.shape)?;
-    let student = method
-        .student_taps()
-        .iter()
-        .map(|name| {
-            crate::models::taps::pick_tap(
-                &taps,
-                &format!("the student `{}`", student_spec.name),
-                name,
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let student = method.pick_student_taps(
+        &crate::models::taps::taps(student_spec, train.shape)?,
+        &format!("the student `{}`", student_spec.name),
+    )?;
     let labels = train.labels.iter().map(|&l| l as usize).collect();
     // probe on a plain device: only the shapes and settings are checked
     let device = burn::tensor::Device::default();
@@ -575,26 +567,21 @@ impl ArmTrainer for ImageTrainer<'_> {
                 },
             ),
             ArmKind::Method(method) => {
-                let features = self
-                    .features
-                    .iter_mut()
-                    .find(|(name, _)| *name == method.name())
-                    .map(|(_, f)| f);
-                // Exact only when the batches show the stored images: no augmentation.
-                if let Some(f) = features {
-                    if train_config.augmentation.is_none()
-                        && !f.is_cached()
-                        && !crate::train::is_complete(dir, arm.epochs)
-                    {
-                        println!("== teacher features for {}", arm.label);
-                        f.cache_split(self.train, self.runner.device, self.progress);
+                let name = method.name();
+                let features = match self.features.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, f)) => {
+                        // Exact only when the batches show the stored images: no augmentation.
+                        if train_config.augmentation.is_none()
+                            && !f.is_cached()
+                            && !crate::train::is_complete(dir, arm.epochs)
+                        {
+                            println!("== teacher features for {}", arm.label);
+                            f.cache_split(self.train, self.runner.device, self.progress);
+                        }
+                        Some(&*f)
                     }
-                }
-                let features = self
-                    .features
-                    .iter()
-                    .find(|(name, _)| *name == method.name())
-                    .map(|(_, f)| f);
+                    None => None,
+                };
                 let objective = match (&method.features, features) {
                     (Some(feature_method), Some(teacher)) => Objective::Features {
                         method: feature_method,

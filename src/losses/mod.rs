@@ -71,8 +71,9 @@ pub struct DistillLossParts {
     pub soft: Tensor<1>,
 }
 
-/// `Err` naming `field` unless `value` is finite and `>= 0`.
-fn non_negative(field: &str, value: f64) -> Result<(), String> {
+/// `Err` naming `field` unless `value` is finite and `>= 0` (also the feature methods' weight
+/// check).
+pub(crate) fn non_negative(field: &str, value: f64) -> Result<(), String> {
     if value.is_finite() && value >= 0.0 {
         Ok(())
     } else {

@@ -14,7 +14,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::{check_weight, norm_floor_sq};
+use super::{check_weight, l2_normalize};
 use crate::models::spec::Shape;
 use crate::models::taps::Tap;
 
@@ -66,16 +66,7 @@ pub fn attention_map(features: Tensor<4>, p: f64) -> Tensor<2> {
     } else {
         features.powf_scalar(p)
     };
-    let map = powered.mean_dim(1).reshape([batch, h * w]);
-    // PyTorch's `x / max(|x|, eps)`, written as `x / sqrt(max(|x|², eps²))` so that the gradient
-    // of a zero map is zero rather than NaN.
-    let norm = map
-        .clone()
-        .powi_scalar(2)
-        .sum_dim(1)
-        .clamp_min(norm_floor_sq())
-        .sqrt();
-    map / norm
+    l2_normalize(powered.mean_dim(1).reshape([batch, h * w]))
 }
 
 /// `Σ_pairs mean (a(f_s) - a_t)²` over the stage pairs; `teacher_maps` are the teacher's

@@ -24,7 +24,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::{check_weight, norm_floor_sq};
+use super::check_weight;
 use crate::models::spec::Shape;
 use crate::models::taps::Tap;
 
@@ -119,16 +119,7 @@ impl Embeds {
     }
 }
 
-/// `x / |x|` per row.
-pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
-    let norm = x
-        .clone()
-        .powi_scalar(2)
-        .sum_dim(1)
-        .clamp_min(norm_floor_sq())
-        .sqrt();
-    x / norm
-}
+pub use super::l2_normalize;
 
 /// The two memory banks, `[N, feat_dim]` row-major, and the normalising constants once fixed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

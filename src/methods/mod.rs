@@ -10,7 +10,7 @@
 //!
 //! Taps ([`crate::models::taps`]) are taken after the stage's ReLU, as mdistiller's `feats`. The
 //! objective is `ce_weight · CE + Σ weighted method terms`, or, with KD alongside
-//! (`[method.kd]`), KD's `alpha · CE + (1 - alpha) · T² · KL` plus the method terms: the
+//! (`logits = { kind = "kd", … }`), KD's `alpha · CE + (1 - alpha) · T² · KL` plus the method terms: the
 //! combinations the papers use (CRD+KD).
 //!
 //! Adding a method: its file (settings struct, `validate`, the formula), a variant of
@@ -42,12 +42,18 @@ pub(crate) fn norm_floor_sq() -> f64 {
 }
 
 /// `Err` naming `field` unless `value` is finite and `>= 0`.
-pub(crate) fn check_weight(field: &str, value: f64) -> Result<(), String> {
-    if value.is_finite() && value >= 0.0 {
-        Ok(())
-    } else {
-        Err(format!("{field} must be a finite number >= 0, got {value}"))
-    }
+pub(crate) use crate::losses::non_negative as check_weight;
+
+/// `x / |x|` per row (PyTorch's `F.normalize`: a zero row stays zero, with a zero gradient
+/// rather than NaN).
+pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
+    let norm = x
+        .clone()
+        .powi_scalar(2)
+        .sum_dim(1)
+        .clamp_min(norm_floor_sq())
+        .sqrt();
+    x / norm
 }
 
 /// A feature method and its settings: `kind = "fitnets" | "at" | "rkd" | "crd"` in a config.
@@ -66,7 +72,7 @@ pub enum FeatureMethod {
 
 /// The trainable modules a method adds on the student's side (trained with it, by the same
 /// optimizer settings, and saved with its checkpoints).
-#[derive(Module, Debug)]
+#[derive(Module, Debug, Default)]
 pub struct MethodHeads {
     /// FitNets' regressor.
     pub regressor: Option<fitnets::Regressor>,
@@ -135,6 +141,15 @@ impl FeatureMethod {
         }
     }
 
+    /// The student taps the method reads, found among `all` (the taps of `owner`, "the
+    /// student", say); an unknown name is an error listing the taps that exist.
+    pub fn pick_student_taps(&self, all: &[Tap], owner: &str) -> anyhow::Result<Vec<Tap>> {
+        self.student_taps()
+            .iter()
+            .map(|name| crate::models::taps::pick_tap(all, owner, name))
+            .collect()
+    }
+
     /// What the method reads from the teacher, in the order [`MethodBatch::teacher`] holds it.
     pub fn teacher_taps(&self) -> Vec<TeacherTap> {
         let raw = |tap: &str| TeacherTap {
@@ -167,10 +182,7 @@ impl FeatureMethod {
         device: &Device,
     ) -> anyhow::Result<(MethodHeads, MethodState)> {
         device.seed(seed);
-        let mut heads = MethodHeads {
-            regressor: None,
-            embeds: None,
-        };
+        let mut heads = MethodHeads::default();
         let mut state = MethodState {
             memory: None,
             labels,
