@@ -36,6 +36,7 @@ pub mod classifier;
 pub mod cli;
 pub mod data;
 pub mod distill;
+pub mod distributed;
 pub mod experiment;
 pub mod kernels;
 pub mod losses;

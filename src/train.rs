@@ -616,6 +616,9 @@ fn save_checkpoint<A: Architecture>(
     method: Option<&MethodRun>,
     state: &TrainState,
 ) -> anyhow::Result<()> {
+    if !crate::distributed::is_root() {
+        return Ok(());
+    }
     let root = out.join(CHECKPOINTS_DIR);
     let final_dir = root.join(format!("epoch-{:04}", state.epochs_done));
     let tmp_dir = root.join(format!(".epoch-{:04}.partial", state.epochs_done));
@@ -651,7 +654,11 @@ fn save_checkpoint<A: Architecture>(
     Ok(())
 }
 
+/// Appends `line` to the run's log (rank 0 writes for every rank).
 fn append_log(out: &Path, line: &str) {
+    if !crate::distributed::is_root() {
+        return;
+    }
     if let Ok(mut file) = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -760,10 +767,22 @@ where
     let identity = architecture.identity();
     fs::create_dir_all(out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let probe = out.join(".write-test");
-    fs::write(&probe, b"ok")
-        .with_context(|| format!("output directory {} is not writable", out.display()))?;
-    let _ = fs::remove_file(probe);
+    if crate::distributed::is_root() {
+        let probe = out.join(".write-test");
+        fs::write(&probe, b"ok")
+            .with_context(|| format!("output directory {} is not writable", out.display()))?;
+        let _ = fs::remove_file(probe);
+    }
+    let parallel = crate::distributed::is_parallel();
+    if parallel {
+        check_data_parallel(
+            &objective,
+            config,
+            train_len,
+            &identity,
+            &objective_label(&objective),
+        )?;
+    }
     // An epoch checkpoint holds the weights and Adam's two moments (4 bytes each); the final
     // model is written next to it, and the previous checkpoint is only removed afterwards.
     let params = architecture.params()? as u64;
@@ -846,6 +865,11 @@ where
         }
     }
 
+    // Every rank starts from rank 0's weights (the same seed gives the same ones; this makes
+    // sure of it, and covers a warm start read on rank 0's file system).
+    model = crate::distributed::broadcast_module(model, "the starting weights");
+    let averager = parallel.then(|| crate::distributed::GradientAverage::new(&model));
+    let place = crate::distributed::place();
     let compute = Compute::current();
     let steps_per_epoch = train_len.div_ceil(config.batch_size);
     let total_steps = steps_per_epoch * config.epochs;
@@ -857,7 +881,7 @@ where
         let bar = crate::progress::bar(
             order.len() as u64,
             &format!("Epoch {}/{}", epoch + 1, config.epochs),
-            progress,
+            progress && place.rank == 0,
         );
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0usize);
         let mut part_sums: Vec<(&'static str, f64)> = Vec::new();
@@ -867,21 +891,41 @@ where
             .augmentation
             .as_ref()
             .map(|aug| (aug, augmentation_seed(config.seed, epoch)));
-        for (step, indices) in order.iter().enumerate() {
-            let batch = <A::Modality as Modality>::batch(train, indices, &train_device, augment);
+        for (step, global) in order.iter().enumerate() {
+            // Under MPI this rank trains on its contiguous part of the global batch.
+            let indices = crate::distributed::shard_of(global, place.rank, place.size);
+            let share = indices.len() as f32 / global.len() as f32;
+            let batch = (!indices.is_empty())
+                .then(|| <A::Modality as Modality>::batch(train, indices, &train_device, augment));
             let views: Option<Vec<usize>> = augment
                 .and_then(|(aug, seed)| indices.iter().map(|&i| view_of(aug, seed, i)).collect());
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
             let (next, loss_value, batch_correct) = match (&objective, method_run.as_mut()) {
+                (_, _) if averager.is_some() => data_parallel_step::<A::Modality, T>(
+                    model,
+                    &mut optimizer,
+                    averager.as_ref().expect("checked"),
+                    &objective,
+                    batch,
+                    StepContext {
+                        indices,
+                        views: views.as_deref(),
+                        learning_rate: lr,
+                        label_smoothing: config.label_smoothing,
+                        epoch: epoch + 1,
+                    },
+                    share,
+                    &plain_device,
+                )?,
                 (Objective::Features { .. }, Some(run)) => {
                     let (next, loss_value, batch_correct, parts) = feature_step::<A::Modality, T>(
                         model,
                         &mut optimizer,
                         run,
                         &objective,
-                        batch,
+                        batch.expect("one process trains on the whole batch"),
                         FeatureStepInfo {
                             indices,
                             views: views.as_deref(),
@@ -902,7 +946,7 @@ where
                     model,
                     &mut optimizer,
                     &objective,
-                    batch,
+                    batch.expect("one process trains on the whole batch"),
                     indices,
                     views.as_deref(),
                     lr,
@@ -933,8 +977,8 @@ where
                 bail!(message);
             }
             correct += batch_correct;
-            seen += indices.len();
-            loss_sum += loss_value as f64 * indices.len() as f64;
+            seen += global.len();
+            loss_sum += loss_value as f64 * global.len() as f64;
             bar.set_message(format!(
                 "loss {:.4} acc {:.4}",
                 loss_sum / seen as f64,
@@ -943,6 +987,18 @@ where
             bar.inc(1);
         }
         bar.finish_and_clear();
+        if parallel {
+            let (synchronised, hash) = synchronise_epoch(model)?;
+            model = synchronised;
+            append_log(
+                out,
+                &format!(
+                    "epoch {}: the {} ranks hold the same weights (hash {hash:016x})",
+                    epoch + 1,
+                    place.size
+                ),
+            );
+        }
         let (val_loss, val_accuracy) =
             evaluate_model::<A::Modality>(&model, eval, device, 256.max(config.batch_size));
         let record = EpochRecord {
@@ -966,7 +1022,7 @@ where
         for (name, value) in &record.parts {
             let _ = write!(line, " - {name}: {value:.4}");
         }
-        if verbose {
+        if verbose && place.rank == 0 {
             println!("{line}");
         }
         append_log(out, &line);
@@ -999,6 +1055,50 @@ where
         );
     }
     Ok(ModelOutcome { model, history })
+}
+
+/// What data-parallel training needs before its first step: an objective it supports, a batch
+/// the ranks can split evenly, and every rank on the same model, settings, data and binary.
+fn check_data_parallel<T: ?Sized>(
+    objective: &Objective<T>,
+    config: &TrainConfig,
+    train_len: usize,
+    identity: &impl std::fmt::Debug,
+    objective_name: &str,
+) -> anyhow::Result<()> {
+    let size = crate::distributed::size();
+    if let Objective::Features { method, .. } = objective {
+        bail!(
+            "method {} (a feature method) trains in one process: its heads and memory bank are not averaged across ranks yet. Spread a study's runs over the ranks instead (`distill run --distribute runs`)",
+            method.name()
+        );
+    }
+    if config.batch_size % size != 0 {
+        bail!(
+            "`batch_size` {} cannot be split evenly over {size} MPI ranks; choose a batch size that is a multiple of {size}, or another rank count",
+            config.batch_size
+        );
+    }
+    let settings = format!("{identity:?}|{config:?}|{objective_name}|{train_len}");
+    crate::distributed::agree(
+        crate::distributed::fnv1a(settings.as_bytes()),
+        "the model, the training settings and the data size",
+    )?;
+    crate::distributed::agree(
+        crate::distributed::binary_fingerprint(),
+        "the distill binary",
+    )
+}
+
+/// The end of a data-parallel epoch: the ranks must still hold the same trainable weights
+/// (checked by hash), and rank 0's batch-norm running statistics become everyone's, as PyTorch
+/// DDP's buffer broadcast leaves them (each rank normalises with its own batch statistics).
+/// Returns the model and the weights' hash.
+fn synchronise_epoch<M: Module>(model: M) -> anyhow::Result<(M, u64)> {
+    let hash = crate::distributed::trainable_fingerprint(&model);
+    crate::distributed::agree(hash, "the trained weights (the ranks drifted apart)")?;
+    let model = crate::distributed::broadcast_module(model, "rank 0's batch-norm statistics");
+    Ok((model, hash))
 }
 
 /// One optimisation step on a batch: forward, the objective's loss, backward, Adam update.
@@ -1039,7 +1139,7 @@ pub fn model_step<M, T>(
     model: M::Model,
     optimizer: &mut ModuleOptimizer,
     objective: &Objective<T>,
-    (input, labels): (M::Input, Tensor<1, Int>),
+    batch: (M::Input, Tensor<1, Int>),
     indices: &[usize],
     views: Option<&[usize]>,
     learning_rate: f64,
@@ -1051,6 +1151,52 @@ where
     M: Modality,
     T: SoftTargets<M::Input> + ?Sized,
 {
+    let step = StepContext {
+        indices,
+        views,
+        learning_rate,
+        label_smoothing,
+        epoch,
+    };
+    match model_gradients::<M, T>(&model, objective, batch, step, plain_device)? {
+        (Some(grads), loss, correct) => {
+            Ok((optimizer.step(learning_rate, model, grads), loss, correct))
+        }
+        (None, loss, _) => Ok((model, loss, 0)),
+    }
+}
+
+/// Where a step is: the batch's dataset indices and fixed views (for cached teacher logits), the
+/// learning rate, label smoothing and the 1-based epoch (DKD's warm-up reads it).
+#[derive(Clone, Copy)]
+struct StepContext<'a> {
+    indices: &'a [usize],
+    views: Option<&'a [usize]>,
+    learning_rate: f64,
+    label_smoothing: f64,
+    epoch: usize,
+}
+
+/// The objective's loss on a batch and its gradients: `None` when the loss is not finite (the
+/// caller keeps the weights of the last good step). Also returns the loss and the correct count.
+fn model_gradients<M, T>(
+    model: &M::Model,
+    objective: &Objective<T>,
+    (input, labels): (M::Input, Tensor<1, Int>),
+    step: StepContext<'_>,
+    plain_device: &Device,
+) -> anyhow::Result<(Option<GradientsParams>, f32, i64)>
+where
+    M: Modality,
+    T: SoftTargets<M::Input> + ?Sized,
+{
+    let StepContext {
+        indices,
+        views,
+        label_smoothing,
+        epoch,
+        ..
+    } = step;
     let wants_states = matches!(
         objective,
         Objective::Distill {
@@ -1059,9 +1205,9 @@ where
         }
     );
     let (logits, student_states) = if wants_states {
-        M::logits_and_states(&model, input.clone())
+        M::logits_and_states(model, input.clone())
     } else {
-        (M::logits(&model, input.clone()), None)
+        (M::logits(model, input.clone()), None)
     };
     let loss = match objective {
         Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
@@ -1103,14 +1249,45 @@ where
     };
     let loss_value: f32 = loss.clone().into_scalar();
     if !loss_value.is_finite() {
-        return Ok((model, loss_value, 0));
+        return Ok((None, loss_value, 0));
     }
     let correct = count_correct(logits.detach(), labels);
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    Ok((Some(grads), loss_value, correct))
+}
+
+/// One data-parallel step (see [`crate::distributed`]): this rank's gradients on its `shard`
+/// of the global batch (none when a short last batch leaves it nothing), averaged with the other
+/// ranks' in proportion to their shares, then the same update on every rank. Returns the model
+/// and the global batch's mean loss and correct count; a non-finite global loss skips the update
+/// on every rank alike.
+#[allow(clippy::too_many_arguments)]
+fn data_parallel_step<M, T>(
+    model: M::Model,
+    optimizer: &mut ModuleOptimizer,
+    averager: &crate::distributed::GradientAverage,
+    objective: &Objective<T>,
+    shard: Option<(M::Input, Tensor<1, Int>)>,
+    step: StepContext<'_>,
+    share: f32,
+    plain_device: &Device,
+) -> anyhow::Result<(M::Model, f32, i64)>
+where
+    M: Modality,
+    T: SoftTargets<M::Input> + ?Sized,
+{
+    let (grads, loss, correct) = match shard {
+        Some(batch) => model_gradients::<M, T>(&model, objective, batch, step, plain_device)?,
+        None => (None, 0.0, 0),
+    };
+    let (grads, totals) = averager.apply(grads, loss, correct, share, plain_device);
+    if !totals.loss.is_finite() {
+        return Ok((model, totals.loss, 0));
+    }
     Ok((
-        optimizer.step(learning_rate, model, grads),
-        loss_value,
-        correct,
+        optimizer.step(step.learning_rate, model, grads),
+        totals.loss,
+        totals.correct,
     ))
 }
 

@@ -142,9 +142,15 @@ enum DataCommand {
 
 /// Parses the process arguments, runs the command and turns any error into a message and exit code 1.
 pub fn main() -> ExitCode {
+    // Before anything else: a rank that fails must take the others down with it (see
+    // `distributed::fail`), and a build without MPI must not train N copies of one run.
+    let _mpi = crate::distributed::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if crate::distributed::is_parallel() => {
+            crate::distributed::fail(&error_paragraph(&err), 1)
+        }
         Err(err) => {
             eprintln!("error: {}", error_paragraph(&err));
             ExitCode::FAILURE

@@ -1,0 +1,208 @@
+//! A module's parameters and gradients as one flat buffer, the unit every collective moves:
+//! the starting weights broadcast from rank 0, and each step's gradients averaged over the ranks.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+/// Every float tensor of a module (trainable or not, e.g. batch norm's running statistics), in
+/// the module's visiting order, which is the same on every rank.
+#[derive(Default)]
+struct Flatten {
+    values: Vec<f32>,
+    trainable_only: bool,
+    layout: Vec<(ParamId, Vec<usize>)>,
+}
+
+impl ModuleVisitor for Flatten {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.trainable_only && !param.is_require_grad() {
+            return;
+        }
+        let value = param.val();
+        self.layout.push((param.id, value.dims().to_vec()));
+        self.values.extend(value.into_data().iter::<f32>());
+    }
+}
+
+/// Writes a flat buffer back into the module's float tensors, in [`Flatten`]'s order.
+struct Unflatten<'a> {
+    values: &'a [f32],
+    offset: usize,
+}
+
+impl ModuleMapper for Unflatten<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|tensor| {
+            let dims = tensor.dims();
+            let count: usize = dims.iter().product();
+            let slice = &self.values[self.offset..self.offset + count];
+            self.offset += count;
+            let device = tensor.device();
+            let is_tracked = tensor.is_require_grad();
+            let fresh = Tensor::<D>::from_data(TensorData::new(slice.to_vec(), dims), &device);
+            if is_tracked {
+                fresh.require_grad()
+            } else {
+                fresh
+            }
+        })
+    }
+}
+
+/// `module` with rank 0's values in every float tensor (weights and running statistics), so
+/// that every rank starts from the same point.
+pub fn broadcast_module<M: Module>(module: M, what: &str) -> M {
+    if !super::is_parallel() {
+        return module;
+    }
+    let mut flat = Flatten::default();
+    module.visit(&mut flat);
+    let mut values = flat.values;
+    super::broadcast(&mut values, what);
+    module.map(&mut Unflatten {
+        values: &values,
+        offset: 0,
+    })
+}
+
+/// A hash of the bits of every trainable tensor, to check that the ranks still hold the same
+/// weights.
+pub fn trainable_fingerprint<M: Module>(module: &M) -> u64 {
+    let mut flat = Flatten {
+        trainable_only: true,
+        ..Flatten::default()
+    };
+    module.visit(&mut flat);
+    let bytes: Vec<u8> = flat.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    super::fnv1a(&bytes)
+}
+
+/// Averages one step's gradients over the ranks: each rank's gradient of its mean loss is
+/// weighted by its share of the global batch, so the sum is the gradient of the global batch's
+/// mean loss, as one process would compute it (up to the order of the sums). The step's loss and
+/// correct count travel in the same buffer, so every rank sees the global ones.
+pub struct GradientAverage {
+    layout: Vec<(ParamId, Vec<usize>)>,
+}
+
+/// The global batch's loss (mean) and correct predictions, from one [`GradientAverage`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTotals {
+    /// Mean loss over the global batch.
+    pub loss: f32,
+    /// Correct predictions in the global batch.
+    pub correct: i64,
+}
+
+impl GradientAverage {
+    /// The trainable parameters of `module`, in the order every rank flattens them.
+    pub fn new<M: Module>(module: &M) -> Self {
+        let mut flat = Flatten {
+            trainable_only: true,
+            ..Flatten::default()
+        };
+        module.visit(&mut flat);
+        Self {
+            layout: flat.layout,
+        }
+    }
+
+    /// The averaged gradients and the global totals. `grads` is `None` on a rank whose share of
+    /// a short last batch is empty; it still takes part, with nothing to add. A parameter no rank
+    /// has a gradient for stays without one, as in one process.
+    pub fn apply(
+        &self,
+        grads: Option<GradientsParams>,
+        loss: f32,
+        correct: i64,
+        share: f32,
+        device: &Device,
+    ) -> (GradientsParams, StepTotals) {
+        let params = self.layout.len();
+        let mut values: Vec<f32> = Vec::new();
+        let mut present = vec![0f32; params];
+        let mut grads = grads;
+        for (k, (id, dims)) in self.layout.iter().enumerate() {
+            let count: usize = dims.iter().product();
+            match grads.as_mut().and_then(|g| take_flat(g, *id, dims.len())) {
+                Some(flat) => {
+                    debug_assert_eq!(flat.len(), count);
+                    values.extend(flat.into_iter().map(|v| v * share));
+                    present[k] = 1.0;
+                }
+                None => values.resize(values.len() + count, 0.0),
+            }
+        }
+        values.extend(present);
+        values.push(if share > 0.0 { loss * share } else { 0.0 });
+        values.push(correct as f32);
+        super::all_reduce_sum(&mut values, "the gradient all-reduce");
+
+        let mut averaged = GradientsParams::new();
+        let mut offset = 0;
+        let flags = &values[values.len() - params - 2..values.len() - 2];
+        for ((id, dims), flag) in self.layout.iter().zip(flags) {
+            let count: usize = dims.iter().product();
+            if *flag > 0.0 {
+                register(
+                    &mut averaged,
+                    *id,
+                    &values[offset..offset + count],
+                    dims,
+                    device,
+                );
+            }
+            offset += count;
+        }
+        let totals = StepTotals {
+            loss: values[values.len() - 2],
+            correct: values[values.len() - 1].round() as i64,
+        };
+        (averaged, totals)
+    }
+}
+
+/// Removes `id`'s gradient (of rank `rank`) from `grads` as a flat vector.
+fn take_flat(grads: &mut GradientsParams, id: ParamId, rank: usize) -> Option<Vec<f32>> {
+    fn take<const D: usize>(grads: &mut GradientsParams, id: ParamId) -> Option<Vec<f32>> {
+        grads
+            .remove::<D>(id)
+            .map(|t| t.into_data().iter::<f32>().collect())
+    }
+    match rank {
+        1 => take::<1>(grads, id),
+        2 => take::<2>(grads, id),
+        3 => take::<3>(grads, id),
+        4 => take::<4>(grads, id),
+        5 => take::<5>(grads, id),
+        _ => panic!("a parameter of rank {rank}: gradients of rank 1 to 5 are supported"),
+    }
+}
+
+fn register(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    values: &[f32],
+    dims: &[usize],
+    device: &Device,
+) {
+    fn put<const D: usize>(
+        grads: &mut GradientsParams,
+        id: ParamId,
+        values: &[f32],
+        dims: &[usize],
+        device: &Device,
+    ) {
+        let data = TensorData::new(values.to_vec(), dims.to_vec());
+        grads.register::<D>(id, Tensor::<D>::from_data(data, device));
+    }
+    match dims.len() {
+        1 => put::<1>(grads, id, values, dims, device),
+        2 => put::<2>(grads, id, values, dims, device),
+        3 => put::<3>(grads, id, values, dims, device),
+        4 => put::<4>(grads, id, values, dims, device),
+        5 => put::<5>(grads, id, values, dims, device),
+        rank => panic!("a parameter of rank {rank}: gradients of rank 1 to 5 are supported"),
+    }
+}

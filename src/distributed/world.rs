@@ -1,0 +1,135 @@
+//! The MPI side of [`super`]: rsmpi's collectives, each started non-blocking and polled
+//! against the deadline, because a blocking MPI collective waits forever for a hung peer.
+
+use super::Place;
+use mpi::collective::SystemOperation;
+use mpi::datatype::PartitionMut;
+use mpi::request::{Request, Scope};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+use std::time::{Duration, Instant};
+
+/// Initialises MPI (funneled: only the main thread calls MPI; burn's worker threads never do)
+/// and installs the panic hook that aborts the job instead of unwinding into MPI_Finalize.
+pub(super) fn init() -> (mpi::environment::Universe, Place) {
+    let Some((universe, _threading)) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+    else {
+        eprintln!("error: MPI was already initialised");
+        std::process::exit(2)
+    };
+    let world = universe.world();
+    let place = Place {
+        rank: world.rank() as usize,
+        size: world.size() as usize,
+    };
+    if place.size > 1 {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default_hook(info);
+            abort(101);
+        }));
+    }
+    (universe, place)
+}
+
+/// Stops every rank of the job with `code`, after a moment for the launcher to forward this
+/// rank's last message (it is otherwise sometimes lost).
+pub(super) fn abort(code: i32) -> ! {
+    std::thread::sleep(Duration::from_millis(250));
+    SimpleCommunicator::world().abort(code)
+}
+
+/// Polls `request` until it completes; past the deadline (when there is one) the job is
+/// aborted, since an incomplete request cannot be dropped.
+fn wait<'a, D: ?Sized, S: Scope<'a>>(request: Request<'a, D, S>, what: &str, patient: bool) {
+    let deadline = (!patient).then(super::timeout);
+    let started = Instant::now();
+    let mut pending = request;
+    let mut pause = Duration::from_micros(20);
+    loop {
+        match pending.test() {
+            Ok(_) => return,
+            Err(request) => pending = request,
+        }
+        if let Some(limit) = deadline.filter(|limit| started.elapsed() > *limit) {
+            eprintln!(
+                "error (rank {} of {}): {what}: the other ranks did not answer within {:.0} s (DISTILL_MPI_TIMEOUT); a peer is hung, stopped or unreachable. Stopping the job; the last checkpoint is intact.",
+                super::rank(),
+                super::size(),
+                limit.as_secs_f64()
+            );
+            abort(3);
+        }
+        std::thread::sleep(pause);
+        // Short pauses while a step's all-reduce is in flight, longer ones while a peer is
+        // evaluating or writing a checkpoint: the poll costs a core on a busy machine.
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
+
+pub(super) fn all_reduce_sum(values: &mut [f32], what: &str) {
+    let world = SimpleCommunicator::world();
+    let send = values.to_vec();
+    mpi::request::scope(|scope| {
+        let request =
+            world.immediate_all_reduce_into(scope, &send[..], values, SystemOperation::sum());
+        wait(request, what, false);
+    });
+}
+
+pub(super) fn broadcast(values: &mut [f32], what: &str) {
+    let world = SimpleCommunicator::world();
+    let root = world.process_at_rank(0);
+    mpi::request::scope(|scope| {
+        let request = root.immediate_broadcast_into(scope, values);
+        wait(request, what, false);
+    });
+}
+
+pub(super) fn all_gather(value: u64, what: &str) -> Vec<u64> {
+    let world = SimpleCommunicator::world();
+    let mut values = vec![0u64; world.size() as usize];
+    mpi::request::scope(|scope| {
+        let request = world.immediate_all_gather_into(scope, &value, &mut values[..]);
+        wait(request, what, false);
+    });
+    values
+}
+
+pub(super) fn all_gather_varcount(local: &[f32], counts: &[usize], what: &str) -> Vec<f32> {
+    let world = SimpleCommunicator::world();
+    let total: usize = counts.iter().sum();
+    let to_i32 = |n: usize| {
+        i32::try_from(n).unwrap_or_else(|_| {
+            super::fail(
+                &format!("{what}: {n} values are more than one MPI call can move (2^31 - 1)"),
+                2,
+            )
+        })
+    };
+    to_i32(total);
+    let counts_i32: Vec<i32> = counts.iter().map(|&n| to_i32(n)).collect();
+    let displs: Vec<i32> = counts_i32
+        .iter()
+        .scan(0i32, |offset, &n| {
+            let start = *offset;
+            *offset += n;
+            Some(start)
+        })
+        .collect();
+    let mut gathered = vec![0f32; total];
+    {
+        let mut partition = PartitionMut::new(&mut gathered[..], &counts_i32[..], &displs[..]);
+        mpi::request::scope(|scope| {
+            let request = world.immediate_all_gather_varcount_into(scope, local, &mut partition);
+            wait(request, what, false);
+        });
+    }
+    gathered
+}
+
+pub(super) fn barrier(what: &str, patient: bool) {
+    let world = SimpleCommunicator::world();
+    let request = world.immediate_barrier();
+    wait(request, what, patient);
+}
