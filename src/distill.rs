@@ -143,15 +143,36 @@ impl Teacher {
         progress: bool,
     ) -> anyhow::Result<Vec<f32>> {
         let order = batch_order(split.len(), 256, false, 0, 0);
-        let bar = crate::progress::bar(order.len() as u64, "Teacher logits", progress);
+        // Under MPI each rank runs its contiguous share of these batches and the shares are
+        // gathered: the same batches one process runs, so the same bits.
+        let place = crate::distributed::place();
+        let mine = crate::distributed::shard_of(&order, place.rank, place.size);
+        let bar = crate::progress::bar(
+            mine.len() as u64,
+            "Teacher logits",
+            progress && place.rank == 0,
+        );
         let mut values = Vec::with_capacity(split.len() * self.classes);
-        for indices in order {
-            let data = self.logits_for(split, &indices, device)?.into_data();
+        for indices in mine {
+            let data = self.logits_for(split, indices, device)?.into_data();
             values.extend(data.iter::<f32>());
             bar.inc(1);
         }
         bar.finish_and_clear();
-        Ok(values)
+        let counts: Vec<usize> = (0..place.size)
+            .map(|rank| {
+                let rows: usize = crate::distributed::shard_of(&order, rank, place.size)
+                    .iter()
+                    .map(Vec::len)
+                    .sum();
+                rows * self.classes
+            })
+            .collect();
+        Ok(crate::distributed::all_gather_rows(
+            &values,
+            &counts,
+            "the teacher logits",
+        ))
     }
 }
 
@@ -588,7 +609,8 @@ pub fn load_or_compute_logits(
         }
     }
     let values = compute_all()?;
-    if let Some(path) = path {
+    // under MPI every rank holds the gathered logits; rank 0 writes them
+    if let Some(path) = path.filter(|_| crate::distributed::is_root()) {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create cache directory {}", parent.display()))?;
@@ -730,30 +752,48 @@ pub fn view_logits(
     let started = std::time::Instant::now();
     let plain = device.clone().without_autodiff();
     let order = batch_order(train.len(), 256, false, 0, 0);
+    let place = crate::distributed::place();
+    let (first, end) = crate::distributed::shard_range(order.len() * views, place.rank, place.size);
     let bar = crate::progress::bar(
-        (order.len() * views) as u64,
+        (end - first) as u64,
         &format!("Teacher logits, {views} views"),
-        progress,
+        progress && place.rank == 0,
     );
     let classes = teacher.classes;
-    let mut values = vec![f16::ZERO; train.len() * views * classes];
-    for view in 0..views {
-        for indices in &order {
-            let images = train.view_batch(indices, &vec![view; indices.len()], aug, &plain);
-            let logits = teacher.forward(images)?.into_data();
-            let rows = logits.as_slice::<f32>().expect("f32 logits");
-            for (&i, chunk) in indices.iter().zip(rows.chunks_exact(classes)) {
-                let start = (i * views + view) * classes;
-                for (slot, &v) in values[start..start + classes].iter_mut().zip(chunk) {
-                    *slot = f16::from_f32(v);
-                }
-            }
-            bar.inc(1);
-        }
+    // Every (view, batch) pair, in one process's order; under MPI each rank runs a contiguous
+    // share and the shares are gathered, so the file is the one a single process writes.
+    let pairs: Vec<(usize, &Vec<usize>)> = (0..views)
+        .flat_map(|view| order.iter().map(move |indices| (view, indices)))
+        .collect();
+    let mut local: Vec<f32> = Vec::new();
+    for (view, indices) in crate::distributed::shard_of(&pairs, place.rank, place.size) {
+        let images = train.view_batch(indices, &vec![*view; indices.len()], aug, &plain);
+        local.extend(teacher.forward(images)?.into_data().iter::<f32>());
+        bar.inc(1);
     }
     bar.finish_and_clear();
+    let counts: Vec<usize> = (0..place.size)
+        .map(|rank| {
+            crate::distributed::shard_of(&pairs, rank, place.size)
+                .iter()
+                .map(|(_, indices)| indices.len() * classes)
+                .sum()
+        })
+        .collect();
+    let rows = crate::distributed::all_gather_rows(&local, &counts, "the teacher's view logits");
+    let mut values = vec![f16::ZERO; train.len() * views * classes];
+    let mut chunks = rows.chunks_exact(classes);
+    for (view, indices) in &pairs {
+        for &i in indices.iter() {
+            let start = (i * views + view) * classes;
+            let chunk = chunks.next().expect("one row per image and view");
+            for (slot, &v) in values[start..start + classes].iter_mut().zip(chunk) {
+                *slot = f16::from_f32(v);
+            }
+        }
+    }
     let build_seconds = started.elapsed().as_secs_f64();
-    if let Some(path) = file {
+    if let Some(path) = file.filter(|_| crate::distributed::is_root()) {
         let payload: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let aug_key = augmentation_key(aug);
         write_atomic(

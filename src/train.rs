@@ -1073,7 +1073,7 @@ fn check_data_parallel<T: ?Sized>(
             method.name()
         );
     }
-    if config.batch_size % size != 0 {
+    if !config.batch_size.is_multiple_of(size) {
         bail!(
             "`batch_size` {} cannot be split evenly over {size} MPI ranks; choose a batch size that is a multiple of {size}, or another rank count",
             config.batch_size

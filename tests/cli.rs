@@ -511,3 +511,38 @@ fn one_and_two_threads_train_bit_identical_weights() {
     );
     assert_eq!(one_history, two_history);
 }
+
+/// A build without the `mpi` feature started by `mpirun` (its variables simulated here) must
+/// not train one copy of the run per rank: rank 0 says how to build the feature, and every
+/// rank exits 2 without touching --out.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_started_by_an_mpi_launcher_says_how_to_build_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let launched = |rank: &str| {
+        Command::new(env!("CARGO_BIN_EXE_distill"))
+            .args(["train", "--model", "student", "--epochs", "1", "--out"])
+            .arg(&out)
+            .env("OMPI_COMM_WORLD_SIZE", "2")
+            .env("OMPI_COMM_WORLD_RANK", rank)
+            .output()
+            .unwrap()
+    };
+    let root = launched("0");
+    let stderr = String::from_utf8_lossy(&root.stderr);
+    assert_eq!(root.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("started by an MPI launcher (OMPI_COMM_WORLD_SIZE=2)")
+            && stderr.contains("cargo build --release --features mpi"),
+        "{stderr}"
+    );
+    let other = launched("1");
+    assert_eq!(other.status.code(), Some(2));
+    assert!(
+        other.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    assert!(!out.exists());
+}

@@ -206,3 +206,198 @@ fn a_batch_the_ranks_cannot_split_and_ranks_with_different_settings_stop_with_on
         text(&mixed)
     );
 }
+
+fn distill_args(teacher: &Path, spec: &Path, out: &Path, cache: &Path, views: bool) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "distill",
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--student",
+        spec.to_str().unwrap(),
+        "--data",
+        "embedded",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+        "--teacher-logits",
+        cache.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if views {
+        args.extend(["--augment", "--views", "3"].map(String::from));
+    }
+    args
+}
+
+#[test]
+fn teacher_logit_caches_built_by_two_ranks_are_the_files_one_process_writes() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p);
+    std::fs::write(path("spec.toml"), SPEC).unwrap();
+    let teacher = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args([
+            "train",
+            "--model",
+            "teacher-small",
+            "--data",
+            "embedded",
+            "--epochs",
+            "1",
+            "--quiet",
+            "--out",
+        ])
+        .arg(path("teacher"))
+        .output()
+        .unwrap();
+    assert!(teacher.status.success(), "{}", text(&teacher));
+    for (views, name) in [(false, "plain"), (true, "views")] {
+        let one = Command::new(env!("CARGO_BIN_EXE_distill"))
+            .env("RAYON_NUM_THREADS", "1")
+            .args(distill_args(
+                &path("teacher"),
+                &path("spec.toml"),
+                &path(&format!("{name}-one")),
+                &path(&format!("{name}-one.bin")),
+                views,
+            ))
+            .output()
+            .unwrap();
+        assert!(one.status.success(), "{}", text(&one));
+        let two = mpirun(2)
+            .arg(env!("CARGO_BIN_EXE_distill"))
+            .args(distill_args(
+                &path("teacher"),
+                &path("spec.toml"),
+                &path(&format!("{name}-two")),
+                &path(&format!("{name}-two.bin")),
+                views,
+            ))
+            .output()
+            .unwrap();
+        assert!(two.status.success(), "{}", text(&two));
+        let (a, b) = (
+            std::fs::read(path(&format!("{name}-one.bin"))).unwrap(),
+            std::fs::read(path(&format!("{name}-two.bin"))).unwrap(),
+        );
+        assert!(a.len() > 10_000, "{name}: {} bytes", a.len());
+        assert!(
+            a == b,
+            "{name}: the 2-rank cache differs from the 1-process cache"
+        );
+    }
+}
+
+/// The ranks' process ids: mpirun's children running distill.
+fn ranks_of(mpirun: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &mpirun.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_rank_killed_mid_epoch_ends_the_job_quickly_and_its_checkpoint_resumes_on_one_or_two_ranks() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&spec, &out, 64);
+    let epochs = args.iter().position(|a| a == "--epochs").unwrap();
+    args[epochs + 1] = "4".into();
+    let job = mpirun(2)
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = out.join("checkpoints/epoch-0001/state.json");
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no first checkpoint within 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let ranks = ranks_of(job.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    let killed_at = std::time::Instant::now();
+    // the second child is rank 1 (mpirun starts them in rank order); either one will do
+    Command::new("kill")
+        .args(["-KILL", &ranks[1].to_string()])
+        .status()
+        .unwrap();
+    let output = job.wait_with_output().unwrap();
+    let ended_after = killed_at.elapsed();
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        ended_after.as_secs() < 30,
+        "the job took {ended_after:?} to end"
+    );
+    assert!(
+        !out.join("checkpoints/epoch-0004").exists(),
+        "the run finished before the kill"
+    );
+    eprintln!(
+        "a killed rank ended the job in {:.2} s",
+        ended_after.as_secs_f64()
+    );
+    // the surviving checkpoint resumes to the end on one process, and (a copy of it) on two ranks
+    let copy = dir.path().join("copy");
+    copy_dir(&out, &copy);
+    let mut one_args = args.clone();
+    one_args.push("--resume".into());
+    let one = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(&one_args)
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+    let mut two_args = args.clone();
+    let at = two_args.iter().position(|a| a == "--out").unwrap();
+    two_args[at + 1] = copy.to_str().unwrap().into();
+    two_args.push("--resume".into());
+    let two = mpirun(2)
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(&two_args)
+        .output()
+        .unwrap();
+    assert!(two.status.success(), "{}", text(&two));
+    assert!(
+        out.join("checkpoints/epoch-0004").exists() && copy.join("checkpoints/epoch-0004").exists()
+    );
+    // the same training from the same checkpoint, up to summation order
+    let diff = common::max_abs_diff(&run_support::weights(&out), &run_support::weights(&copy));
+    eprintln!("resumed on 1 process vs 2 ranks: max abs weight difference {diff:e}");
+    assert!(diff <= 1e-5, "resumed on 1 process vs 2 ranks: {diff:e}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -403,7 +403,7 @@ pub fn distill(args: &DistillArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn report_final(out: &Path, last: Option<&crate::train::EpochRecord>) {
-    if let Some(last) = last {
+    if let Some(last) = last.filter(|_| crate::distributed::is_root()) {
         println!(
             "Final val_accuracy {:.4} (val_loss {:.4}); model saved in {}",
             last.val_accuracy,
