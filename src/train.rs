@@ -1069,7 +1069,7 @@ fn check_data_parallel<T: ?Sized>(
     let size = crate::distributed::size();
     if let Objective::Features { method, .. } = objective {
         bail!(
-            "method {} (a feature method) trains in one process: its heads and memory bank are not averaged across ranks yet. Spread a study's runs over the ranks instead (`distill run --distribute runs`)",
+            "method {} (a feature method) trains in one process: its heads and memory bank are not averaged across ranks yet. Spread a study's runs over the ranks instead (`mpirun … distill run`)",
             method.name()
         );
     }

@@ -401,3 +401,94 @@ fn copy_dir(from: &Path, to: &Path) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A small study: a teacher, 2 seeds of scratch and of 2 distilled points (6 student runs).
+const STUDY: &str = r#"
+data = "embedded"
+seeds = 2
+
+[teacher]
+model = "teacher-small"
+epochs = 1
+
+[student]
+model = "student"
+epochs = 1
+
+[training]
+batch_size = 128
+seed = 7
+
+[sweep]
+alpha = [0.5, 0.9]
+temperature = [2.0]
+t2_scaling = [true]
+"#;
+
+#[test]
+fn a_study_spread_over_two_ranks_reports_what_one_process_reports() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("study.toml");
+    std::fs::write(&config, STUDY).unwrap();
+    let study = |out: &str| -> Vec<String> {
+        [
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--quiet",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().join(out).to_str().unwrap().to_string()])
+        .collect()
+    };
+    let one = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(study("one"))
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+    let two = mpirun(2)
+        .arg("--tag-output")
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(study("two"))
+        .output()
+        .unwrap();
+    assert!(two.status.success(), "{}", text(&two));
+    let stdout = String::from_utf8_lossy(&two.stdout);
+    assert!(stdout.contains("on 2 MPI ranks"), "{stdout}");
+    assert_eq!(
+        stdout.matches("# Distillation report").count(),
+        1,
+        "{stdout}"
+    );
+    let report = |out: &str| -> serde_json::Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(out).join("report.json")).unwrap(),
+        )
+        .unwrap()
+    };
+    let accuracies = |report: &serde_json::Value| -> Vec<serde_json::Value> {
+        let mut all = vec![report["scratch"]["accuracies"].clone()];
+        for d in report["distilled"].as_array().unwrap() {
+            all.push(d["accuracies"].clone());
+            all.push(d["control"].clone());
+        }
+        all
+    };
+    // each run is trained whole by one rank, alone: the same bits as one process
+    assert_eq!(accuracies(&report("one")), accuracies(&report("two")));
+    // both ranks trained runs (mpirun tags each line with `[job,rank]<stdout>:`)
+    for rank in 0..2 {
+        let tag = format!(",{rank}]<stdout>:");
+        let runs = stdout
+            .lines()
+            .filter(|l| l.contains(&tag) && l.contains(", seed "))
+            .count();
+        assert!(runs > 0, "rank {rank} trained no run:\n{stdout}");
+    }
+}

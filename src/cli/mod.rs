@@ -148,7 +148,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) if crate::distributed::is_parallel() => {
+        Err(err) if crate::distributed::world().size > 1 => {
             crate::distributed::fail(&error_paragraph(&err), 1)
         }
         Err(err) => {

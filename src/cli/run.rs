@@ -85,6 +85,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     if let Some(shard) = args.shard {
         return train_shard(&config, &options, shard);
     }
+    if crate::distributed::world().size > 1 {
+        if args.jobs > 1 {
+            anyhow::bail!(
+                "under mpirun the ranks are the jobs: drop --jobs {}",
+                args.jobs
+            );
+        }
+        if !spread_over_ranks(&config, &mut options)? {
+            return Ok(());
+        }
+    }
     if args.jobs > 1 {
         options.before_students = Some(workers(args.jobs, &out));
     }
@@ -103,6 +114,50 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         out.join("report.md").display()
     );
     Ok(())
+}
+
+/// Under mpirun, a study's runs are spread over the ranks (each trains whole runs alone, as a
+/// `--jobs` worker does): rank 0 prepares the teacher and its caches while the others wait, every
+/// rank then trains its shard of the student runs, and rank 0 renders the report once all are
+/// done. Returns whether this rank goes on to the report (rank 0).
+fn spread_over_ranks(config: &ExperimentConfig, options: &mut RunOptions) -> anyhow::Result<bool> {
+    use crate::distributed;
+    let world = distributed::world();
+    let text = toml::to_string(config)?;
+    distributed::agree(distributed::fnv1a(text.as_bytes()), "the study's config")?;
+    distributed::agree(distributed::binary_fingerprint(), "the distill binary")?;
+    distributed::train_runs_independently();
+    let shard = Shard {
+        index: world.rank,
+        count: world.size,
+    };
+    let ready = "rank 0 preparing the teacher and its logit caches";
+    let done = "the other ranks' student runs";
+    if world.rank > 0 {
+        distributed::barrier(ready, true);
+        train_shard(config, options, shard)?;
+        distributed::barrier(done, true);
+        return Ok(false);
+    }
+    let config = config.clone();
+    let shard_options = RunOptions {
+        out: options.out.clone(),
+        progress: options.progress,
+        device: options.device.clone(),
+        backend: options.backend.clone(),
+        before_students: None,
+    };
+    options.before_students = Some(Box::new(move || {
+        println!(
+            "== training the students on {} MPI ranks, one run per rank at a time",
+            world.size
+        );
+        distributed::barrier(ready, true);
+        train_shard(&config, &shard_options, shard)?;
+        distributed::barrier(done, true);
+        Ok(())
+    }));
+    Ok(true)
 }
 
 /// Starts `jobs` copies of this command as workers (`--shard I/N`), each on `cores / jobs`

@@ -16,6 +16,7 @@ mod world;
 
 pub use params::{broadcast_module, trainable_fingerprint, GradientAverage, StepTotals};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -92,17 +93,37 @@ pub fn init() -> Session {
     }
 }
 
-/// This process's rank and the world's size (rank 0 of 1 before [`init`] or without MPI).
-pub fn place() -> Place {
+/// Set when the ranks share a study's runs instead of each run's batches.
+static INDEPENDENT: AtomicBool = AtomicBool::new(false);
+
+/// This process's place in the MPI world (rank 0 of 1 before [`init`] or without MPI).
+pub fn world() -> Place {
     *PLACE.get().unwrap_or(&Place { rank: 0, size: 1 })
 }
 
-/// This process's rank.
+/// This process's place among the ranks that train one run together: the whole world, or
+/// rank 0 of 1 once [`train_runs_independently`] was called.
+pub fn place() -> Place {
+    if INDEPENDENT.load(Ordering::Relaxed) {
+        Place { rank: 0, size: 1 }
+    } else {
+        world()
+    }
+}
+
+/// From now on every rank trains its own runs alone (and writes their files): a study's runs
+/// are spread over the ranks instead of each run's batches. Only [`barrier`] still spans the
+/// world.
+pub fn train_runs_independently() {
+    INDEPENDENT.store(true, Ordering::Relaxed);
+}
+
+/// This process's rank among the ranks training one run (see [`place`]).
 pub fn rank() -> usize {
     place().rank
 }
 
-/// The number of ranks.
+/// The number of ranks training one run (see [`place`]).
 pub fn size() -> usize {
     place().size
 }
@@ -132,7 +153,7 @@ pub fn timeout() -> Duration {
 /// ranks every rank stops (MPI_Abort), so none waits for this one in a collective; alone, the
 /// process exits with `code`.
 pub fn fail(message: &str, code: i32) -> ! {
-    let place = place();
+    let place = world();
     if place.size > 1 {
         // one write, so the launcher does not interleave the ranks' paragraphs
         let line = format!("error (rank {} of {}): {message}\n", place.rank, place.size);
@@ -196,10 +217,10 @@ pub fn all_gather_rows(local: &[f32], counts: &[usize], what: &str) -> Vec<f32> 
     }
 }
 
-/// Waits until every rank gets here; `patient` waits as long as it takes (for a peer that is
-/// training a teacher, say), otherwise [`timeout`] applies.
+/// Waits until every rank of the world gets here; `patient` waits as long as it takes (for a
+/// peer that is training a teacher, say), otherwise [`timeout`] applies.
 pub fn barrier(what: &str, patient: bool) {
-    if !is_parallel() {
+    if world().size == 1 {
         return;
     }
     #[cfg(feature = "mpi")]

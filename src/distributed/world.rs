@@ -54,8 +54,8 @@ fn wait<'a, D: ?Sized, S: Scope<'a>>(request: Request<'a, D, S>, what: &str, pat
         if let Some(limit) = deadline.filter(|limit| started.elapsed() > *limit) {
             eprintln!(
                 "error (rank {} of {}): {what}: the other ranks did not answer within {:.0} s (DISTILL_MPI_TIMEOUT); a peer is hung, stopped or unreachable. Stopping the job; the last checkpoint is intact.",
-                super::rank(),
-                super::size(),
+                super::world().rank,
+                super::world().size,
                 limit.as_secs_f64()
             );
             abort(3);
