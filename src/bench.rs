@@ -19,7 +19,11 @@ use crate::losses::DistillLoss;
 use crate::models::{zoo, ModelSpec, Network};
 use crate::train::{train_step, Objective, OptimizerConfig};
 
+mod parallel;
 mod text;
+pub use parallel::{
+    parallel_table, run_parallel, AllReduceRow, ParallelBenchResult, ParallelTrainRow,
+};
 pub use text::{measure_text_speed, run_text, text_table, TextBenchOptions, TextBenchResult};
 
 /// What to measure.

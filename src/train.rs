@@ -399,6 +399,12 @@ fn objective_label<I, T: SoftTargets<I> + ?Sized>(objective: &Objective<T>) -> S
 /// Seed of the backend's generator (dropout masks) for one epoch, so every epoch can be replayed
 /// on its own after a resume. Shuffling and augmentation are keyed by seed and epoch in
 /// [`crate::data`] itself.
+/// Mixed into the dropout seed of MPI rank `rank` (0 for rank 0, so one process and rank 0
+/// draw alike).
+fn rank_stream(rank: usize) -> u64 {
+    (rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 fn dropout_seed(seed: u64, epoch: usize) -> u64 {
     // SplitMix64 finaliser over the pair, with a constant that sets it apart from the data streams.
     let mut z = seed ^ 0x6A09_E667_F3BC_C909 ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -869,6 +875,12 @@ where
     // sure of it, and covers a warm start read on rank 0's file system).
     model = crate::distributed::broadcast_module(model, "the starting weights");
     let averager = parallel.then(|| crate::distributed::GradientAverage::new(&model));
+    if parallel {
+        crate::distributed::agree(
+            history.len() as u64,
+            "the epoch to resume from (every rank reads --out's checkpoints: put --out on a file system all ranks share)",
+        )?;
+    }
     let place = crate::distributed::place();
     let compute = Compute::current();
     let steps_per_epoch = train_len.div_ceil(config.batch_size);
@@ -876,7 +888,8 @@ where
     let plain_device = device.clone().without_autodiff();
     for epoch in history.len()..config.epochs {
         let started = Instant::now();
-        train_device.seed(dropout_seed(config.seed, epoch));
+        // each rank draws its own dropout masks for its own images (rank 0 those of one process)
+        train_device.seed(dropout_seed(config.seed, epoch) ^ rank_stream(place.rank));
         let order = batch_order(train_len, config.batch_size, true, config.seed, epoch);
         let bar = crate::progress::bar(
             order.len() as u64,
@@ -1129,6 +1142,38 @@ pub fn train_step(
         learning_rate,
         label_smoothing,
         epoch,
+        plain_device,
+    )
+}
+
+/// One step of an image network trained on labels as [`fit`] takes it under MPI: `batch` is this
+/// rank's `share` of the global batch (`None` for an empty share); the gradients are averaged
+/// over the ranks before the update. For `distill bench --data-parallel`.
+#[allow(clippy::too_many_arguments)]
+pub fn data_parallel_train_step(
+    network: Network,
+    optimizer: &mut ModuleOptimizer,
+    averager: &crate::distributed::GradientAverage,
+    batch: Option<(Tensor<4>, Tensor<1, Int>)>,
+    indices: &[usize],
+    share: f32,
+    learning_rate: f64,
+    plain_device: &Device,
+) -> anyhow::Result<(Network, f32, i64)> {
+    data_parallel_step::<Images, TeacherLogits>(
+        network,
+        optimizer,
+        averager,
+        &Objective::Labels,
+        batch,
+        StepContext {
+            indices,
+            views: None,
+            learning_rate,
+            label_smoothing: 0.0,
+            epoch: 1,
+        },
+        share,
         plain_device,
     )
 }

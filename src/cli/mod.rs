@@ -52,6 +52,14 @@ enum Command {
         /// at batch 64 and its inference at batch 256 on random 3x32x32 images.
         #[arg(long, value_name = "MODEL", conflicts_with = "text")]
         model: Option<String>,
+        /// Time data-parallel training instead: the training step of teacher-v3 and resnet20
+        /// (or --model) with the global batch split over the MPI ranks (run it under `mpirun`
+        /// and alone, and compare), and every zoo model's gradient all-reduce.
+        #[arg(long, conflicts_with_all = ["text", "compare_burn"])]
+        data_parallel: bool,
+        /// With --data-parallel: the global batch, split evenly over the ranks.
+        #[arg(long, default_value_t = 64, requires = "data_parallel")]
+        global_batch: usize,
         /// With --text: texts per batch of the throughput workload.
         #[arg(long, default_value_t = 64, requires = "text")]
         batch_size: usize,
@@ -174,7 +182,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             seq_len,
             train_batch_size,
+            data_parallel,
+            global_batch,
         } => match (text, model) {
+            (None, model) if data_parallel => {
+                set_threads(threads)?;
+                bench_data_parallel(model.as_deref(), global_batch, steps, json, backend)
+            }
             (Some(model), _) => {
                 set_threads(threads)?;
                 let options = crate::bench::TextBenchOptions {
@@ -226,6 +240,37 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
             .num_threads(threads)
             .build_global()
             .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `distill bench --data-parallel`: rank 0 prints the tables.
+fn bench_data_parallel(
+    model: Option<&str>,
+    global_batch: usize,
+    steps: usize,
+    json: bool,
+    backend: crate::backend::Backend,
+) -> anyhow::Result<()> {
+    if steps == 0 {
+        anyhow::bail!("--steps must be at least 1");
+    }
+    let names: Vec<&str> = match model {
+        Some(name) => vec![name],
+        None => vec!["teacher-v3", "resnet20"],
+    };
+    let specs = names
+        .iter()
+        .map(|name| crate::models::resolve_spec(name))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let device = backend.device()?;
+    let result = crate::bench::run_parallel(&specs, global_batch, steps, &device)?;
+    if crate::distributed::is_root() {
+        if json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            print!("{}", crate::bench::parallel_table(&result));
+        }
     }
     Ok(())
 }

@@ -177,6 +177,18 @@ pub fn all_reduce_sum(values: &mut [f32], what: &str) {
     let _ = (values, what);
 }
 
+/// [`all_reduce_sum`] from `send` into `received` (same length), with no copy of its own.
+pub fn all_reduce_sum_into(send: &[f32], received: &mut [f32], what: &str) {
+    if !is_parallel() {
+        received.copy_from_slice(send);
+        return;
+    }
+    #[cfg(feature = "mpi")]
+    world::all_reduce_sum_into(send, received, what);
+    #[cfg(not(feature = "mpi"))]
+    let _ = what;
+}
+
 /// Rank 0's `values` on every rank.
 pub fn broadcast(values: &mut [f32], what: &str) {
     if !is_parallel() {

@@ -4,6 +4,8 @@
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
 
 /// Every float tensor of a module (trainable or not, e.g. batch norm's running statistics), in
 /// the module's visiting order, which is the same on every rank.
@@ -84,6 +86,10 @@ pub fn trainable_fingerprint<M: Module>(module: &M) -> u64 {
 /// correct count travel in the same buffer, so every rank sees the global ones.
 pub struct GradientAverage {
     layout: Vec<(ParamId, Vec<usize>)>,
+    /// The flat send and receive buffers, kept between steps (a fresh multi-megabyte buffer
+    /// every step costs its page faults again).
+    buffers: RefCell<(Vec<f32>, Vec<f32>)>,
+    last_sync: Cell<Duration>,
 }
 
 /// The global batch's loss (mean) and correct predictions, from one [`GradientAverage`].
@@ -105,7 +111,15 @@ impl GradientAverage {
         module.visit(&mut flat);
         Self {
             layout: flat.layout,
+            buffers: RefCell::default(),
+            last_sync: Cell::default(),
         }
+    }
+
+    /// How long the last [`apply`](Self::apply) took: flattening, the all-reduce (waiting for
+    /// the slowest rank included) and the new gradient tensors.
+    pub fn last_sync(&self) -> Duration {
+        self.last_sync.get()
     }
 
     /// The averaged gradients and the global totals. `grads` is `None` on a rank whose share of
@@ -119,36 +133,46 @@ impl GradientAverage {
         share: f32,
         device: &Device,
     ) -> (GradientsParams, StepTotals) {
+        let started = Instant::now();
         let params = self.layout.len();
-        let mut values: Vec<f32> = Vec::new();
-        let mut present = vec![0f32; params];
+        let total: usize = self
+            .layout
+            .iter()
+            .map(|(_, dims)| dims.iter().product::<usize>())
+            .sum();
+        let mut buffers = self.buffers.borrow_mut();
+        let (send, received) = &mut *buffers;
+        send.resize(total + params + 2, 0.0);
+        received.resize(total + params + 2, 0.0);
+        let (values, tail) = send.split_at_mut(total);
         let mut grads = grads;
+        let mut offset = 0;
         for (k, (id, dims)) in self.layout.iter().enumerate() {
             let count: usize = dims.iter().product();
-            match grads.as_mut().and_then(|g| take_flat(g, *id, dims.len())) {
-                Some(flat) => {
-                    debug_assert_eq!(flat.len(), count);
-                    values.extend(flat.into_iter().map(|v| v * share));
-                    present[k] = 1.0;
-                }
-                None => values.resize(values.len() + count, 0.0),
+            let slot = &mut values[offset..offset + count];
+            let found = grads
+                .as_mut()
+                .is_some_and(|g| take_scaled(g, *id, dims.len(), share, slot));
+            if !found {
+                slot.fill(0.0);
             }
+            tail[k] = if found { 1.0 } else { 0.0 };
+            offset += count;
         }
-        values.extend(present);
-        values.push(if share > 0.0 { loss * share } else { 0.0 });
-        values.push(correct as f32);
-        super::all_reduce_sum(&mut values, "the gradient all-reduce");
+        tail[params] = if share > 0.0 { loss * share } else { 0.0 };
+        tail[params + 1] = correct as f32;
+        super::all_reduce_sum_into(send, received, "the gradient all-reduce");
 
         let mut averaged = GradientsParams::new();
         let mut offset = 0;
-        let flags = &values[values.len() - params - 2..values.len() - 2];
+        let flags = &received[total..total + params];
         for ((id, dims), flag) in self.layout.iter().zip(flags) {
             let count: usize = dims.iter().product();
             if *flag > 0.0 {
                 register(
                     &mut averaged,
                     *id,
-                    &values[offset..offset + count],
+                    &received[offset..offset + count],
                     dims,
                     device,
                 );
@@ -156,26 +180,53 @@ impl GradientAverage {
             offset += count;
         }
         let totals = StepTotals {
-            loss: values[values.len() - 2],
-            correct: values[values.len() - 1].round() as i64,
+            loss: received[total + params],
+            correct: received[total + params + 1].round() as i64,
         };
+        self.last_sync.set(started.elapsed());
         (averaged, totals)
     }
 }
 
-/// Removes `id`'s gradient (of rank `rank`) from `grads` as a flat vector.
-fn take_flat(grads: &mut GradientsParams, id: ParamId, rank: usize) -> Option<Vec<f32>> {
-    fn take<const D: usize>(grads: &mut GradientsParams, id: ParamId) -> Option<Vec<f32>> {
-        grads
-            .remove::<D>(id)
-            .map(|t| t.into_data().iter::<f32>().collect())
+/// Moves `id`'s gradient (of tensor rank `rank`) out of `grads` into `slot`, times `share`;
+/// false when it has none.
+fn take_scaled(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    rank: usize,
+    share: f32,
+    slot: &mut [f32],
+) -> bool {
+    fn take<const D: usize>(
+        grads: &mut GradientsParams,
+        id: ParamId,
+        share: f32,
+        slot: &mut [f32],
+    ) -> bool {
+        let Some(tensor) = grads.remove::<D>(id) else {
+            return false;
+        };
+        let data = tensor.into_data();
+        match data.as_slice::<f32>() {
+            Ok(values) => {
+                for (out, v) in slot.iter_mut().zip(values) {
+                    *out = v * share;
+                }
+            }
+            Err(_) => {
+                for (out, v) in slot.iter_mut().zip(data.iter::<f32>()) {
+                    *out = v * share;
+                }
+            }
+        }
+        true
     }
     match rank {
-        1 => take::<1>(grads, id),
-        2 => take::<2>(grads, id),
-        3 => take::<3>(grads, id),
-        4 => take::<4>(grads, id),
-        5 => take::<5>(grads, id),
+        1 => take::<1>(grads, id, share, slot),
+        2 => take::<2>(grads, id, share, slot),
+        3 => take::<3>(grads, id, share, slot),
+        4 => take::<4>(grads, id, share, slot),
+        5 => take::<5>(grads, id, share, slot),
         _ => panic!("a parameter of rank {rank}: gradients of rank 1 to 5 are supported"),
     }
 }

@@ -39,6 +39,9 @@ pub(super) fn abort(code: i32) -> ! {
     SimpleCommunicator::world().abort(code)
 }
 
+/// How long [`wait`] polls without sleeping.
+const SPIN: Duration = Duration::from_millis(100);
+
 /// Polls `request` until it completes; past the deadline (when there is one) the job is
 /// aborted, since an incomplete request cannot be dropped.
 fn wait<'a, D: ?Sized, S: Scope<'a>>(request: Request<'a, D, S>, what: &str, patient: bool) {
@@ -60,19 +63,29 @@ fn wait<'a, D: ?Sized, S: Scope<'a>>(request: Request<'a, D, S>, what: &str, pat
             );
             abort(3);
         }
-        std::thread::sleep(pause);
-        // Short pauses while a step's all-reduce is in flight, longer ones while a peer is
-        // evaluating or writing a checkpoint: the poll costs a core on a busy machine.
-        pause = (pause * 2).min(Duration::from_millis(2));
+        // Open MPI advances a non-blocking collective only inside MPI calls, so a step's
+        // all-reduce would stall while this rank sleeps: poll without sleeping at first
+        // (yielding the core to anyone who needs it), then back off for long waits (a peer
+        // evaluating, writing a checkpoint or training a teacher).
+        if started.elapsed() < SPIN {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
     }
 }
 
 pub(super) fn all_reduce_sum(values: &mut [f32], what: &str) {
-    let world = SimpleCommunicator::world();
     let send = values.to_vec();
+    all_reduce_sum_into(&send, values, what);
+}
+
+pub(super) fn all_reduce_sum_into(send: &[f32], received: &mut [f32], what: &str) {
+    let world = SimpleCommunicator::world();
     mpi::request::scope(|scope| {
         let request =
-            world.immediate_all_reduce_into(scope, &send[..], values, SystemOperation::sum());
+            world.immediate_all_reduce_into(scope, send, received, SystemOperation::sum());
         wait(request, what, false);
     });
 }
