@@ -492,3 +492,71 @@ fn a_study_spread_over_two_ranks_reports_what_one_process_reports() {
         assert!(runs > 0, "rank {rank} trained no run:\n{stdout}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_hung_rank_stops_the_job_after_the_stated_timeout_with_the_last_checkpoint_intact() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    let out = dir.path().join("run");
+    let mut args = train_args(&spec, &out, 64);
+    let epochs = args.iter().position(|a| a == "--epochs").unwrap();
+    args[epochs + 1] = "30".into();
+    let job = mpirun(2)
+        .args(["-x", "DISTILL_MPI_TIMEOUT=5"])
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = out.join("checkpoints/epoch-0001/state.json");
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed().as_secs() < 300,
+            "no first checkpoint within 5 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let ranks = ranks_of(job.id());
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    // a stopped process neither dies nor answers: what a hung peer or a dead link looks like
+    Command::new("kill")
+        .args(["-STOP", &ranks[1].to_string()])
+        .status()
+        .unwrap();
+    let stopped_at = std::time::Instant::now();
+    let output = job.wait_with_output().unwrap();
+    let ended_after = stopped_at.elapsed();
+    let _ = Command::new("kill")
+        .args(["-KILL", &ranks[1].to_string()])
+        .status();
+    assert!(!output.status.success(), "{}", text(&output));
+    assert!(
+        ended_after.as_secs() >= 4 && ended_after.as_secs() < 30,
+        "the job ended {ended_after:?} after the stop (timeout 5 s)"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("did not answer within 5 s"),
+        "{}",
+        text(&output)
+    );
+    eprintln!(
+        "a hung rank ended the job after {:.1} s",
+        ended_after.as_secs_f64()
+    );
+    // the last checkpoint resumes, here on one process, to the end
+    let resumed = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(&args)
+        .arg("--resume")
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(out.join("checkpoints/epoch-0030").exists());
+}
