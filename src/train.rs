@@ -875,6 +875,14 @@ where
     // sure of it, and covers a warm start read on rank 0's file system).
     model = crate::distributed::broadcast_module(model, "the starting weights");
     let averager = parallel.then(|| crate::distributed::GradientAverage::new(&model));
+    if let Some(run) = method_run.as_mut().filter(|_| parallel) {
+        let heads = std::mem::take(&mut run.heads);
+        run.heads = crate::distributed::broadcast_module(heads, "the method's starting heads");
+    }
+    let head_averager = method_run
+        .as_ref()
+        .filter(|_| parallel)
+        .map(|run| crate::distributed::GradientAverage::new(&run.heads));
     if parallel {
         crate::distributed::agree(
             history.len() as u64,
@@ -916,6 +924,39 @@ where
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
             let (next, loss_value, batch_correct) = match (&objective, method_run.as_mut()) {
+                (Objective::Features { .. }, Some(run)) => {
+                    let sync = match (&averager, &head_averager) {
+                        (Some(student), Some(heads)) => Some(FeatureSync {
+                            student,
+                            heads,
+                            share,
+                        }),
+                        _ => None,
+                    };
+                    let (next, loss_value, batch_correct, parts) = feature_step::<A::Modality, T>(
+                        model,
+                        &mut optimizer,
+                        run,
+                        &objective,
+                        batch,
+                        FeatureStepInfo {
+                            indices,
+                            views: views.as_deref(),
+                            learning_rate: lr,
+                            label_smoothing: config.label_smoothing,
+                            epoch: epoch + 1,
+                            step_seed: method_step_seed(
+                                config.seed,
+                                epoch * steps_per_epoch + step,
+                            ),
+                        },
+                        sync,
+                        &plain_device,
+                    )?;
+                    // one process: its batch; under MPI: rank 0's share, as its mean
+                    add_parts(&mut part_sums, &parts, global.len());
+                    (next, loss_value, batch_correct)
+                }
                 (_, _) if averager.is_some() => data_parallel_step::<A::Modality, T>(
                     model,
                     &mut optimizer,
@@ -932,29 +973,6 @@ where
                     share,
                     &plain_device,
                 )?,
-                (Objective::Features { .. }, Some(run)) => {
-                    let (next, loss_value, batch_correct, parts) = feature_step::<A::Modality, T>(
-                        model,
-                        &mut optimizer,
-                        run,
-                        &objective,
-                        batch.expect("one process trains on the whole batch"),
-                        FeatureStepInfo {
-                            indices,
-                            views: views.as_deref(),
-                            learning_rate: lr,
-                            label_smoothing: config.label_smoothing,
-                            epoch: epoch + 1,
-                            step_seed: method_step_seed(
-                                config.seed,
-                                epoch * steps_per_epoch + step,
-                            ),
-                        },
-                        &plain_device,
-                    )?;
-                    add_parts(&mut part_sums, &parts, indices.len());
-                    (next, loss_value, batch_correct)
-                }
                 _ => model_step::<A::Modality, T>(
                     model,
                     &mut optimizer,
@@ -1056,6 +1074,10 @@ where
             method_run.as_ref(),
             &state,
         )?;
+        if parallel {
+            // nobody reads the run (to evaluate it, or to resume) before rank 0 has written it
+            crate::distributed::barrier("rank 0 writing the checkpoint", false);
+        }
     }
     if history.len() == config.epochs
         && existing.last().map(|(e, _)| *e) == Some(config.epochs)
@@ -1080,10 +1102,13 @@ fn check_data_parallel<T: ?Sized>(
     objective_name: &str,
 ) -> anyhow::Result<()> {
     let size = crate::distributed::size();
-    if let Objective::Features { method, .. } = objective {
+    if let Objective::Features {
+        method: FeatureMethod::Crd(_),
+        ..
+    } = objective
+    {
         bail!(
-            "method {} (a feature method) trains in one process: its heads and memory bank are not averaged across ranks yet. Spread a study's runs over the ranks instead (`mpirun … distill run`)",
-            method.name()
+            "method crd trains in one process: its memory bank, updated by every batch, is not shared across ranks yet. Spread a study's runs over the ranks instead (`mpirun … distill run --distribute runs`)"
         );
     }
     if !config.batch_size.is_multiple_of(size) {
@@ -1386,19 +1411,84 @@ struct FeatureStepInfo<'a> {
     step_seed: u64,
 }
 
+/// Under MPI, the gradient averages of the student and of a feature method's heads, and this
+/// rank's share of the global batch.
+struct FeatureSync<'a> {
+    student: &'a crate::distributed::GradientAverage,
+    heads: &'a crate::distributed::GradientAverage,
+    share: f32,
+}
+
+/// What one process or one rank of a feature step computes: the student's and the heads'
+/// gradients (`None` for a non-finite loss), the loss, the correct count and the method's parts.
+type FeatureGradients = (
+    Option<(GradientsParams, GradientsParams)>,
+    f32,
+    i64,
+    MethodParts,
+);
+
 /// One optimisation step of a student under a feature method: the student's logits and taps,
 /// the teacher's reads, CE (or KD) plus the method's terms, and one update of the student and of
-/// the method's heads. Returns the model, the batch loss, the correct predictions and the
-/// method's parts (unweighted).
+/// the method's heads. Under MPI (`sync`) both sets of gradients are averaged over the ranks
+/// first, and `batch` is this rank's share (`None` when it is empty). Returns the model, the
+/// batch loss (global under MPI), the correct predictions and the method's parts (unweighted;
+/// this rank's under MPI).
+#[allow(clippy::too_many_arguments)]
 fn feature_step<M, T>(
     model: M::Model,
     optimizer: &mut ModuleOptimizer,
     run: &mut MethodRun,
     objective: &Objective<T>,
-    (input, labels): (M::Input, Tensor<1, Int>),
+    batch: Option<(M::Input, Tensor<1, Int>)>,
     info: FeatureStepInfo,
+    sync: Option<FeatureSync<'_>>,
     plain_device: &Device,
 ) -> anyhow::Result<(M::Model, f32, i64, MethodParts)>
+where
+    M: Modality,
+    T: SoftTargets<M::Input> + ?Sized,
+{
+    let (grads, loss, correct, parts) = match batch {
+        Some(batch) => {
+            feature_gradients::<M, T>(&model, run, objective, batch, &info, plain_device)?
+        }
+        None => (None, 0.0, 0, Vec::new()),
+    };
+    let (student_grads, head_grads, loss, correct) = match (sync, grads) {
+        (None, None) => return Ok((model, loss, 0, parts)),
+        (None, Some((student, heads))) => (student, heads, loss, correct),
+        (Some(sync), grads) => {
+            let (student, heads) = grads.unzip();
+            let (student, totals) =
+                sync.student
+                    .apply(student, loss, correct, sync.share, plain_device);
+            let (heads, _) = sync.heads.apply(heads, 0.0, 0, sync.share, plain_device);
+            if !totals.loss.is_finite() {
+                return Ok((model, totals.loss, 0, parts));
+            }
+            (student, heads, totals.loss, totals.correct)
+        }
+    };
+    let heads = std::mem::take(&mut run.heads);
+    run.heads = run.optimizer.step(info.learning_rate, heads, head_grads);
+    Ok((
+        optimizer.step(info.learning_rate, model, student_grads),
+        loss,
+        correct,
+        parts,
+    ))
+}
+
+/// The forward and backward pass of [`feature_step`] on one batch.
+fn feature_gradients<M, T>(
+    model: &M::Model,
+    run: &mut MethodRun,
+    objective: &Objective<T>,
+    (input, labels): (M::Input, Tensor<1, Int>),
+    info: &FeatureStepInfo,
+    plain_device: &Device,
+) -> anyhow::Result<FeatureGradients>
 where
     M: Modality,
     T: SoftTargets<M::Input> + ?Sized,
@@ -1412,7 +1502,7 @@ where
     else {
         unreachable!("called for feature objectives only")
     };
-    let (logits, student) = M::logits_and_features(&model, input.clone(), &run.student_layers)?;
+    let (logits, student) = M::logits_and_features(model, input.clone(), &run.student_layers)?;
     let images = M::images(&input).context("feature methods read images")?;
     let teacher_reads = teacher
         .at(info.indices, images, plain_device)
@@ -1454,16 +1544,14 @@ where
         .map(|(name, part)| (name, part.into_scalar::<f32>()))
         .collect();
     if !loss_value.is_finite() {
-        return Ok((model, loss_value, 0, parts));
+        return Ok((None, loss_value, 0, parts));
     }
     let correct = count_correct(logits.detach(), labels);
     let mut grads = loss.backward();
-    let student_grads = GradientsParams::from_module(&mut grads, &model);
+    let student_grads = GradientsParams::from_module(&mut grads, model);
     let head_grads = GradientsParams::from_module(&mut grads, &run.heads);
-    let heads = std::mem::take(&mut run.heads);
-    run.heads = run.optimizer.step(info.learning_rate, heads, head_grads);
     Ok((
-        optimizer.step(info.learning_rate, model, student_grads),
+        Some((student_grads, head_grads)),
         loss_value,
         correct,
         parts,

@@ -444,6 +444,8 @@ fn a_study_spread_over_two_ranks_reports_what_one_process_reports() {
             "--config",
             config.to_str().unwrap(),
             "--quiet",
+            "--distribute",
+            "runs",
             "--out",
         ]
         .iter()
@@ -564,4 +566,96 @@ fn a_hung_rank_stops_the_job_after_the_stated_timeout_with_the_last_checkpoint_i
         .unwrap();
     assert!(resumed.status.success(), "{}", text(&resumed));
     assert!(out.join("checkpoints/epoch-0030").exists());
+}
+
+#[test]
+fn a_study_trained_data_parallel_on_two_ranks_matches_one_process() {
+    if !have_mpirun() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    std::fs::write(&spec, SPEC).unwrap();
+    // no dropout anywhere (each rank draws its own masks), and a feature method (AT, whose heads
+    // are empty; its loss is a mean over the images, so the shares add up to the global batch's)
+    let study = format!(
+        r#"
+data = "embedded"
+seeds = 1
+
+[teacher]
+model = "{spec}"
+epochs = 1
+
+[student]
+model = "{spec}"
+epochs = 2
+
+[training]
+batch_size = 64
+seed = 7
+
+[sweep]
+alpha = [0.5]
+temperature = [2.0]
+t2_scaling = [true]
+
+[[method]]
+features = {{ kind = "at", taps = ["block1"] }}
+"#,
+        spec = spec.display()
+    );
+    let config = dir.path().join("study.toml");
+    std::fs::write(&config, study).unwrap();
+    let args = |out: &str| -> Vec<String> {
+        [
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--quiet",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([dir.path().join(out).to_str().unwrap().to_string()])
+        .collect()
+    };
+    let one = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(args("one"))
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+    let two = mpirun(2)
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(args("two"))
+        .output()
+        .unwrap();
+    assert!(two.status.success(), "{}", text(&two));
+    let stdout = String::from_utf8_lossy(&two.stdout);
+    // rank 1's standard output is dropped: one report, not two
+    assert_eq!(
+        stdout.matches("# Distillation report").count(),
+        1,
+        "{stdout}"
+    );
+    for run in [
+        "teacher",
+        "scratch/seed-7",
+        "distilled/a0.5-T2-t2/seed-7",
+        "methods/at/seed-7",
+    ] {
+        let (a, b) = (
+            dir.path().join("one").join(run),
+            dir.path().join("two").join(run),
+        );
+        let diff = common::max_abs_diff(&run_support::weights(&a), &run_support::weights(&b));
+        eprintln!("{run}: 2 ranks vs 1 process, max abs weight difference {diff:e}");
+        assert!(diff <= 1e-5, "{run}: {diff:e}");
+        let log = std::fs::read_to_string(b.join("train.log")).unwrap();
+        assert!(
+            log.contains("epoch 1: the 2 ranks hold the same weights"),
+            "{run}: {log}"
+        );
+    }
 }

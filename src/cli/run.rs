@@ -42,9 +42,23 @@ pub struct RunArgs {
     /// hour as one 2-thread process.
     #[arg(long, default_value_t = 1)]
     pub jobs: usize,
+    /// Under mpirun: `batches` trains every run data-parallel over all the ranks (each rank
+    /// takes its part of every batch); `runs` spreads the study's runs over the ranks, each
+    /// trained whole by one rank (no communication; best when the runs are many and small).
+    #[arg(long, value_enum, default_value_t = Distribute::Batches)]
+    pub distribute: Distribute,
     /// A worker of `--jobs`: train shard I of N of the student runs, then stop.
     #[arg(long, hide = true, value_name = "I/N")]
     pub shard: Option<Shard>,
+}
+
+/// How the ranks of an MPI job share a study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distribute {
+    /// Every run data-parallel over all the ranks.
+    Batches,
+    /// Each run whole on one rank.
+    Runs,
 }
 
 /// `distill run`.
@@ -92,8 +106,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
                 args.jobs
             );
         }
-        if !spread_over_ranks(&config, &mut options)? {
-            return Ok(());
+        match args.distribute {
+            Distribute::Runs => {
+                if !spread_over_ranks(&config, &mut options)? {
+                    return Ok(());
+                }
+            }
+            Distribute::Batches => prepare_data_parallel(&config)?,
         }
     }
     if args.jobs > 1 {
@@ -115,6 +134,40 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Under mpirun with `--distribute batches`: every rank runs the whole study in step, training
+/// each run data-parallel (see `train::fit_model`), and rank 0 writes. CRD is refused here, before
+/// any teacher trains: its memory bank is not shared across ranks. The other ranks' standard
+/// output is dropped (it repeats rank 0's); their errors still show.
+fn prepare_data_parallel(config: &ExperimentConfig) -> anyhow::Result<()> {
+    if config
+        .methods
+        .iter()
+        .any(|m| matches!(m.features, Some(crate::methods::FeatureMethod::Crd(_))))
+    {
+        anyhow::bail!(
+            "this study has a CRD arm, whose memory bank is not shared across ranks: run it with `--distribute runs` (each run on one rank), or without the CRD arm"
+        );
+    }
+    if !crate::distributed::is_root() {
+        silence_stdout();
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn silence_stdout() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        // SAFETY: dup2 on two open descriptors; stdout is replaced, nothing else changes
+        unsafe {
+            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn silence_stdout() {}
 
 /// Under mpirun, a study's runs are spread over the ranks (each trains whole runs alone, as a
 /// `--jobs` worker does): rank 0 prepares the teacher and its caches while the others wait, every

@@ -125,7 +125,7 @@ fn prepare(
         _ => None,
     };
     // written when the cache is built, read back by a resumed run that finds it on disk
-    if let Some(seconds) = cache_build_seconds {
+    if let Some(seconds) = cache_build_seconds.filter(|_| crate::distributed::is_root()) {
         let _ = std::fs::write(
             out.join("teacher-logits").join("build-seconds.txt"),
             format!("{seconds:.3}\n"),

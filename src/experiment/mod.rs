@@ -1011,8 +1011,10 @@ fn run_study(
     let out = &options.out;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
-        .with_context(|| format!("output directory {} is not writable", out.display()))?;
+    if crate::distributed::is_root() {
+        std::fs::write(out.join("experiment.toml"), toml::to_string(config)?)
+            .with_context(|| format!("output directory {} is not writable", out.display()))?;
+    }
     if config.is_text() {
         return text::run(config, options, started, shard);
     }

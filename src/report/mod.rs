@@ -803,6 +803,10 @@ impl Report {
     /// `report.json`, `learning_curves.png`, `accuracy_vs_alpha.png` and
     /// `accuracy_by_setting.png` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        // under MPI, rank 0 writes for every rank
+        if !crate::distributed::is_root() {
+            return Ok(());
+        }
         std::fs::write(dir.join("report.md"), self.markdown())
             .with_context(|| format!("cannot write {}", dir.join("report.md").display()))?;
         std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)
