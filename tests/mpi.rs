@@ -363,6 +363,13 @@ fn a_rank_killed_mid_epoch_ends_the_job_quickly_and_its_checkpoint_resumes_on_on
         !out.join("checkpoints/epoch-0004").exists(),
         "the run finished before the kill"
     );
+    // the survivor says why it stops; the launcher names the rank that died
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error (rank 0 of 2): stopped by the MPI launcher"),
+        "{}",
+        text(&output)
+    );
     eprintln!(
         "a killed rank ended the job in {:.2} s",
         ended_after.as_secs_f64()

@@ -28,9 +28,43 @@ pub(super) fn init() -> (mpi::environment::Universe, Place) {
             default_hook(info);
             abort(101);
         }));
+        say_why_on_sigterm(place);
     }
     (universe, place)
 }
+
+/// The line a rank prints when the launcher stops it (see [`say_why_on_sigterm`]).
+static TERMINATED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// When a rank dies, the launcher stops the others with SIGTERM (then SIGKILL a second later);
+/// without a handler they vanish silently and only the launcher's banner names the failed rank.
+/// With it each survivor says why it stops.
+#[cfg(unix)]
+fn say_why_on_sigterm(place: Place) {
+    extern "C" fn on_sigterm(_: libc::c_int) {
+        if let Some(line) = TERMINATED.get() {
+            // SAFETY: write(2) and _exit(2) are async-signal-safe; the line is never freed
+            unsafe {
+                libc::write(libc::STDERR_FILENO, line.as_ptr().cast(), line.len());
+                libc::_exit(143);
+            }
+        }
+    }
+    let _ = TERMINATED.set(
+        format!(
+            "error (rank {} of {}): stopped by the MPI launcher, because another rank failed or the job was cancelled (the launcher names the rank that failed); the last checkpoint is intact and resumes\n",
+            place.rank, place.size
+        )
+        .into_bytes(),
+    );
+    // SAFETY: installs a handler that only reads the static line, writes and exits
+    unsafe {
+        libc::signal(libc::SIGTERM, on_sigterm as *const () as libc::sighandler_t);
+    }
+}
+
+#[cfg(not(unix))]
+fn say_why_on_sigterm(_place: Place) {}
 
 /// Stops every rank of the job with `code`, after a moment for the launcher to forward this
 /// rank's last message (it is otherwise sometimes lost).
