@@ -78,6 +78,32 @@ fn mpirun(ranks: usize) -> Command {
     command
 }
 
+/// `distill ARGS` in one process on one thread, which must succeed.
+fn alone<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_distill"))
+        .env("RAYON_NUM_THREADS", "1")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    output
+}
+
+/// `mpirun -np 2 [MPIRUN_ARGS] distill ARGS`, which must succeed.
+fn on_two_ranks<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(
+    mpirun_args: &[&str],
+    args: I,
+) -> Output {
+    let output = mpirun(2)
+        .args(mpirun_args)
+        .arg(env!("CARGO_BIN_EXE_distill"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    output
+}
+
 fn train_args(spec: &Path, out: &Path, batch: usize) -> Vec<String> {
     [
         "train",
@@ -124,18 +150,8 @@ fn two_ranks_train_the_weights_one_process_trains_on_the_same_global_batches() {
         args.extend(["--val-split".to_string(), "0.00783".to_string()]);
         args
     };
-    let single = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .env("RAYON_NUM_THREADS", "1")
-        .args(args("one"))
-        .output()
-        .unwrap();
-    assert!(single.status.success(), "{}", text(&single));
-    let parallel = mpirun(2)
-        .arg(env!("CARGO_BIN_EXE_distill"))
-        .args(args("two"))
-        .output()
-        .unwrap();
-    assert!(parallel.status.success(), "{}", text(&parallel));
+    alone(args("one"));
+    on_two_ranks(&[], args("two"));
 
     // Both ranks hashed their weights after every epoch and agreed (a disagreement fails the run).
     let log = std::fs::read_to_string(dir.path().join("two/train.log")).unwrap();
@@ -248,48 +264,31 @@ fn teacher_logit_caches_built_by_two_ranks_are_the_files_one_process_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = |p: &str| dir.path().join(p);
     std::fs::write(path("spec.toml"), SPEC).unwrap();
-    let teacher = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .env("RAYON_NUM_THREADS", "1")
-        .args([
-            "train",
-            "--model",
-            "teacher-small",
-            "--data",
-            "embedded",
-            "--epochs",
-            "1",
-            "--quiet",
-            "--out",
-        ])
-        .arg(path("teacher"))
-        .output()
-        .unwrap();
-    assert!(teacher.status.success(), "{}", text(&teacher));
+    let teacher = path("teacher");
+    alone([
+        "train",
+        "--model",
+        "teacher-small",
+        "--data",
+        "embedded",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--out",
+        teacher.to_str().unwrap(),
+    ]);
     for (views, name) in [(false, "plain"), (true, "views")] {
-        let one = Command::new(env!("CARGO_BIN_EXE_distill"))
-            .env("RAYON_NUM_THREADS", "1")
-            .args(distill_args(
-                &path("teacher"),
+        let run = |ranks: &str| {
+            distill_args(
+                &teacher,
                 &path("spec.toml"),
-                &path(&format!("{name}-one")),
-                &path(&format!("{name}-one.bin")),
+                &path(&format!("{name}-{ranks}")),
+                &path(&format!("{name}-{ranks}.bin")),
                 views,
-            ))
-            .output()
-            .unwrap();
-        assert!(one.status.success(), "{}", text(&one));
-        let two = mpirun(2)
-            .arg(env!("CARGO_BIN_EXE_distill"))
-            .args(distill_args(
-                &path("teacher"),
-                &path("spec.toml"),
-                &path(&format!("{name}-two")),
-                &path(&format!("{name}-two.bin")),
-                views,
-            ))
-            .output()
-            .unwrap();
-        assert!(two.status.success(), "{}", text(&two));
+            )
+        };
+        alone(run("one"));
+        on_two_ranks(&[], run("two"));
         let (a, b) = (
             std::fs::read(path(&format!("{name}-one.bin"))).unwrap(),
             std::fs::read(path(&format!("{name}-two.bin"))).unwrap(),
@@ -379,22 +378,12 @@ fn a_rank_killed_mid_epoch_ends_the_job_quickly_and_its_checkpoint_resumes_on_on
     copy_dir(&out, &copy);
     let mut one_args = args.clone();
     one_args.push("--resume".into());
-    let one = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .env("RAYON_NUM_THREADS", "1")
-        .args(&one_args)
-        .output()
-        .unwrap();
-    assert!(one.status.success(), "{}", text(&one));
+    alone(&one_args);
     let mut two_args = args.clone();
     let at = two_args.iter().position(|a| a == "--out").unwrap();
     two_args[at + 1] = copy.to_str().unwrap().into();
     two_args.push("--resume".into());
-    let two = mpirun(2)
-        .arg(env!("CARGO_BIN_EXE_distill"))
-        .args(&two_args)
-        .output()
-        .unwrap();
-    assert!(two.status.success(), "{}", text(&two));
+    on_two_ranks(&[], &two_args);
     assert!(
         out.join("checkpoints/epoch-0004").exists() && copy.join("checkpoints/epoch-0004").exists()
     );
@@ -460,19 +449,8 @@ fn a_study_spread_over_two_ranks_reports_what_one_process_reports() {
         .chain([dir.path().join(out).to_str().unwrap().to_string()])
         .collect()
     };
-    let one = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .env("RAYON_NUM_THREADS", "1")
-        .args(study("one"))
-        .output()
-        .unwrap();
-    assert!(one.status.success(), "{}", text(&one));
-    let two = mpirun(2)
-        .arg("--tag-output")
-        .arg(env!("CARGO_BIN_EXE_distill"))
-        .args(study("two"))
-        .output()
-        .unwrap();
-    assert!(two.status.success(), "{}", text(&two));
+    alone(study("one"));
+    let two = on_two_ranks(&["--tag-output"], study("two"));
     let stdout = String::from_utf8_lossy(&two.stdout);
     assert!(stdout.contains("on 2 MPI ranks"), "{stdout}");
     assert_eq!(
@@ -565,13 +543,7 @@ fn a_hung_rank_stops_the_job_after_the_stated_timeout_with_the_last_checkpoint_i
         ended_after.as_secs_f64()
     );
     // the last checkpoint resumes, here on one process, to the end
-    let resumed = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .env("RAYON_NUM_THREADS", "1")
-        .args(&args)
-        .arg("--resume")
-        .output()
-        .unwrap();
-    assert!(resumed.status.success(), "{}", text(&resumed));
+    alone(args.iter().map(String::as_str).chain(["--resume"]));
     assert!(out.join("checkpoints/epoch-0030").exists());
 }
 
@@ -627,18 +599,8 @@ features = {{ kind = "at", taps = ["block1"] }}
         .chain([dir.path().join(out).to_str().unwrap().to_string()])
         .collect()
     };
-    let one = Command::new(env!("CARGO_BIN_EXE_distill"))
-        .env("RAYON_NUM_THREADS", "1")
-        .args(args("one"))
-        .output()
-        .unwrap();
-    assert!(one.status.success(), "{}", text(&one));
-    let two = mpirun(2)
-        .arg(env!("CARGO_BIN_EXE_distill"))
-        .args(args("two"))
-        .output()
-        .unwrap();
-    assert!(two.status.success(), "{}", text(&two));
+    alone(args("one"));
+    let two = on_two_ranks(&[], args("two"));
     let stdout = String::from_utf8_lossy(&two.stdout);
     // rank 1's standard output is dropped: one report, not two
     assert_eq!(
