@@ -246,7 +246,13 @@ fn register(
         device: &Device,
     ) {
         let data = TensorData::new(values.to_vec(), dims.to_vec());
-        grads.register::<D>(id, Tensor::<D>::from_data(data, device));
+        // Added to a zero tensor so that the gradient lives in storage the backend allocated:
+        // Adam's update on tensors made straight from a Vec ran far slower (one process, resnet20,
+        // batch 32: 220–250 ms a step against 183–187 ms this way and 166 ms on the backward's
+        // own gradients).
+        let tensor =
+            Tensor::<D>::zeros(dims.to_vec(), device) + Tensor::<D>::from_data(data, device);
+        grads.register::<D>(id, tensor);
     }
     match dims.len() {
         1 => put::<1>(grads, id, values, dims, device),
