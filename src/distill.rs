@@ -143,36 +143,25 @@ impl Teacher {
         progress: bool,
     ) -> anyhow::Result<Vec<f32>> {
         let order = batch_order(split.len(), 256, false, 0, 0);
-        // Under MPI each rank runs its contiguous share of these batches and the shares are
-        // gathered: the same batches one process runs, so the same bits.
-        let place = crate::distributed::place();
-        let mine = crate::distributed::shard_of(&order, place.rank, place.size);
         let bar = crate::progress::bar(
-            mine.len() as u64,
+            crate::distributed::own_share(&order).len() as u64,
             "Teacher logits",
-            progress && place.rank == 0,
+            progress && crate::distributed::is_root(),
         );
-        let mut values = Vec::with_capacity(split.len() * self.classes);
-        for indices in mine {
-            let data = self.logits_for(split, indices, device)?.into_data();
-            values.extend(data.iter::<f32>());
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let counts: Vec<usize> = (0..place.size)
-            .map(|rank| {
-                let rows: usize = crate::distributed::shard_of(&order, rank, place.size)
-                    .iter()
-                    .map(Vec::len)
-                    .sum();
-                rows * self.classes
-            })
-            .collect();
-        Ok(crate::distributed::all_gather_rows(
-            &values,
-            &counts,
+        // under MPI each rank runs its share of the batches (see `compute_sharded`)
+        let values = crate::distributed::compute_sharded(
+            &order,
+            |indices| indices.len() * self.classes,
+            |indices, values| {
+                let data = self.logits_for(split, indices, device)?.into_data();
+                values.extend(data.iter::<f32>());
+                bar.inc(1);
+                Ok(())
+            },
             "the teacher logits",
-        ))
+        )?;
+        bar.finish_and_clear();
+        Ok(values)
     }
 }
 
@@ -752,35 +741,29 @@ pub fn view_logits(
     let started = std::time::Instant::now();
     let plain = device.clone().without_autodiff();
     let order = batch_order(train.len(), 256, false, 0, 0);
-    let place = crate::distributed::place();
-    let (first, end) = crate::distributed::shard_range(order.len() * views, place.rank, place.size);
-    let bar = crate::progress::bar(
-        (end - first) as u64,
-        &format!("Teacher logits, {views} views"),
-        progress && place.rank == 0,
-    );
     let classes = teacher.classes;
-    // Every (view, batch) pair, in one process's order; under MPI each rank runs a contiguous
-    // share and the shares are gathered, so the file is the one a single process writes.
+    // Every (view, batch) pair, in one process's order; under MPI each rank runs its share (see
+    // `compute_sharded`), so the file is the one a single process writes.
     let pairs: Vec<(usize, &Vec<usize>)> = (0..views)
         .flat_map(|view| order.iter().map(move |indices| (view, indices)))
         .collect();
-    let mut local: Vec<f32> = Vec::new();
-    for (view, indices) in crate::distributed::shard_of(&pairs, place.rank, place.size) {
-        let images = train.view_batch(indices, &vec![*view; indices.len()], aug, &plain);
-        local.extend(teacher.forward(images)?.into_data().iter::<f32>());
-        bar.inc(1);
-    }
+    let bar = crate::progress::bar(
+        crate::distributed::own_share(&pairs).len() as u64,
+        &format!("Teacher logits, {views} views"),
+        progress && crate::distributed::is_root(),
+    );
+    let rows = crate::distributed::compute_sharded(
+        &pairs,
+        |(_, indices)| indices.len() * classes,
+        |(view, indices), rows| {
+            let images = train.view_batch(indices, &vec![*view; indices.len()], aug, &plain);
+            rows.extend(teacher.forward(images)?.into_data().iter::<f32>());
+            bar.inc(1);
+            Ok(())
+        },
+        "the teacher's view logits",
+    )?;
     bar.finish_and_clear();
-    let counts: Vec<usize> = (0..place.size)
-        .map(|rank| {
-            crate::distributed::shard_of(&pairs, rank, place.size)
-                .iter()
-                .map(|(_, indices)| indices.len() * classes)
-                .sum()
-        })
-        .collect();
-    let rows = crate::distributed::all_gather_rows(&local, &counts, "the teacher's view logits");
     let mut values = vec![f16::ZERO; train.len() * views * classes];
     let mut chunks = rows.chunks_exact(classes);
     for (view, indices) in &pairs {

@@ -399,18 +399,18 @@ fn objective_label<I, T: SoftTargets<I> + ?Sized>(objective: &Objective<T>) -> S
 /// Seed of the backend's generator (dropout masks) for one epoch, so every epoch can be replayed
 /// on its own after a resume. Shuffling and augmentation are keyed by seed and epoch in
 /// [`crate::data`] itself.
-/// Mixed into the dropout seed of MPI rank `rank` (0 for rank 0, so one process and rank 0
-/// draw alike).
-fn rank_stream(rank: usize) -> u64 {
-    (rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
 fn dropout_seed(seed: u64, epoch: usize) -> u64 {
     // SplitMix64 finaliser over the pair, with a constant that sets it apart from the data streams.
     let mut z = seed ^ 0x6A09_E667_F3BC_C909 ^ (epoch as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Mixed into the dropout seed of MPI rank `rank` (0 for rank 0, so one process and rank 0
+/// draw alike).
+fn rank_stream(rank: usize) -> u64 {
+    (rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// Mean cross-entropy and accuracy of `network` on `split`, in inference mode.
@@ -780,15 +780,6 @@ where
         let _ = fs::remove_file(probe);
     }
     let parallel = crate::distributed::is_parallel();
-    if parallel {
-        check_data_parallel(
-            &objective,
-            config,
-            train_len,
-            &identity,
-            &objective_label(&objective),
-        )?;
-    }
     // An epoch checkpoint holds the weights and Adam's two moments (4 bytes each); the final
     // model is written next to it, and the previous checkpoint is only removed afterwards.
     let params = architecture.params()? as u64;
@@ -800,6 +791,9 @@ where
 
     let train_device = device.clone().autodiff();
     let objective_name = objective_label(&objective);
+    if parallel {
+        check_data_parallel(&objective, config, train_len, &identity, &objective_name)?;
+    }
     let mut model = architecture.init(config.seed, &train_device)?;
     let mut optimizer = config.optimizer.build();
     let mut method_run = match &objective {
@@ -914,7 +908,7 @@ where
             .map(|aug| (aug, augmentation_seed(config.seed, epoch)));
         for (step, global) in order.iter().enumerate() {
             // Under MPI this rank trains on its contiguous part of the global batch.
-            let indices = crate::distributed::shard_of(global, place.rank, place.size);
+            let indices = crate::distributed::own_share(global);
             let share = indices.len() as f32 / global.len() as f32;
             let batch = (!indices.is_empty())
                 .then(|| <A::Modality as Modality>::batch(train, indices, &train_device, augment));
@@ -1102,14 +1096,13 @@ fn check_data_parallel<T: ?Sized>(
     objective_name: &str,
 ) -> anyhow::Result<()> {
     let size = crate::distributed::size();
-    if let Objective::Features {
-        method: FeatureMethod::Crd(_),
-        ..
-    } = objective
-    {
-        bail!(
-            "method crd trains in one process: its memory bank, updated by every batch, is not shared across ranks yet. Spread a study's runs over the ranks instead (`mpirun … distill run --distribute runs`)"
-        );
+    if let Objective::Features { method, .. } = objective {
+        if !method.trains_data_parallel() {
+            bail!(
+                "method {} trains in one process: its memory bank, updated by every batch, is not shared across ranks yet. Spread a study's runs over the ranks instead (`mpirun … distill run --distribute runs`)",
+                method.name()
+            );
+        }
     }
     if !config.batch_size.is_multiple_of(size) {
         bail!(
@@ -1117,14 +1110,9 @@ fn check_data_parallel<T: ?Sized>(
             config.batch_size
         );
     }
-    let settings = format!("{identity:?}|{config:?}|{objective_name}|{train_len}");
-    crate::distributed::agree(
-        crate::distributed::fnv1a(settings.as_bytes()),
+    crate::distributed::agree_on_settings(
+        &format!("{identity:?}|{config:?}|{objective_name}|{train_len}"),
         "the model, the training settings and the data size",
-    )?;
-    crate::distributed::agree(
-        crate::distributed::binary_fingerprint(),
-        "the distill binary",
     )
 }
 

@@ -403,6 +403,16 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(status.success());
 }
 
+/// `distill run --config CONFIG --quiet [EXTRA] --out OUT`.
+fn study_args(config: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
+    ["run", "--config", config.to_str().unwrap(), "--quiet"]
+        .iter()
+        .chain(extra)
+        .chain(&["--out", out.to_str().unwrap()])
+        .map(|s| s.to_string())
+        .collect()
+}
+
 /// A small study: a teacher, 2 seeds of scratch and of 2 distilled points (6 student runs).
 const STUDY: &str = r#"
 data = "embedded"
@@ -434,21 +444,7 @@ fn a_study_spread_over_two_ranks_reports_what_one_process_reports() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("study.toml");
     std::fs::write(&config, STUDY).unwrap();
-    let study = |out: &str| -> Vec<String> {
-        [
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--quiet",
-            "--distribute",
-            "runs",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.path().join(out).to_str().unwrap().to_string()])
-        .collect()
-    };
+    let study = |out: &str| study_args(&config, &dir.path().join(out), &["--distribute", "runs"]);
     alone(study("one"));
     let two = on_two_ranks(&["--tag-output"], study("two"));
     let stdout = String::from_utf8_lossy(&two.stdout);
@@ -586,19 +582,7 @@ features = {{ kind = "at", taps = ["block1"] }}
     );
     let config = dir.path().join("study.toml");
     std::fs::write(&config, study).unwrap();
-    let args = |out: &str| -> Vec<String> {
-        [
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--quiet",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([dir.path().join(out).to_str().unwrap().to_string()])
-        .collect()
-    };
+    let args = |out: &str| study_args(&config, &dir.path().join(out), &[]);
     alone(args("one"));
     let two = on_two_ranks(&[], args("two"));
     let stdout = String::from_utf8_lossy(&two.stdout);

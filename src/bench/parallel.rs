@@ -119,7 +119,6 @@ fn time_parallel_training(
     steps: usize,
     device: &Device,
 ) -> anyhow::Result<ParallelTrainRow> {
-    let place = distributed::place();
     let train_device = device.clone().autodiff();
     let plain = device.clone().without_autodiff();
     let data = random_split(batch * 8, 1);
@@ -135,7 +134,7 @@ fn time_parallel_training(
     distributed::barrier("the training benchmark", false);
     let mut samples = time_ms(3, steps, || {
         let global = &order[step % order.len()];
-        let indices = distributed::shard_of(global, place.rank, place.size);
+        let indices = distributed::own_share(global);
         let current = network.take().expect("network");
         let batch = data.batch(indices, &train_device, None);
         let result = match &averager {

@@ -140,13 +140,15 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 /// any teacher trains: its memory bank is not shared across ranks. The other ranks' standard
 /// output is dropped (it repeats rank 0's); their errors still show.
 fn prepare_data_parallel(config: &ExperimentConfig) -> anyhow::Result<()> {
-    if config
+    if let Some(method) = config
         .methods
         .iter()
-        .any(|m| matches!(m.features, Some(crate::methods::FeatureMethod::Crd(_))))
+        .filter_map(|m| m.features.as_ref())
+        .find(|method| !method.trains_data_parallel())
     {
         anyhow::bail!(
-            "this study has a CRD arm, whose memory bank is not shared across ranks: run it with `--distribute runs` (each run on one rank), or without the CRD arm"
+            "this study has a {} arm, whose memory bank is not shared across ranks: run it with `--distribute runs` (each run on one rank), or without that arm",
+            method.name()
         );
     }
     if !crate::distributed::is_root() {
@@ -176,9 +178,7 @@ fn silence_stdout() {}
 fn spread_over_ranks(config: &ExperimentConfig, options: &mut RunOptions) -> anyhow::Result<bool> {
     use crate::distributed;
     let world = distributed::world();
-    let text = toml::to_string(config)?;
-    distributed::agree(distributed::fnv1a(text.as_bytes()), "the study's config")?;
-    distributed::agree(distributed::binary_fingerprint(), "the distill binary")?;
+    distributed::agree_on_settings(&toml::to_string(config)?, "the study's config")?;
     distributed::train_runs_independently();
     let shard = Shard {
         index: world.rank,

@@ -260,6 +260,46 @@ pub fn agree(value: u64, what: &str) -> anyhow::Result<()> {
     )
 }
 
+/// Fails the job unless every rank has the same `settings` (a config, rendered as text) and
+/// runs the same binary: [`agree`] on both, `what` naming the settings.
+pub fn agree_on_settings(settings: &str, what: &str) -> anyhow::Result<()> {
+    agree(fnv1a(settings.as_bytes()), what)?;
+    agree(binary_fingerprint(), "the distill binary")
+}
+
+/// What one process gets by running `compute` over every item in order (each call appends its
+/// values to the buffer it is given). Under MPI each rank runs only its contiguous share of
+/// `items` and the shares are gathered: the same calls on the same groups, so the same bits.
+/// `values_per_item` tells every rank how many values any item yields.
+pub fn compute_sharded<T>(
+    items: &[T],
+    values_per_item: impl Fn(&T) -> usize,
+    mut compute: impl FnMut(&T, &mut Vec<f32>) -> anyhow::Result<()>,
+    what: &str,
+) -> anyhow::Result<Vec<f32>> {
+    let place = place();
+    let mut local = Vec::new();
+    for item in shard_of(items, place.rank, place.size) {
+        compute(item, &mut local)?;
+    }
+    let counts: Vec<usize> = (0..place.size)
+        .map(|rank| {
+            shard_of(items, rank, place.size)
+                .iter()
+                .map(&values_per_item)
+                .sum()
+        })
+        .collect();
+    Ok(all_gather_rows(&local, &counts, what))
+}
+
+/// This rank's contiguous part of `items` among the ranks training one run (all of them in a
+/// world of one).
+pub fn own_share<T>(items: &[T]) -> &[T] {
+    let place = place();
+    shard_of(items, place.rank, place.size)
+}
+
 /// This rank's contiguous part of `items` when `size` ranks split them as evenly as possible
 /// (the first `len % size` ranks take one more).
 pub fn shard_of<T>(items: &[T], rank: usize, size: usize) -> &[T] {

@@ -121,6 +121,12 @@ impl FeatureMethod {
         }
     }
 
+    /// Whether the method can train data-parallel over MPI ranks: its heads are averaged like
+    /// the student, but CRD's memory bank, updated by every batch, is not shared across ranks.
+    pub fn trains_data_parallel(&self) -> bool {
+        !matches!(self, FeatureMethod::Crd(_))
+    }
+
     /// Checks the settings; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         match self {
