@@ -147,16 +147,18 @@ impl GradientAverage {
         let (values, tail) = send.split_at_mut(total);
         let mut grads = grads;
         let mut offset = 0;
+        let mut storages = Vec::with_capacity(params);
         for (k, (id, dims)) in self.layout.iter().enumerate() {
             let count: usize = dims.iter().product();
             let slot = &mut values[offset..offset + count];
-            let found = grads
+            let storage = grads
                 .as_mut()
-                .is_some_and(|g| take_scaled(g, *id, dims.len(), share, slot));
-            if !found {
+                .and_then(|g| take_scaled(g, *id, dims.len(), share, slot));
+            if storage.is_none() {
                 slot.fill(0.0);
             }
-            tail[k] = if found { 1.0 } else { 0.0 };
+            tail[k] = if storage.is_some() { 1.0 } else { 0.0 };
+            storages.push(storage);
             offset += count;
         }
         tail[params] = if share > 0.0 { loss * share } else { 0.0 };
@@ -166,7 +168,7 @@ impl GradientAverage {
         let mut averaged = GradientsParams::new();
         let mut offset = 0;
         let flags = &received[total..total + params];
-        for ((id, dims), flag) in self.layout.iter().zip(flags) {
+        for (((id, dims), flag), storage) in self.layout.iter().zip(flags).zip(storages) {
             let count: usize = dims.iter().product();
             if *flag > 0.0 {
                 register(
@@ -174,6 +176,7 @@ impl GradientAverage {
                     *id,
                     &received[offset..offset + count],
                     dims,
+                    storage,
                     device,
                 );
             }
@@ -188,25 +191,22 @@ impl GradientAverage {
     }
 }
 
-/// Moves `id`'s gradient (of tensor rank `rank`) out of `grads` into `slot`, times `share`;
-/// false when it has none.
+/// Moves `id`'s gradient (of tensor rank `rank`) out of `grads` into `slot`, times `share`, and
+/// returns its storage for [`register`] to refill; `None` when it has none.
 fn take_scaled(
     grads: &mut GradientsParams,
     id: ParamId,
     rank: usize,
     share: f32,
     slot: &mut [f32],
-) -> bool {
+) -> Option<TensorData> {
     fn take<const D: usize>(
         grads: &mut GradientsParams,
         id: ParamId,
         share: f32,
         slot: &mut [f32],
-    ) -> bool {
-        let Some(tensor) = grads.remove::<D>(id) else {
-            return false;
-        };
-        let data = tensor.into_data();
+    ) -> Option<TensorData> {
+        let data = grads.remove::<D>(id)?.into_data();
         match data.as_slice::<f32>() {
             Ok(values) => {
                 for (out, v) in slot.iter_mut().zip(values) {
@@ -219,7 +219,7 @@ fn take_scaled(
                 }
             }
         }
-        true
+        Some(data)
     }
     match rank {
         1 => take::<1>(grads, id, share, slot),
@@ -231,11 +231,14 @@ fn take_scaled(
     }
 }
 
+/// Registers `values` as `id`'s gradient, written into `storage` (the backward's own gradient,
+/// whose buffer the backend allocated) when this rank had one.
 fn register(
     grads: &mut GradientsParams,
     id: ParamId,
     values: &[f32],
     dims: &[usize],
+    storage: Option<TensorData>,
     device: &Device,
 ) {
     fn put<const D: usize>(
@@ -243,23 +246,31 @@ fn register(
         id: ParamId,
         values: &[f32],
         dims: &[usize],
+        storage: Option<TensorData>,
         device: &Device,
     ) {
-        let data = TensorData::new(values.to_vec(), dims.to_vec());
-        // Added to a zero tensor so that the gradient lives in storage the backend allocated:
-        // Adam's update on tensors made straight from a Vec ran far slower (one process, resnet20,
-        // batch 32: 220–250 ms a step against 183–187 ms this way and 166 ms on the backward's
-        // own gradients).
-        let tensor =
-            Tensor::<D>::zeros(dims.to_vec(), device) + Tensor::<D>::from_data(data, device);
+        let refilled = storage.and_then(|mut data| {
+            data.as_mut_slice::<f32>().ok()?.copy_from_slice(values);
+            Some(data)
+        });
+        let tensor = match refilled {
+            Some(data) => Tensor::<D>::from_data(data, device),
+            // Added to a zero tensor so that the gradient lives in storage the backend
+            // allocated: Adam's update on tensors made straight from a Vec ran far slower (one
+            // process, resnet20, batch 32: 220–250 ms a step against 183–187 ms this way).
+            None => {
+                let data = TensorData::new(values.to_vec(), dims.to_vec());
+                Tensor::<D>::zeros(dims.to_vec(), device) + Tensor::<D>::from_data(data, device)
+            }
+        };
         grads.register::<D>(id, tensor);
     }
     match dims.len() {
-        1 => put::<1>(grads, id, values, dims, device),
-        2 => put::<2>(grads, id, values, dims, device),
-        3 => put::<3>(grads, id, values, dims, device),
-        4 => put::<4>(grads, id, values, dims, device),
-        5 => put::<5>(grads, id, values, dims, device),
+        1 => put::<1>(grads, id, values, dims, storage, device),
+        2 => put::<2>(grads, id, values, dims, storage, device),
+        3 => put::<3>(grads, id, values, dims, storage, device),
+        4 => put::<4>(grads, id, values, dims, storage, device),
+        5 => put::<5>(grads, id, values, dims, storage, device),
         rank => panic!("a parameter of rank {rank}: gradients of rank 1 to 5 are supported"),
     }
 }
