@@ -1062,6 +1062,20 @@ mod tests {
         );
         assert_eq!(report.methods[0].epoch_cost, None);
 
+        // an epoch that spanned a pause (SIGSTOP for an hour) does not move the figure: the
+        // median epoch of 2, 2, 2, 3600 s is 2 s against scratch's 4 s
+        let mut paused = history(4, 2.0, Some(&two));
+        paused[2].seconds = 3600.0;
+        match compare_epoch_times(
+            &[&result("AT", &[0.8], vec![paused])],
+            "AT",
+            &result("scratch", &[0.8], vec![history(3, 4.0, Some(&two))]),
+            "scratch",
+        ) {
+            EpochComparison::Comparable(times) => assert_eq!(times.ratio(), 0.5),
+            other => panic!("{other:?}"),
+        }
+
         // nothing timed on one side: no figure and nothing to explain
         assert_eq!(
             compare_epoch_times(

@@ -1,14 +1,17 @@
 //! Epoch times compared only between runs made under the same compute settings (threads,
 //! `--jobs`, CPU model): a cost figure from unlike runs would measure the machine, not the method.
+//! Each side's figure is the median epoch: an epoch that spanned a pause (a run stopped with
+//! SIGSTOP while the machine measured something else, a suspended laptop) records hours, and
+//! would dominate a mean.
 
 use super::*;
 
-/// Mean epoch times of an arm and its control, over the runs under one compute setting.
+/// Median epoch times of an arm and its control, over the runs under one compute setting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochTimes {
-    /// The arm's mean epoch (seconds).
+    /// The arm's median epoch (seconds).
     pub arm_seconds: f64,
-    /// The control's mean epoch (seconds).
+    /// The control's median epoch (seconds).
     pub control_seconds: f64,
     /// The setting both were measured under.
     pub compute: Compute,
@@ -40,7 +43,7 @@ impl EpochTimes {
 /// Whether an arm's epoch times can be set against its control's.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EpochComparison {
-    /// Runs of both sides share a compute setting: their mean epochs.
+    /// Runs of both sides share a compute setting: their median epochs.
     Comparable(EpochTimes),
     /// No setting in common: why (`scratch ran with 2 threads, the distilled runs with 1
     /// thread`).
@@ -138,8 +141,8 @@ pub fn compare_epoch_times(
         .max_by_key(|(_, va, vc)| va.1 + vc.1);
     if let Some((compute, (arm_seconds, arm_runs), (control_seconds, control_runs))) = common {
         return EpochComparison::Comparable(EpochTimes {
-            arm_seconds: mean(arm_seconds),
-            control_seconds: mean(control_seconds),
+            arm_seconds: median(arm_seconds),
+            control_seconds: median(control_seconds),
             compute: compute.clone(),
             runs_left_out: a.runs + c.runs - arm_runs - control_runs,
         });
@@ -162,4 +165,16 @@ pub fn compare_epoch_times(
         ),
     };
     EpochComparison::NotComparable(format!("not comparable: {why}"))
+}
+
+/// The middle value (the mean of the two middle ones for an even count); `values` is not empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
 }
