@@ -28,6 +28,7 @@ pub fn cache_augmentation() -> Augmentation {
         horizontal_flip: true,
         views: Some(2),
         view_seed: 0,
+        mixup: None,
     }
 }
 

@@ -23,9 +23,11 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{augmentation_seed, batch_order, view_of, Augmentation, Split};
+use crate::data::{augmentation_seed, batch_order, view_of, Augmentation, LabelMix, Split};
 use crate::distill::TeacherLogits;
-use crate::losses::{cross_entropy, mapped_hidden_cosine, DistillLoss, HiddenTerm};
+use crate::losses::{
+    cross_entropy, mapped_hidden_cosine, mixup_cross_entropy, DistillLoss, HiddenTerm,
+};
 use crate::methods::{FeatureMethod, MethodBatch, MethodRun, TeacherFeatures};
 use crate::modality::image::{ImageArchitecture, Images};
 use crate::modality::{Architecture, Modality, ModelOf, SoftTargets};
@@ -914,11 +916,15 @@ where
                 .then(|| <A::Modality as Modality>::batch(train, indices, &train_device, augment));
             let views: Option<Vec<usize>> = augment
                 .and_then(|(aug, seed)| indices.iter().map(|&i| view_of(aug, seed, i)).collect());
+            let mix = <A::Modality as Modality>::label_mix(train, indices, augment);
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
             let (next, loss_value, batch_correct) = match (&objective, method_run.as_mut()) {
                 (Objective::Features { .. }, Some(run)) => {
+                    if mix.is_some() {
+                        bail!("feature methods do not train on mixup views (their blends have two labels): leave `augmentation.mixup` out for them, or distill with KD at alpha 0");
+                    }
                     let sync = match (&averager, &head_averager) {
                         (Some(student), Some(heads)) => Some(FeatureSync {
                             student,
@@ -960,6 +966,7 @@ where
                     StepContext {
                         indices,
                         views: views.as_deref(),
+                        mix: mix.as_ref(),
                         learning_rate: lr,
                         label_smoothing: config.label_smoothing,
                         epoch: epoch + 1,
@@ -967,16 +974,19 @@ where
                     share,
                     &plain_device,
                 )?,
-                _ => model_step::<A::Modality, T>(
+                _ => step_on::<A::Modality, T>(
                     model,
                     &mut optimizer,
                     &objective,
                     batch.expect("one process trains on the whole batch"),
-                    indices,
-                    views.as_deref(),
-                    lr,
-                    config.label_smoothing,
-                    epoch + 1,
+                    StepContext {
+                        indices,
+                        views: views.as_deref(),
+                        mix: mix.as_ref(),
+                        learning_rate: lr,
+                        label_smoothing: config.label_smoothing,
+                        epoch: epoch + 1,
+                    },
                     &plain_device,
                 )?,
             };
@@ -1182,6 +1192,7 @@ pub fn data_parallel_train_step(
         StepContext {
             indices,
             views: None,
+            mix: None,
             learning_rate,
             label_smoothing: 0.0,
             epoch: 1,
@@ -1212,10 +1223,29 @@ where
     let step = StepContext {
         indices,
         views,
+        mix: None,
         learning_rate,
         label_smoothing,
         epoch,
     };
+    step_on::<M, T>(model, optimizer, objective, batch, step, plain_device)
+}
+
+/// One optimisation step where `step` says everything about the batch (mixup's second labels
+/// included).
+fn step_on<M, T>(
+    model: M::Model,
+    optimizer: &mut ModuleOptimizer,
+    objective: &Objective<T>,
+    batch: (M::Input, Tensor<1, Int>),
+    step: StepContext<'_>,
+    plain_device: &Device,
+) -> anyhow::Result<(M::Model, f32, i64)>
+where
+    M: Modality,
+    T: SoftTargets<M::Input> + ?Sized,
+{
+    let learning_rate = step.learning_rate;
     match model_gradients::<M, T>(&model, objective, batch, step, plain_device)? {
         (Some(grads), loss, correct) => {
             Ok((optimizer.step(learning_rate, model, grads), loss, correct))
@@ -1224,12 +1254,14 @@ where
     }
 }
 
-/// Where a step is: the batch's dataset indices and fixed views (for cached teacher logits), the
-/// learning rate, label smoothing and the 1-based epoch (DKD's warm-up reads it).
+/// Where a step is: the batch's dataset indices and fixed views (for cached teacher logits), their
+/// blends' second labels under mixup, the learning rate, label smoothing and the 1-based epoch (DKD's warm-up reads it).
 #[derive(Clone, Copy)]
 struct StepContext<'a> {
     indices: &'a [usize],
     views: Option<&'a [usize]>,
+    /// Each example's second label and weight when the views blend two images (mixup).
+    mix: Option<&'a LabelMix>,
     learning_rate: f64,
     label_smoothing: f64,
     epoch: usize,
@@ -1251,6 +1283,7 @@ where
     let StepContext {
         indices,
         views,
+        mix,
         label_smoothing,
         epoch,
         ..
@@ -1268,7 +1301,10 @@ where
         (M::logits(model, input.clone()), None)
     };
     let loss = match objective {
-        Objective::Labels => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
+        Objective::Labels => match mix {
+            Some(mix) => mixup_cross_entropy(logits.clone(), labels.clone(), mix, label_smoothing),
+            None => cross_entropy(logits.clone(), labels.clone(), label_smoothing),
+        },
         Objective::Features { .. } => {
             bail!("a feature method trains through `fit_model`, which keeps its heads")
         }
@@ -1277,6 +1313,9 @@ where
             teacher,
             hidden,
         } => {
+            if mix.is_some() && !loss.ignores_labels() {
+                bail!("on mixup views the label term is a blend of two labels, which {} does not take: distill on the teacher alone (KD or MSE with alpha = 0: function matching)", loss.name());
+            }
             let teacher_logits = teacher
                 .logits_at(indices, views, &input, plain_device)?
                 .autodiff();

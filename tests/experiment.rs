@@ -387,6 +387,19 @@ fn bad_configs_fail_before_any_work() {
                 .replace("seed = 7", "seed = 7\n[training.augmentation]\nhorizontal_flip = true"),
             "`training.augmentation` (a text study's distilled students learn from `text.transfer_copies`) applies to images only",
         ),
+        // Mixup views: only with fixed views, and the distilled students learn from the
+        // teacher alone (function matching).
+        (
+            TINY.replace("seed = 7", "seed = 7\n[training.augmentation]\nmixup = 1.0"),
+            "`augmentation.mixup` blends fixed views: set `augmentation.views`",
+        ),
+        (
+            TINY.replace(
+                "seed = 7",
+                "seed = 7\n[training.augmentation]\nhorizontal_flip = true\nviews = 4\nmixup = 1.0",
+            ),
+            "`training.augmentation.mixup`: the sweep's KD with alpha 0.5 has a label term",
+        ),
         (
             format!(
                 "{}\n[text]\ncosine_weight = -1.0\n",

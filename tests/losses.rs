@@ -2,7 +2,8 @@
 //! tests/fixtures/make_loss_fixture.py) and gradients against finite differences.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use distill::losses::{cross_entropy, DistillLoss};
+use distill::data::LabelMix;
+use distill::losses::{cross_entropy, mixup_cross_entropy, DistillLoss};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -215,4 +216,56 @@ fn student_gradient_matches_finite_differences() {
             );
         }
     }
+}
+
+/// Mixup's cross-entropy against a hand computation in f64: `-(λ log p_y + (1 - λ) log p_y')`
+/// per example, averaged, and with smoothing the uniform term on top; with every `λ = 1` it is
+/// the plain cross-entropy.
+#[test]
+fn mixup_cross_entropy_blends_the_two_labels_log_probabilities() {
+    let device = Device::flex();
+    let rows = [[2.0f64, -1.0, 0.5], [0.0, 3.0, -2.0]];
+    let (labels, partners, lambdas) = ([0i64, 1], [2u32, 0], [0.7f32, 0.55]);
+    let logits = Tensor::<2>::from_data(
+        TensorData::new(
+            rows.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>(),
+            [2, 3],
+        ),
+        &device,
+    );
+    let labels_t = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [2]), &device);
+    let mix = LabelMix {
+        partners: partners.to_vec(),
+        lambdas: lambdas.to_vec(),
+    };
+    let log_softmax = |row: &[f64; 3]| -> Vec<f64> {
+        let norm = row.iter().map(|v| v.exp()).sum::<f64>().ln();
+        row.iter().map(|v| v - norm).collect()
+    };
+    let mut blended = 0.0;
+    let mut uniform = 0.0;
+    for (k, row) in rows.iter().enumerate() {
+        let lp = log_softmax(row);
+        let lambda = lambdas[k] as f64;
+        blended += lambda * lp[labels[k] as usize] + (1.0 - lambda) * lp[partners[k] as usize];
+        uniform += lp.iter().sum::<f64>() / 3.0;
+    }
+    let (blended, uniform) = (blended / 2.0, uniform / 2.0);
+    let got: f32 = mixup_cross_entropy(logits.clone(), labels_t.clone(), &mix, 0.0).into_scalar();
+    close(got, -blended, "mixup CE");
+    let eps = 0.1;
+    let got: f32 = mixup_cross_entropy(logits.clone(), labels_t.clone(), &mix, eps).into_scalar();
+    close(
+        got,
+        -((1.0 - eps) * blended + eps * uniform),
+        "smoothed mixup CE",
+    );
+
+    let unmixed = LabelMix {
+        partners: partners.to_vec(),
+        lambdas: vec![1.0, 1.0],
+    };
+    let plain: f32 = cross_entropy(logits.clone(), labels_t.clone(), 0.1).into_scalar();
+    let got: f32 = mixup_cross_entropy(logits, labels_t, &unmixed, 0.1).into_scalar();
+    assert!((got - plain).abs() <= 1e-6, "{got} vs {plain}");
 }

@@ -7,6 +7,7 @@ use std::process::Command;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use distill::data::{view_of, Augmentation, Dataset, Split};
+use rand::SeedableRng;
 mod common;
 
 use common::{config, embedded, job, serial};
@@ -21,6 +22,7 @@ fn views(k: usize) -> Augmentation {
         horizontal_flip: true,
         views: Some(k),
         view_seed: 5,
+        mixup: None,
     }
 }
 
@@ -215,6 +217,103 @@ fn views_are_fixed_per_image_and_chosen_per_seed_and_epoch() {
     assert_eq!(view_of(&Augmentation::default(), seed, 0), None);
 }
 
+/// Mixup views: each fixed view is `λ · view(i) + (1 − λ) · view(j)` (pixels scaled to [0, 1]),
+/// with the partner and `λ` fixed per view like the view itself; the batch shows them, and the
+/// label side names each partner's label and weight.
+#[test]
+fn mixup_views_blend_two_fixed_views_and_name_both_labels() {
+    let data = embedded();
+    let split = data.train.subset(&(0..64).collect::<Vec<_>>());
+    let aug = Augmentation {
+        mixup: Some(1.0),
+        ..views(4)
+    };
+    assert!(aug.validate().is_ok());
+    assert!(
+        aug.describe().ends_with("mixup alpha 1"),
+        "{}",
+        aug.describe()
+    );
+    let device = Device::flex();
+    let mix = split.view_mix(5, 2, &aug).unwrap();
+    assert_eq!(split.view_mix(5, 2, &aug), Some(mix), "fixed per view");
+    assert!((0.5..=1.0).contains(&mix.lambda) && mix.partner < 64);
+    let (own, other) = (
+        split.view_image(5, 2, &aug),
+        split.view_image(mix.partner, 2, &aug),
+    );
+    let blended = flatten(split.view_batch(&[5], &[2], &aug, &device).reshape([1, -1]));
+    let lambda = mix.lambda as f64;
+    for ((&got, &a), &b) in blended.iter().zip(&own).zip(&other) {
+        let want = (lambda * a as f64 + (1.0 - lambda) * b as f64) / 255.0;
+        assert!((got as f64 - want).abs() <= 1e-6, "{got} vs {want}");
+    }
+    assert!(
+        split.view_mix(5, 2, &views(4)).is_none(),
+        "no mixup, no blend"
+    );
+
+    // The training batch shows the chosen views' blends; the label side matches them.
+    let indices: Vec<usize> = (0..64).collect();
+    let seed = distill::data::augmentation_seed(7, 1);
+    let chosen: Vec<usize> = indices
+        .iter()
+        .map(|&i| view_of(&aug, seed, i).unwrap())
+        .collect();
+    let (batch, labels) = split.batch(&indices, &device, Some((&aug, seed)));
+    assert_eq!(
+        batch.into_data().try_to_vec::<f32>().unwrap(),
+        split
+            .view_batch(&indices, &chosen, &aug, &device)
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    );
+    let label_mix = split.label_mix(&indices, Some((&aug, seed))).unwrap();
+    for (k, (&i, &v)) in indices.iter().zip(&chosen).enumerate() {
+        let m = split.view_mix(i, v, &aug).unwrap();
+        assert_eq!(label_mix.partners[k], split.labels[m.partner]);
+        assert_eq!(label_mix.lambdas[k], m.lambda);
+    }
+    assert_eq!(
+        labels.into_data().iter::<i64>().collect::<Vec<_>>(),
+        indices
+            .iter()
+            .map(|&i| split.labels[i] as i64)
+            .collect::<Vec<_>>(),
+        "the first label stays the image's own"
+    );
+    assert!(split.label_mix(&indices, Some((&views(4), seed))).is_none());
+
+    // Beta(1, 1) is uniform, so the own weight max(λ, 1 − λ) is uniform on [0.5, 1]: mean 0.75,
+    // half of the draws below 0.75 (20,000 draws: the mean's standard error is 0.001).
+    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(3);
+    let draws: Vec<f64> = (0..20_000)
+        .map(|_| distill::data::draw_mix(1.0, 64, &mut rng).lambda as f64)
+        .collect();
+    let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+    let below = draws.iter().filter(|&&l| l < 0.75).count() as f64 / draws.len() as f64;
+    assert!((mean - 0.75).abs() < 0.01, "mean {mean}");
+    assert!((below - 0.5).abs() < 0.02, "below 0.75: {below}");
+
+    // Mixup needs fixed views and a positive alpha.
+    let fresh = Augmentation {
+        views: None,
+        ..aug.clone()
+    };
+    assert!(fresh
+        .validate()
+        .unwrap_err()
+        .contains("`augmentation.views`"));
+    for alpha in [0.0, -1.0, f64::NAN] {
+        let bad = Augmentation {
+            mixup: Some(alpha),
+            ..aug.clone()
+        };
+        assert!(bad.validate().unwrap_err().contains("`augmentation.mixup`"));
+    }
+}
+
 #[test]
 fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
     let data = embedded();
@@ -340,6 +439,89 @@ fn view_cache_matches_the_live_teacher_and_is_reused_or_rebuilt() {
     .err()
     .unwrap();
     assert!(format!("{err:#}").contains("at least 1"), "{err:#}");
+}
+
+/// Function matching: a student distilled on mixup views from the teacher alone (KD, alpha 0)
+/// trains, and so does the mixup scratch control; a label term, which would need the blend's two
+/// labels, is refused with a message that says what to use.
+#[test]
+fn function_matching_trains_on_mixup_views_and_refuses_a_label_term() {
+    let _serial = serial();
+    let data = embedded();
+    let subset = data.train.subset(&(0..256).collect::<Vec<_>>());
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
+    let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
+    let aug = Augmentation {
+        mixup: Some(1.0),
+        ..views(4)
+    };
+    let cached = view_logits(
+        &teacher,
+        &subset,
+        &aug,
+        CacheLocation::Memory,
+        &device,
+        false,
+    )
+    .unwrap();
+    let spec = zoo::get("student").unwrap();
+    let config = TrainConfig {
+        epochs: 1,
+        augmentation: Some(aug),
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let kd = |alpha: f64| DistillLoss::Kd {
+        alpha,
+        temperature: 1.0,
+        t2_scaling: false,
+    };
+    let matched = train(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Distill {
+            loss: kd(0.0),
+            teacher: &cached,
+            hidden: None,
+        },
+        &dir.path().join("matched"),
+        None,
+    );
+    assert!(matched.history[0].loss.is_finite());
+    let control = train(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Labels,
+        &dir.path().join("scratch"),
+        None,
+    );
+    assert!(control.history[0].loss.is_finite());
+
+    let labelled = dir.path().join("labelled");
+    let job = job(
+        &spec,
+        &data,
+        &subset,
+        &config,
+        Objective::Distill {
+            loss: kd(0.1),
+            teacher: &cached,
+            hidden: None,
+        },
+        &labelled,
+        false,
+    );
+    let message = format!("{:#}", fit(job, &device).err().unwrap());
+    assert!(
+        message.contains("KD with alpha 0.1") && message.contains("function matching"),
+        "{message}"
+    );
 }
 
 /// Paired seeds: with alpha = 1 the KD loss is exactly the label cross-entropy, so a distilled

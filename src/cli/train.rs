@@ -124,6 +124,7 @@ impl TrainArgs {
                 horizontal_flip: true,
                 views: self.views,
                 view_seed: 0,
+                mixup: None,
             }),
         }
     }

@@ -7,11 +7,19 @@
 //! `view_seed` and the image's index) and every epoch shows one of them. This is what makes
 //! *consistent teaching* affordable: the teacher's logits for all K views are computed once and
 //! replayed (FKD, Shen & Xing 2022), and the student sees exactly the view the teacher saw.
+//!
+//! With `mixup = α` as well, each fixed view blends two training images: `λ · view(i) + (1 − λ)
+//! · view(j)`, with the partner `j` and `λ ~ Beta(α, α)` drawn with the view, so the teacher's
+//! cached logits and the student see the same blend. This is *function matching* (Beyer et al.
+//! 2022): a student trained on the teacher's outputs alone for inputs off the data manifold. A
+//! student trained on labels sees the blend of the two labels (mixup, Zhang et al. 2018), the
+//! control a function-matching study needs.
 
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::{Rng, RngExt};
 
 /// Which augmentations to apply to training images (the default applies none).
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Augmentation {
     /// Pad each side with this many zero pixels, then crop back to the original size at a
@@ -24,12 +32,15 @@ pub struct Augmentation {
     pub views: Option<usize>,
     /// Seeds the fixed views; shared by every run of a study, so one cache serves all seeds.
     pub view_seed: u64,
+    /// Blend each fixed view with another training image's view, the weight drawn from
+    /// `Beta(α, α)` with this `α` (`None`: no blending). Needs `views`.
+    pub mixup: Option<f64>,
 }
 
 impl Augmentation {
     /// True when this augmentation leaves every image unchanged.
     pub fn is_identity(&self) -> bool {
-        self.crop_padding == 0 && !self.horizontal_flip
+        self.crop_padding == 0 && !self.horizontal_flip && self.mixup.is_none()
     }
 
     /// Rejects settings that cannot work, naming the field.
@@ -39,6 +50,19 @@ impl Augmentation {
                 "`augmentation.views` must be at least 1 (or left out for fresh transforms each epoch), got 0"
                     .into(),
             );
+        }
+        if let Some(alpha) = self.mixup {
+            if !(alpha.is_finite() && alpha > 0.0) {
+                return Err(format!(
+                    "`augmentation.mixup` (the Beta distribution's alpha) must be a positive number, got {alpha}"
+                ));
+            }
+            if self.views.is_none() {
+                return Err(
+                    "`augmentation.mixup` blends fixed views: set `augmentation.views` as well (e.g. 8)"
+                        .into(),
+                );
+            }
         }
         if self.crop_padding > 64 {
             return Err(format!(
@@ -64,6 +88,9 @@ impl Augmentation {
             Some(k) => parts.push(format!("{k} fixed views (view seed {})", self.view_seed)),
             None => parts.push("fresh transforms each epoch".to_string()),
         }
+        if let Some(alpha) = self.mixup {
+            parts.push(format!("mixup alpha {alpha}"));
+        }
         parts.join(", ")
     }
 
@@ -82,6 +109,54 @@ impl Augmentation {
             out = flip_horizontal(&out, shape);
         }
         out
+    }
+}
+
+/// One fixed view's blend: the partner image and the weight of the image itself.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mix {
+    /// Index (in the same split) of the image blended in.
+    pub partner: usize,
+    /// The image's own weight, in `[0.5, 1]`: of `λ` and `1 − λ` the larger goes to the image
+    /// itself, so its label stays the majority one (the blend's distribution is unchanged,
+    /// since `Beta(α, α)` is symmetric).
+    pub lambda: f32,
+}
+
+/// The label side of a batch of blended views: each example's partner label and own weight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelMix {
+    /// The label of the image blended into each example.
+    pub partners: Vec<u32>,
+    /// Each example's own weight `λ` ([`Mix::lambda`]).
+    pub lambdas: Vec<f32>,
+}
+
+impl LabelMix {
+    /// The partners' labels as a tensor, `[batch]`.
+    pub fn partner_labels(&self, device: &Device) -> Tensor<1, Int> {
+        let labels: Vec<i64> = self.partners.iter().map(|&l| i64::from(l)).collect();
+        Tensor::from_data(TensorData::new(labels, [self.partners.len()]), device)
+    }
+
+    /// The own weights as a tensor, `[batch]`.
+    pub fn lambdas(&self, device: &Device) -> Tensor<1> {
+        Tensor::from_data(
+            TensorData::new(self.lambdas.clone(), [self.lambdas.len()]),
+            device,
+        )
+    }
+}
+
+/// Draws a view's blend: the partner uniformly from `0..len` and `λ ~ Beta(alpha, alpha)`.
+pub fn draw_mix<R: Rng + ?Sized>(alpha: f64, len: usize, rng: &mut R) -> Mix {
+    use rand_distr::{Beta, Distribution};
+    let partner = rng.random_range(0..len);
+    let beta = Beta::new(alpha, alpha).expect("validated: alpha > 0");
+    let lambda: f64 = beta.sample(rng);
+    Mix {
+        partner,
+        lambda: lambda.max(1.0 - lambda) as f32,
     }
 }
 

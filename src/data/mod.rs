@@ -48,7 +48,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
-pub use augment::Augmentation;
+pub use augment::{draw_mix, Augmentation, LabelMix, Mix};
 pub use error::DataError;
 
 /// MNIST class names, in label order.
@@ -435,16 +435,14 @@ impl Split {
         for &i in indices {
             let image = self.image(i);
             match augment {
-                Some((aug, seed)) if !aug.is_identity() => {
-                    let out = match view_of(aug, seed, i) {
-                        Some(view) => self.view_image(i, view, aug),
-                        None => {
-                            let mut rng = seeded_rng(Stream::Augment, seed, i as u64);
-                            aug.apply(image, self.shape, &mut rng)
-                        }
-                    };
-                    pixels.extend(out.iter().map(|&v| f32::from(v) / 255.0));
-                }
+                Some((aug, seed)) if !aug.is_identity() => match view_of(aug, seed, i) {
+                    Some(view) => self.extend_view_pixels(&mut pixels, i, view, aug),
+                    None => {
+                        let mut rng = seeded_rng(Stream::Augment, seed, i as u64);
+                        let out = aug.apply(image, self.shape, &mut rng);
+                        pixels.extend(out.iter().map(|&v| f32::from(v) / 255.0));
+                    }
+                },
                 _ => pixels.extend(image.iter().map(|&v| f32::from(v) / 255.0)),
             }
             labels.push(i64::from(self.labels[i]));
@@ -466,6 +464,57 @@ impl Split {
         aug.apply(self.image(index), self.shape, &mut rng)
     }
 
+    /// The blend of view `view` of image `index` when `aug` mixes views (see
+    /// [`Augmentation::mixup`]), drawn from the view seed alone like the view itself.
+    pub fn view_mix(&self, index: usize, view: usize, aug: &Augmentation) -> Option<Mix> {
+        let alpha = aug.mixup?;
+        let mut rng = keyed_rng(Stream::Mix, aug.view_seed, index as u64, view as u64);
+        Some(draw_mix(alpha, self.len(), &mut rng))
+    }
+
+    /// The label side of [`Split::batch`] under mixup views: `None` unless `augment` blends
+    /// fixed views.
+    pub fn label_mix(
+        &self,
+        indices: &[usize],
+        augment: Option<(&Augmentation, u64)>,
+    ) -> Option<LabelMix> {
+        let (aug, seed) = augment?;
+        aug.mixup?;
+        let mixes: Vec<Mix> = indices
+            .iter()
+            .map(|&i| {
+                let view = view_of(aug, seed, i).expect("validated: mixup comes with views");
+                self.view_mix(i, view, aug).expect("mixup is set")
+            })
+            .collect();
+        Some(LabelMix {
+            partners: mixes.iter().map(|m| self.labels[m.partner]).collect(),
+            lambdas: mixes.iter().map(|m| m.lambda).collect(),
+        })
+    }
+
+    /// Appends view `view` of image `index` as the model sees it (scaled to `[0, 1]`): the view
+    /// itself, or blended with its partner's view of the same number under mixup.
+    fn extend_view_pixels(
+        &self,
+        pixels: &mut Vec<f32>,
+        index: usize,
+        view: usize,
+        aug: &Augmentation,
+    ) {
+        let own = self.view_image(index, view, aug);
+        match self.view_mix(index, view, aug) {
+            None => pixels.extend(own.iter().map(|&v| f32::from(v) / 255.0)),
+            Some(Mix { partner, lambda }) => {
+                let other = self.view_image(partner, view, aug);
+                pixels.extend(own.iter().zip(&other).map(|(&a, &b)| {
+                    (lambda * f32::from(a) + (1.0 - lambda) * f32::from(b)) / 255.0
+                }));
+            }
+        }
+    }
+
     /// The given views of the images at `indices` (pairwise), as [`Split::batch`] shapes them.
     /// Used to build the augmented-view teacher-logit cache.
     ///
@@ -482,8 +531,7 @@ impl Split {
         let [c, h, w] = self.shape;
         let mut pixels = Vec::with_capacity(indices.len() * self.image_size());
         for (&i, &v) in indices.iter().zip(views) {
-            let out = self.view_image(i, v, aug);
-            pixels.extend(out.iter().map(|&p| f32::from(p) / 255.0));
+            self.extend_view_pixels(&mut pixels, i, v, aug);
         }
         Tensor::from_data(TensorData::new(pixels, [indices.len(), c, h, w]), device)
     }
@@ -541,6 +589,7 @@ enum Stream {
     Validation = 3,
     View = 4,
     ViewChoice = 5,
+    Mix = 6,
 }
 
 /// A ChaCha8 RNG whose 256-bit key is `(seed, counter, stream)`.

@@ -644,6 +644,9 @@ impl ExperimentConfig {
         if let Some(aug) = &self.training.augmentation {
             aug.validate()
                 .map_err(|e| anyhow::anyhow!("`training`: {e}"))?;
+            if aug.mixup.is_some() {
+                self.check_function_matching()?;
+            }
         }
         if let Some(fraction) = self.training.val_split {
             if !(fraction > 0.0 && fraction < 1.0) {
@@ -688,6 +691,30 @@ impl ExperimentConfig {
         self.data
             .parse::<DataSpec>()
             .map_err(|e| anyhow::anyhow!("`data`: {e}"))?;
+        Ok(())
+    }
+
+    /// Under mixup views a distilled student learns from the teacher alone (function matching):
+    /// a label term would need each blend's two labels, which only the scratch arm's loss takes.
+    fn check_function_matching(&self) -> anyhow::Result<()> {
+        let refuse = |what: String| {
+            anyhow::anyhow!("`training.augmentation.mixup`: {what} has a label term, but the distilled students on mixup views learn from the teacher alone (function matching): use KD or MSE with alpha = 0")
+        };
+        if let Some(point) = self.grid().into_iter().find(|p| !p.loss.ignores_labels()) {
+            return Err(refuse(format!("the sweep's {}", point.loss.name())));
+        }
+        for method in &self.methods {
+            if method.features.is_some() {
+                bail!("`training.augmentation.mixup`: [[method]] `{}` reads the teacher's features, which the mixup views do not support; leave it out of a function-matching study", method.name());
+            }
+            if let Some(loss) = method.logits.filter(|l| !l.ignores_labels()) {
+                return Err(refuse(format!(
+                    "[[method]] `{}` ({})",
+                    method.name(),
+                    loss.name()
+                )));
+            }
+        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@ mod mse;
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use ce::cross_entropy;
+pub use ce::{cross_entropy, mixup_cross_entropy};
 pub use cosine::{hidden_cosine, layer_map, mapped_hidden_cosine, HiddenStates, HiddenTerm};
 pub use dkd::{dkd_warmup, nckd, tckd};
 pub use kd::soft_kl;
@@ -126,6 +126,21 @@ impl DistillLoss {
         match *self {
             DistillLoss::Kd { alpha, .. } | DistillLoss::Mse { alpha } => alpha,
             DistillLoss::Dkd { ce_weight, .. } => ce_weight,
+        }
+    }
+
+    /// True when the loss reads the teacher alone: KD or MSE with `alpha = 0` (DKD's two terms
+    /// split the classes at the label, so it always reads it).
+    pub fn ignores_labels(&self) -> bool {
+        !matches!(self, DistillLoss::Dkd { .. }) && self.alpha() == 0.0
+    }
+
+    /// `KD with alpha 0.1`, `MSE with alpha 0`, `DKD`: the loss and its label weight, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            DistillLoss::Kd { alpha, .. } => format!("KD with alpha {alpha}"),
+            DistillLoss::Mse { alpha } => format!("MSE with alpha {alpha}"),
+            DistillLoss::Dkd { .. } => "DKD".to_string(),
         }
     }
 

@@ -6,7 +6,7 @@ use anyhow::{bail, Context};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::{Architecture, Modality, SoftTargets};
-use crate::data::{Augmentation, Split};
+use crate::data::{Augmentation, LabelMix, Split};
 use crate::distill::TeacherLogits;
 use crate::models::checkpoint::{self, ModelMeta};
 use crate::models::taps::{taps, Tap};
@@ -32,6 +32,14 @@ impl Modality for Images {
         augment: Option<(&Augmentation, u64)>,
     ) -> (Tensor<4>, Tensor<1, Int>) {
         split.batch(indices, device, augment)
+    }
+
+    fn label_mix(
+        split: &Split,
+        indices: &[usize],
+        augment: Option<(&Augmentation, u64)>,
+    ) -> Option<LabelMix> {
+        split.label_mix(indices, augment)
     }
 
     fn logits(model: &Network, input: Tensor<4>) -> Tensor<2> {

@@ -16,7 +16,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 
-use crate::data::Augmentation;
+use crate::data::{Augmentation, LabelMix};
 use crate::losses::HiddenStates;
 use crate::models::taps::Tap;
 use crate::models::Feature;
@@ -41,6 +41,16 @@ pub trait Modality {
         device: &Device,
         augment: Option<(&Augmentation, u64)>,
     ) -> (Self::Input, Tensor<1, Int>);
+
+    /// The second label and weight of each example of [`Modality::batch`] when `augment` blends
+    /// examples (mixup views); `None` otherwise, and for modalities without blending.
+    fn label_mix(
+        _split: &Self::Split,
+        _indices: &[usize],
+        _augment: Option<(&Augmentation, u64)>,
+    ) -> Option<LabelMix> {
+        None
+    }
 
     /// Class logits of a batch, `[batch, classes]`.
     fn logits(model: &Self::Model, input: Self::Input) -> Tensor<2>;

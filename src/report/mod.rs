@@ -959,6 +959,7 @@ mod tests {
                 horizontal_flip: true,
                 views: Some(4),
                 view_seed: 0,
+                mixup: None,
             }),
             wall_seconds: 10.0,
         }
