@@ -920,6 +920,14 @@ where
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);
+            let context = StepContext {
+                indices,
+                views: views.as_deref(),
+                mix: mix.as_ref(),
+                learning_rate: lr,
+                label_smoothing: config.label_smoothing,
+                epoch: epoch + 1,
+            };
             let (next, loss_value, batch_correct) = match (&objective, method_run.as_mut()) {
                 (Objective::Features { .. }, Some(run)) => {
                     if mix.is_some() {
@@ -963,14 +971,7 @@ where
                     averager.as_ref().expect("checked"),
                     &objective,
                     batch,
-                    StepContext {
-                        indices,
-                        views: views.as_deref(),
-                        mix: mix.as_ref(),
-                        learning_rate: lr,
-                        label_smoothing: config.label_smoothing,
-                        epoch: epoch + 1,
-                    },
+                    context,
                     share,
                     &plain_device,
                 )?,
@@ -979,14 +980,7 @@ where
                     &mut optimizer,
                     &objective,
                     batch.expect("one process trains on the whole batch"),
-                    StepContext {
-                        indices,
-                        views: views.as_deref(),
-                        mix: mix.as_ref(),
-                        learning_rate: lr,
-                        label_smoothing: config.label_smoothing,
-                        epoch: epoch + 1,
-                    },
+                    context,
                     &plain_device,
                 )?,
             };

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use distill::data::{view_of, Augmentation, Dataset, Split};
 use rand::SeedableRng;
 mod common;
@@ -35,6 +35,37 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 fn flatten(t: Tensor<2>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+/// Checks that the batch of images 0..64 under `aug` at augmentation seed `seed` shows each
+/// image's view as `view_of` names it (`view_batch` of those views), and returns the views and the
+/// batch's labels.
+fn batch_shows_chosen_views(
+    split: &Split,
+    aug: &Augmentation,
+    seed: u64,
+) -> (Vec<usize>, Tensor<1, Int>) {
+    let device = Device::flex();
+    let indices: Vec<usize> = (0..64).collect();
+    let chosen: Vec<usize> = indices
+        .iter()
+        .map(|&i| view_of(aug, seed, i).unwrap())
+        .collect();
+    let (batch, labels) = split.batch(&indices, &device, Some((aug, seed)));
+    let expected = split.view_batch(&indices, &chosen, aug, &device);
+    assert_eq!(
+        batch.into_data().try_to_vec::<f32>().unwrap(),
+        expected.into_data().try_to_vec::<f32>().unwrap()
+    );
+    (chosen, labels)
+}
+
+/// An untrained teacher-small's logits for every fixed view of `train` under `aug`, in memory.
+fn small_teacher_views(train: &Split, aug: &Augmentation) -> TeacherLogits {
+    let device = Device::flex();
+    let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
+    let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
+    view_logits(&teacher, train, aug, CacheLocation::Memory, &device, false).unwrap()
 }
 
 fn train<'a>(
@@ -194,19 +225,9 @@ fn views_are_fixed_per_image_and_chosen_per_seed_and_epoch() {
         (0..4).map(|v| split.view_image(3, v, &aug)).collect();
     assert!(distinct.len() >= 3, "views differ from each other");
     // the batch shows, for each image, the view `view_of` names
-    let device = Device::flex();
     let indices: Vec<usize> = (0..64).collect();
     let seed = distill::data::augmentation_seed(11, 3);
-    let chosen: Vec<usize> = indices
-        .iter()
-        .map(|&i| view_of(&aug, seed, i).unwrap())
-        .collect();
-    let (batch, _) = split.batch(&indices, &device, Some((&aug, seed)));
-    let expected = split.view_batch(&indices, &chosen, &aug, &device);
-    assert_eq!(
-        batch.into_data().try_to_vec::<f32>().unwrap(),
-        expected.into_data().try_to_vec::<f32>().unwrap()
-    );
+    let (chosen, _) = batch_shows_chosen_views(&split, &aug, seed);
     // every view gets used, and another epoch picks differently
     let used: std::collections::HashSet<usize> = chosen.iter().copied().collect();
     assert_eq!(used.len(), 4);
@@ -256,19 +277,7 @@ fn mixup_views_blend_two_fixed_views_and_name_both_labels() {
     // The training batch shows the chosen views' blends; the label side matches them.
     let indices: Vec<usize> = (0..64).collect();
     let seed = distill::data::augmentation_seed(7, 1);
-    let chosen: Vec<usize> = indices
-        .iter()
-        .map(|&i| view_of(&aug, seed, i).unwrap())
-        .collect();
-    let (batch, labels) = split.batch(&indices, &device, Some((&aug, seed)));
-    assert_eq!(
-        batch.into_data().try_to_vec::<f32>().unwrap(),
-        split
-            .view_batch(&indices, &chosen, &aug, &device)
-            .into_data()
-            .try_to_vec::<f32>()
-            .unwrap()
-    );
+    let (chosen, labels) = batch_shows_chosen_views(&split, &aug, seed);
     let label_mix = split.label_mix(&indices, Some((&aug, seed))).unwrap();
     for (k, (&i, &v)) in indices.iter().zip(&chosen).enumerate() {
         let m = split.view_mix(i, v, &aug).unwrap();
@@ -451,21 +460,11 @@ fn function_matching_trains_on_mixup_views_and_refuses_a_label_term() {
     let subset = data.train.subset(&(0..256).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
-    let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
-    let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
     let aug = Augmentation {
         mixup: Some(1.0),
         ..views(4)
     };
-    let cached = view_logits(
-        &teacher,
-        &subset,
-        &aug,
-        CacheLocation::Memory,
-        &device,
-        false,
-    )
-    .unwrap();
+    let cached = small_teacher_views(&subset, &aug);
     let spec = zoo::get("student").unwrap();
     let config = TrainConfig {
         epochs: 1,
@@ -534,18 +533,8 @@ fn paired_arms_see_identical_batches() {
     let subset = data.train.subset(&(0..512).collect::<Vec<_>>());
     let dir = tempfile::tempdir().unwrap();
     let device = Device::flex();
-    let net = Network::init(&zoo::get("teacher-small").unwrap(), [1, 28, 28], 3, &device).unwrap();
-    let teacher = Teacher::from_network(&net, [1, 28, 28], 10);
     let aug = views(4);
-    let cached = view_logits(
-        &teacher,
-        &subset,
-        &aug,
-        CacheLocation::Memory,
-        &device,
-        false,
-    )
-    .unwrap();
+    let cached = small_teacher_views(&subset, &aug);
     let spec = zoo::get("student").unwrap();
     let config = TrainConfig {
         epochs: 2,
