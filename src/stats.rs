@@ -7,7 +7,7 @@
 //! mean and standard deviation of the `d_i`, with a Student-t 95% confidence interval — is then
 //! much sharper than comparing the two arms' means as if they were independent samples.
 //!
-//! Everything here is plain `f64` arithmetic: [`mean`], [`sample_std`], [`t_quantile_975`] and
+//! Everything here is plain `f64` arithmetic: [`mean`], [`median`], [`sample_std`], [`t_quantile_975`] and
 //! [`paired_diff`], whose [`PairedDiff`] says whether a change is a clear gain, a clear loss, or
 //! neither ([`PairedDiff::is_gain`], [`PairedDiff::is_loss`]).
 
@@ -19,6 +19,22 @@ pub fn mean(xs: &[f64]) -> f64 {
         return f64::NAN;
     }
     xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+/// The middle value of `xs` (the mean of the two middle ones for an even count); `NaN` for an
+/// empty slice, like [`mean`].
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = xs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
 }
 
 /// Sample standard deviation of `xs`, with the unbiased `n - 1` denominator (Bessel's
@@ -236,6 +252,14 @@ mod tests {
         let xs = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
         assert_eq!(mean(&xs), 5.0);
         assert!(close(sample_std(&xs), (32.0f64 / 7.0).sqrt(), 1e-12));
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&[2.0, 2.0, 2.0, 3600.0]), 2.0);
+        assert!(median(&[]).is_nan());
     }
 
     #[test]

@@ -16,11 +16,17 @@ pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, label_smoothing:
         .clone()
         .gather(1, labels.reshape([batch, 1]))
         .mean();
-    if label_smoothing == 0.0 {
-        return true_class.neg();
+    smoothed(true_class, log_probs, classes, label_smoothing)
+}
+
+/// `-[(1 - eps) · target + eps / C · mean_i sum_c log p_i,c]`: the label term `target` (the mean
+/// log-probability of the target) with label smoothing `eps` over `C` classes.
+fn smoothed(target: Tensor<1>, log_probs: Tensor<2>, classes: usize, eps: f64) -> Tensor<1> {
+    if eps == 0.0 {
+        return target.neg();
     }
     let uniform = log_probs.sum_dim(1).mean().div_scalar(classes as f64);
-    (true_class.mul_scalar(1.0 - label_smoothing) + uniform.mul_scalar(label_smoothing)).neg()
+    (target.mul_scalar(1.0 - eps) + uniform.mul_scalar(eps)).neg()
 }
 
 /// Cross-entropy against a blend of two labels (mixup, Zhang et al. 2018), averaged over the
@@ -45,9 +51,5 @@ pub fn mixup_cross_entropy(
         .gather(1, mix.partner_labels(&device).reshape([batch, 1]));
     let lambda = mix.lambdas(&device).reshape([batch, 1]);
     let blended = (own * lambda.clone() + other * (lambda.neg() + 1.0)).mean();
-    if label_smoothing == 0.0 {
-        return blended.neg();
-    }
-    let uniform = log_probs.sum_dim(1).mean().div_scalar(classes as f64);
-    (blended.mul_scalar(1.0 - label_smoothing) + uniform.mul_scalar(label_smoothing)).neg()
+    smoothed(blended, log_probs, classes, label_smoothing)
 }

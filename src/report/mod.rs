@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::bench::Speed;
 use crate::data::{Augmentation, DataInfo};
 use crate::losses::DistillLoss;
-use crate::stats::{mean, paired_diff, sample_std, PairedDiff};
+use crate::stats::{mean, median, paired_diff, sample_std, PairedDiff};
 use crate::train::{Compute, EpochRecord};
 
 mod plots;

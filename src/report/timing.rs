@@ -166,15 +166,3 @@ pub fn compare_epoch_times(
     };
     EpochComparison::NotComparable(format!("not comparable: {why}"))
 }
-
-/// The middle value (the mean of the two middle ones for an even count); `values` is not empty.
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 1 {
-        sorted[middle]
-    } else {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    }
-}
