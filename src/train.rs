@@ -916,7 +916,9 @@ where
                 .then(|| <A::Modality as Modality>::batch(train, indices, &train_device, augment));
             let views: Option<Vec<usize>> = augment
                 .and_then(|(aug, seed)| indices.iter().map(|&i| view_of(aug, seed, i)).collect());
-            let mix = <A::Modality as Modality>::label_mix(train, indices, augment);
+            let mix = augment.zip(views.as_deref()).and_then(|((aug, _), views)| {
+                <A::Modality as Modality>::label_mix(train, indices, views, aug)
+            });
             lr = config
                 .optimizer
                 .learning_rate_at(epoch * steps_per_epoch + step, total_steps);

@@ -278,7 +278,7 @@ fn mixup_views_blend_two_fixed_views_and_name_both_labels() {
     let indices: Vec<usize> = (0..64).collect();
     let seed = distill::data::augmentation_seed(7, 1);
     let (chosen, labels) = batch_shows_chosen_views(&split, &aug, seed);
-    let label_mix = split.label_mix(&indices, Some((&aug, seed))).unwrap();
+    let label_mix = split.label_mix(&indices, &chosen, &aug).unwrap();
     for (k, (&i, &v)) in indices.iter().zip(&chosen).enumerate() {
         let m = split.view_mix(i, v, &aug).unwrap();
         assert_eq!(label_mix.partners[k], split.labels[m.partner]);
@@ -292,7 +292,7 @@ fn mixup_views_blend_two_fixed_views_and_name_both_labels() {
             .collect::<Vec<_>>(),
         "the first label stays the image's own"
     );
-    assert!(split.label_mix(&indices, Some((&views(4), seed))).is_none());
+    assert!(split.label_mix(&indices, &chosen, &views(4)).is_none());
 
     // Beta(1, 1) is uniform, so the own weight max(λ, 1 − λ) is uniform on [0.5, 1]: mean 0.75,
     // half of the draws below 0.75 (20,000 draws: the mean's standard error is 0.001).

@@ -472,22 +472,19 @@ impl Split {
         Some(draw_mix(alpha, self.len(), &mut rng))
     }
 
-    /// The label side of [`Split::batch`] under mixup views: `None` unless `augment` blends
-    /// fixed views.
+    /// The label side of [`Split::batch`] under mixup views, for the images at `indices` showing
+    /// `views` (as [`view_of`] chose them): `None` unless `aug` blends views.
     pub fn label_mix(
         &self,
         indices: &[usize],
-        augment: Option<(&Augmentation, u64)>,
+        views: &[usize],
+        aug: &Augmentation,
     ) -> Option<LabelMix> {
-        let (aug, seed) = augment?;
-        aug.mixup?;
-        let mixes: Vec<Mix> = indices
+        let mixes = indices
             .iter()
-            .map(|&i| {
-                let view = view_of(aug, seed, i).expect("validated: mixup comes with views");
-                self.view_mix(i, view, aug).expect("mixup is set")
-            })
-            .collect();
+            .zip(views)
+            .map(|(&i, &v)| self.view_mix(i, v, aug))
+            .collect::<Option<Vec<Mix>>>()?;
         Some(LabelMix {
             partners: mixes.iter().map(|m| self.labels[m.partner]).collect(),
             lambdas: mixes.iter().map(|m| m.lambda).collect(),

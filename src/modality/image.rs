@@ -37,9 +37,10 @@ impl Modality for Images {
     fn label_mix(
         split: &Split,
         indices: &[usize],
-        augment: Option<(&Augmentation, u64)>,
+        views: &[usize],
+        aug: &Augmentation,
     ) -> Option<LabelMix> {
-        split.label_mix(indices, augment)
+        split.label_mix(indices, views, aug)
     }
 
     fn logits(model: &Network, input: Tensor<4>) -> Tensor<2> {

@@ -42,12 +42,14 @@ pub trait Modality {
         augment: Option<(&Augmentation, u64)>,
     ) -> (Self::Input, Tensor<1, Int>);
 
-    /// The second label and weight of each example of [`Modality::batch`] when `augment` blends
-    /// examples (mixup views); `None` otherwise, and for modalities without blending.
+    /// The second label and weight of each example of [`Modality::batch`], which shows the fixed
+    /// `views` under `aug`, when `aug` blends examples (mixup views); `None` otherwise, and for
+    /// modalities without blending.
     fn label_mix(
         _split: &Self::Split,
         _indices: &[usize],
-        _augment: Option<(&Augmentation, u64)>,
+        _views: &[usize],
+        _aug: &Augmentation,
     ) -> Option<LabelMix> {
         None
     }
