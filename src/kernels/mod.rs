@@ -10,6 +10,7 @@
 
 pub mod adam;
 pub mod conv;
+pub mod direct;
 pub mod dropout;
 pub mod elementwise;
 pub mod encoder;

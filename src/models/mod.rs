@@ -7,6 +7,7 @@
 pub mod bert;
 pub mod bilstm;
 pub mod checkpoint;
+mod direct;
 pub mod network;
 pub mod pretrained;
 pub mod pytorch;

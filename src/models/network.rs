@@ -161,7 +161,7 @@ fn window_for(
 }
 
 /// The window of a layer with `kernel`, `stride` and `padding` on a feature map of `h`×`w`.
-fn window_on(
+pub(super) fn window_on(
     h: usize,
     w: usize,
     kernel: [usize; 2],
@@ -444,8 +444,13 @@ impl Network {
         Ok(Network { layers })
     }
 
-    /// Logits for a batch of images `[batch, C, H, W]`.
+    /// Logits for a batch of images `[batch, C, H, W]`. Without gradients, a network of
+    /// convolutions, batch norms, ReLUs and residual stages up to a global average pooling runs
+    /// on the direct kernels (see `models::direct`): the same function, to float rounding.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        if let Some(logits) = super::direct::forward(&self.layers, &input) {
+            return logits;
+        }
         self.forward_observed(input, |_, _| {})
     }
 
@@ -478,7 +483,7 @@ impl Network {
         dims
     }
 
-    fn forward_observed(
+    pub(super) fn forward_observed(
         &self,
         input: Tensor<4>,
         mut observe: impl FnMut(usize, &Activations),

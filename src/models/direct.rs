@@ -1,0 +1,416 @@
+//! Inference of a whole convolutional network on the direct kernels ([`kernels::direct`]): a
+//! network whose feature part is convolutions (each with its batch norm and ReLU), residual
+//! stages and global average pooling runs image by image in the blocked layout, each image's
+//! maps staying in the core's cache from the stem to the pooling, and the images shared out
+//! over the thread pool. The layers after the pooling (the classifier) run as usual.
+//!
+//! A plan is made per call from the layers' current weights (the batch norms folded in, the
+//! weights reordered): a few tenths of a millisecond for a ResNet-56, against the tens of
+//! milliseconds of its pass over a batch.
+
+use burn::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
+
+use super::network::{fold_batch_norm, run_layers, window_on, Activations, Layer};
+use super::residual::ResidualBlock;
+use crate::kernels::{self, direct as blocked};
+use blocked::{BlockedConv, BlockedMap};
+
+/// The logits of `layers` for `input` `[batch, C, H, W]` through the direct kernels, or `None`
+/// where they do not apply: gradients tracked, the local kernels off, no AVX-512, or a layer
+/// the plan cannot take (see [`Plan::new`]).
+pub(super) fn forward(layers: &[Layer], input: &Tensor<4>) -> Option<Tensor<2>> {
+    let device = input.device();
+    if !kernels::inference_active(&device) || !blocked::available() {
+        return None;
+    }
+    let [batch, channels, height, width] = input.dims();
+    let plan = Plan::new(layers, [channels, height, width])?;
+    let image_len = channels * height * width;
+    let pixels = input
+        .clone()
+        .into_data()
+        .try_into_vec::<f32>()
+        .expect("f32 images");
+    let features = plan.output_channels;
+    let mut pooled = vec![0.0f32; batch * features];
+    pooled
+        .par_chunks_mut(features)
+        .zip(pixels.par_chunks(image_len))
+        .for_each_init(Maps::default, |maps, (out, image)| {
+            plan.run(maps, image, out)
+        });
+    let pooled = Tensor::<2>::from_data(TensorData::new(pooled, [batch, features]), &device);
+    let head = &layers[plan.pooling + 1..];
+    match run_layers(head, Activations::Flat(pooled), true, &mut |_, _| {}) {
+        Activations::Flat(logits) => Some(logits),
+        Activations::Image(_) => unreachable!("the classifier after pooling is flat"),
+    }
+}
+
+/// The feature part of a network, ready for the direct kernels.
+struct Plan {
+    /// Input channels, height and width.
+    input: [usize; 3],
+    steps: Vec<Step>,
+    /// Index of the global average pooling among the network's layers.
+    pooling: usize,
+    output_channels: usize,
+}
+
+enum Step {
+    Conv(BlockedConv),
+    Block(Block),
+}
+
+/// A residual block: `relu?(body(x) + shortcut(x))`, the add and the ReLU done by the body's last
+/// convolution.
+struct Block {
+    body: Vec<BlockedConv>,
+    shortcut: Shortcut,
+}
+
+enum Shortcut {
+    /// No add.
+    None,
+    Identity,
+    /// Option A: subsampled, zero channels before (and after).
+    ZeroPad {
+        stride: usize,
+        before: usize,
+    },
+    /// A 1×1 convolution (with its batch norm folded in).
+    Conv(BlockedConv),
+}
+
+impl Plan {
+    /// The plan for `layers` on images of `input`, or `None` unless the layers are
+    /// convolutions (each optionally followed by a batch norm, then optionally a ReLU) and
+    /// residual stages of them, up to a global average pooling.
+    fn new(layers: &[Layer], input: [usize; 3]) -> Option<Plan> {
+        if !blocked::blockable(input[0]) {
+            return None;
+        }
+        let mut shape = input;
+        let mut steps = Vec::new();
+        let mut index = 0;
+        loop {
+            match layers.get(index)? {
+                Layer::GlobalAvgPool(_) => break,
+                Layer::Conv2d(_) => {
+                    let (conv, used) = fuse_conv(&layers[index..], &mut shape)?;
+                    steps.push(Step::Conv(conv));
+                    index += used;
+                }
+                Layer::Residual(stage) => {
+                    for block in &stage.blocks {
+                        steps.push(Step::Block(Block::new(block, &mut shape)?));
+                    }
+                    index += 1;
+                }
+                _ => return None,
+            }
+        }
+        (!steps.is_empty()).then_some(Plan {
+            input,
+            steps,
+            pooling: index,
+            output_channels: shape[0],
+        })
+    }
+
+    /// Pools the features of one `image` (`[C, H, W]`) into `out`.
+    fn run(&self, maps: &mut Maps, image: &[f32], out: &mut [f32]) {
+        let [c, h, w] = self.input;
+        let mut x = maps.take(c, h, w);
+        x.load_planes(image);
+        for step in &self.steps {
+            x = match step {
+                Step::Conv(conv) => {
+                    let out = apply(maps, &x, conv, None);
+                    maps.give(x);
+                    out
+                }
+                Step::Block(block) => block.run(maps, x),
+            };
+        }
+        x.channel_means(out);
+        maps.give(x);
+    }
+}
+
+impl Block {
+    fn new(block: &ResidualBlock, shape: &mut [usize; 3]) -> Option<Block> {
+        let input = *shape;
+        let mut body = Vec::new();
+        let mut index = 0;
+        while index < block.body.len() {
+            let (conv, used) = fuse_conv(&block.body[index..], shape)?;
+            body.push(conv);
+            index += used;
+        }
+        let shortcut = if !block.add_input {
+            Shortcut::None
+        } else if !block.shortcut.is_empty() {
+            let mut projected = input;
+            let (conv, used) = fuse_conv(&block.shortcut, &mut projected)?;
+            if used != block.shortcut.len() || conv.relu || projected != *shape {
+                return None;
+            }
+            Shortcut::Conv(conv)
+        } else if block.subsample > 1 || block.pad_before + block.pad_after > 0 {
+            let subsampled = [
+                input[0] + block.pad_before + block.pad_after,
+                input[1].div_ceil(block.subsample),
+                input[2].div_ceil(block.subsample),
+            ];
+            if subsampled != *shape {
+                return None;
+            }
+            Shortcut::ZeroPad {
+                stride: block.subsample,
+                before: block.pad_before,
+            }
+        } else if input == *shape {
+            Shortcut::Identity
+        } else {
+            return None;
+        };
+        let last = body.last_mut()?;
+        if last.relu && !matches!(shortcut, Shortcut::None) {
+            // a ReLU inside the body before the add: not this block's pattern
+            return None;
+        }
+        last.relu |= block.relu;
+        Some(Block { body, shortcut })
+    }
+
+    fn run(&self, maps: &mut Maps, x: BlockedMap) -> BlockedMap {
+        let carried = match &self.shortcut {
+            Shortcut::ZeroPad { stride, before } => {
+                let last = self.body.last().expect("a block has a body");
+                let [h, w] = [x.height.div_ceil(*stride), x.width.div_ceil(*stride)];
+                let mut map = maps.take(last.out_channels, h, w);
+                blocked::subsample_pad(&x, *stride, *before, &mut map);
+                Some(map)
+            }
+            Shortcut::Conv(conv) => Some(apply(maps, &x, conv, None)),
+            Shortcut::None | Shortcut::Identity => None,
+        };
+        let residual = match &self.shortcut {
+            Shortcut::None => None,
+            Shortcut::Identity => Some(&x),
+            _ => carried.as_ref(),
+        };
+        let (last, first) = self.body.split_last().expect("a block has a body");
+        let mut h: Option<BlockedMap> = None;
+        for conv in first {
+            let next = apply(maps, h.as_ref().unwrap_or(&x), conv, None);
+            if let Some(old) = h.replace(next) {
+                maps.give(old);
+            }
+        }
+        let out = apply(maps, h.as_ref().unwrap_or(&x), last, residual);
+        for map in [h, carried, Some(x)].into_iter().flatten() {
+            maps.give(map);
+        }
+        out
+    }
+}
+
+/// `conv` on `x` into a map from `maps`.
+fn apply(
+    maps: &mut Maps,
+    x: &BlockedMap,
+    conv: &BlockedConv,
+    residual: Option<&BlockedMap>,
+) -> BlockedMap {
+    let [h, w] = conv
+        .output_size([x.height, x.width])
+        .expect("sizes checked by the plan");
+    let mut out = maps.take(conv.out_channels, h, w);
+    blocked::conv(x, conv, residual, &mut out);
+    out
+}
+
+/// The convolution at the head of `layers` with the batch norm and ReLU that follow it, and
+/// how many layers it took; `shape` becomes its output's.
+fn fuse_conv(layers: &[Layer], shape: &mut [usize; 3]) -> Option<(BlockedConv, usize)> {
+    let Some(Layer::Conv2d(conv)) = layers.first() else {
+        return None;
+    };
+    if conv.dilation != [1, 1] || conv.groups != 1 {
+        return None;
+    }
+    let [channels, h, w] = *shape;
+    let window = window_on(h, w, conv.kernel_size, conv.stride, &conv.padding)?;
+    let (weight, bias, mut used) = match layers.get(1) {
+        Some(Layer::BatchNorm(norm)) => {
+            let (weight, bias) = fold_batch_norm(conv, norm);
+            (weight, bias, 2)
+        }
+        _ => {
+            let weight = conv.weight.val();
+            let filters = weight.dims()[0];
+            let bias = match &conv.bias {
+                Some(bias) => bias.val(),
+                None => Tensor::zeros([filters], &weight.device()),
+            };
+            (weight, bias, 1)
+        }
+    };
+    let dims = weight.dims();
+    if dims[1] != channels {
+        return None;
+    }
+    let values = |t: TensorData| t.try_into_vec::<f32>().ok();
+    let mut blocked = BlockedConv::new(
+        &values(weight.into_data())?,
+        dims,
+        &values(bias.into_data())?,
+        window.stride,
+        window.pad_begin,
+        window.pad_end,
+    )?;
+    if matches!(layers.get(used), Some(Layer::Relu(_))) {
+        blocked.relu = true;
+        used += 1;
+    }
+    let [oh, ow] = blocked.output_size([h, w])?;
+    *shape = [dims[0], oh, ow];
+    Some((blocked, used))
+}
+
+/// Feature maps no longer in use, kept for the next layer or image of their shape (their
+/// borders stay zero: the kernels write interiors only).
+#[derive(Default)]
+struct Maps {
+    free: Vec<BlockedMap>,
+}
+
+impl Maps {
+    fn take(&mut self, channels: usize, height: usize, width: usize) -> BlockedMap {
+        match self
+            .free
+            .iter()
+            .position(|m| m.channels == channels && m.height == height && m.width == width)
+        {
+            Some(at) => self.free.swap_remove(at),
+            None => BlockedMap::zeros(channels, height, width),
+        }
+    }
+
+    fn give(&mut self, map: BlockedMap) {
+        self.free.push(map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{zoo, Network};
+    use burn::module::{Param, RunningState};
+    use burn::tensor::{Device, Distribution};
+
+    /// Batch norms with running statistics and affine parameters away from their initial
+    /// values, so folding them is exercised.
+    fn randomise_norms(layers: &mut [Layer], device: &Device) {
+        let random = |n: usize, low: f64, high: f64| {
+            Tensor::<1>::random([n], Distribution::Uniform(low, high), device)
+        };
+        for layer in layers {
+            match layer {
+                Layer::BatchNorm(norm) => {
+                    let n = norm.gamma.dims()[0];
+                    norm.gamma = Param::from_tensor(random(n, 0.5, 1.5));
+                    norm.beta = Param::from_tensor(random(n, -0.5, 0.5));
+                    norm.running_mean = RunningState::new(random(n, -0.5, 0.5));
+                    norm.running_var = RunningState::new(random(n, 0.5, 2.0));
+                }
+                Layer::Residual(stage) => {
+                    for block in &mut stage.blocks {
+                        randomise_norms(&mut block.body, device);
+                        randomise_norms(&mut block.shortcut, device);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn network(name: &str, device: &Device) -> Network {
+        let spec = zoo::get(name).expect("zoo model");
+        let mut net = Network::init(&spec, [3, 32, 32], 11, device).expect("valid spec");
+        randomise_norms(&mut net.layers, device);
+        net
+    }
+
+    fn values(t: Tensor<2>) -> Vec<f32> {
+        t.into_data().try_into_vec::<f32>().expect("f32")
+    }
+
+    #[test]
+    fn residual_networks_match_the_layer_by_layer_path() {
+        if !blocked::available() {
+            eprintln!("note: no AVX-512 on this CPU; the direct path is not taken");
+            return;
+        }
+        let device = Device::flex();
+        // option A, option B, and the wider RepDistiller variant (stem 32, stages to 256)
+        for name in ["resnet8", "resnet8-proj", "resnet8x4"] {
+            let net = network(name, &device);
+            let x = Tensor::<4>::random([5, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+            let direct = values(forward(&net.layers, &x).expect("the plan takes a ResNet"));
+            let layerwise = values(net.forward_observed(x, |_, _| {}));
+            let scale = layerwise.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in direct.iter().zip(&layerwise).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * scale.max(1.0),
+                    "{name}, logit {i}: direct {a} vs layer by layer {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_image_gets_the_same_bits_alone_in_a_batch_and_on_any_thread_count() {
+        if !blocked::available() {
+            return;
+        }
+        let device = Device::flex();
+        let net = network("resnet8", &device);
+        let x = Tensor::<4>::random([6, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+        let on = |threads: usize, x: &Tensor<4>| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
+            pool.install(|| values(net.forward(x.clone())))
+        };
+        let one = on(1, &x);
+        assert_eq!(one, on(2, &x), "1 vs 2 threads");
+        let third = x.clone().slice(burn::tensor::s![2..3, .., .., ..]);
+        assert_eq!(
+            on(2, &third),
+            one[20..30].to_vec(),
+            "image 2 alone vs in the batch"
+        );
+    }
+
+    #[test]
+    fn networks_outside_the_pattern_are_left_to_the_layers() {
+        let device = Device::flex();
+        // the notebook's student: max pooling and flatten, no global pooling
+        let spec = zoo::get("student").expect("zoo model");
+        let net = Network::init(&spec, [3, 32, 32], 1, &device).expect("valid spec");
+        assert!(Plan::new(&net.layers, [3, 32, 32]).is_none());
+        // MobileNetV2's depthwise convolutions
+        let spec = zoo::get("mobilenetv2").expect("zoo model");
+        let net = Network::init(&spec, [3, 32, 32], 1, &device).expect("valid spec");
+        assert!(Plan::new(&net.layers, [3, 32, 32]).is_none());
+        let spec = zoo::get("resnet20").expect("zoo model");
+        let net = Network::init(&spec, [3, 32, 32], 1, &device).expect("valid spec");
+        let plan = Plan::new(&net.layers, [3, 32, 32]).expect("ResNet-20 fits");
+        assert_eq!((plan.steps.len(), plan.output_channels), (1 + 9, 64));
+    }
+}
