@@ -102,6 +102,21 @@ impl BlockedMap {
         }
     }
 
+    /// `v · scale[c] + shift[c]` for every interior value `v` of channel `c` (an input
+    /// normalisation; the border stays zero, as the padding of the layer it feeds).
+    pub fn scale_shift(&mut self, scale: &[f32], shift: &[f32]) {
+        assert!(scale.len() == self.channels && shift.len() == self.channels);
+        for c in 0..self.channels {
+            for y in 0..self.height {
+                let start = self.index(c, y, 0);
+                for x in 0..self.width {
+                    let v = &mut self.data[start + x * self.block];
+                    *v = v.mul_add(scale[c], shift[c]);
+                }
+            }
+        }
+    }
+
     /// The interior as `[channels, height, width]` row-major.
     pub fn to_planes(&self) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.channels * self.height * self.width);
@@ -218,6 +233,12 @@ impl BlockedConv {
     }
 }
 
+/// Whether the AVX-512 kernel has an instance for inputs of `block` channels per block and
+/// a column stride of `stride` (the others run on [`reference`]).
+pub fn fast(block: usize, stride: usize) -> bool {
+    matches!(block, 1 | 3 | LANES) && matches!(stride, 1 | 2)
+}
+
 /// `out = relu?(conv(input) + residual)`, over `out`'s interior (its border is left as it is:
 /// zero in a map from [`BlockedMap::zeros`]).
 ///
@@ -241,7 +262,7 @@ pub fn conv(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if available() {
+    if available() && fast(input.block, conv.stride[1]) {
         // SAFETY: AVX-512F is available; the shapes were checked above, and every index the
         // kernel forms lies inside the maps (see `avx512::conv`).
         unsafe { avx512::conv(input, conv, residual, out) };
@@ -330,16 +351,15 @@ mod avx512 {
 
     /// Geometry of one convolution shared by its tiles (strides in elements).
     struct Geometry {
-        in_block: usize,
         in_blocks: usize,
         in_row: usize,
         in_plane: usize,
         kernel: [usize; 2],
-        step: usize,
         relu: bool,
     }
 
-    /// See [`super::conv`].
+    /// See [`super::conv`]; `input.block` and `conv.stride[1]` are one of the pairs
+    /// [`super::fast`] accepts.
     ///
     /// # Safety
     /// AVX-512F is available and the shapes agree as `super::conv` checks. Input pixel
@@ -352,44 +372,60 @@ mod avx512 {
         residual: Option<&BlockedMap>,
         out: &mut BlockedMap,
     ) {
-        let geometry = Geometry {
-            in_block: input.block,
+        // The channels per block and the column stride are constants in each instance, so the
+        // 16 broadcasts of a tile address one base register with immediate offsets (a runtime
+        // step kept 16 pointers live and spilled them).
+        // SAFETY: forwarded.
+        unsafe {
+            match (input.block, conv.stride[1]) {
+                (16, 1) => rows::<16, 1>(input, conv, residual, out),
+                (16, 2) => rows::<16, 2>(input, conv, residual, out),
+                (3, 1) => rows::<3, 1>(input, conv, residual, out),
+                (3, 2) => rows::<3, 2>(input, conv, residual, out),
+                (1, 1) => rows::<1, 1>(input, conv, residual, out),
+                (1, 2) => rows::<1, 2>(input, conv, residual, out),
+                _ => unreachable!("checked by `fast`"),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows<const BLOCK: usize, const STRIDE: usize>(
+        input: &BlockedMap,
+        conv: &BlockedConv,
+        residual: Option<&BlockedMap>,
+        out: &mut BlockedMap,
+    ) {
+        let g = Geometry {
             in_blocks: input.blocks(),
             in_row: input.row_len(),
             in_plane: input.plane_len(),
             kernel: conv.kernel,
-            step: conv.stride[1] * input.block,
             relu: conv.relu,
         };
-        let weights_per_block = input.blocks() * conv.kernel[0] * conv.kernel[1] * input.block;
+        let weights_per_block = g.in_blocks * conv.kernel[0] * conv.kernel[1] * BLOCK * LANES;
         let (out_row, out_plane) = (out.row_len(), out.plane_len());
         for ob in 0..out.blocks() {
-            // SAFETY (all pointer arithmetic below): see the function's contract.
+            // SAFETY (all pointer arithmetic below): see `conv`'s contract.
             let bias = unsafe { _mm512_loadu_ps(conv.bias.as_ptr().add(ob * LANES)) };
-            let weights = unsafe { conv.weights.as_ptr().add(ob * weights_per_block * LANES) };
+            let weights = unsafe { conv.weights.as_ptr().add(ob * weights_per_block) };
             for oy in 0..out.height {
                 let iy = oy * conv.stride[0] + 1 - conv.pad_begin[0];
                 let row_start = ob * out_plane + (oy + 1) * out_row + LANES;
                 let mut ox = 0;
                 while ox < out.width {
-                    let ix = ox * conv.stride[1] + 1 - conv.pad_begin[1];
-                    let src = unsafe {
-                        input
-                            .data
-                            .as_ptr()
-                            .add(iy * geometry.in_row + ix * geometry.in_block)
-                    };
+                    let ix = ox * STRIDE + 1 - conv.pad_begin[1];
+                    let src = unsafe { input.data.as_ptr().add(iy * g.in_row + ix * BLOCK) };
                     let at = row_start + ox * LANES;
                     let dst = unsafe { out.data.as_mut_ptr().add(at) };
                     let res = residual.map(|r| unsafe { r.data.as_ptr().add(at) });
-                    let left = out.width - ox;
                     ox += unsafe {
-                        match left {
-                            16.. => tile::<16>(&geometry, src, weights, bias, res, dst),
-                            8.. => tile::<8>(&geometry, src, weights, bias, res, dst),
-                            4.. => tile::<4>(&geometry, src, weights, bias, res, dst),
-                            2.. => tile::<2>(&geometry, src, weights, bias, res, dst),
-                            _ => tile::<1>(&geometry, src, weights, bias, res, dst),
+                        match out.width - ox {
+                            16.. => tile::<16, BLOCK, STRIDE>(&g, src, weights, bias, res, dst),
+                            8.. => tile::<8, BLOCK, STRIDE>(&g, src, weights, bias, res, dst),
+                            4.. => tile::<4, BLOCK, STRIDE>(&g, src, weights, bias, res, dst),
+                            2.. => tile::<2, BLOCK, STRIDE>(&g, src, weights, bias, res, dst),
+                            _ => tile::<1, BLOCK, STRIDE>(&g, src, weights, bias, res, dst),
                         }
                     };
                 }
@@ -400,7 +436,7 @@ mod avx512 {
     /// `T` output pixels of one row and one block of 16 filters; returns `T`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn tile<const T: usize>(
+    unsafe fn tile<const T: usize, const BLOCK: usize, const STRIDE: usize>(
         g: &Geometry,
         src: *const f32,
         weights: *const f32,
@@ -416,12 +452,12 @@ mod avx512 {
                 // SAFETY (pointer arithmetic and loads): see `conv`'s contract.
                 let row = unsafe { src.add(ib * g.in_plane + y * g.in_row) };
                 for x in 0..kw {
-                    let pixel = unsafe { row.add(x * g.in_block) };
-                    for c in 0..g.in_block {
+                    let pixel = unsafe { row.add(x * BLOCK) };
+                    for c in 0..BLOCK {
                         let wv = unsafe { _mm512_loadu_ps(w) };
                         w = unsafe { w.add(LANES) };
                         for (t, a) in acc.iter_mut().enumerate() {
-                            let v = unsafe { _mm512_set1_ps(*pixel.add(t * g.step + c)) };
+                            let v = unsafe { _mm512_set1_ps(*pixel.add(t * STRIDE * BLOCK + c)) };
                             *a = _mm512_fmadd_ps(v, wv, *a);
                         }
                     }
@@ -502,6 +538,9 @@ mod tests {
             (32, 15, 31, 32, 3, 1, 1, 1),
             (16, 9, 9, 16, 3, 2, 0, 1),
             (3, 7, 5, 48, 3, 1, 0, 0),
+            (64, 8, 8, 64, 3, 1, 1, 1),
+            (32, 5, 7, 32, 3, 1, 1, 1),
+            (1, 6, 6, 16, 3, 2, 1, 1),
         ];
         for (c, h, w, o, k, s, pb, pe) in cases {
             let image = random(&mut rng, c * h * w);

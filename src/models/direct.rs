@@ -8,6 +8,7 @@
 //! weights reordered): a few tenths of a millisecond for a ResNet-56, against the tens of
 //! milliseconds of its pass over a batch.
 
+use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -52,6 +53,9 @@ pub(super) fn forward(layers: &[Layer], input: &Tensor<4>) -> Option<Tensor<2>> 
 struct Plan {
     /// Input channels, height and width.
     input: [usize; 3],
+    /// An input normalisation in front (an inference-mode batch norm, as a PyTorch teacher's
+    /// `--teacher-normalize` becomes): per-channel scale and shift.
+    normalize: Option<(Vec<f32>, Vec<f32>)>,
     steps: Vec<Step>,
     /// Index of the global average pooling among the network's layers.
     pooling: usize,
@@ -93,7 +97,11 @@ impl Plan {
         }
         let mut shape = input;
         let mut steps = Vec::new();
-        let mut index = 0;
+        let normalize = match layers.first()? {
+            Layer::BatchNorm(norm) => Some(affine(norm)?),
+            _ => None,
+        };
+        let mut index = usize::from(normalize.is_some());
         loop {
             match layers.get(index)? {
                 Layer::GlobalAvgPool(_) => break,
@@ -113,6 +121,7 @@ impl Plan {
         }
         (!steps.is_empty()).then_some(Plan {
             input,
+            normalize,
             steps,
             pooling: index,
             output_channels: shape[0],
@@ -124,6 +133,9 @@ impl Plan {
         let [c, h, w] = self.input;
         let mut x = maps.take(c, h, w);
         x.load_planes(image);
+        if let Some((scale, shift)) = &self.normalize {
+            x.scale_shift(scale, shift);
+        }
         for step in &self.steps {
             x = match step {
                 Step::Conv(conv) => {
@@ -272,6 +284,10 @@ fn fuse_conv(layers: &[Layer], shape: &mut [usize; 3]) -> Option<(BlockedConv, u
         window.pad_begin,
         window.pad_end,
     )?;
+    if !(blocked::available() && blocked::fast(channels.min(blocked::LANES), window.stride[1])) {
+        // the portable kernel is exact but slower than the layers' path
+        return None;
+    }
     if matches!(layers.get(used), Some(Layer::Relu(_))) {
         blocked.relu = true;
         used += 1;
@@ -279,6 +295,27 @@ fn fuse_conv(layers: &[Layer], shape: &mut [usize; 3]) -> Option<(BlockedConv, u
     let [oh, ow] = blocked.output_size([h, w])?;
     *shape = [dims[0], oh, ow];
     Some((blocked, used))
+}
+
+/// An inference-mode batch norm as `x · scale + shift` per channel.
+fn affine(norm: &BatchNorm) -> Option<(Vec<f32>, Vec<f32>)> {
+    let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().ok();
+    let gamma = values(norm.gamma.val())?;
+    let beta = values(norm.beta.val())?;
+    let mean = values(norm.running_mean.value())?;
+    let variance = values(norm.running_var.value())?;
+    let scale: Vec<f32> = gamma
+        .iter()
+        .zip(&variance)
+        .map(|(g, v)| g / (v + norm.epsilon as f32).sqrt())
+        .collect();
+    let shift = beta
+        .iter()
+        .zip(&mean)
+        .zip(&scale)
+        .map(|((b, m), s)| b - m * s)
+        .collect();
+    Some((scale, shift))
 }
 
 /// Feature maps no longer in use, kept for the next layer or image of their shape (their
@@ -308,6 +345,7 @@ impl Maps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::network::batch_norm;
     use crate::models::{zoo, Network};
     use burn::module::{Param, RunningState};
     use burn::tensor::{Device, Distribution};
@@ -356,9 +394,19 @@ mod tests {
             return;
         }
         let device = Device::flex();
-        // option A, option B, and the wider RepDistiller variant (stem 32, stages to 256)
-        for name in ["resnet8", "resnet8-proj", "resnet8x4"] {
-            let net = network(name, &device);
+        // option A, option B, the wider RepDistiller variant (stem 32, stages to 256), and
+        // option A behind an input normalisation (how a PyTorch teacher's runs)
+        for name in ["resnet8", "resnet8-proj", "resnet8x4", "normalised resnet8"] {
+            let net = match name.strip_prefix("normalised ") {
+                Some(base) => {
+                    let mut net = network(base, &device);
+                    let mut norm = vec![Layer::BatchNorm(batch_norm(3, 1e-5, 0.1, &device))];
+                    randomise_norms(&mut norm, &device);
+                    net.layers.splice(0..0, norm);
+                    net
+                }
+                None => network(name, &device),
+            };
             let x = Tensor::<4>::random([5, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
             let direct = values(forward(&net.layers, &x).expect("the plan takes a ResNet"));
             let layerwise = values(net.forward_observed(x, |_, _| {}));
