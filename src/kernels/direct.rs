@@ -13,7 +13,7 @@
 //!
 //! Each output element is `bias + Σ w·x` summed in one fixed order (input channel block, kernel
 //! row, kernel column, channel) with fused multiply-adds, on every path: the AVX-512 kernel and
-//! the portable [`reference`] give the same bits, and an image gives the same bits alone or in
+//! the portable [`reference()`] give the same bits, and an image gives the same bits alone or in
 //! any batch, on any number of threads. The order differs from the im2col path's, so the two
 //! paths agree to float rounding, not bit for bit.
 
@@ -234,7 +234,7 @@ impl BlockedConv {
 }
 
 /// Whether the AVX-512 kernel has an instance for inputs of `block` channels per block and
-/// a column stride of `stride` (the others run on [`reference`]).
+/// a column stride of `stride` (the others run on [`reference()`]).
 pub fn fast(block: usize, stride: usize) -> bool {
     matches!(block, 1 | 3 | LANES) && matches!(stride, 1 | 2)
 }
