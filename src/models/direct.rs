@@ -5,8 +5,8 @@
 //! over the thread pool. The layers after the pooling (the classifier) run as usual.
 //!
 //! A plan is made per call from the layers' current weights (the batch norms folded in, the
-//! weights reordered): a few tenths of a millisecond for a ResNet-56, against the tens of
-//! milliseconds of its pass over a batch.
+//! weights reordered): about a millisecond for a ResNet-56 (its single-image latency went from
+//! 3.9 to 3.2 ms with the plan included), against half a second for a batch of 256.
 
 use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
