@@ -12,7 +12,7 @@ use burn::nn::BatchNorm;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::network::{fold_batch_norm, run_layers, window_on, Activations, Layer};
+use super::network::{conv_bias, fold_batch_norm, run_layers, window_on, Activations, Layer};
 use super::residual::ResidualBlock;
 use crate::kernels::{self, direct as blocked};
 use blocked::{BlockedConv, BlockedMap};
@@ -256,20 +256,16 @@ fn fuse_conv(layers: &[Layer], shape: &mut [usize; 3]) -> Option<(BlockedConv, u
     }
     let [channels, h, w] = *shape;
     let window = window_on(h, w, conv.kernel_size, conv.stride, &conv.padding)?;
+    if !blocked::fast(channels.min(blocked::LANES), window.stride[1]) {
+        // the portable kernel is exact but slower than the layers' path
+        return None;
+    }
     let (weight, bias, mut used) = match layers.get(1) {
         Some(Layer::BatchNorm(norm)) => {
             let (weight, bias) = fold_batch_norm(conv, norm);
             (weight, bias, 2)
         }
-        _ => {
-            let weight = conv.weight.val();
-            let filters = weight.dims()[0];
-            let bias = match &conv.bias {
-                Some(bias) => bias.val(),
-                None => Tensor::zeros([filters], &weight.device()),
-            };
-            (weight, bias, 1)
-        }
+        _ => (conv.weight.val(), conv_bias(conv), 1),
     };
     let dims = weight.dims();
     if dims[1] != channels {
@@ -284,10 +280,6 @@ fn fuse_conv(layers: &[Layer], shape: &mut [usize; 3]) -> Option<(BlockedConv, u
         window.pad_begin,
         window.pad_end,
     )?;
-    if !(blocked::available() && blocked::fast(channels.min(blocked::LANES), window.stride[1])) {
-        // the portable kernel is exact but slower than the layers' path
-        return None;
-    }
     if matches!(layers.get(used), Some(Layer::Relu(_))) {
         blocked.relu = true;
         used += 1;

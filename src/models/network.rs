@@ -503,6 +503,14 @@ impl Network {
     }
 }
 
+/// The bias of `conv`, zeros for a convolution without one.
+pub(super) fn conv_bias(conv: &Conv2d) -> Tensor<1> {
+    match &conv.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([conv.weight.dims()[0]], &conv.weight.device()),
+    }
+}
+
 /// The weight and bias of `conv` followed by `norm` in inference mode (running statistics):
 /// `w·s` and `(b - mean)·s + beta` per filter, with `s = gamma / sqrt(var + epsilon)`.
 pub fn fold_batch_norm(conv: &Conv2d, norm: &BatchNorm) -> (Tensor<4>, Tensor<1>) {
@@ -512,10 +520,7 @@ pub fn fold_batch_norm(conv: &Conv2d, norm: &BatchNorm) -> (Tensor<4>, Tensor<1>
     let variance = norm.running_var.value().to_device(&device);
     let mean = norm.running_mean.value().to_device(&device);
     let scale = norm.gamma.val() / variance.add_scalar(norm.epsilon).sqrt();
-    let bias = match &conv.bias {
-        Some(bias) => bias.val(),
-        None => Tensor::zeros([filters], &device),
-    };
+    let bias = conv_bias(conv);
     let folded_bias = (bias - mean) * scale.clone() + norm.beta.val();
     let folded_weight = weight * scale.reshape([filters, 1, 1, 1]);
     (folded_weight, folded_bias)
@@ -567,10 +572,7 @@ pub(super) fn run_layers(
                     _ => None,
                 };
                 let weight = conv.weight.val();
-                let bias = match &conv.bias {
-                    Some(bias) => bias.val(),
-                    None => Tensor::zeros([weight.dims()[0]], &weight.device()),
-                };
+                let bias = conv_bias(conv);
                 fused = usize::from(slope.is_some());
                 // A 2×2 stride-1 'same' pool next is applied in the same pass.
                 let pool = match layers.get(index + 1 + fused) {
