@@ -16,7 +16,8 @@ use serde::Serialize;
 use crate::data::{batch_order, Split};
 use crate::distill::{Teacher, TeacherLogits};
 use crate::losses::DistillLoss;
-use crate::models::{zoo, ModelSpec, Network};
+use crate::models::taps::taps;
+use crate::models::{zoo, Feature, ModelSpec, Network};
 use crate::train::{train_step, Objective, OptimizerConfig};
 
 mod parallel;
@@ -294,6 +295,11 @@ pub struct ModelBenchResult {
     pub train_ms: f64,
     /// Inference at batch 256 (images/s, from the median batch time).
     pub infer_ips: f64,
+    /// Median forward pass at batch 64 that reads every feature tap (the stages and the
+    /// embedding), as a feature method's teacher runs at each step (ms).
+    pub features_ms: f64,
+    /// The same pass layer by layer, without the direct inference kernels (ms).
+    pub features_layerwise_ms: f64,
     /// Worker threads of the compute pool.
     pub threads: usize,
     /// Backend name.
@@ -315,7 +321,14 @@ pub struct ModelBenchResult {
 impl ModelBenchResult {
     /// Joins a run on the local kernels with `baseline`, the same run on burn's layers.
     pub fn compared_with(mut self, baseline: ModelBenchResult) -> Self {
-        let ms = |r: &ModelBenchResult| [("train", r.train_ms), ("infer", 256e3 / r.infer_ips)];
+        let ms = |r: &ModelBenchResult| {
+            [
+                ("train", r.train_ms),
+                ("infer", 256e3 / r.infer_ips),
+                ("features", r.features_ms),
+                ("features_layerwise", r.features_layerwise_ms),
+            ]
+        };
         self.speedup = speedups(&ms(&self), &ms(&baseline));
         self.burn_layers = Some(Box::new(baseline));
         self
@@ -341,18 +354,40 @@ pub fn run_model(
         &device.clone().autodiff(),
     )?;
     let network = Network::init(spec, [3, 32, 32], 0, &plain)?;
-    let mut infer = time_inference(&network, (options.steps / 2).max(5), &plain);
+    let runs = (options.steps / 2).max(5);
+    let mut infer = time_inference(&network, runs, &plain);
+    let taps: Vec<usize> = taps(spec, [3, 32, 32])?.iter().map(|t| t.layer).collect();
+    let x = Tensor::<4>::zeros([64, 3, 32, 32], &plain);
+    let read = |(logits, features): (Tensor<2>, Vec<Feature>)| {
+        let _ = logits.into_data();
+        features
+            .into_iter()
+            .for_each(|f| drop(f.flat().into_data()));
+    };
+    let mut features = time_ms(1, runs, || read(network.forward_tapped(x.clone(), &taps)));
+    let mut features_layerwise = time_ms(1, runs, || {
+        read(network.forward_tapped_layerwise(x.clone(), &taps))
+    });
     let (train_summary, infer_summary) = (summarize(&mut train), summarize(&mut infer));
+    let features_summary = summarize(&mut features);
+    let features_layerwise_summary = summarize(&mut features_layerwise);
     Ok(ModelBenchResult {
         model: spec.name.clone(),
         train_ms: train_summary[2],
         infer_ips: 256e3 / infer_summary[2],
+        features_ms: features_summary[2],
+        features_layerwise_ms: features_layerwise_summary[2],
         threads: rayon::current_num_threads(),
         backend: backend.into(),
         steps: options.steps,
         spread: BTreeMap::from([
             ("train_ms".to_string(), train_summary),
             ("infer_ms_per_batch".to_string(), infer_summary),
+            ("features_ms".to_string(), features_summary),
+            (
+                "features_layerwise_ms".to_string(),
+                features_layerwise_summary,
+            ),
         ]),
         layers: if crate::kernels::active(device) {
             "local"
@@ -446,10 +481,22 @@ pub fn model_table(result: &ModelBenchResult) -> String {
                 interquartile(&r.spread, "infer_ms_per_batch"),
                 "infer",
             ),
+            (
+                "taps read",
+                format!("{:.1} ms", r.features_ms),
+                interquartile(&r.spread, "features_ms"),
+                "features",
+            ),
+            (
+                "  layerwise",
+                format!("{:.1} ms", r.features_layerwise_ms),
+                interquartile(&r.spread, "features_layerwise_ms"),
+                "features_layerwise",
+            ),
         ]
     };
     let title = format!(
-        "distill bench --model {} — backend {}, {} thread(s), {} timed steps, batch 64 (train) / 256 (inference), 3x32x32 inputs\n",
+        "distill bench --model {} — backend {}, {} thread(s), {} timed steps, batch 64 (train, taps read) / 256 (inference), 3x32x32 inputs; \"taps read\": a forward pass reading every feature tap, as a feature method's teacher at each step (\"layerwise\": without the direct kernels)\n",
         result.model, result.backend, result.threads, result.steps
     );
     render_rows(

@@ -251,7 +251,12 @@ fn bench_model_times_one_architecture_against_burns_layers() {
     assert_eq!(bench["layers"], "local");
     assert_eq!(bench["burn_layers"]["layers"], "burn");
     for result in [&bench, &bench["burn_layers"]] {
-        for key in ["train_ms", "infer_ips"] {
+        for key in [
+            "train_ms",
+            "infer_ips",
+            "features_ms",
+            "features_layerwise_ms",
+        ] {
             assert!(result[key].as_f64().unwrap() > 0.0, "{key}: {bench}");
         }
     }

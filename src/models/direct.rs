@@ -9,10 +9,12 @@
 //! 3.9 to 3.2 ms with the plan included), against half a second for a batch of 256.
 
 use burn::nn::BatchNorm;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::network::{conv_bias, fold_batch_norm, run_layers, window_on, Activations, Layer};
+use super::network::{
+    conv_bias, fold_batch_norm, run_layers, window_on, Activations, Feature, Layer,
+};
 use super::residual::ResidualBlock;
 use crate::kernels::{self, direct as blocked};
 use blocked::{BlockedConv, BlockedMap};
@@ -21,31 +23,105 @@ use blocked::{BlockedConv, BlockedMap};
 /// where they do not apply: gradients tracked, the local kernels off, no AVX-512, or a layer
 /// the plan cannot take (see [`Plan::new`]).
 pub(super) fn forward(layers: &[Layer], input: &Tensor<4>) -> Option<Tensor<2>> {
+    forward_tapped(layers, input, &[]).map(|(logits, _)| logits)
+}
+
+/// The logits and the outputs of the top-level layers at `taps` (in the order asked), as
+/// [`Network::forward_tapped`](super::Network::forward_tapped) gives them, or `None` where the
+/// direct kernels do not apply or a tap falls inside a step of the plan (a convolution's output
+/// before its fused batch norm, say).
+pub(super) fn forward_tapped(
+    layers: &[Layer],
+    input: &Tensor<4>,
+    taps: &[usize],
+) -> Option<(Tensor<2>, Vec<Feature>)> {
     let device = input.device();
     if !kernels::inference_active(&device) || !blocked::available() {
         return None;
     }
     let [batch, channels, height, width] = input.dims();
     let plan = Plan::new(layers, [channels, height, width])?;
+    let map_taps: Vec<usize> = taps.iter().copied().filter(|&l| l < plan.pooling).collect();
+    if !map_taps
+        .iter()
+        .all(|l| plan.step_layers.contains(&Some(*l)))
+    {
+        return None;
+    }
     let image_len = channels * height * width;
     let pixels = input
         .clone()
         .into_data()
         .try_into_vec::<f32>()
         .expect("f32 images");
-    let features = plan.output_channels;
-    let mut pooled = vec![0.0f32; batch * features];
-    pooled
-        .par_chunks_mut(features)
-        .zip(pixels.par_chunks(image_len))
-        .for_each_init(Maps::default, |maps, (out, image)| {
-            plan.run(maps, image, out)
-        });
-    let pooled = Tensor::<2>::from_data(TensorData::new(pooled, [batch, features]), &device);
-    let head = &layers[plan.pooling + 1..];
-    match run_layers(head, Activations::Flat(pooled), true, &mut |_, _| {}) {
-        Activations::Flat(logits) => Some(logits),
+    // per image: its pooled features, and each map tap's `[C, H, W]` planes
+    let images: Vec<(Vec<f32>, Vec<Planes>)> = pixels
+        .par_chunks(image_len)
+        .map_init(Maps::default, |maps, image| {
+            let mut pooled = vec![0.0f32; plan.output_channels];
+            let mut taken = vec![Planes::default(); map_taps.len()];
+            plan.run(maps, image, &mut pooled, |layer, map| {
+                for (k, _) in map_taps.iter().enumerate().filter(|(_, &l)| l == layer) {
+                    taken[k] = Planes {
+                        dims: [map.channels, map.height, map.width],
+                        values: map.to_planes(),
+                    };
+                }
+            });
+            (pooled, taken)
+        })
+        .collect();
+    let pooled: Vec<f32> = images.iter().flat_map(|(p, _)| p.iter().copied()).collect();
+    let pooled = Tensor::<2>::from_data(
+        TensorData::new(pooled, [batch, plan.output_channels]),
+        &device,
+    );
+    let mut features: Vec<Option<Feature>> = vec![None; taps.len()];
+    for (slot, &layer) in taps.iter().enumerate() {
+        if let Some(k) = map_taps.iter().position(|&l| l == layer) {
+            let per_image = images.iter().map(|(_, taken)| &taken[k]);
+            features[slot] = Some(Feature::Map(Planes::stack(per_image, &device)));
+        } else if layer == plan.pooling {
+            features[slot] = Some(Feature::Vector(pooled.clone()));
+        }
+    }
+    let head_start = plan.pooling + 1;
+    let mut observe = |index: usize, x: &Activations| {
+        let tapped = |(_, &l): &(_, &usize)| l == head_start + index;
+        for (slot, _) in features.iter_mut().zip(taps).filter(tapped) {
+            *slot = Some(x.feature());
+        }
+    };
+    let logits = match run_layers(
+        &layers[head_start..],
+        Activations::Flat(pooled),
+        true,
+        &mut observe,
+    ) {
+        Activations::Flat(logits) => logits,
         Activations::Image(_) => unreachable!("the classifier after pooling is flat"),
+    };
+    let features = features.into_iter().collect::<Option<Vec<_>>>()?;
+    Some((logits, features))
+}
+
+/// One image's feature map as `[C, H, W]` planes.
+#[derive(Clone, Default)]
+struct Planes {
+    dims: [usize; 3],
+    values: Vec<f32>,
+}
+
+impl Planes {
+    /// The maps of a batch, an image each, as one `[batch, C, H, W]` tensor.
+    fn stack<'a>(images: impl ExactSizeIterator<Item = &'a Planes>, device: &Device) -> Tensor<4> {
+        let mut dims = [images.len(), 0, 0, 0];
+        let mut values = Vec::new();
+        for image in images {
+            dims[1..].copy_from_slice(&image.dims);
+            values.extend_from_slice(&image.values);
+        }
+        Tensor::from_data(TensorData::new(values, dims), device)
     }
 }
 
@@ -57,6 +133,9 @@ struct Plan {
     /// `--teacher-normalize` becomes): per-channel scale and shift.
     normalize: Option<(Vec<f32>, Vec<f32>)>,
     steps: Vec<Step>,
+    /// For each step, the top-level layer whose output it completes (`None` for a residual
+    /// stage's blocks before its last).
+    step_layers: Vec<Option<usize>>,
     /// Index of the global average pooling among the network's layers.
     pooling: usize,
     output_channels: usize,
@@ -97,6 +176,7 @@ impl Plan {
         }
         let mut shape = input;
         let mut steps = Vec::new();
+        let mut step_layers = Vec::new();
         let normalize = match layers.first()? {
             Layer::BatchNorm(norm) => Some(affine(norm)?),
             _ => None,
@@ -108,12 +188,15 @@ impl Plan {
                 Layer::Conv2d(_) => {
                     let (conv, used) = fuse_conv(&layers[index..], &mut shape)?;
                     steps.push(Step::Conv(conv));
+                    step_layers.push(Some(index + used - 1));
                     index += used;
                 }
                 Layer::Residual(stage) => {
                     for block in &stage.blocks {
                         steps.push(Step::Block(Block::new(block, &mut shape)?));
+                        step_layers.push(None);
                     }
+                    *step_layers.last_mut()? = Some(index);
                     index += 1;
                 }
                 _ => return None,
@@ -123,20 +206,28 @@ impl Plan {
             input,
             normalize,
             steps,
+            step_layers,
             pooling: index,
             output_channels: shape[0],
         })
     }
 
-    /// Pools the features of one `image` (`[C, H, W]`) into `out`.
-    fn run(&self, maps: &mut Maps, image: &[f32], out: &mut [f32]) {
+    /// Pools the features of one `image` (`[C, H, W]`) into `out`, showing `observe` the output
+    /// of every top-level layer a step completes.
+    fn run(
+        &self,
+        maps: &mut Maps,
+        image: &[f32],
+        out: &mut [f32],
+        mut observe: impl FnMut(usize, &BlockedMap),
+    ) {
         let [c, h, w] = self.input;
         let mut x = maps.take(c, h, w);
         x.load_planes(image);
         if let Some((scale, shift)) = &self.normalize {
             x.scale_shift(scale, shift);
         }
-        for step in &self.steps {
+        for (step, layer) in self.steps.iter().zip(&self.step_layers) {
             x = match step {
                 Step::Conv(conv) => {
                     let out = apply(maps, &x, conv, None);
@@ -145,6 +236,9 @@ impl Plan {
                 }
                 Step::Block(block) => block.run(maps, x),
             };
+            if let Some(layer) = layer {
+                observe(*layer, &x);
+            }
         }
         x.channel_means(out);
         maps.give(x);
@@ -410,6 +504,53 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn taps_match_the_layer_by_layer_path() {
+        if !blocked::available() {
+            return;
+        }
+        let device = Device::flex();
+        let spec = zoo::get("resnet8").expect("zoo model");
+        let net = network("resnet8", &device);
+        // stage1..3 and the embedding (the pooling's output), asked out of order and twice
+        let mut layers: Vec<usize> = crate::models::taps::taps(&spec, [3, 32, 32])
+            .expect("taps")
+            .iter()
+            .map(|t| t.layer)
+            .collect();
+        assert_eq!(layers.len(), 4, "three stages and the embedding");
+        layers.reverse();
+        layers.push(layers[1]);
+        let x = Tensor::<4>::random([3, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+        let (logits, direct) =
+            forward_tapped(&net.layers, &x, &layers).expect("the plan takes these taps");
+        let (expected_logits, layerwise) = net.forward_tapped_layerwise(x.clone(), &layers);
+        let close = |what: &str, a: Tensor<2>, b: Tensor<2>| {
+            assert_eq!(a.dims(), b.dims(), "{what}");
+            let (a, b) = (values(a), values(b));
+            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                assert!((p - q).abs() <= 1e-4 * scale, "{what}[{i}]: {p} vs {q}");
+            }
+        };
+        close("logits", logits, expected_logits);
+        for ((layer, got), want) in layers.iter().zip(direct).zip(layerwise) {
+            assert_eq!(
+                matches!(got, Feature::Map(_)),
+                matches!(want, Feature::Map(_)),
+                "layer {layer}: map vs vector"
+            );
+            close(&format!("layer {layer}"), got.flat(), want.flat());
+        }
+        // the convolution's output before its fused batch norm and ReLU is not in the plan
+        assert!(forward_tapped(&net.layers, &x, &[0]).is_none());
+        let (_, fallback) = net.forward_tapped(x, &[0]);
+        assert_eq!(
+            fallback[0].clone().map().expect("a map").dims(),
+            [3, 16, 32, 32]
+        );
     }
 
     #[test]

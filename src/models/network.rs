@@ -103,6 +103,14 @@ pub(super) enum Activations {
 }
 
 impl Activations {
+    /// These activations as a tap reads them.
+    pub(super) fn feature(&self) -> Feature {
+        match self {
+            Activations::Image(t) => Feature::Map(t.clone()),
+            Activations::Flat(t) => Feature::Vector(t.clone()),
+        }
+    }
+
     pub(super) fn image(self) -> Tensor<4> {
         match self {
             Activations::Image(x) => x,
@@ -458,13 +466,23 @@ impl Network {
     /// [`crate::models::taps`]), in the order asked. Each is a feature map `[batch, C, H, W]` or,
     /// after flattening or global pooling, a vector `[batch, features]`.
     pub fn forward_tapped(&self, input: Tensor<4>, layers: &[usize]) -> (Tensor<2>, Vec<Feature>) {
+        match super::direct::forward_tapped(&self.layers, &input, layers) {
+            Some(tapped) => tapped,
+            None => self.forward_tapped_layerwise(input, layers),
+        }
+    }
+
+    /// [`Network::forward_tapped`] layer by layer, never on the direct inference kernels (the
+    /// path gradients take; the bench's baseline for the direct one).
+    pub fn forward_tapped_layerwise(
+        &self,
+        input: Tensor<4>,
+        layers: &[usize],
+    ) -> (Tensor<2>, Vec<Feature>) {
         let mut taken: Vec<Option<Feature>> = vec![None; layers.len()];
         let logits = self.forward_observed(input, |index, x| {
             for (slot, _) in taken.iter_mut().zip(layers).filter(|(_, &l)| l == index) {
-                *slot = Some(match x {
-                    Activations::Image(t) => Feature::Map(t.clone()),
-                    Activations::Flat(t) => Feature::Vector(t.clone()),
-                });
+                *slot = Some(x.feature());
             }
         });
         let features = taken
