@@ -468,29 +468,23 @@ fn render_rows(
 /// [`run_model`]'s result as a text table (with `--compare-burn`, burn's layers alongside).
 pub fn model_table(result: &ModelBenchResult) -> String {
     let rows = |r: &ModelBenchResult| -> Vec<Row> {
+        let ms = |label, median: f64, spread_key, key| {
+            let spread = interquartile(&r.spread, spread_key);
+            (label, format!("{median:.1} ms"), spread, key)
+        };
         vec![
-            (
-                "train step",
-                format!("{:.1} ms", r.train_ms),
-                interquartile(&r.spread, "train_ms"),
-                "train",
-            ),
+            ms("train step", r.train_ms, "train_ms", "train"),
             (
                 "inference",
                 format!("{:.0} img/s", r.infer_ips),
                 interquartile(&r.spread, "infer_ms_per_batch"),
                 "infer",
             ),
-            (
-                "taps read",
-                format!("{:.1} ms", r.features_ms),
-                interquartile(&r.spread, "features_ms"),
-                "features",
-            ),
-            (
+            ms("taps read", r.features_ms, "features_ms", "features"),
+            ms(
                 "  layerwise",
-                format!("{:.1} ms", r.features_layerwise_ms),
-                interquartile(&r.spread, "features_layerwise_ms"),
+                r.features_layerwise_ms,
+                "features_layerwise_ms",
                 "features_layerwise",
             ),
         ]

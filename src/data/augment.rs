@@ -34,6 +34,8 @@ pub struct Augmentation {
     pub view_seed: u64,
     /// Blend each fixed view with another training image's view, the weight drawn from
     /// `Beta(α, α)` with this `α` (`None`: no blending). Needs `views`.
+    // left out when unset, so configs written before mixup existed serialize as they did
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mixup: Option<f64>,
 }
 
