@@ -238,6 +238,15 @@ t2_scaling = [true]
         "embedded teacher: {teacher_accuracy} on the embedded test split"
     );
     assert_eq!(report["distilled"].as_array().unwrap().len(), 1);
+    // an untrained teacher took no time, printed as such (an empty f64 sum is -0.0)
+    assert_eq!(
+        report["teacher_training_seconds"]
+            .as_f64()
+            .map(f64::to_bits),
+        Some(0.0f64.to_bits())
+    );
+    let markdown = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(markdown.contains("(teacher 0 s, students "), "{markdown}");
 
     // the teacher is loaded, never trained: a second run finds the same files
     let weights = std::fs::read(out.join("teacher/model.bpk")).unwrap();

@@ -446,8 +446,12 @@ impl Report {
             .max_by(|a, b| score(a).total_cmp(&score(b)))
             .expect("the sweep has at least one point");
         let best = verdict(top, selection, seeds, &scratch_label);
-        let epoch_seconds =
-            |r: &ModelResult| r.histories.iter().flatten().map(|e| e.seconds).sum::<f64>();
+        let epoch_seconds = |r: &ModelResult| {
+            r.histories
+                .iter()
+                .flatten()
+                .fold(0.0, |sum, e| sum + e.seconds)
+        };
         let training_seconds = epoch_seconds(&teacher)
             + epoch_seconds(&scratch)
             + distilled
