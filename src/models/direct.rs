@@ -473,6 +473,20 @@ mod tests {
         t.into_data().try_into_vec::<f32>().expect("f32")
     }
 
+    /// The direct path's `got` against the layer-by-layer `want`, within 1e-4 of the larger of 1
+    /// and `want`'s largest magnitude.
+    fn assert_close(what: &str, got: Tensor<2>, want: Tensor<2>) {
+        assert_eq!(got.dims(), want.dims(), "{what}");
+        let (got, want) = (values(got), values(want));
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * scale,
+                "{what}[{i}]: direct {a} vs layer by layer {b}"
+            );
+        }
+    }
+
     #[test]
     fn residual_networks_match_the_layer_by_layer_path() {
         if !blocked::available() {
@@ -494,15 +508,9 @@ mod tests {
                 None => network(name, &device),
             };
             let x = Tensor::<4>::random([5, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
-            let direct = values(forward(&net.layers, &x).expect("the plan takes a ResNet"));
-            let layerwise = values(net.forward_observed(x, |_, _| {}));
-            let scale = layerwise.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (i, (a, b)) in direct.iter().zip(&layerwise).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-4 * scale.max(1.0),
-                    "{name}, logit {i}: direct {a} vs layer by layer {b}"
-                );
-            }
+            let direct = forward(&net.layers, &x).expect("the plan takes a ResNet");
+            let layerwise = net.forward_observed(x, |_, _| {});
+            assert_close(&format!("{name}, logits"), direct, layerwise);
         }
     }
 
@@ -527,22 +535,14 @@ mod tests {
         let (logits, direct) =
             forward_tapped(&net.layers, &x, &layers).expect("the plan takes these taps");
         let (expected_logits, layerwise) = net.forward_tapped_layerwise(x.clone(), &layers);
-        let close = |what: &str, a: Tensor<2>, b: Tensor<2>| {
-            assert_eq!(a.dims(), b.dims(), "{what}");
-            let (a, b) = (values(a), values(b));
-            let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
-            for (i, (p, q)) in a.iter().zip(&b).enumerate() {
-                assert!((p - q).abs() <= 1e-4 * scale, "{what}[{i}]: {p} vs {q}");
-            }
-        };
-        close("logits", logits, expected_logits);
+        assert_close("logits", logits, expected_logits);
         for ((layer, got), want) in layers.iter().zip(direct).zip(layerwise) {
             assert_eq!(
                 matches!(got, Feature::Map(_)),
                 matches!(want, Feature::Map(_)),
                 "layer {layer}: map vs vector"
             );
-            close(&format!("layer {layer}"), got.flat(), want.flat());
+            assert_close(&format!("layer {layer}"), got.flat(), want.flat());
         }
         // the convolution's output before its fused batch norm and ReLU is not in the plan
         assert!(forward_tapped(&net.layers, &x, &[0]).is_none());
